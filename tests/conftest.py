@@ -1,0 +1,35 @@
+"""Shared fixtures: offline settings, generated CIFAR-format data, Flower's task identity for Message objects."""
+
+from __future__ import annotations
+
+import os
+
+# Offline and quiet: set before anything imports timm, huggingface_hub or flwr.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+import pytest
+import torch
+
+from fedtalos.synthetic import write_fake_cifar100
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def fake_cifar_root(tmp_path_factory: pytest.TempPathFactory):
+    """A generated CIFAR-100 folder in the real torchvision layout: 20 train / 5 test images per class."""
+    return write_fake_cifar100(tmp_path_factory.mktemp("cifar"), train_per_class=20, test_per_class=5)
+
+
+@pytest.fixture
+def flower_task_identity():
+    """Let tests build flwr ``Message`` objects outside a Flower process (internal API, isolated here)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -1,0 +1,80 @@
+"""The run config: defaults match pyproject, every problem reported at once, the result hash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from fedtalos.config import NON_RESULT_KEYS, ConfigError, RunConfig
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def test_pyproject_run_config_equals_the_defaults():
+    flwr_config = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+    assert flwr_config == RunConfig.defaults(), "regenerate the section with `python -m fedtalos.config`"
+
+
+def test_defaults_are_valid_and_round_trip():
+    config = RunConfig.from_mapping({})
+    assert config == RunConfig.from_mapping(config.to_dict())
+    assert config.cohort_size == 10
+
+
+def test_all_problems_are_listed_in_one_error():
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_mapping(
+            {"fraction-train": 1.5, "local-steps": 0, "lr": -0.1, "strategy": "fedsgd", "learning-rate": 0.1}
+        )
+    problems = e.value.problems
+    assert len(problems) == 5
+    text = str(e.value)
+    for fragment in ("fraction-train = 1.5", "local-steps = 0", "lr = -0.1", "'fedsgd'", "unknown key 'learning-rate'"):
+        assert fragment in text
+    assert "did you mean 'lr'" not in text  # not a close match
+    assert "fedavg" in text, "the allowed values are named"
+
+
+def test_wrong_types_name_the_expected_type():
+    with pytest.raises(ConfigError, match=r"local-steps = '4': must be an integer, got a string"):
+        RunConfig.from_mapping({"local-steps": "4"})
+    with pytest.raises(ConfigError, match="resume = 1: must be true/false"):
+        RunConfig.from_mapping({"resume": 1})
+    assert RunConfig.from_mapping({"lr": 1}).lr == 1.0, "an integer is accepted where a number is expected"
+
+
+def test_close_misspellings_get_a_suggestion():
+    with pytest.raises(ConfigError, match="did you mean 'local-steps'"):
+        RunConfig.from_mapping({"local-step": 4})
+
+
+def test_relative_paths_are_refused():
+    with pytest.raises(ConfigError, match="output-root = 'runs': must be an absolute path"):
+        RunConfig.from_mapping({"output-root": "runs"})
+    assert RunConfig.from_mapping({"output-root": "~/x"}).resolved_output_root() == Path("~/x").expanduser()
+
+
+def test_combinations_are_checked():
+    with pytest.raises(ConfigError, match="K·Nc = 90 < 100"):
+        RunConfig.from_mapping({"partitioning": "noniid", "num-clients": 9, "classes-per-client": 10})
+    with pytest.raises(ConfigError, match="needs a frozen head"):
+        RunConfig.from_mapping({"mask-rule": "least-sensitive"})
+    with pytest.raises(ConfigError, match="larger than the 10 clients"):
+        RunConfig.from_mapping({"min-train-clients": 11})
+
+
+def test_result_hash_ignores_bookkeeping_keys_only():
+    base = RunConfig.from_mapping({})
+    assert base.replace(num_server_rounds=7, eval_every=3, run_name="x").result_hash() == base.result_hash()
+    assert base.replace(lr=0.02).result_hash() != base.result_hash()
+    assert base.replace(seed=1).result_hash() != base.result_hash()
+    assert set(RunConfig.keys()) >= NON_RESULT_KEYS
+
+
+def test_default_run_name_is_stable_and_descriptive():
+    config = RunConfig.from_mapping({"partitioning": "noniid", "classes-per-client": 5, "local-steps": 8})
+    name = config.resolved_run_name()
+    assert name == RunConfig.from_mapping(config.to_dict()).resolved_run_name()
+    assert name.startswith("fedavg-nc5-J8-seed0-")
