@@ -13,8 +13,10 @@ $(VENV)/.installed: pyproject.toml overrides.txt scripts/setup.sh
 
 setup: $(VENV)/.installed
 
+# = flwr run . --federation-config "num-supernodes=100 client-resources-num-cpus=1" --stream, after a local
+#   check of the run config, data and weights, and with a non-zero exit unless the run completed.
 run: setup
-	flwr run . --federation-config "num-supernodes=100" --stream $(ARGS)
+	fedtalos run . $(ARGS)
 
 test: setup
 	$(VENV)/bin/python -m pytest -q $(ARGS)

@@ -325,8 +325,10 @@ class RunConfig:
         return RunConfig.from_mapping(values)
 
     def result_dict(self) -> dict[str, Any]:
-        """The keys that decide a run's numbers (everything but ``NON_RESULT_KEYS``)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_KEYS}
+        """The keys that decide a run's numbers: everything but ``NON_RESULT_KEYS``, and the run length too when
+        the learning-rate schedule depends on it (a cosine over 100 rounds differs from one over 200)."""
+        horizon = {"num-server-rounds", "epochs"} if self.lr_schedule != "constant" else set()
+        return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_KEYS or k in horizon}
 
     def result_hash(self) -> str:
         """A short hash of ``result_dict()``: two runs with equal hashes compute the same thing."""

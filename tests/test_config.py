@@ -67,7 +67,10 @@ def test_combinations_are_checked():
 
 def test_result_hash_ignores_bookkeeping_keys_only():
     base = RunConfig.from_mapping({})
-    assert base.replace(num_server_rounds=7, eval_every=3, run_name="x").result_hash() == base.result_hash()
+    assert base.replace(eval_every=3, run_name="x", checkpoint_keep=5).result_hash() == base.result_hash()
+    assert base.replace(num_server_rounds=7).result_hash() != base.result_hash(), "cosine horizon"
+    constant = base.replace(lr_schedule="constant")
+    assert constant.replace(num_server_rounds=7).result_hash() == constant.result_hash(), "a run may be extended"
     assert base.replace(lr=0.02).result_hash() != base.result_hash()
     assert base.replace(seed=1).result_hash() != base.result_hash()
     assert set(RunConfig.keys()) >= NON_RESULT_KEYS

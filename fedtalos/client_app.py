@@ -1,0 +1,114 @@
+"""fedtalos ClientApp: local training and evaluation on this node's shard, and the editing queries."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from flwr.app import ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from fedtalos.config import RunConfig
+from fedtalos.federation import protocol as P
+from fedtalos.federation.cohort import PHASE_CODES
+from fedtalos.task.data import make_generator
+from fedtalos.task.model import set_trainable
+from fedtalos.task.resources import Resources, get_resources
+from fedtalos.task.train import evaluate, train_steps
+
+app = ClientApp()
+
+# What the server asks a client to train → which parameters are frozen (``set_trainable``'s argument).
+FROZEN = {"all": "none", "head": "backbone", "backbone": "head"}
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_config(items: frozenset) -> RunConfig:
+    return RunConfig.from_mapping(dict(items))
+
+
+def run_config(context: Context) -> RunConfig:
+    """The validated run config (parsed once per process)."""
+    return _parse_config(frozenset(context.run_config.items()))
+
+
+def partition_id(context: Context, config: RunConfig) -> int:
+    """This node's partition, checked against the run's number of clients."""
+    node = context.node_config
+    if "partition-id" not in node or "num-partitions" not in node:
+        raise ValueError(
+            "this SuperNode has no partition: start it with --node-config \"partition-id=<i> "
+            f"num-partitions={config.num_clients}\""
+        )
+    pid, count = int(node["partition-id"]), int(node["num-partitions"])
+    if count != config.num_clients or not 0 <= pid < count:
+        raise ValueError(f"node holds partition {pid} of {count}, but the run has num-clients = {config.num_clients}")
+    return pid
+
+
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, Resources, int]:
+    config = run_config(context)
+    resources = get_resources(config)
+    pid = partition_id(context, config)
+    if P.ARRAYS in msg.content.array_records:
+        resources.load_weights(P.decode_tensors(msg.content[P.ARRAYS]))
+    return config, resources, pid
+
+
+@app.query("identity")
+def identity(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds and how many examples it has.
+
+    A node whose partition count differs from the run's still answers (with 0 examples): the server, which
+    sees the whole federation, turns that into one clear error.
+    """
+    config = run_config(context)
+    node = context.node_config
+    if "partition-id" not in node or "num-partitions" not in node:
+        partition_id(context, config)  # raises the explanation
+    pid, count = int(node["partition-id"]), int(node["num-partitions"])
+    size = len(get_resources(config).partitions[pid]) if count == config.num_clients and 0 <= pid < count else 0
+    metrics = {"partition-id": pid, "num-partitions": count, P.NUM_EXAMPLES: size}
+    return Message(P.make_reply(None, metrics), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """J local steps of SGD with momentum (fresh optimizer) from the global weights; upload what could change."""
+    config, resources, pid = _setup(msg, context)
+    round_config = msg.content[P.CONFIG]
+    model = resources.model
+    set_trainable(model, FROZEN[str(round_config.get("trainable", "all"))])
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.SGD(
+        params.values(), lr=float(round_config["lr"]), momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    regularizer = None
+    mu = float(round_config.get("proximal-mu", 0.0))
+    if mu > 0:  # FedProx: (μ/2)·‖w − w_global‖² over the trainable parameters
+        anchors = {n: p.detach().clone() for n, p in params.items()}
+
+        def regularizer() -> torch.Tensor:
+            return 0.5 * mu * sum((p - anchors[n]).pow(2).sum() for n, p in params.items())
+
+    images, labels = resources.client_data(pid)
+    phase, round_index = str(round_config["phase"]), int(round_config["round"])
+    generator = make_generator(config.seed, PHASE_CODES[phase], round_index, pid)
+    batches = resources.train_batches(images, labels, generator, num_steps=int(round_config["local-steps"]))
+    stats = train_steps(
+        model, optimizer, batches, loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        autocast_dtype=resources.dtype, regularizer=regularizer,
+    )
+    upload = ArrayRecord({n: P.tensor_to_array(p) for n, p in params.items()})
+    metrics = {P.NUM_EXAMPLES: len(labels), "train-loss": stats.loss, "train-acc": stats.accuracy}
+    return Message(P.make_reply(upload, metrics), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_local(msg: Message, context: Context) -> Message:
+    """Loss and accuracy of the global weights on this node's shard (federated evaluation)."""
+    _, resources, pid = _setup(msg, context)
+    images, labels = resources.client_data(pid)
+    stats = evaluate(resources.model, resources.eval_batches(images, labels), autocast_dtype=resources.dtype)
+    metrics = {P.NUM_EXAMPLES: stats.count, "eval-loss": stats.loss, "eval-acc": stats.accuracy}
+    return Message(P.make_reply(None, metrics), reply_to=msg)

@@ -1,0 +1,1 @@
+"""Server-side machinery of the federated run: protocol, cohorts, aggregation, state, phases."""

@@ -1,0 +1,59 @@
+"""Weighted averaging of client uploads, in place and in a canonical order, with the client-drift metric."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ClientUpdate:
+    """One accepted reply: the uploaded tensors (see ``protocol.check_upload``) and the example count."""
+
+    pid: int
+    num_examples: int
+    tensors: dict[str, torch.Tensor]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Aggregate:
+    """The example-weighted average of the uploads, the drift, and the weighted mean of client metrics."""
+
+    average: dict[str, torch.Tensor]
+    drift: float
+    metrics: dict[str, float]
+    num_examples: int
+
+
+def aggregate(updates: Sequence[ClientUpdate], reference: Mapping[str, torch.Tensor]) -> Aggregate:
+    """Average ``updates`` with weights p_i = n_i / Σn, accumulating in partition-id order (deterministic).
+
+    ``reference`` holds, for every uploaded key, the values the clients started from (the global model, or for
+    masked values the global trainable entries). The drift is the weighted RMS distance of the client updates
+    u_i = x_i − reference from their weighted mean ū: sqrt(Σ p_i ‖u_i − ū‖²) = sqrt(Σ p_i ‖u_i‖² − ‖ū‖²),
+    computed in one pass without keeping any update. It grows when clients pull in different directions
+    (large J under non-iid data).
+    """
+    if not updates:
+        raise ValueError("nothing to aggregate")
+    updates = sorted(updates, key=lambda u: u.pid)
+    total = sum(u.num_examples for u in updates)
+    average: dict[str, torch.Tensor] = {}
+    spread = 0.0
+    for update in updates:
+        p = update.num_examples / total
+        for key, value in update.tensors.items():
+            diff = value - reference[key]
+            spread += p * float(diff.pow(2).sum(dtype=torch.float64))
+            if key in average:
+                average[key].add_(value, alpha=p)
+            else:
+                average[key] = value.mul(p)
+    mean_sq = sum(float((avg - reference[key]).pow(2).sum(dtype=torch.float64)) for key, avg in average.items())
+    metric_keys = set.intersection(*(set(u.metrics) for u in updates))
+    metrics = {k: sum(u.metrics[k] * u.num_examples for u in updates) / total for k in sorted(metric_keys)}
+    return Aggregate(average, math.sqrt(max(spread - mean_sq, 0.0)), metrics, total)

@@ -1,0 +1,139 @@
+"""What travels in Flower messages, in one place: record keys, encodings, and the checks on every reply.
+
+Server → client (``train``): ``arrays`` (global weights), ``config`` (round, lr, steps, ...), and ``mask``
+(bit-packed, only when that node has not got the current mask yet). Client → server: ``arrays`` holding only
+what the client could change — the trainable tensors, dense, and under ``MASKED_VALUES`` the trainable entries
+of masked tensors, flattened in mask order — and ``metrics`` with ``num-examples`` and train loss/accuracy.
+
+Replies are checked before they touch the global model (:func:`check_upload`): keys, shapes, dtypes, finite
+values and a plausible ``num-examples``; a failing reply raises :class:`ReplyRejected` and is counted, never
+aggregated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+MASK = "mask"
+MASK_BITS = "bits"
+MASKED_VALUES = "__masked_values__"
+NUM_EXAMPLES = "num-examples"
+
+# message types
+TRAIN = "train"
+EVALUATE = "evaluate"
+IDENTITY = "query.identity"
+RIDGE = "query.ridge"
+FISHER = "query.fisher"
+
+
+class ReplyRejected(ValueError):
+    """A client's reply is malformed or implausible; ``reason`` says how."""
+
+
+def tensor_to_array(tensor: torch.Tensor) -> Array:
+    """A Flower ``Array`` holding ``tensor`` (CPU, contiguous)."""
+    return Array(tensor.detach().cpu().contiguous().numpy())
+
+
+def array_to_tensor(array: Array) -> torch.Tensor:
+    """The tensor in a Flower ``Array`` (a fresh, writable CPU tensor)."""
+    return torch.from_numpy(array.numpy())
+
+
+def encode_tensors(tensors: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """Named tensors → ``ArrayRecord`` (order kept)."""
+    return ArrayRecord({k: tensor_to_array(v) for k, v in tensors.items()})
+
+
+def decode_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """``ArrayRecord`` → named CPU tensors."""
+    return {k: array_to_tensor(v) for k, v in record.items()}
+
+
+def encode_mask_bits(bits: np.ndarray) -> ArrayRecord:
+    """A bit-packed mask (uint8, see ``fedtalos.editing.masks.pack_mask``) as a record."""
+    return ArrayRecord({MASK_BITS: Array(np.ascontiguousarray(bits, dtype=np.uint8))})
+
+
+def message_bytes(content: RecordDict) -> int:
+    """Payload bytes of a message's arrays (what the byte metrics count)."""
+    return sum(record.count_bytes() for record in content.array_records.values())
+
+
+def make_reply(arrays: ArrayRecord | None, metrics: Mapping[str, float | int]) -> RecordDict:
+    """A reply ``RecordDict``: one ArrayRecord (optional) and one MetricRecord, as Flower's strategies expect."""
+    content = RecordDict({METRICS: MetricRecord(dict(metrics))})
+    if arrays is not None:
+        content[ARRAYS] = arrays
+    return content
+
+
+def config_record(values: Mapping[str, int | float | str | bool]) -> ConfigRecord:
+    """A ``ConfigRecord`` from plain values."""
+    return ConfigRecord(dict(values))
+
+
+def check_num_examples(metrics: MetricRecord, expected: int | None) -> int:
+    """``num-examples`` of a reply: a positive integer, equal to what the node reported at registration."""
+    value = metrics.get(NUM_EXAMPLES)
+    if value is None:
+        raise ReplyRejected("no num-examples")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ReplyRejected(f"num-examples is not a number: {value!r}")
+    if value != int(value) or value <= 0:
+        raise ReplyRejected(f"num-examples must be a positive integer, got {value}")
+    if expected is not None and int(value) != expected:
+        raise ReplyRejected(f"num-examples = {int(value)}, but the node registered {expected} examples")
+    return int(value)
+
+
+def check_upload(
+    content: RecordDict,
+    expected_shapes: Mapping[str, tuple[int, ...]],
+    masked_count: int | None,
+) -> dict[str, torch.Tensor]:
+    """Validate a training reply's arrays and return them as tensors.
+
+    Args:
+        content: the reply's content.
+        expected_shapes: name → shape of every tensor the client must upload densely (its trainable, unmasked
+            tensors).
+        masked_count: number of trainable entries in masked tensors (the length of ``MASKED_VALUES``), or None
+            when no mask is active.
+
+    Raises:
+        ReplyRejected: missing or extra keys, wrong shapes or dtypes, or NaN/Inf values.
+    """
+    if ARRAYS not in content.array_records or len(content.array_records) != 1:
+        raise ReplyRejected(f"expected exactly one ArrayRecord named {ARRAYS!r}, got {list(content.array_records)}")
+    record = content.array_records[ARRAYS]
+    expected = set(expected_shapes) | ({MASKED_VALUES} if masked_count is not None else set())
+    got = set(record.keys())
+    if got != expected:
+        missing, extra = sorted(expected - got), sorted(got - expected)
+        raise ReplyRejected(f"arrays do not match: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                            f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}")
+    tensors = {}
+    for key, array in record.items():
+        shape = (masked_count,) if key == MASKED_VALUES else expected_shapes[key]
+        if tuple(array.shape) != tuple(shape):
+            raise ReplyRejected(f"{key}: shape {tuple(array.shape)}, expected {tuple(shape)}")
+        if array.dtype != "float32":
+            raise ReplyRejected(f"{key}: dtype {array.dtype}, expected float32")
+        try:
+            tensor = array_to_tensor(array)
+        except (ValueError, TypeError) as e:
+            raise ReplyRejected(f"{key}: undecodable array ({e})") from None
+        if not torch.isfinite(tensor).all():
+            raise ReplyRejected(f"{key}: contains NaN or Inf")
+        tensors[key] = tensor
+    return tensors

@@ -1,0 +1,76 @@
+"""The server's state (FedJAX style): everything the next round needs, and its checkpoint encoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fedtalos.tracking.checkpoint import Checkpoint
+
+
+@dataclass
+class ServerState:
+    """Where a federated run stands.
+
+    Attributes:
+        step: completed rounds over all phases (the checkpoint index; monotone).
+        phase: the phase in progress: 'head', 'calibration', 'train' or 'done'.
+        phase_round: completed rounds of that phase.
+        weights: the global model (name → tensor, on the CPU).
+        strategy: the server strategy's state tensors.
+        mask: name → bool tensor (1 = trainable) once calibration has started, else None.
+        rows: the metric rows logged so far.
+        extras: small JSON values phases keep (e.g. the ridge head's logit scale).
+    """
+
+    step: int
+    phase: str
+    phase_round: int
+    weights: dict[str, torch.Tensor]
+    strategy: dict[str, torch.Tensor] = field(default_factory=dict)
+    mask: dict[str, torch.Tensor] | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """All tensors, prefixed by kind, for the checkpoint file."""
+        out = {f"weights/{k}": v for k, v in self.weights.items()}
+        out.update({f"strategy/{k}": v for k, v in self.strategy.items()})
+        if self.mask is not None:
+            out.update({f"mask/{k}": v for k, v in self.mask.items()})
+        return out
+
+    def meta(self) -> dict[str, Any]:
+        """The JSON part of the checkpoint."""
+        return {
+            "step": self.step,
+            "phase": self.phase,
+            "phase_round": self.phase_round,
+            "has_mask": self.mask is not None,
+            "mask_keys": list(self.mask) if self.mask is not None else [],
+            "weight_keys": list(self.weights),
+            "rows": self.rows,
+            "extras": self.extras,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> ServerState:
+        """Rebuild the state from a verified checkpoint (tensor order as it was saved)."""
+        meta, tensors = checkpoint.meta, checkpoint.tensors
+
+        def section(prefix: str, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+            found = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            return {k: found[k] for k in keys} if keys is not None else found
+
+        return cls(
+            step=meta["step"],
+            phase=meta["phase"],
+            phase_round=meta["phase_round"],
+            weights=section("weights/", meta["weight_keys"]),
+            strategy=section("strategy/"),
+            mask=section("mask/", meta["mask_keys"]) if meta["has_mask"] else None,
+            rows=meta["rows"],
+            extras=meta["extras"],
+        )

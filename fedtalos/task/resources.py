@@ -1,0 +1,133 @@
+"""Per-process resources for one run configuration: the data set, its split and shards, the model, the device.
+
+Built once per process and cached (a Ray actor serves many clients; rebuilding per message would dominate a
+round), rebuilt only when the configuration changes. Clients build the architecture without pretrained weights:
+the server sends them the global weights every round, so only the server ever needs the DINO checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedtalos.config import RunConfig
+from fedtalos.task.data import (
+    Cifar100,
+    ImageTransform,
+    iterate_batches,
+    load_cifar100,
+    make_partitions,
+    split_train_val,
+    to_device,
+)
+from fedtalos.task.model import autocast_dtype, build_model, resolve_device
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Resources:
+    """Everything heavy that a process needs for ``config``; build with :func:`get_resources`."""
+
+    config: RunConfig
+    device: torch.device
+    dtype: torch.dtype | None
+    data: Cifar100
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    model: nn.Module
+    train_transform: ImageTransform
+    eval_transform: ImageTransform
+    _on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _partitions: list[np.ndarray] | None = None
+
+    # -------------------------------------------------------------------------------------------- data
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 images, labels) of 'train' (train minus validation), 'val' or 'test', on the device."""
+        if name not in self._on_device:
+            if name == "test":
+                images, labels = self.data.test_images, self.data.test_labels
+            else:
+                idx = torch.from_numpy(self.train_idx if name == "train" else self.val_idx)
+                images, labels = self.data.train_images[idx], self.data.train_labels[idx]
+            self._on_device[name] = (to_device(images, self.device), to_device(labels, self.device))
+        return self._on_device[name]
+
+    @property
+    def partitions(self) -> list[np.ndarray]:
+        """The K client shards: index arrays into the 'train' split."""
+        if self._partitions is None:
+            c = self.config
+            labels = self.data.train_labels.numpy()[self.train_idx]
+            self._partitions = make_partitions(labels, c.num_clients, c.partitioning, c.classes_per_client, c.seed)
+        return self._partitions
+
+    def client_data(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 images, labels) of client ``pid``'s shard, on the device."""
+        if not 0 <= pid < self.config.num_clients:
+            raise ValueError(f"partition-id {pid} outside 0..{self.config.num_clients - 1}")
+        images, labels = self.split("train")
+        idx = torch.from_numpy(self.partitions[pid]).to(self.device)
+        return images[idx], labels[idx]
+
+    def train_batches(
+        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, num_steps: int | None = None
+    ) -> Iterator[Batch]:
+        """Augmented training batches (``num_steps`` full batches, or one shuffled pass)."""
+        return iterate_batches(
+            images, labels, self.train_transform, batch_size=self.config.batch_size, generator=generator,
+            num_steps=num_steps,
+        )
+
+    def eval_batches(self, images: torch.Tensor, labels: torch.Tensor) -> Iterator[Batch]:
+        """Un-augmented batches of ``eval-batch-size``, in order."""
+        return iterate_batches(images, labels, self.eval_transform, batch_size=self.config.eval_batch_size)
+
+    # -------------------------------------------------------------------------------------------- model
+    def load_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Copy ``weights`` into the cached model (strict: same keys and shapes)."""
+        self.model.load_state_dict(weights, strict=True)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The model's weights as independent CPU tensors."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+
+@functools.lru_cache(maxsize=2)  # a client's and, in-process, a server's
+def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
+    """The cached resources of ``config`` for this process.
+
+    ``pretrained=True`` loads the DINO weights (the server's initial model, the centralized run); clients use
+    the default, the bare architecture, since they receive weights in every message.
+    """
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    data = load_cifar100(config.resolved_dataset_root(), config.dataset_download, config.dataset_verify)
+    train_idx, val_idx = split_train_val(data.train_labels, config.val_fraction, config.seed)
+    torch.manual_seed(config.seed)  # the new head's initialisation
+    model = build_model(
+        config.model,
+        num_classes=len(data.classes),
+        image_size=config.image_size,
+        pretrained=pretrained and config.pretrained,
+        weights_path=config.weights_path or None,
+    ).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return Resources(
+        config=config,
+        device=device,
+        dtype=autocast_dtype(device, config.precision),
+        data=data,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        model=model,
+        train_transform=ImageTransform(config.image_size, train=True, channels_last=config.channels_last),
+        eval_transform=ImageTransform(config.image_size, train=False, channels_last=config.channels_last),
+    )

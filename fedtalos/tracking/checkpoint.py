@@ -1,0 +1,239 @@
+"""Atomic, verified checkpoints: ``ckpt-<step>.safetensors`` (tensors) + ``ckpt-<step>.json`` (the rest).
+
+Writing: tensors go to a temporary file that is fsynced and renamed into place; then the JSON companion, which
+records the tensor file's size and SHA-256 and the run's config hash, goes the same way. The JSON is written
+last, so a checkpoint without it is incomplete and ignored. Nothing is ever overwritten in place, and a failed
+write (disk full, kill) leaves the earlier checkpoints as they were.
+
+Reading: checkpoints are tried newest first; one whose JSON is missing or unreadable, whose tensor file is
+missing, truncated or altered (size/hash), or whose config hash differs is reported and skipped, so the run
+falls back to the previous good one. Loading runs no code: safetensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^ckpt-(\d{9})\.json$")
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (the previous ones are intact) or none could be read."""
+
+
+@dataclass
+class Checkpoint:
+    """One saved state: ``step`` (a monotone counter, e.g. the global round), tensors and JSON metadata."""
+
+    step: int
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    path: Path
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a fsynced temporary file and a rename (all or nothing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses views, shared storage and non-CPU tensors: store independent CPU copies.
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+class CheckpointStore:
+    """The checkpoints of one run directory.
+
+    Args:
+        directory: where the files go (created on the first save).
+        config_hash: the run's result-config hash; checkpoints with another hash are refused on load.
+        keep: how many of the newest checkpoints to keep; the best (highest ``score``) is kept as well.
+        fault_hook: test hook called with a stage name during :meth:`save` (to inject kills and disk errors).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        config_hash: str,
+        keep: int = 2,
+        fault_hook: Callable[[str], None] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.config_hash = config_hash
+        self.keep = keep
+        self.fault_hook = fault_hook or (lambda stage: None)
+
+    def _paths(self, step: int) -> tuple[Path, Path]:
+        stem = self.directory / f"ckpt-{step:09d}"
+        return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+    def steps(self) -> list[int]:
+        """Steps with a JSON companion on disk, oldest first (not yet verified)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _NAME.match(p.name)))
+
+    def save(self, step: int, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], score: float | None = None) -> Path:
+        """Write checkpoint ``step`` atomically, then prune old ones. Returns the JSON path.
+
+        Raises:
+            CheckpointError: the write failed (e.g. disk full); earlier checkpoints are untouched.
+        """
+        tensor_path, json_path = self._paths(step)
+        try:
+            blob = save_safetensors(_contiguous(tensors))
+            self.fault_hook("before-tensors")
+            atomic_write_bytes(tensor_path, blob)
+            self.fault_hook("after-tensors")
+            record = {
+                "format": FORMAT_VERSION,
+                "step": step,
+                "config_hash": self.config_hash,
+                "tensors_file": tensor_path.name,
+                "tensors_bytes": len(blob),
+                "tensors_sha256": hashlib.sha256(blob).hexdigest(),
+                "score": score,
+                "meta": dict(meta),
+            }
+            atomic_write_bytes(json_path, json.dumps(record, indent=1, allow_nan=True).encode())
+            self.fault_hook("after-json")
+        except OSError as e:
+            raise CheckpointError(
+                f"could not write checkpoint {step} to {self.directory}: {e}. The previous checkpoints are intact; "
+                "free the space (or fix the permissions) and run the same command again to resume."
+            ) from e
+        self._prune()
+        return json_path
+
+    def _read_record(self, step: int) -> dict[str, Any]:
+        _, json_path = self._paths(step)
+        try:
+            record = json.loads(json_path.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"unreadable metadata {json_path.name}: {e}") from None
+        if not isinstance(record, dict) or record.get("format") != FORMAT_VERSION or record.get("step") != step:
+            raise CheckpointError(f"{json_path.name} is not a fedtalos checkpoint record")
+        return record
+
+    def load(self, step: int) -> Checkpoint:
+        """Load and verify checkpoint ``step``; raises :class:`CheckpointError` saying what is wrong."""
+        record = self._read_record(step)
+        if record["config_hash"] != self.config_hash:
+            raise CheckpointError(
+                f"checkpoint {step} belongs to another run configuration (hash {record['config_hash']}, "
+                f"this run {self.config_hash})"
+            )
+        tensor_path = self.directory / record["tensors_file"]
+        try:
+            blob = tensor_path.read_bytes()
+        except OSError:
+            raise CheckpointError(f"checkpoint {step}: tensor file {tensor_path.name} is missing") from None
+        if len(blob) != record["tensors_bytes"]:
+            raise CheckpointError(
+                f"checkpoint {step}: {tensor_path.name} has {len(blob)} bytes, expected {record['tensors_bytes']} "
+                "(truncated?)"
+            )
+        if hashlib.sha256(blob).hexdigest() != record["tensors_sha256"]:
+            raise CheckpointError(f"checkpoint {step}: {tensor_path.name} fails its SHA-256 check (corrupted)")
+        try:
+            tensors = load_safetensors(blob)
+        except Exception as e:  # a hash-valid file that safetensors rejects was written by something else
+            raise CheckpointError(f"checkpoint {step}: {tensor_path.name} is not a safetensors file: {e}") from None
+        return Checkpoint(step=step, tensors=tensors, meta=record["meta"], path=tensor_path)
+
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint that verifies; broken ones are logged and skipped. None if there is none.
+
+        Raises:
+            CheckpointError: checkpoints exist but every one of them is broken (nothing is deleted).
+        """
+        steps = self.steps()
+        problems = []
+        for step in reversed(steps):
+            try:
+                checkpoint = self.load(step)
+            except CheckpointError as e:
+                log.warning("skipping checkpoint: %s", e)
+                problems.append(str(e))
+                continue
+            if problems:
+                log.warning("resuming from checkpoint %d, the newest one that verifies", step)
+            return checkpoint
+        if problems:
+            raise CheckpointError(
+                "no usable checkpoint in " + str(self.directory) + ":\n  " + "\n  ".join(problems)
+                + "\nStart over with resume=false (the directory is kept, renamed) or another run-name."
+            )
+        return None
+
+    def _prune(self) -> None:
+        steps = self.steps()
+        keep = set(steps[-self.keep :])
+        best_step, best_score = None, None
+        for step in steps:
+            try:
+                score = self._read_record(step).get("score")
+            except CheckpointError:
+                continue
+            if score is not None and (best_score is None or score > best_score):
+                best_step, best_score = step, score
+        if best_step is not None:
+            keep.add(best_step)
+        for step in steps:
+            if step in keep:
+                continue
+            tensor_path, json_path = self._paths(step)
+            json_path.unlink(missing_ok=True)  # the JSON first: a half-deleted checkpoint is an ignored one
+            tensor_path.unlink(missing_ok=True)
+        for stray in self.directory.glob("ckpt-*.safetensors"):
+            if not stray.with_suffix(".json").exists() and int(stray.stem[5:]) < max(steps, default=0):
+                stray.unlink(missing_ok=True)  # tensors of a write that died before its JSON
+
+    def best(self) -> Checkpoint | None:
+        """The kept checkpoint with the highest score (None if no checkpoint has a score)."""
+        scored = []
+        for step in self.steps():
+            try:
+                score = self._read_record(step).get("score")
+            except CheckpointError:
+                continue
+            if score is not None:
+                scored.append((score, step))
+        return self.load(max(scored)[1]) if scored else None

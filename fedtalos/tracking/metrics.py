@@ -1,0 +1,152 @@
+"""Metric logs: one row per round (or epoch) and phase, as ``metrics.jsonl`` and ``metrics.csv``.
+
+The rows so far are also stored in every checkpoint; on resume :meth:`MetricsLog.restore` rewrites both files
+from the checkpoint's rows, so rows written after that checkpoint by a killed process are dropped, and the
+re-run round appends them again: a resumed run never duplicates or loses a row. Optional sinks (TensorBoard,
+Weights & Biases) receive each row too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from fedtalos.tracking.checkpoint import atomic_write_bytes
+
+# Columns that come first in the CSV, in this order; any others follow in order of first appearance.
+LEADING_COLUMNS = (
+    "phase",
+    "round",
+    "step",
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "clients_ok",
+    "clients_failed",
+    "bytes_up",
+    "bytes_down",
+    "drift",
+    "wall_s",
+)
+
+Row = dict[str, Any]
+
+
+class MetricSink(Protocol):
+    """Something that receives each logged row (TensorBoard, W&B, a progress display)."""
+
+    def log(self, row: Row) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _json_value(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+class MetricsLog:
+    """The metric rows of one run directory."""
+
+    def __init__(self, run_dir: Path, sinks: Iterable[MetricSink] = ()) -> None:
+        self.jsonl = Path(run_dir) / "metrics.jsonl"
+        self.csv = Path(run_dir) / "metrics.csv"
+        self.rows: list[Row] = []
+        self.sinks = list(sinks)
+
+    def restore(self, rows: list[Row]) -> None:
+        """Make the files hold exactly ``rows`` (from a checkpoint, or [] for a fresh run)."""
+        self.rows = [dict(r) for r in rows]
+        atomic_write_bytes(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.rows).encode())
+        self._write_csv()
+
+    def append(self, row: Row) -> None:
+        """Add one row to both files and every sink."""
+        row = {k: _json_value(v) for k, v in row.items()}
+        self.rows.append(row)
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._write_csv()
+        for sink in self.sinks:
+            sink.log(row)
+
+    def _write_csv(self) -> None:
+        columns = [c for c in LEADING_COLUMNS if any(c in r for r in self.rows)]
+        for row in self.rows:
+            columns += [k for k in row if k not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_bytes(self.csv, buffer.getvalue().encode())
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def read_rows(run_dir: Path) -> list[Row]:
+    """The rows of ``run_dir/metrics.jsonl`` (a trailing partial line from a kill is ignored)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+class TensorBoardSink:
+    """Writes every numeric column as a scalar ``<phase>/<column>`` at step ``round`` (or ``epoch``)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # pragma: no cover - depends on the optional extra
+            raise RuntimeError("tensorboard = true needs `pip install tensorboard` (extra: fedtalos[tensorboard])") from e
+        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def log(self, row: Row) -> None:
+        step = row.get("step", row.get("round", row.get("epoch", 0)))
+        for key, value in row.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("round", "step", "epoch"):
+                self.writer.add_scalar(f"{row.get('phase', 'run')}/{key}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    """Logs rows to Weights & Biases; the W&B run id is the run name, so a resumed run continues the same W&B run."""
+
+    def __init__(self, run_dir: Path, project: str, config: dict[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError as e:
+            raise RuntimeError("wandb = true needs `pip install wandb` (extra: fedtalos[wandb]) and `wandb login`") from e
+        run_dir = Path(run_dir)
+        self.run = wandb.init(
+            project=project, name=run_dir.name, id=run_dir.name, resume="allow", config=config, dir=str(run_dir)
+        )
+
+    def log(self, row: Row) -> None:
+        step = row.get("step", row.get("round", row.get("epoch")))
+        self.run.log({k: v for k, v in row.items() if v is not None}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()

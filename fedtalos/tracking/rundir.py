@@ -1,0 +1,133 @@
+"""Run directories: ``<output-root>/<run-name>/`` with ``config.json``, metrics, checkpoints, plots, summary.
+
+:func:`open_run_dir` decides between a fresh run, a resume and a refusal *before* any compute, and never deletes
+anything: starting over (``resume = false``) renames the old directory aside.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fedtalos.config import ConfigError, RunConfig
+from fedtalos.tracking.checkpoint import CheckpointStore, atomic_write_bytes
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+
+
+class RunConfigMismatch(RuntimeError):
+    """The run directory holds a run with a different configuration."""
+
+
+@dataclass
+class RunDir:
+    """An opened run directory."""
+
+    path: Path
+    config: RunConfig
+    checkpoints: CheckpointStore
+    resumed: bool  # True when the directory already held this run (there may still be no checkpoint yet)
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write ``summary.json`` atomically."""
+        atomic_write_bytes(self.path / SUMMARY_FILE, json.dumps(summary, indent=1).encode())
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a run's numbers, plus Python and the platform."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("fedtalos", "torch", "torchvision", "timm", "flwr", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def check_writable(root: Path) -> str | None:
+    """None if run directories can be created under ``root``, else why not (checked without creating ``root``)."""
+    existing = root
+    while not existing.exists():
+        if existing.parent == existing:
+            return f"no existing parent directory of {root}"
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        return f"cannot write in {existing}: {e.strerror or e}"
+    return None
+
+
+def validate_output_root(config: RunConfig) -> None:
+    """Raise :class:`ConfigError` if the output root is not writable (before any directory is created)."""
+    root = config.resolved_output_root()
+    problem = check_writable(root)
+    if problem:
+        raise ConfigError([f"output-root = {str(root)!r}: not writable ({problem})"])
+
+
+def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    keys = sorted(set(stored) | set(current))
+    return [f"{k}: {stored.get(k, '(unset)')!r} → {current.get(k, '(unset)')!r}" for k in keys if stored.get(k) != current.get(k)]
+
+
+def open_run_dir(config: RunConfig, kind: str, prefix: str = "") -> RunDir:
+    """Create or reopen the run directory of ``config``.
+
+    ``kind`` is ``'federated'`` or ``'centralized'``. If the directory holds a run of the same configuration
+    (equal result hash) it is reopened for resuming; if ``resume = false`` it is renamed to
+    ``<name>.old-<timestamp>`` and a fresh one made; a different configuration is refused with the keys that
+    differ and the two ways out.
+    """
+    validate_output_root(config)
+    path = config.run_dir(prefix)
+    stored_file = path / CONFIG_FILE
+    resumed = False
+    if path.exists():
+        if not config.resume:
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            aside = path.with_name(f"{path.name}.old-{stamp}")
+            os.replace(path, aside)
+        elif stored_file.is_file():
+            stored = json.loads(stored_file.read_text())
+            if stored.get("kind") != kind or stored.get("result_hash") != config.result_hash():
+                diff = _differences(stored.get("result_config", {}), config.result_dict())
+                raise RunConfigMismatch(
+                    f"{path} holds a {stored.get('kind', '?')} run with a different configuration:\n  "
+                    + "\n  ".join(diff or [f"kind: {stored.get('kind')!r} → {kind!r}"])
+                    + "\nTo keep both, choose another run-name; to start this run over there, set resume=false "
+                    "(the old directory is kept, renamed)."
+                )
+            resumed = True
+    path.mkdir(parents=True, exist_ok=True)
+    record = {
+        "kind": kind,
+        "run_name": path.name,
+        "result_hash": config.result_hash(),
+        "config": config.to_dict(),
+        "result_config": config.result_dict(),
+        "versions": package_versions(),
+        "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if resumed:
+        record["created"] = json.loads(stored_file.read_text()).get("created", record["updated"])
+    else:
+        record["created"] = record["updated"]
+    atomic_write_bytes(stored_file, json.dumps(record, indent=1).encode())
+    store = CheckpointStore(path / "checkpoints", config.result_hash(), keep=config.checkpoint_keep)
+    return RunDir(path=path, config=config, checkpoints=store, resumed=resumed)
