@@ -83,6 +83,7 @@ def fisher_scores(
                 with sdpa_kernel(SDPBackend.MATH):
                     grads = per_sample_grads(scorer.scored, xc, yc)
                 for name, g in grads.items():
+                    # Not square_(): gradients can share storage (cls_token's is a view into pos_embed's).
                     scores[name] += g.float().square().sum(0)
     return scores
 
