@@ -89,6 +89,14 @@ class SparseSGDM(torch.optim.Optimizer):
         """The bool mask of ``param`` (True = trainable), or None if it is updated densely."""
         return self.state[param].get("mask") if param in self.state else None
 
+    def set_mask(self, param: Tensor, mask: Tensor | None) -> None:
+        """Replace ``param``'s mask (None = dense). Its momentum buffer is kept: entries frozen now stop moving at
+        once (the mask is applied again after momentum), and their buffer only decays (μb + 0)."""
+        if mask is None:
+            self.state[param].pop("mask", None)
+        else:
+            self.state[param]["mask"] = _checked_mask(param, mask)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore state, masks included (the base class casts every state tensor to the parameter's float dtype)."""
         super().load_state_dict(state_dict)

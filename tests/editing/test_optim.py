@@ -109,6 +109,23 @@ def test_where_avoids_the_pitfalls_of_multiplying_by_the_mask():
     assert p[2].item() == pytest.approx(1.0 + 0.1 * 3.0)
 
 
+def test_entries_frozen_after_momentum_built_up_stop_at_once():
+    """The second where(): a buffer filled while an entry was trainable must not move it once it is frozen."""
+    params = _params()
+    opt = SparseSGDM(params, None, lr=0.1, momentum=0.9, nesterov=True)
+    _run(opt, params, 3)
+    masks = _half_masks(params)
+    for p, m in zip(params, masks, strict=True):
+        opt.set_mask(p, m)
+        assert bool((opt.state[p]["momentum_buffer"][~m] != 0).any())  # momentum is still there …
+    before = [p.detach().clone() for p in params]
+    _run(opt, params, 3, start=3)
+    assert all(torch.equal(_bits(p)[~m], _bits(b)[~m]) for p, b, m in zip(params, before, masks, strict=True))
+    opt.set_mask(params[0], None)  # … and dense again
+    _run(opt, params, 1, start=6)
+    assert bool((params[0] != before[0]).all())
+
+
 def test_zeroing_grads_then_stock_sgd_with_weight_decay_moves_frozen_weights():
     ref, ours = _params(), _params()
     masks = _half_masks(ref)
