@@ -216,6 +216,7 @@ def calibrate_mask(
     if not callable(batches) and iter(batches) is batches:  # type: ignore[arg-type]
         raise TypeError("batches must be re-iterable (e.g. a list) or a callable round_index -> batches")
     shapes = {n: w.shape for n, w in weights.items()}
+    keep: Keep = "lowest" if rule == "least-sensitive" else "highest"
     generator = torch.Generator(device=weights[names[0]].device).manual_seed(seed)
     alive: Mask = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
     for r in range(rounds):
@@ -232,7 +233,6 @@ def calibrate_mask(
             chunk_size=chunk_size,
         )
         counts = keep_counts(shapes, keep_fraction(sparsity, r, rounds), scope)
-        keep: Keep = "lowest" if rule == "least-sensitive" else "highest"
         alive = update_mask(scores, alive, counts, keep=keep, scope=scope)
     return alive
 
