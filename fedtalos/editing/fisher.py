@@ -1,0 +1,196 @@
+"""Sensitivity scores: the diagonal of the empirical-label-free Fisher, from per-sample gradients (spec §2).
+
+For every calibration input x (its label, if given, is ignored) and each of ``repeats`` draws:
+
+- y ~ Categorical(softmax(f(x))), the label sampled from the model's own prediction;
+- s = f_y(x), the raw logit of that class (``target="logit"``, what the TaLoS code does), or
+  s = log softmax(f(x))_y (``target="log-prob"``, the textbook Fisher);
+- score(θ) += (∂s/∂θ)², the square of the *per-sample* gradient, summed over samples.
+
+Scores are float32 sums (not means), so client sums add up to the score of the union of their samples.
+
+Scored parameters: by default every backbone parameter, i.e. every named parameter not starting with
+``head.`` (attention and MLP weights and biases, LayerNorms, the patch embedding, the cls token and the position
+embedding), as the spec says. The head is excluded: it is fitted in step 0 and frozen, so spending trainable
+entries on it would be wasted. (The TaLoS code scores only the parameters of its masked Linear, Conv2d,
+MultiheadAttention and LayerNorm modules; cls token and position embedding are scored here too.)
+
+Soft zeroing: with a ``soft_mask`` (True = trainable) the forward pass uses the effective weights
+θ_eff = θ · c with c = 1 where trainable and c = ``soft_value`` where frozen, and the gradient is taken with respect
+to the *original* θ, so a frozen entry's gradient is soft_value · ∂s/∂θ_eff. This is what the TaLoS code does: its
+masked layers compute ``weight * weight_mask`` (mask 0.1 for frozen entries, a buffer without gradient) and it
+squares ``p.grad`` of the original parameter. Trainable entries get the same gradient either way; only the scores
+of frozen entries differ, and those are never compared against again (``masks.update_mask`` looks at alive
+entries only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from fedtalos.editing._common import eval_mode
+from fedtalos.task.model import HEAD_PREFIX
+
+Target = Literal["logit", "log-prob"]
+Batch = Tensor | tuple[Tensor, ...] | list[Tensor]
+
+
+def fisher_scores(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    params: Iterable[str] | None = None,
+    target: Target = "logit",
+    repeats: int = 1,
+    soft_mask: Mapping[str, Tensor] | None = None,
+    soft_value: float = 0.1,
+    generator: torch.Generator | None = None,
+    chunk_size: int = 32,
+) -> dict[str, Tensor]:
+    """Sum over samples of squared per-sample gradients ∂s/∂θ (see the module docstring).
+
+    Args:
+        model: a classifier returning logits (B, C); run in eval mode, its modes are restored afterwards. Its
+            parameters are not modified and get no ``.grad``.
+        batches: yields inputs (B, ...) or (inputs, labels) pairs; labels are ignored. Moved to the model's device.
+        params: names of the parameters to score; None = every parameter not starting with ``head.``.
+        target: ``"logit"`` (raw logit of the sampled class) or ``"log-prob"`` (its log-softmax).
+        repeats: label draws per input (R in the spec); each adds its own squared gradients.
+        soft_mask: name → bool tensor of the parameter's shape (True = trainable); frozen entries are scaled by
+            ``soft_value`` in the forward pass. Names may include unscored parameters (then scaled constants).
+        soft_value: the scale of frozen entries (0.1 in TaLoS; 1.0 = no soft zeroing).
+        generator: draws the labels (``torch.multinomial``), on the model's device; None = the global RNG.
+            Draw order: batch by batch, for each batch ``repeats`` draws of one label per sample.
+        chunk_size: samples per ``vmap`` call; memory grows as chunk_size × the number of scored entries.
+
+    Returns:
+        name → float32 tensor of the parameter's shape on the parameter's device.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    with eval_mode(model):
+        scorer = _Scorer(model, params, target, soft_mask, soft_value)
+        per_sample_grads = vmap(grad(scorer.sample_score), in_dims=(None, 0, 0))
+        scores = scorer.zeros()
+        for x, labels in scorer.labelled_inputs(batches, repeats, generator):
+            for xc, yc in zip(x.split(chunk_size), labels.split(chunk_size), strict=True):
+                # MATH attention: it is built from ops vmap can batch; fused CPU/GPU kernels fall back to a loop.
+                with sdpa_kernel(SDPBackend.MATH):
+                    grads = per_sample_grads(scorer.scored, xc, yc)
+                for name, g in grads.items():
+                    # Not square_(): gradients can share storage (cls_token's is a view into pos_embed's).
+                    scores[name] += g.float().square().sum(0)
+    return scores
+
+
+def per_sample_loop_scores(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    params: Iterable[str] | None = None,
+    target: Target = "logit",
+    repeats: int = 1,
+    soft_mask: Mapping[str, Tensor] | None = None,
+    soft_value: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """The same scores as :func:`fisher_scores`, one ``torch.autograd.grad`` call per sample.
+
+    The reference for tests and the benchmark (slow: one backward pass per sample), not for production. Labels
+    are drawn exactly as in :func:`fisher_scores`, so equal generators give equal labels.
+    """
+    with eval_mode(model):
+        scorer = _Scorer(model, params, target, soft_mask, soft_value)
+        leaves = {n: t.clone().requires_grad_(True) for n, t in scorer.scored.items()}
+        scores = scorer.zeros()
+        for x, labels in scorer.labelled_inputs(batches, repeats, generator):
+            for xi, yi in zip(x, labels, strict=True):
+                grads = torch.autograd.grad(scorer.sample_score(leaves, xi, yi), list(leaves.values()))
+                for name, g in zip(leaves, grads, strict=True):
+                    scores[name] += g.float().square()
+    return scores
+
+
+class _Scorer:
+    """The model as a pure function of its scored parameters, with soft zeroing and label sampling."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: Iterable[str] | None,
+        target: Target,
+        soft_mask: Mapping[str, Tensor] | None,
+        soft_value: float,
+    ) -> None:
+        if target not in ("logit", "log-prob"):
+            raise ValueError(f"target must be 'logit' or 'log-prob', got {target!r}")
+        named = dict(model.named_parameters())
+        names = [n for n in named if not n.startswith(HEAD_PREFIX)] if params is None else list(params)
+        unknown = sorted(set(names) - set(named))
+        if unknown:
+            raise KeyError(f"not parameters of the model: {unknown[:5]}")
+        if not names:
+            raise ValueError("no parameters to score")
+        self.model = model
+        self.target = target
+        self.device = named[names[0]].device
+        self.scales = _soft_scales(named, soft_mask or {}, soft_value)
+        tensors = {n: t.detach() for n, t in model.named_buffers()}
+        for n, p in named.items():
+            tensors[n] = self.effective(n, p.detach())
+        self.scored = {n: named[n].detach() for n in names}
+        # Everything the forward needs that is not differentiated: unscored parameters (soft-scaled) and buffers.
+        self.constants = {n: t for n, t in tensors.items() if n not in self.scored}
+
+    def effective(self, name: str, value: Tensor) -> Tensor:
+        scale = self.scales.get(name)
+        return value if scale is None else value * scale
+
+    def zeros(self) -> dict[str, Tensor]:
+        return {n: torch.zeros_like(t, dtype=torch.float32) for n, t in self.scored.items()}
+
+    def logits(self, scored: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        tensors = dict(self.constants)
+        tensors.update({n: self.effective(n, t) for n, t in scored.items()})
+        return functional_call(self.model, tensors, (x,))
+
+    def sample_score(self, scored: Mapping[str, Tensor], x: Tensor, label: Tensor) -> Tensor:
+        """s for one sample: x (C, H, W) without batch dimension, label a 0-d int64 tensor."""
+        logits = self.logits(scored, x.unsqueeze(0))[0]
+        if self.target == "log-prob":
+            logits = torch.log_softmax(logits, dim=-1)
+        # gather, not logits[label]: indexing with a tensor value is data-dependent control flow under vmap.
+        return logits.gather(0, label.reshape(1))[0]
+
+    @torch.no_grad()
+    def labelled_inputs(
+        self, batches: Iterable[Batch], repeats: int, generator: torch.Generator | None
+    ) -> Iterable[tuple[Tensor, Tensor]]:
+        """(inputs (B, ...), sampled labels (B,)) per batch and repeat, labels drawn from the model's softmax."""
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        for batch in batches:
+            x = (batch if isinstance(batch, Tensor) else batch[0]).to(self.device)
+            if len(x) == 0:
+                continue
+            probs = torch.softmax(self.logits(self.scored, x).float(), dim=-1)
+            for _ in range(repeats):
+                yield x, torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _soft_scales(named: Mapping[str, Tensor], soft_mask: Mapping[str, Tensor], soft_value: float) -> dict[str, Tensor]:
+    scales = {}
+    for name, mask in soft_mask.items():
+        if name not in named:
+            raise KeyError(f"soft_mask names {name!r}, which is not a parameter of the model")
+        p = named[name]
+        if mask.dtype != torch.bool or mask.shape != p.shape:
+            raise ValueError(f"soft_mask[{name!r}] must be a bool tensor of shape {tuple(p.shape)}")
+        mask = mask.to(p.device)
+        if not bool(mask.all()):  # all-trainable tensors need no scaling at all
+            scales[name] = torch.where(mask, 1.0, soft_value).to(p.dtype)
+    return scales

@@ -1,0 +1,33 @@
+"""Smoke test of bench/fisher_scoring.py --quick: it runs and prints one JSON object with the expected keys."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_benchmark_prints_one_json_object():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fisher_scoring.py"), "--quick", "--samples", "8"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(done.stdout)  # the whole of stdout is one JSON document
+    assert report["benchmark"] == "fisher_scoring" and report["quick"] is True and report["threads"] == 2
+    (result,) = report["results"]
+    expected = {"model", "scored_entries", "samples", "batch_size", "chunk_size", "repeat"}
+    expected |= {"vectorized_s", "loop_s", "speedup", "max_rel_diff"}
+    assert expected <= set(result)
+    assert result["model"] == "vit-tiny-test" and result["samples"] == 8
+    assert result["vectorized_s"] > 0 and result["loop_s"] > 0 and math.isfinite(result["speedup"])
+    assert 0 <= result["max_rel_diff"] < 1e-3  # the two scorers agree

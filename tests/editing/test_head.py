@@ -1,0 +1,116 @@
+"""The ridge head: additive client statistics, the closed form, classification, temperature, set_head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedtalos.editing.head import (
+    RidgeStats,
+    backbone_features,
+    feature_statistics,
+    fit_logit_scale,
+    ridge_statistics,
+    set_head,
+    solve_ridge,
+)
+from fedtalos.task.model import TINY_TEST_VIT, build_model
+
+C = 7
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return build_model(TINY_TEST_VIT, num_classes=C, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def batches():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, C, (n,), generator=g)) for n in (9, 6, 11)]
+
+
+def test_summed_client_statistics_equal_the_statistics_of_the_union(vit, batches):
+    clients = [ridge_statistics(vit, [b], C) for b in batches]
+    union = ridge_statistics(vit, batches, C)
+    total = RidgeStats.sum(clients)
+    assert total.count == union.count == 26
+    assert total.gram.dtype == total.cross.dtype == torch.float64
+    assert total.gram.shape == (33, 33) and total.cross.shape == (33, C)
+    assert torch.allclose(total.gram, union.gram, rtol=1e-12) and torch.allclose(total.cross, union.cross, rtol=1e-12)
+    assert sum(clients).count == 26  # the builtin sum works as well
+    # The constant feature's row: the count, and the class histogram.
+    assert total.gram[-1, -1] == 26
+    assert torch.equal(total.cross[-1], torch.bincount(union_labels(batches), minlength=C).double())
+
+
+def union_labels(batches) -> torch.Tensor:
+    return torch.cat([y for _, y in batches])
+
+
+def test_solution_equals_the_augmented_least_squares_problem(vit, batches):
+    lam = 0.3
+    features = torch.cat([backbone_features(vit, x) for x, _ in batches]).double()
+    targets = F.one_hot(union_labels(batches), C).double()
+    weight, bias = solve_ridge(ridge_statistics(vit, batches, C), lam)
+    # min ‖ΦW − Y‖² + λ‖W_features‖²  ⇔  least squares on [Φ; √λ·(I 0)] W = [Y; 0]  (the bias unpenalised).
+    d = features.shape[1]
+    phi = torch.cat([features, torch.ones(len(features), 1, dtype=torch.float64)], 1)
+    penalty = torch.cat([lam**0.5 * torch.eye(d, dtype=torch.float64), torch.zeros(d, 1, dtype=torch.float64)], 1)
+    solution = torch.linalg.lstsq(torch.cat([phi, penalty]), torch.cat([targets, torch.zeros(d, C).double()])).solution
+    assert torch.allclose(weight, solution[:d].T, atol=1e-9)
+    assert torch.allclose(bias, solution[d], atol=1e-9)
+    assert weight.shape == (C, d) and bias.shape == (C,)
+
+
+def test_the_bias_is_not_regularised():
+    g = torch.Generator().manual_seed(2)
+    features, labels = torch.randn(50, 4, generator=g), torch.randint(0, 3, (50,), generator=g)
+    weight, bias = solve_ridge(feature_statistics(features, labels, 3), lam=1e9)
+    assert weight.abs().max() < 1e-6  # crushed weights …
+    assert torch.allclose(bias, torch.bincount(labels, minlength=3).double() / 50, atol=1e-6)  # … class frequencies
+
+
+def test_ridge_head_classifies_separable_features():
+    g = torch.Generator().manual_seed(3)
+    means = 4 * torch.randn(10, 16, generator=g)
+
+    def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(0, 10, (n,), generator=g)
+        return means[labels] + torch.randn(n, 16, generator=g), labels
+
+    train_x, train_y = sample(2000)
+    test_x, test_y = sample(500)
+    shards = zip(train_x.split(300), train_y.split(300), strict=True)  # 7 clients
+    stats = RidgeStats.sum(feature_statistics(x, y, 10) for x, y in shards)
+    weight, bias = solve_ridge(stats, lam=1.0)
+    accuracy = ((test_x.double() @ weight.T + bias).argmax(1) == test_y).double().mean()
+    assert accuracy > 0.95
+
+
+def test_fit_logit_scale_recovers_a_known_temperature():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.rand(20000, 10, generator=g)  # least-squares-like outputs in [0, 1]
+    true_alpha = 6.0
+    labels = torch.multinomial(torch.softmax(true_alpha * logits, -1), 1, generator=g).squeeze(1)
+    alpha = fit_logit_scale(logits, labels)
+    assert alpha == pytest.approx(true_alpha, rel=0.05)
+    # It is the minimiser: a bit more or less is worse.
+    ce = lambda a: float(F.cross_entropy(a * logits.double(), labels))  # noqa: E731
+    assert ce(alpha) < min(ce(alpha * 1.05), ce(alpha / 1.05))
+    assert ce(alpha) < ce(1.0)
+
+
+def test_set_head_changes_the_outputs_as_expected(batches):
+    vit = build_model(TINY_TEST_VIT, num_classes=C, image_size=32)  # its own model: set_head mutates it
+    x = batches[0][0]
+    g = torch.Generator().manual_seed(5)
+    weight, bias = torch.randn(C, 32, generator=g, dtype=torch.float64), torch.randn(C, generator=g).double()
+    set_head(vit, weight, bias, scale=2.5)
+    expected = 2.5 * (backbone_features(vit, x).double() @ weight.T + bias)
+    with torch.no_grad():
+        assert torch.allclose(vit(x).double(), expected, atol=1e-4)
+    with pytest.raises(ValueError):
+        set_head(vit, weight[:, :5], bias)
