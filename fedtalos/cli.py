@@ -16,8 +16,11 @@ def _plot(args: argparse.Namespace) -> int:
     if missing:
         print(f"error: no metrics.jsonl in {', '.join(missing)}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else (runs[0] / "plots" / f"curves-{args.x}.png" if len(runs) == 1
-                                           else Path("comparison.png"))
+    out = (
+        Path(args.out)
+        if args.out
+        else (runs[0] / "plots" / f"curves-{args.x}.png" if len(runs) == 1 else Path("comparison.png"))
+    )
     try:
         path = plot_runs(runs, out, x=args.x, labels=args.labels, title=args.title)
     except ValueError as e:
@@ -30,14 +33,19 @@ def _plot(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedtalos", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="validate, then `flwr run` a federated run and wait for its final status",
-                         add_help=False)
+    run = sub.add_parser(
+        "run", help="validate, then `flwr run` a federated run and wait for its final status", add_help=False
+    )
     run.add_argument("rest", nargs=argparse.REMAINDER)
     run.set_defaults(func=lambda args: launch.main(args.rest))
     plot = sub.add_parser("plot", help="loss/accuracy curves of one or several run directories into a PNG")
     plot.add_argument("runs", nargs="+", help="run directories (holding metrics.jsonl)")
-    plot.add_argument("--x", choices=sorted(X_AXES), default="round",
-                      help="x axis: round, client-steps (round × J, to compare different J) or epoch")
+    plot.add_argument(
+        "--x",
+        choices=sorted(X_AXES),
+        default="round",
+        help="x axis: round, client-steps (round × J, to compare different J) or epoch",
+    )
     plot.add_argument("--out", help="PNG path (default: RUN/plots/curves-<x>.png, or comparison.png for several)")
     plot.add_argument("--labels", nargs="+", help="legend labels, one per run")
     plot.add_argument("--title", help="figure title")

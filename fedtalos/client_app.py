@@ -37,8 +37,8 @@ def partition_id(context: Context, config: RunConfig) -> int:
     node = context.node_config
     if "partition-id" not in node or "num-partitions" not in node:
         raise ValueError(
-            "this SuperNode has no partition: start it with --node-config \"partition-id=<i> "
-            f"num-partitions={config.num_clients}\""
+            'this SuperNode has no partition: start it with --node-config "partition-id=<i> '
+            f'num-partitions={config.num_clients}"'
         )
     pid, count = int(node["partition-id"]), int(node["num-partitions"])
     if count != config.num_clients or not 0 <= pid < count:
@@ -96,8 +96,12 @@ def train(msg: Message, context: Context) -> Message:
     generator = make_generator(config.seed, PHASE_CODES[phase], round_index, pid)
     batches = resources.train_batches(images, labels, generator, num_steps=int(round_config["local-steps"]))
     stats = train_steps(
-        model, optimizer, batches, loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
-        autocast_dtype=resources.dtype, regularizer=regularizer,
+        model,
+        optimizer,
+        batches,
+        loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        autocast_dtype=resources.dtype,
+        regularizer=regularizer,
     )
     upload = ArrayRecord({n: P.tensor_to_array(p) for n, p in params.items()})
     metrics = {P.NUM_EXAMPLES: len(labels), "train-loss": stats.loss, "train-acc": stats.accuracy}

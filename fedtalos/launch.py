@@ -83,8 +83,16 @@ def flwr_run(
     with tempfile.NamedTemporaryFile("wb", suffix=".toml", delete=False) as f:
         tomli_w.dump(dict(overrides), f)
         toml_path = f.name
-    command = [str(Path(bin_dir) / "flwr"), "run", str(app), "--run-config", toml_path,
-               "--federation-config", federation_config, "--stream"]
+    command = [
+        str(Path(bin_dir) / "flwr"),
+        "run",
+        str(app),
+        "--run-config",
+        toml_path,
+        "--federation-config",
+        federation_config,
+        "--stream",
+    ]
     if echo:
         print("$ " + shlex.join(command), flush=True)
     run_id = None
@@ -107,8 +115,9 @@ def flwr_run(
 def run_status(run_id: str, env: Mapping[str, str]) -> tuple[str, str]:
     """Flower's status of ``run_id`` (e.g. ``finished:completed``) and its details."""
     flwr = str(Path(sys.executable).parent / "flwr")
-    out = subprocess.run([flwr, "ls", "--run-id", run_id, "--format", "json"], env=dict(env), capture_output=True,
-                         text=True, check=False).stdout
+    out = subprocess.run(
+        [flwr, "ls", "--run-id", run_id, "--format", "json"], env=dict(env), capture_output=True, text=True, check=False
+    ).stdout
     try:
         runs = json.loads(out).get("runs", [])
     except ValueError:
@@ -120,13 +129,20 @@ def main(argv: Sequence[str]) -> int:
     """``fedtalos run APP [--run-config ...] [--federation-config ...]``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="fedtalos run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fedtalos run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("app", nargs="?", default=".", help="the Flower app directory (default: .)")
-    parser.add_argument("--run-config", "-c", action="append", default=None,
-                        help="overrides as for flwr run: 'k1=v1 k2=\"s\"' (repeatable) or one TOML file")
-    parser.add_argument("--federation-config", default="",
-                        help="extra federation settings, e.g. 'client-resources-num-gpus=0.5'")
+    parser.add_argument(
+        "--run-config",
+        "-c",
+        action="append",
+        default=None,
+        help="overrides as for flwr run: 'k1=v1 k2=\"s\"' (repeatable) or one TOML file",
+    )
+    parser.add_argument(
+        "--federation-config", default="", help="extra federation settings, e.g. 'client-resources-num-gpus=0.5'"
+    )
     parser.add_argument("--check", action="store_true", help="only validate and preflight, do not run")
     args = parser.parse_args(argv)
     try:
@@ -143,8 +159,11 @@ def main(argv: Sequence[str]) -> int:
         return 0
     result = flwr_run(Path(args.app), overrides, default_federation_config(config, args.federation_config))
     if not result.ok:
-        print(f"fedtalos run: Flower run {result.run_id} ended as {result.status!r} ({result.details}); see the log "
-              "above. Run the same command again to resume from the last checkpoint.", file=sys.stderr)
+        print(
+            f"fedtalos run: Flower run {result.run_id} ended as {result.status!r} ({result.details}); see the log "
+            "above. Run the same command again to resume from the last checkpoint.",
+            file=sys.stderr,
+        )
         return 1
     print(f"done: {config.run_dir()}")
     return 0

@@ -37,8 +37,11 @@ class FakeGrid(Grid):
             node_id = node_id_offset + 7 * pid  # not equal to the partition ids, as in real runs
             self.pid_of[node_id] = pid
             self.contexts[node_id] = Context(
-                run_id=1, node_id=node_id, node_config={"partition-id": pid, "num-partitions": num_nodes},
-                state=RecordDict(), run_config=self.run_config,
+                run_id=1,
+                node_id=node_id,
+                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=self.run_config,
             )
         self.shuffle = random.Random(shuffle_seed)
         self.sent: list[Message] = []
@@ -53,8 +56,11 @@ class FakeGrid(Grid):
             self.sent.append(message)
             node_id = message.metadata.dst_node_id
             context = self.contexts[node_id]
-            incoming = Message(pickle.loads(pickle.dumps(message.content)), dst_node_id=node_id,
-                               message_type=message.metadata.message_type)
+            incoming = Message(
+                pickle.loads(pickle.dumps(message.content)),
+                dst_node_id=node_id,
+                message_type=message.metadata.message_type,
+            )
             handler = self.faulty.get(self.pid_of[node_id], client_app)
             try:
                 reply = handler(incoming, context)
@@ -62,8 +68,11 @@ class FakeGrid(Grid):
                 reply = Message(Error(code=1, reason=f"{type(e).__name__}: {e}"), reply_to=incoming)
             if reply is None:  # a client that never answers (timeout)
                 continue
-            reply = Message(pickle.loads(pickle.dumps(reply.content)), reply_to=message) if not reply.has_error() \
+            reply = (
+                Message(pickle.loads(pickle.dumps(reply.content)), reply_to=message)
+                if not reply.has_error()
                 else Message(reply.error, reply_to=message)
+            )
             replies.append(reply)
         self.shuffle.shuffle(replies)
         return replies

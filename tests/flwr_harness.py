@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -46,10 +47,8 @@ def kill_processes_with(fragment: str) -> None:
         victims.append(pid)
         todo.extend(tree.get(pid, []))
     for pid in victims:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in victims) and time.monotonic() < deadline:
         time.sleep(0.2)

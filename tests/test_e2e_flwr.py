@@ -16,14 +16,25 @@ pytestmark = pytest.mark.e2e
 
 def test_flwr_run_completes_and_writes_the_run(fake_cifar_root: Path, tmp_path: Path):
     overrides = {
-        "dataset-root": str(fake_cifar_root), "dataset-verify": False, "dataset-download": False,
-        "output-root": str(tmp_path / "runs"), "model": "vit-tiny-test", "image-size": 32, "num-clients": 4,
-        "fraction-train": 0.5, "local-steps": 2, "batch-size": 16, "num-server-rounds": 2, "eval-every": 1,
-        "device": "cpu", "run-name": "e2e",
+        "dataset-root": str(fake_cifar_root),
+        "dataset-verify": False,
+        "dataset-download": False,
+        "output-root": str(tmp_path / "runs"),
+        "model": "vit-tiny-test",
+        "image-size": 32,
+        "num-clients": 4,
+        "fraction-train": 0.5,
+        "local-steps": 2,
+        "batch-size": 16,
+        "num-server-rounds": 2,
+        "eval-every": 1,
+        "device": "cpu",
+        "run-name": "e2e",
     }
     with isolated_flower(tmp_path) as env:
-        result = flwr_run(APP, overrides, "num-supernodes=4 client-resources-num-cpus=1", env=env, echo=False,
-                          timeout=300)
+        result = flwr_run(
+            APP, overrides, "num-supernodes=4 client-resources-num-cpus=1", env=env, echo=False, timeout=300
+        )
     assert result.ok, (result.status, result.details)
     run_dir = tmp_path / "runs" / "e2e"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -34,11 +45,22 @@ def test_flwr_run_completes_and_writes_the_run(fake_cifar_root: Path, tmp_path: 
 
 def test_flwr_run_reports_a_failed_run(fake_cifar_root: Path, tmp_path: Path):
     # num-clients says 5 but the federation has 3 SuperNodes: the server must refuse, and the status say so
-    overrides = {"dataset-root": str(fake_cifar_root), "dataset-verify": False, "dataset-download": False,
-                 "output-root": str(tmp_path / "runs"), "model": "vit-tiny-test", "image-size": 32,
-                 "num-clients": 5, "fraction-train": 0.4, "num-server-rounds": 1, "device": "cpu", "run-name": "bad",
-                 "round-timeout": 30.0}
+    overrides = {
+        "dataset-root": str(fake_cifar_root),
+        "dataset-verify": False,
+        "dataset-download": False,
+        "output-root": str(tmp_path / "runs"),
+        "model": "vit-tiny-test",
+        "image-size": 32,
+        "num-clients": 5,
+        "fraction-train": 0.4,
+        "num-server-rounds": 1,
+        "device": "cpu",
+        "run-name": "bad",
+        "round-timeout": 30.0,
+    }
     with isolated_flower(tmp_path) as env:
-        result = flwr_run(APP, overrides, "num-supernodes=3 client-resources-num-cpus=1", env=env, echo=False,
-                          timeout=300)
+        result = flwr_run(
+            APP, overrides, "num-supernodes=3 client-resources-num-cpus=1", env=env, echo=False, timeout=300
+        )
     assert not result.ok and result.status == "finished:failed"

@@ -79,7 +79,7 @@ class NodeRegistry:
                 raise RegistryError(
                     f"only {len(self.nodes)} of num-clients = {self.num_clients} partitions are connected after "
                     f"{wait_seconds:.0f} s. In simulation, start with --federation-config "
-                    f"\"num-supernodes={self.num_clients}\" (or set num-clients to the number of SuperNodes)."
+                    f'"num-supernodes={self.num_clients}" (or set num-clients to the number of SuperNodes).'
                 )
             log.info("waiting for nodes: %d of %d partitions registered", len(self.nodes), self.num_clients)
             time.sleep(2.0)
@@ -98,7 +98,7 @@ class NodeRegistry:
                 raise RegistryError(
                     f"node {nid} holds partition {pid} of {count}, but num-clients = {self.num_clients}: the "
                     f"federation has {count} partitions. In simulation, start with --federation-config "
-                    f"\"num-supernodes={self.num_clients}\" (or set num-clients={count})."
+                    f'"num-supernodes={self.num_clients}" (or set num-clients={count}).'
                 )
             pid = int(pid)
             if pid in self.nodes and self.nodes[pid].node_id != nid and self.nodes[pid].node_id in self._known_node_ids:

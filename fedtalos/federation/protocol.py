@@ -120,8 +120,10 @@ def check_upload(
     got = set(record.keys())
     if got != expected:
         missing, extra = sorted(expected - got), sorted(got - expected)
-        raise ReplyRejected(f"arrays do not match: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                            f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}")
+        raise ReplyRejected(
+            f"arrays do not match: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}"
+        )
     tensors = {}
     for key, array in record.items():
         shape = (masked_count,) if key == MASKED_VALUES else expected_shapes[key]

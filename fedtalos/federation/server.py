@@ -162,8 +162,14 @@ class FederatedServer:
                 failed[pid] = f"no reply within round-timeout = {self.config.round_timeout:g} s"
         return Replies(ok, failed, P.message_bytes(content) * len(messages))
 
-    def _collect(self, phase: str, index: int, content: RecordDict, message_type: str,
-                 accept: Callable[[int, RecordDict], ClientUpdate]) -> tuple[list[ClientUpdate], dict[str, Any]]:
+    def _collect(
+        self,
+        phase: str,
+        index: int,
+        content: RecordDict,
+        message_type: str,
+        accept: Callable[[int, RecordDict], ClientUpdate],
+    ) -> tuple[list[ClientUpdate], dict[str, Any]]:
         """One round trip to a cohort, with validation, one retry, and failure accounting."""
         cohort = sample_cohort(self.config.seed, phase, index, self.config.num_clients, self.config.cohort_size)
         updates: dict[int, ClientUpdate] = {}
@@ -185,8 +191,14 @@ class FederatedServer:
             if len(updates) >= self.config.min_train_clients:
                 break
             if attempt == 0:
-                log.warning("round %s/%d: only %d of %d clients usable (min-train-clients = %d); retrying once",
-                            phase, index, len(updates), len(cohort), self.config.min_train_clients)
+                log.warning(
+                    "round %s/%d: only %d of %d clients usable (min-train-clients = %d); retrying once",
+                    phase,
+                    index,
+                    len(updates),
+                    len(cohort),
+                    self.config.min_train_clients,
+                )
         else:
             raise RoundFailed(
                 f"round {phase}/{index}: only {len(updates)} of {len(cohort)} clients returned a usable reply after a "
@@ -194,15 +206,24 @@ class FederatedServer:
                 + "; ".join(f"client {p}: {r}" for p, r in sorted(failures.items())[:5])
                 + ". The last checkpoint is intact: fix the clients and run the same command to resume."
             )
-        stats = {"clients_ok": len(updates), "clients_failed": len(cohort) - len(updates),
-                 "bytes_down": bytes_down, "bytes_up": bytes_up}
+        stats = {
+            "clients_ok": len(updates),
+            "clients_failed": len(cohort) - len(updates),
+            "bytes_down": bytes_down,
+            "bytes_up": bytes_up,
+        }
         return [updates[p] for p in sorted(updates)], stats
 
     def _train_round(self, index: int, phase: str = "train", trainable: str = "all") -> dict[str, Any]:
         lr = lr_at(self.config, index - 1, self.config.num_server_rounds)
         round_config = {
-            "phase": phase, "round": index, "server-round": self.state.step + 1, "lr": lr,
-            "local-steps": self.config.local_steps, "trainable": trainable, **self.strategy.client_config(),
+            "phase": phase,
+            "round": index,
+            "server-round": self.state.step + 1,
+            "lr": lr,
+            "local-steps": self.config.local_steps,
+            "trainable": trainable,
+            **self.strategy.client_config(),
         }
         content = RecordDict({P.ARRAYS: P.encode_tensors(self.state.weights), P.CONFIG: P.config_record(round_config)})
         shapes = {k: tuple(v.shape) for k, v in self.state.weights.items() if _trainable(k, trainable)}
@@ -219,15 +240,21 @@ class FederatedServer:
         result = aggregate(updates, self.state.weights)
         self.strategy.apply(self.state.weights, result.average, self.state.step + 1)
         faults.point("after-aggregate", self.state.step + 1)
-        return {"lr": lr, "train_loss": result.metrics.get("train-loss"), "train_acc": result.metrics.get("train-acc"),
-                "drift": result.drift, **stats}
+        return {
+            "lr": lr,
+            "train_loss": result.metrics.get("train-loss"),
+            "train_acc": result.metrics.get("train-acc"),
+            "drift": result.drift,
+            **stats,
+        }
 
     # ------------------------------------------------------------------------------------------------ evaluation
     def _evaluate(self, split: str) -> dict[str, float]:
         self.resources.load_weights(self.state.weights)
         images, labels = self.resources.split(split)
-        stats = evaluate(self.resources.model, self.resources.eval_batches(images, labels),
-                         autocast_dtype=self.resources.dtype)
+        stats = evaluate(
+            self.resources.model, self.resources.eval_batches(images, labels), autocast_dtype=self.resources.dtype
+        )
         return {f"{split}_loss": stats.loss, f"{split}_acc": stats.accuracy}
 
     def _federated_evaluate(self, phase: str, index: int) -> dict[str, float]:

@@ -80,7 +80,11 @@ class Resources:
     ) -> Iterator[Batch]:
         """Augmented training batches (``num_steps`` full batches, or one shuffled pass)."""
         return iterate_batches(
-            images, labels, self.train_transform, batch_size=self.config.batch_size, generator=generator,
+            images,
+            labels,
+            self.train_transform,
+            batch_size=self.config.batch_size,
+            generator=generator,
             num_steps=num_steps,
         )
 

@@ -110,7 +110,9 @@ class CheckpointStore:
             return []
         return sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _NAME.match(p.name)))
 
-    def save(self, step: int, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], score: float | None = None) -> Path:
+    def save(
+        self, step: int, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], score: float | None = None
+    ) -> Path:
         """Write checkpoint ``step`` atomically, then prune old ones. Returns the JSON path.
 
         Raises:
@@ -198,7 +200,10 @@ class CheckpointStore:
             return checkpoint
         if problems:
             raise CheckpointError(
-                "no usable checkpoint in " + str(self.directory) + ":\n  " + "\n  ".join(problems)
+                "no usable checkpoint in "
+                + str(self.directory)
+                + ":\n  "
+                + "\n  ".join(problems)
                 + "\nStart over with resume=false (the directory is kept, renamed) or another run-name."
             )
         return None

@@ -117,7 +117,9 @@ class TensorBoardSink:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # pragma: no cover - depends on the optional extra
-            raise RuntimeError("tensorboard = true needs `pip install tensorboard` (extra: fedtalos[tensorboard])") from e
+            raise RuntimeError(
+                "tensorboard = true needs `pip install tensorboard` (extra: fedtalos[tensorboard])"
+            ) from e
         self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def log(self, row: Row) -> None:
@@ -138,7 +140,9 @@ class WandbSink:
         try:
             import wandb
         except ImportError as e:
-            raise RuntimeError("wandb = true needs `pip install wandb` (extra: fedtalos[wandb]) and `wandb login`") from e
+            raise RuntimeError(
+                "wandb = true needs `pip install wandb` (extra: fedtalos[wandb]) and `wandb login`"
+            ) from e
         run_dir = Path(run_dir)
         self.run = wandb.init(
             project=project, name=run_dir.name, id=run_dir.name, resume="allow", config=config, dir=str(run_dir)

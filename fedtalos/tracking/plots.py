@@ -10,9 +10,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from fedtalos.tracking.metrics import read_rows  # noqa: E402
+from fedtalos.tracking.metrics import read_rows
 
 X_AXES = {
     "round": "communication round",
@@ -72,16 +72,33 @@ def plot_runs(
         label = labels[i] if labels else run_dir.name
         color = colors[i % len(colors)]
         for split, style in SPLIT_STYLE.items():
-            points = [(xv, r) for xv, r in zip(_x_values(rows, x, info.get("config", {})), rows, strict=True)
-                      if r.get(f"{split}_acc") is not None]
+            points = [
+                (xv, r)
+                for xv, r in zip(_x_values(rows, x, info.get("config", {})), rows, strict=True)
+                if r.get(f"{split}_acc") is not None
+            ]
             if not points or (split == "train" and len(run_dirs) > 1):
                 continue  # train curves only for a single run: they clutter comparisons
             xs = [p[0] for p in points]
             marker = "o" if len(points) < 30 else None
-            ax_loss.plot(xs, [p[1][f"{split}_loss"] for p in points], style, color=color, marker=marker, ms=3,
-                         label=f"{label} ({split})")
-            ax_acc.plot(xs, [100 * p[1][f"{split}_acc"] for p in points], style, color=color, marker=marker, ms=3,
-                        label=f"{label} ({split})")
+            ax_loss.plot(
+                xs,
+                [p[1][f"{split}_loss"] for p in points],
+                style,
+                color=color,
+                marker=marker,
+                ms=3,
+                label=f"{label} ({split})",
+            )
+            ax_acc.plot(
+                xs,
+                [100 * p[1][f"{split}_acc"] for p in points],
+                style,
+                color=color,
+                marker=marker,
+                ms=3,
+                label=f"{label} ({split})",
+            )
             drawn += 1
     if not drawn:
         plt.close(fig)

@@ -83,7 +83,11 @@ def validate_output_root(config: RunConfig) -> None:
 
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     keys = sorted(set(stored) | set(current))
-    return [f"{k}: {stored.get(k, '(unset)')!r} → {current.get(k, '(unset)')!r}" for k in keys if stored.get(k) != current.get(k)]
+    return [
+        f"{k}: {stored.get(k, '(unset)')!r} → {current.get(k, '(unset)')!r}"
+        for k in keys
+        if stored.get(k) != current.get(k)
+    ]
 
 
 def open_run_dir(config: RunConfig, kind: str, prefix: str = "") -> RunDir:

@@ -30,8 +30,17 @@ def final_weights(run_dir: Path) -> dict:
 
 
 def test_fedavg_runs_logs_and_learns(tiny_run_config: dict[str, Any]):
-    config = dict(tiny_run_config, **{"num-server-rounds": 20, "local-steps": 10, "fraction-train": 0.5,
-                                      "batch-size": 32, "lr": 0.1, "eval-every": 5})
+    config = dict(
+        tiny_run_config,
+        **{
+            "num-server-rounds": 20,
+            "local-steps": 10,
+            "fraction-train": 0.5,
+            "batch-size": 32,
+            "lr": 0.1,
+            "eval-every": 5,
+        },
+    )
     run_dir, grid = run_server(config)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == list(range(1, 21))
@@ -48,8 +57,9 @@ def test_fedavg_runs_logs_and_learns(tiny_run_config: dict[str, Any]):
     stored = json.loads((run_dir / "config.json").read_text())
     assert stored["config"]["local-steps"] == 10 and "torch" in stored["versions"]
     train_messages = [m for m in grid.sent if m.metadata.message_type == "train"]
-    cohorts = [sorted(grid.pid_of[m.metadata.dst_node_id] for m in train_messages[i * 5 : i * 5 + 5])
-               for i in range(20)]
+    cohorts = [
+        sorted(grid.pid_of[m.metadata.dst_node_id] for m in train_messages[i * 5 : i * 5 + 5]) for i in range(20)
+    ]
     assert cohorts == [sample_cohort(0, "train", r, 10, 5) for r in range(1, 21)]
 
 
