@@ -1,22 +1,28 @@
-"""fedtalos ClientApp: local training and evaluation on this node's shard, and the editing queries."""
+"""fedtalos ClientApp: local training and evaluation on this node's shard, and the model-editing queries."""
 
 from __future__ import annotations
 
 import functools
 
 import torch
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedtalos.config import RunConfig
+from fedtalos.editing.fisher import fisher_scores
+from fedtalos.editing.head import ridge_statistics
+from fedtalos.editing.masks import gather_trainable, unpack_mask
+from fedtalos.editing.optim import SparseSGDM
 from fedtalos.federation import protocol as P
 from fedtalos.federation.cohort import PHASE_CODES
-from fedtalos.task.data import make_generator
-from fedtalos.task.model import set_trainable
+from fedtalos.federation.masking import MaskCache
+from fedtalos.task.data import derive_seed, make_generator
+from fedtalos.task.model import backbone_parameters, set_trainable
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.train import evaluate, train_steps
 
 app = ClientApp()
+masks = MaskCache()
 
 # What the server asks a client to train → which parameters are frozen (``set_trainable``'s argument).
 FROZEN = {"all": "none", "head": "backbone", "backbone": "head"}
@@ -55,6 +61,19 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, Resources, int]:
     return config, resources, pid
 
 
+def _mask_shapes(resources: Resources) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in backbone_parameters(resources.model)}
+
+
+def _message_mask(msg: Message, resources: Resources, wanted_id: str) -> dict[str, torch.Tensor] | None:
+    """The mask a message refers to: from its bits (then cached) or from the cache (else MaskMissing)."""
+    if not wanted_id:
+        return None
+    if P.MASK in msg.content.array_records:
+        masks.put(msg.content[P.MASK][P.MASK_BITS].numpy(), wanted_id)
+    return masks.get(wanted_id, _mask_shapes(resources))
+
+
 @app.query("identity")
 def identity(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds and how many examples it has.
@@ -74,14 +93,23 @@ def identity(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """J local steps of SGD with momentum (fresh optimizer) from the global weights; upload what could change."""
+    """J local steps of (Sparse)SGD with momentum, fresh optimizer, from the global weights.
+
+    Uploads only what could change: trainable tensors, and for masked tensors only their trainable entries.
+    """
     config, resources, pid = _setup(msg, context)
     round_config = msg.content[P.CONFIG]
     model = resources.model
     set_trainable(model, FROZEN[str(round_config.get("trainable", "all"))])
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.SGD(
-        params.values(), lr=float(round_config["lr"]), momentum=config.momentum, weight_decay=config.weight_decay
+    mask = _message_mask(msg, resources, str(round_config.get("mask-id", "")))
+    mask = {n: m.to(resources.device) for n, m in mask.items() if n in params} if mask else {}
+    optimizer = SparseSGDM(
+        list(params.values()),
+        masks=[mask.get(n) for n in params],
+        lr=float(round_config["lr"]),
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
     )
     regularizer = None
     mu = float(round_config.get("proximal-mu", 0.0))
@@ -103,9 +131,11 @@ def train(msg: Message, context: Context) -> Message:
         autocast_dtype=resources.dtype,
         regularizer=regularizer,
     )
-    upload = ArrayRecord({n: P.tensor_to_array(p) for n, p in params.items()})
+    upload = {n: P.tensor_to_array(p) for n, p in params.items() if n not in mask}
+    if mask:
+        upload[P.MASKED_VALUES] = P.tensor_to_array(gather_trainable(params, mask))
     metrics = {P.NUM_EXAMPLES: len(labels), "train-loss": stats.loss, "train-acc": stats.accuracy}
-    return Message(P.make_reply(upload, metrics), reply_to=msg)
+    return Message(P.make_reply(ArrayRecord(upload), metrics), reply_to=msg)
 
 
 @app.evaluate()
@@ -116,3 +146,45 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     stats = evaluate(resources.model, resources.eval_batches(images, labels), autocast_dtype=resources.dtype)
     metrics = {P.NUM_EXAMPLES: stats.count, "eval-loss": stats.loss, "eval-acc": stats.accuracy}
     return Message(P.make_reply(None, metrics), reply_to=msg)
+
+
+@app.query("ridge")
+def ridge(msg: Message, context: Context) -> Message:
+    """Step 0: ΦᵀΦ, ΦᵀY (float64) and n over this shard's backbone features; no raw data leaves the node."""
+    _, resources, pid = _setup(msg, context)
+    images, labels = resources.client_data(pid)
+    stats = ridge_statistics(resources.model, resources.eval_batches(images, labels), len(resources.data.classes))
+    arrays = ArrayRecord({"gram": Array(stats.gram.numpy()), "cross": Array(stats.cross.numpy())})
+    return Message(P.make_reply(arrays, {P.NUM_EXAMPLES: stats.count}), reply_to=msg)
+
+
+def calibration_samples(config: RunConfig, shard_size: int, round_index: int, pid: int) -> torch.Tensor:
+    """Indices into the shard of the ``fisher-samples`` samples a client scores in calibration round ``round_index``."""
+    generator = make_generator(config.seed, PHASE_CODES["calibration"], round_index, pid)
+    return torch.randperm(shard_size, generator=generator)[: config.fisher_samples]
+
+
+@app.query("fisher")
+def fisher(msg: Message, context: Context) -> Message:
+    """Sums of squared per-sample gradients over ``fisher-samples`` of this shard, with the current soft mask."""
+    config, resources, pid = _setup(msg, context)
+    round_config = msg.content[P.CONFIG]
+    round_index = int(round_config["round"])
+    images, labels = resources.client_data(pid)
+    take = calibration_samples(config, len(labels), round_index, pid).to(images.device)
+    soft_mask = None
+    if P.MASK in msg.content.array_records:
+        soft_mask = unpack_mask(msg.content[P.MASK][P.MASK_BITS].numpy(), _mask_shapes(resources))
+    label_generator = torch.Generator(device=resources.device).manual_seed(
+        derive_seed(config.seed, PHASE_CODES["calibration"], round_index, pid, 1)
+    )
+    batches = [x for x, _ in resources.eval_batches(images[take], labels[take])]
+    scores = fisher_scores(
+        resources.model,
+        batches,
+        target=config.fisher_target,
+        soft_mask=soft_mask,
+        generator=label_generator,
+    )
+    arrays = ArrayRecord({n: P.tensor_to_array(s) for n, s in scores.items()})
+    return Message(P.make_reply(arrays, {P.NUM_EXAMPLES: len(take)}), reply_to=msg)

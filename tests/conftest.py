@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Offline and quiet: set before anything imports timm, huggingface_hub or flwr.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+# Client mask caches go to a private directory, never the user's ~/.cache.
+os.environ["FEDTALOS_CACHE"] = tempfile.mkdtemp(prefix="fedtalos-test-cache-")
 
 import pytest
 import torch

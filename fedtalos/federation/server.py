@@ -4,6 +4,9 @@ One round = sample a cohort from (seed, phase, round) → send → validate repl
 order → update the global model through the strategy → evaluate when due → log a metric row → checkpoint.
 Killing the process at any point and starting the same command again continues after the last checkpoint and
 ends bit-identical to an uninterrupted run.
+
+Phases: ``head`` (step 0 of model editing: ridge or linear probing), ``calibration`` (the mask), ``train``
+(FedAvg, sparse when a mask exists). A dense FedAvg run has only ``train``.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from flwr.serverapp import Grid
 
 from fedtalos import faults
 from fedtalos.config import RunConfig
+from fedtalos.editing.masks import gather_trainable, scatter_trainable
 from fedtalos.federation import protocol as P
 from fedtalos.federation.aggregate import ClientUpdate, aggregate
 from fedtalos.federation.cohort import NodeRegistry, sample_cohort
+from fedtalos.federation.masking import MASK_MISSING, pack
 from fedtalos.federation.state import ServerState
 from fedtalos.strategies import make_strategy
+from fedtalos.task.model import HEAD_PREFIX
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.schedules import lr_at
 from fedtalos.task.train import evaluate
@@ -33,39 +39,36 @@ from fedtalos.tracking.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
+ContentFor = Callable[[int, bool], RecordDict]  # (pid, must include the mask) → message content
+
 
 class RoundFailed(RuntimeError):
     """Too few clients answered a round, even after a retry; the last checkpoint is intact."""
 
 
 @dataclass
-class Replies:
-    """The answers to one round's messages: contents of successful replies and reasons of failures, by pid."""
-
-    ok: dict[int, RecordDict]
-    failed: dict[int, str]
-    bytes_down: int
-
-
-@dataclass
 class Phase:
-    """A phase: its name, how many rounds it has, and the function that runs round ``r`` (1-based)."""
+    """A phase: its name, its number of rounds, the function running round ``r`` (1-based), whether to evaluate."""
 
     name: str
     rounds: int
     run_round: Callable[[int], dict[str, Any]]
+    evaluates: bool = True
 
 
 class FederatedServer:
     """Runs the phases of a federated run against a Flower ``Grid``."""
 
     def __init__(self, config: RunConfig, grid: Grid, run_dir: RunDir) -> None:
+        from fedtalos.federation.editing import EditingRounds  # editing rounds use this module's helpers
+
         self.config = config
         self.grid = grid
         self.run_dir = run_dir
         self.resources: Resources = get_resources(config, pretrained=True)
         self.strategy = make_strategy(config)
         self.registry = NodeRegistry(config.num_clients, config.round_timeout)
+        self.editing = EditingRounds(self)
         sinks = []
         if config.tensorboard:
             sinks.append(TensorBoardSink(run_dir.path))
@@ -93,8 +96,19 @@ class FederatedServer:
 
     # ------------------------------------------------------------------------------------------------ phases
     def phases(self) -> list[Phase]:
-        """The run's phases in order (model editing adds the head and calibration phases in front)."""
-        return [Phase("train", self.config.num_server_rounds, self._train_round)]
+        """The run's phases in order: [head] [calibration] train."""
+        c = self.config
+        phases = []
+        if c.head == "ridge":
+            phases.append(Phase("head", 1, self.editing.ridge_round))
+        elif c.head == "probe":
+            phases.append(Phase("head", c.probe_rounds, self.editing.probe_round))
+        if c.editing:
+            phases.append(
+                Phase("calibration", self.editing.calibration_rounds(), self.editing.calibration_round, evaluates=False)
+            )
+        phases.append(Phase("train", c.num_server_rounds, self._train_round))
+        return phases
 
     def run(self) -> dict[str, Any]:
         """Run (or continue) every phase; returns the summary written to ``summary.json``."""
@@ -105,27 +119,25 @@ class FederatedServer:
             if self.state.phase != phase.name:
                 self.state.phase, self.state.phase_round = phase.name, 0
             while self.state.phase_round < phase.rounds:
-                self._round(phase)
+                self._round(phase, last=phase is phases[-1] and self.state.phase_round + 1 == phase.rounds)
         return self._finish()
 
-    def _round(self, phase: Phase) -> None:
+    def _round(self, phase: Phase, last: bool) -> None:
         started = time.perf_counter()
         index = self.state.phase_round + 1
         step = self.state.step + 1
         faults.point("round-start", step)
         row = {"phase": phase.name, "round": index, "step": step}
         row.update(phase.run_round(index))
-        last = phase.name == self.phases()[-1].name and index == phase.rounds
-        due = index % self.config.eval_every == 0 or index == phase.rounds
         score = None
-        if due:
+        if phase.evaluates and (index % self.config.eval_every == 0 or index == phase.rounds):
             faults.point("before-eval", step)
-            row.update(self._evaluate("val"))
-            score = row["val_acc"]
+            row.update(self.evaluate_split("val"))
+            score = row["val_acc"] if phase.name == "train" else None
             if last or self.config.test_every_eval:
-                row.update(self._evaluate("test"))
+                row.update(self.evaluate_split("test"))
             if self.config.federated_eval_fraction > 0:
-                row.update(self._federated_evaluate(phase.name, index))
+                row.update(self._federated_evaluate())
         row["wall_s"] = time.perf_counter() - started
         self.state.step, self.state.phase_round = step, index
         self.state.rows.append(row)
@@ -135,52 +147,64 @@ class FederatedServer:
         faults.point("after-checkpoint", step)
         log.info(_format_row(row))
 
-    # ------------------------------------------------------------------------------------------------ rounds
-    def _send(self, pids: list[int], content: RecordDict, message_type: str) -> Replies:
-        """Send ``content`` to the nodes of ``pids``; collect replies until all answered or the timeout."""
-        self.registry.refresh(self.grid)
-        messages, node_to_pid, failed = [], {}, {}
-        for pid in pids:
-            info = self.registry.node_of(pid)
-            if info is None:
-                failed[pid] = "not connected"
-                continue
-            node_to_pid[info.node_id] = pid
-            messages.append(Message(content, dst_node_id=info.node_id, message_type=message_type))
-        replies = self.grid.send_and_receive(messages, timeout=self.config.round_timeout) if messages else []
-        ok = {}
-        for reply in replies:
-            pid = node_to_pid.get(reply.metadata.src_node_id)
-            if pid is None:
-                continue
-            if reply.has_error():
-                failed[pid] = f"error: {reply.error.reason}"
-            else:
-                ok[pid] = reply.content
-        for pid in node_to_pid.values():
-            if pid not in ok and pid not in failed:
-                failed[pid] = f"no reply within round-timeout = {self.config.round_timeout:g} s"
-        return Replies(ok, failed, P.message_bytes(content) * len(messages))
+    # ------------------------------------------------------------------------------------------------ messaging
+    def _send(self, pids: list[int], content_for: ContentFor, message_type: str) -> tuple[dict, dict, int]:
+        """Send to the nodes of ``pids``; returns (replies by pid, failure reasons by pid, bytes sent).
 
-    def _collect(
+        A node that answers ``mask-missing`` is sent the message again at once, with the mask bits attached.
+        """
+        self.registry.refresh(self.grid)
+        ok: dict[int, RecordDict] = {}
+        failed: dict[int, str] = {}
+        bytes_down = 0
+        todo, with_mask = list(pids), False
+        for _ in range(2):
+            node_to_pid, messages = {}, []
+            for pid in todo:
+                info = self.registry.node_of(pid)
+                if info is None:
+                    failed[pid] = "not connected"
+                    continue
+                content = content_for(pid, with_mask)
+                bytes_down += P.message_bytes(content)
+                node_to_pid[info.node_id] = pid
+                messages.append(Message(content, dst_node_id=info.node_id, message_type=message_type))
+            replies = self.grid.send_and_receive(messages, timeout=self.config.round_timeout) if messages else []
+            for reply in replies:
+                pid = node_to_pid.get(reply.metadata.src_node_id)
+                if pid is None:
+                    continue
+                if reply.has_error():
+                    failed[pid] = f"error: {reply.error.reason}"
+                else:
+                    ok[pid] = reply.content
+                    failed.pop(pid, None)
+            for pid in node_to_pid.values():
+                if pid not in ok and pid not in failed:
+                    failed[pid] = f"no reply within round-timeout = {self.config.round_timeout:g} s"
+            todo = [pid for pid, reason in failed.items() if MASK_MISSING in reason]
+            if not todo:
+                break
+            with_mask = True
+        return ok, failed, bytes_down
+
+    def collect(
         self,
         phase: str,
         index: int,
-        content: RecordDict,
+        cohort: list[int],
+        content_for: ContentFor,
         message_type: str,
         accept: Callable[[int, RecordDict], ClientUpdate],
     ) -> tuple[list[ClientUpdate], dict[str, Any]]:
-        """One round trip to a cohort, with validation, one retry, and failure accounting."""
-        cohort = sample_cohort(self.config.seed, phase, index, self.config.num_clients, self.config.cohort_size)
+        """One round trip to ``cohort``: validation (``accept`` raises ReplyRejected), one retry, failure counts."""
         updates: dict[int, ClientUpdate] = {}
         failures: dict[int, str] = {}
         bytes_down = bytes_up = 0
         for attempt in range(2):
-            todo = [pid for pid in cohort if pid not in updates]
-            replies = self._send(todo, content, message_type)
-            bytes_down += replies.bytes_down
-            failures = dict(replies.failed)
-            for pid, reply in sorted(replies.ok.items()):
+            ok, failures, sent = self._send([p for p in cohort if p not in updates], content_for, message_type)
+            bytes_down += sent
+            for pid, reply in sorted(ok.items()):
                 bytes_up += P.message_bytes(reply)
                 try:
                     updates[pid] = accept(pid, reply)
@@ -188,7 +212,7 @@ class FederatedServer:
                     failures[pid] = f"rejected: {e}"
             for pid, reason in sorted(failures.items()):
                 log.warning("round %s/%d: client %d failed (%s)", phase, index, pid, reason)
-            if len(updates) >= self.config.min_train_clients:
+            if len(updates) >= min(self.config.min_train_clients, len(cohort)):
                 break
             if attempt == 0:
                 log.warning(
@@ -212,10 +236,23 @@ class FederatedServer:
             "bytes_down": bytes_down,
             "bytes_up": bytes_up,
         }
+        faults.point("after-replies", self.state.step + 1)
         return [updates[p] for p in sorted(updates)], stats
 
-    def _train_round(self, index: int, phase: str = "train", trainable: str = "all") -> dict[str, Any]:
+    def expected_examples(self, pid: int) -> int | None:
+        """The example count node ``pid`` registered (what its train replies must report)."""
+        info = self.registry.node_of(pid)
+        return info.num_examples if info else None
+
+    # ------------------------------------------------------------------------------------------------ training
+    def _train_round(self, index: int) -> dict[str, Any]:
+        trainable = "all" if self.config.head == "train" else "backbone"
         lr = lr_at(self.config, index - 1, self.config.num_server_rounds)
+        return self.train_round("train", index, trainable, lr)
+
+    def train_round(self, phase: str, index: int, trainable: str, lr: float) -> dict[str, Any]:
+        """A FedAvg round: clients train ``trainable`` ('all', 'head', 'backbone'); sparse when a mask exists."""
+        weights, mask = self.state.weights, self.state.mask if phase == "train" else None
         round_config = {
             "phase": phase,
             "round": index,
@@ -225,20 +262,47 @@ class FederatedServer:
             "trainable": trainable,
             **self.strategy.client_config(),
         }
-        content = RecordDict({P.ARRAYS: P.encode_tensors(self.state.weights), P.CONFIG: P.config_record(round_config)})
-        shapes = {k: tuple(v.shape) for k, v in self.state.weights.items() if _trainable(k, trainable)}
+        arrays = P.encode_tensors(weights)
+        dense = {k: tuple(v.shape) for k, v in weights.items() if _is_trainable(k, trainable)}
+        masked_count = None
+        content_for: ContentFor
+        if mask is None:
+            plain = RecordDict({P.ARRAYS: arrays, P.CONFIG: P.config_record(round_config)})
+            content_for = lambda pid, force: plain  # noqa: E731
+            reference = weights
+        else:
+            order = [k for k in weights if k in mask]
+            bits, mid = pack(mask, order)
+            round_config["mask-id"] = mid
+            holders = self._mask_holders(mid)
+            plain = RecordDict({P.ARRAYS: arrays, P.CONFIG: P.config_record(round_config)})
+            with_bits = RecordDict({**plain, P.MASK: P.encode_mask_bits(bits)})
+
+            def content_for(pid: int, force: bool) -> RecordDict:
+                if pid in holders and not force:
+                    return plain
+                if pid not in holders:
+                    holders.append(pid)
+                return with_bits
+
+            dense = {k: s for k, s in dense.items() if k not in mask}
+            masked_count = int(sum(int(m.sum()) for m in mask.values()))
+            reference = {**{k: weights[k] for k in dense}, P.MASKED_VALUES: gather_trainable(weights, mask)}
 
         def accept(pid: int, reply: RecordDict) -> ClientUpdate:
-            info = self.registry.node_of(pid)
-            n = P.check_num_examples(reply.metric_records.get(P.METRICS, {}), info.num_examples if info else None)
-            tensors = P.check_upload(reply, shapes, None)
+            n = P.check_num_examples(reply.metric_records.get(P.METRICS, {}), self.expected_examples(pid))
+            tensors = P.check_upload(reply, dense, masked_count)
             metrics = {k: float(v) for k, v in reply[P.METRICS].items() if k in ("train-loss", "train-acc")}
             return ClientUpdate(pid, n, tensors, metrics)
 
-        updates, stats = self._collect(phase, index, content, P.TRAIN, accept)
-        faults.point("after-replies", self.state.step + 1)
-        result = aggregate(updates, self.state.weights)
-        self.strategy.apply(self.state.weights, result.average, self.state.step + 1)
+        cohort = sample_cohort(self.config.seed, phase, index, self.config.num_clients, self.config.cohort_size)
+        updates, stats = self.collect(phase, index, cohort, content_for, P.TRAIN, accept)
+        result = aggregate(updates, reference)
+        average = result.average
+        if mask is not None:
+            flat = average.pop(P.MASKED_VALUES)
+            average.update({k: v for k, v in scatter_trainable(flat, mask, weights).items() if k in mask})
+        self.strategy.apply(weights, average, self.state.step + 1)
         faults.point("after-aggregate", self.state.step + 1)
         return {
             "lr": lr,
@@ -248,8 +312,17 @@ class FederatedServer:
             **stats,
         }
 
+    def _mask_holders(self, mid: str) -> list[int]:
+        """Partitions that were sent mask ``mid`` (kept in the checkpoint: their nodes cache it on disk, and a
+        node that lost it answers mask-missing and gets it again)."""
+        record = self.state.extras.get("mask_holders")
+        if not record or record["mask_id"] != mid:
+            record = self.state.extras["mask_holders"] = {"mask_id": mid, "pids": []}
+        return record["pids"]
+
     # ------------------------------------------------------------------------------------------------ evaluation
-    def _evaluate(self, split: str) -> dict[str, float]:
+    def evaluate_split(self, split: str) -> dict[str, float]:
+        """Loss and accuracy of the global model on 'val' or 'test', on the server."""
         self.resources.load_weights(self.state.weights)
         images, labels = self.resources.split(split)
         stats = evaluate(
@@ -257,12 +330,12 @@ class FederatedServer:
         )
         return {f"{split}_loss": stats.loss, f"{split}_acc": stats.accuracy}
 
-    def _federated_evaluate(self, phase: str, index: int) -> dict[str, float]:
+    def _federated_evaluate(self) -> dict[str, float]:
         size = max(1, round(self.config.federated_eval_fraction * self.config.num_clients))
         cohort = sample_cohort(self.config.seed, "evaluate", self.state.step + 1, self.config.num_clients, size)
         content = RecordDict({P.ARRAYS: P.encode_tensors(self.state.weights)})
-        replies = self._send(cohort, content, P.EVALUATE)
-        rows = [r[P.METRICS] for _, r in sorted(replies.ok.items())]
+        ok, _, _ = self._send(cohort, lambda pid, force: content, P.EVALUATE)
+        rows = [r[P.METRICS] for _, r in sorted(ok.items())]
         total = sum(int(m[P.NUM_EXAMPLES]) for m in rows)
         if not total:
             return {}
@@ -274,7 +347,7 @@ class FederatedServer:
     # ------------------------------------------------------------------------------------------------ end
     def _finish(self) -> dict[str, Any]:
         rows = self.state.rows
-        evaluated = [r for r in rows if r.get("val_acc") is not None]
+        evaluated = [r for r in rows if r.get("phase") == "train" and r.get("val_acc") is not None]
         best = max(evaluated, key=lambda r: r["val_acc"], default=None)
         final = rows[-1] if rows else {}
         summary = {
@@ -283,24 +356,26 @@ class FederatedServer:
             "config_hash": self.config.result_hash(),
             "rounds": self.state.step,
             "final": {k: final.get(k) for k in ("val_loss", "val_acc", "test_loss", "test_acc")},
-            "best": {"val_acc": best["val_acc"], "step": best["step"]} if best else None,
+            "best": {"val_acc": best["val_acc"], "round": best["round"]} if best else None,
             "wall_s": sum(r.get("wall_s", 0.0) for r in rows),
             "bytes_up": sum(r.get("bytes_up", 0) for r in rows),
             "bytes_down": sum(r.get("bytes_down", 0) for r in rows),
         }
+        if self.state.mask is not None:
+            summary["mask"] = self.editing.write_mask_outputs()
         self.run_dir.write_summary(summary)
         self.metrics.close()
         return summary
 
 
-def _trainable(name: str, trainable: str) -> bool:
-    is_head = name.startswith("head.")
+def _is_trainable(name: str, trainable: str) -> bool:
+    is_head = name.startswith(HEAD_PREFIX)
     return trainable == "all" or (trainable == "head") == is_head
 
 
 def _format_row(row: dict[str, Any]) -> str:
     parts = [f"{row['phase']} {row['round']:>4}"]
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "drift", "wall_s"):
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "mask_density", "drift", "wall_s"):
         value = row.get(key)
         if isinstance(value, float) and math.isfinite(value):
             parts.append(f"{key} {value:.4f}")
