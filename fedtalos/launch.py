@@ -125,6 +125,53 @@ def run_status(run_id: str, env: Mapping[str, str]) -> tuple[str, str]:
     return (runs[0]["status"], runs[0].get("status-details", "")) if runs else ("unknown", "run not listed")
 
 
+def _process_tree() -> tuple[dict[int, str], dict[int, list[int]]]:
+    commands: dict[int, str] = {}
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            commands[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+    return commands, children
+
+
+def processes_under(fragment: str) -> list[int]:
+    """PIDs of processes whose command line contains ``fragment``, and all their descendants (Linux /proc)."""
+    commands, children = _process_tree()
+    found, todo = [], [pid for pid, cmd in commands.items() if fragment in cmd and pid != os.getpid()]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def stop_local_superlink(flwr_home: Path | str) -> None:
+    """Kill the background SuperLink that ``flwr run`` started for ``flwr_home``, with its simulation and Ray."""
+    kill_process_trees(str(flwr_home))
+
+
+def kill_process_trees(fragment: str) -> None:
+    """SIGKILL the processes whose command line contains ``fragment`` and all their descendants."""
+    import signal
+    import time
+
+    victims = processes_under(fragment)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in victims) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def main(argv: Sequence[str]) -> int:
     """``fedtalos run APP [--run-config ...] [--federation-config ...]``."""
     import argparse

@@ -2,56 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
-def _pids_with(fragment: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if fragment in cmdline and int(proc.name) != os.getpid():
-            pids.append(int(proc.name))
-    return pids
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            tree.setdefault(ppid, []).append(int(proc.name))
-    return tree
-
-
-def kill_processes_with(fragment: str) -> None:
-    """SIGKILL every process whose command line contains ``fragment``, with all its descendants (Ray's too)."""
-    roots = _pids_with(fragment)
-    tree = _children()
-    victims, todo = [], list(roots)
-    while todo:
-        pid = todo.pop()
-        victims.append(pid)
-        todo.extend(tree.get(pid, []))
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in victims) and time.monotonic() < deadline:
-        time.sleep(0.2)
+from fedtalos.launch import kill_process_trees, stop_local_superlink
 
 
 @contextmanager
@@ -67,8 +22,8 @@ def isolated_flower(tmp_path: Path) -> Iterator[dict[str, str]]:
         "HF_HUB_OFFLINE": "1",
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     }
-    kill_processes_with("--port 39091")  # a SuperLink left by an earlier, crashed test would be reused
+    kill_process_trees("--port 39091")  # a SuperLink left by an earlier, crashed test would be reused
     try:
         yield env
     finally:
-        kill_processes_with(str(home))
+        stop_local_superlink(home)

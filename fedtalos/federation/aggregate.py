@@ -17,6 +17,7 @@ class ClientUpdate:
     num_examples: int
     tensors: dict[str, torch.Tensor]
     metrics: dict[str, float] = field(default_factory=dict)
+    squared_distance: float = 0.0  # ‖tensors − reference‖², from protocol.squared_distance
 
 
 @dataclass
@@ -34,9 +35,9 @@ def aggregate(updates: Sequence[ClientUpdate], reference: Mapping[str, torch.Ten
 
     ``reference`` holds, for every uploaded key, the values the clients started from (the global model, or for
     masked values the global trainable entries). The drift is the weighted RMS distance of the client updates
-    u_i = x_i − reference from their weighted mean ū: sqrt(Σ p_i ‖u_i − ū‖²) = sqrt(Σ p_i ‖u_i‖² − ‖ū‖²),
-    computed in one pass without keeping any update. It grows when clients pull in different directions
-    (large J under non-iid data).
+    u_i = x_i − reference from their weighted mean ū: sqrt(Σ p_i ‖u_i − ū‖²) = sqrt(Σ p_i ‖u_i‖² − ‖ū‖²), from
+    each update's ‖u_i‖² (``ClientUpdate.squared_distance``, measured when the reply was checked) without keeping
+    any update. It grows when clients pull in different directions (large J under non-iid data).
     """
     if not updates:
         raise ValueError("nothing to aggregate")
@@ -46,14 +47,13 @@ def aggregate(updates: Sequence[ClientUpdate], reference: Mapping[str, torch.Ten
     spread = 0.0
     for update in updates:
         p = update.num_examples / total
+        spread += p * update.squared_distance
         for key, value in update.tensors.items():
-            diff = value - reference[key]
-            spread += p * float(diff.pow(2).sum(dtype=torch.float64))
             if key in average:
                 average[key].add_(value, alpha=p)
             else:
                 average[key] = value.mul(p)
-    mean_sq = sum(float((avg - reference[key]).pow(2).sum(dtype=torch.float64)) for key, avg in average.items())
+    mean_sq = sum(float(torch.dist(avg, reference[key])) ** 2 for key, avg in average.items())
     metric_keys = set.intersection(*(set(u.metrics) for u in updates))
     metrics = {k: sum(u.metrics[k] * u.num_examples for u in updates) / total for k in sorted(metric_keys)}
     return Aggregate(average, math.sqrt(max(spread - mean_sq, 0.0)), metrics, total)

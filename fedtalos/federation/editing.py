@@ -153,8 +153,11 @@ class EditingRounds:
             want = min(c.fisher_samples, registered) if registered else None
             n = P.check_num_examples(reply.metric_records.get(P.METRICS, {}), want)
             tensors = P.check_upload(reply, expected, None)
-            if any(bool((t < 0).any()) for t in tensors.values()):
-                raise P.ReplyRejected("negative sensitivity scores (sums of squares cannot be negative)")
+            for key, t in tensors.items():
+                if not math.isfinite(float(t.sum())):
+                    raise P.ReplyRejected(f"{key}: scores contain NaN or Inf")
+                if bool((t < 0).any()):
+                    raise P.ReplyRejected(f"{key}: negative scores (sums of squares cannot be negative)")
             return ClientUpdate(pid, n, tensors)
 
         size = max(1, round(c.calibration_fraction * c.num_clients))

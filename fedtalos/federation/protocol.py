@@ -101,7 +101,9 @@ def check_upload(
     expected_shapes: Mapping[str, tuple[int, ...]],
     masked_count: int | None,
 ) -> dict[str, torch.Tensor]:
-    """Validate a training reply's arrays and return them as tensors.
+    """Validate a training reply's arrays (keys, shapes, dtypes) and return them as tensors.
+
+    Values are checked for NaN/Inf by :func:`squared_distance`, which needs the same pass over the data anyway.
 
     Args:
         content: the reply's content.
@@ -111,7 +113,7 @@ def check_upload(
             when no mask is active.
 
     Raises:
-        ReplyRejected: missing or extra keys, wrong shapes or dtypes, or NaN/Inf values.
+        ReplyRejected: missing or extra keys, wrong shapes or dtypes.
     """
     if ARRAYS not in content.array_records or len(content.array_records) != 1:
         raise ReplyRejected(f"expected exactly one ArrayRecord named {ARRAYS!r}, got {list(content.array_records)}")
@@ -132,10 +134,21 @@ def check_upload(
         if array.dtype != "float32":
             raise ReplyRejected(f"{key}: dtype {array.dtype}, expected float32")
         try:
-            tensor = array_to_tensor(array)
+            tensors[key] = array_to_tensor(array)
         except (ValueError, TypeError) as e:
             raise ReplyRejected(f"{key}: undecodable array ({e})") from None
-        if not torch.isfinite(tensor).all():
-            raise ReplyRejected(f"{key}: contains NaN or Inf")
-        tensors[key] = tensor
     return tensors
+
+
+def squared_distance(tensors: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:
+    """‖tensors − reference‖² over all keys, in one pass; rejects NaN, Inf and values so large the norm overflows.
+
+    This is both the NaN/Inf check of an upload and its term of the client-drift metric.
+    """
+    total = 0.0
+    for key, value in tensors.items():
+        distance = float(torch.dist(value, reference[key]))
+        if not math.isfinite(distance):
+            raise ReplyRejected(f"{key}: contains NaN or Inf (or values so large their norm overflows)")
+        total += distance * distance
+    return total

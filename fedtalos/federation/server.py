@@ -91,8 +91,8 @@ class FederatedServer:
     def _checkpoint(self, score: float | None) -> None:
         self.state.strategy = self.strategy.state_dict()
         store = self.run_dir.checkpoints
-        store.fault_hook = lambda stage: faults.point(f"checkpoint:{stage}", self.state.step)
-        store.save(self.state.step, self.state.tensors(), self.state.meta(), score=score)
+        store.fault_hook = lambda stage, step: faults.point(f"checkpoint:{stage}", step)
+        store.save_async(self.state.step, self.state.tensors(), self.state.meta(), score=score)
 
     # ------------------------------------------------------------------------------------------------ phases
     def phases(self) -> list[Phase]:
@@ -130,6 +130,7 @@ class FederatedServer:
         row = {"phase": phase.name, "round": index, "step": step}
         row.update(phase.run_round(index))
         score = None
+        evaluated_at = time.perf_counter()
         if phase.evaluates and (index % self.config.eval_every == 0 or index == phase.rounds):
             faults.point("before-eval", step)
             row.update(self.evaluate_split("val"))
@@ -138,12 +139,16 @@ class FederatedServer:
                 row.update(self.evaluate_split("test"))
             if self.config.federated_eval_fraction > 0:
                 row.update(self._federated_evaluate())
-        row["wall_s"] = time.perf_counter() - started
+        row["eval_s"] = time.perf_counter() - evaluated_at
         self.state.step, self.state.phase_round = step, index
-        self.state.rows.append(row)
-        self.metrics.append(row)
         faults.point("before-checkpoint", step)
+        checkpoint_at = time.perf_counter()
+        self.state.rows.append(row)
         self._checkpoint(score)
+        # timings are known only now; the next checkpoint carries them (they are not part of the results)
+        row["checkpoint_s"] = time.perf_counter() - checkpoint_at
+        row["wall_s"] = time.perf_counter() - started
+        self.metrics.append(row)
         faults.point("after-checkpoint", step)
         log.info(_format_row(row))
 
@@ -292,11 +297,14 @@ class FederatedServer:
         def accept(pid: int, reply: RecordDict) -> ClientUpdate:
             n = P.check_num_examples(reply.metric_records.get(P.METRICS, {}), self.expected_examples(pid))
             tensors = P.check_upload(reply, dense, masked_count)
+            distance = P.squared_distance(tensors, reference)
             metrics = {k: float(v) for k, v in reply[P.METRICS].items() if k in ("train-loss", "train-acc")}
-            return ClientUpdate(pid, n, tensors, metrics)
+            return ClientUpdate(pid, n, tensors, metrics, distance)
 
         cohort = sample_cohort(self.config.seed, phase, index, self.config.num_clients, self.config.cohort_size)
+        sent_at = time.perf_counter()
         updates, stats = self.collect(phase, index, cohort, content_for, P.TRAIN, accept)
+        received_at = time.perf_counter()
         result = aggregate(updates, reference)
         average = result.average
         if mask is not None:
@@ -310,6 +318,8 @@ class FederatedServer:
             "train_acc": result.metrics.get("train-acc"),
             "drift": result.drift,
             **stats,
+            "clients_s": received_at - sent_at,
+            "aggregate_s": time.perf_counter() - received_at,
         }
 
     def _mask_holders(self, mid: str) -> list[int]:
@@ -346,6 +356,7 @@ class FederatedServer:
 
     # ------------------------------------------------------------------------------------------------ end
     def _finish(self) -> dict[str, Any]:
+        self.run_dir.checkpoints.wait()
         rows = self.state.rows
         evaluated = [r for r in rows if r.get("phase") == "train" and r.get("val_acc") is not None]
         best = max(evaluated, key=lambda r: r["val_acc"], default=None)

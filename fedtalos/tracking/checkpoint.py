@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ class CheckpointStore:
         directory: where the files go (created on the first save).
         config_hash: the run's result-config hash; checkpoints with another hash are refused on load.
         keep: how many of the newest checkpoints to keep; the best (highest ``score``) is kept as well.
-        fault_hook: test hook called with a stage name during :meth:`save` (to inject kills and disk errors).
+        fault_hook: test hook called with (stage name, step) during a write (to inject kills and disk errors).
     """
 
     def __init__(
@@ -93,12 +94,14 @@ class CheckpointStore:
         directory: Path,
         config_hash: str,
         keep: int = 2,
-        fault_hook: Callable[[str], None] | None = None,
+        fault_hook: Callable[[str, int], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.config_hash = config_hash
         self.keep = keep
-        self.fault_hook = fault_hook or (lambda stage: None)
+        self.fault_hook = fault_hook or (lambda stage, step: None)
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     def _paths(self, step: int) -> tuple[Path, Path]:
         stem = self.directory / f"ckpt-{step:09d}"
@@ -118,12 +121,37 @@ class CheckpointStore:
         Raises:
             CheckpointError: the write failed (e.g. disk full); earlier checkpoints are untouched.
         """
+        self.wait()
+        return self._write(step, _contiguous(tensors), dict(meta), score)
+
+    def save_async(
+        self, step: int, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], score: float | None = None
+    ) -> None:
+        """Like :meth:`save`, but write in a background thread so the next round can start.
+
+        The tensors and metadata are copied now (the caller goes on changing them). At most one write is in
+        flight: this call first waits for the previous one and raises its error, if any. A kill during the write
+        loses only this checkpoint: resuming falls back to the previous one, which is complete.
+        """
+        self.wait()
+        snapshot, meta_copy = _contiguous(tensors), json.loads(json.dumps(dict(meta)))
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending = self._writer.submit(self._write, step, snapshot, meta_copy, score)
+
+    def wait(self) -> None:
+        """Block until the background write (if any) is on disk; raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write(self, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any], score: float | None) -> Path:
         tensor_path, json_path = self._paths(step)
         try:
-            blob = save_safetensors(_contiguous(tensors))
-            self.fault_hook("before-tensors")
+            blob = save_safetensors(tensors)
+            self.fault_hook("before-tensors", step)
             atomic_write_bytes(tensor_path, blob)
-            self.fault_hook("after-tensors")
+            self.fault_hook("after-tensors", step)
             record = {
                 "format": FORMAT_VERSION,
                 "step": step,
@@ -132,10 +160,10 @@ class CheckpointStore:
                 "tensors_bytes": len(blob),
                 "tensors_sha256": hashlib.sha256(blob).hexdigest(),
                 "score": score,
-                "meta": dict(meta),
+                "meta": meta,
             }
             atomic_write_bytes(json_path, json.dumps(record, indent=1, allow_nan=True).encode())
-            self.fault_hook("after-json")
+            self.fault_hook("after-json", step)
         except OSError as e:
             raise CheckpointError(
                 f"could not write checkpoint {step} to {self.directory}: {e}. The previous checkpoints are intact; "

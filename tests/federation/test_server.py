@@ -65,7 +65,7 @@ def test_fedavg_runs_logs_and_learns(tiny_run_config: dict[str, Any]):
 
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k != "wall_s"} for x in lines]
+    return [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")} for x in lines]  # timings differ
 
 
 def test_resume_is_bit_identical(tiny_run_config: dict[str, Any], tmp_path: Path):

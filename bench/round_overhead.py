@@ -1,0 +1,198 @@
+"""Round overhead of the federated app: `flwr run .` vs the pure compute of the same cohort in one process.
+
+    python bench/round_overhead.py                # ViT-S/16 at 32 px, K=100, C=0.1, J=4, batch 32
+    python bench/round_overhead.py --clients 1000 # scaling in K
+    python bench/round_overhead.py --quick        # tiny model, K=10, 4 rounds: a smoke run
+
+Both sides run the same cohorts (sampled from (seed, round)) on the same generated CIFAR-format data. The pure
+side loads the global weights into one model and runs each client's J SGD steps on its batches, accumulating the
+weighted average, in one plain PyTorch process with all cores. The Flower side is the real app through the local
+SuperLink and the Ray simulation engine; its steady-state round time is the median of the server's per-round wall
+time over the rounds after the first (actors warming up) and before the last (test evaluation). Ray start-up is
+excluded. Peak resident memory of the whole process tree and of the simulation driver is sampled twice a second.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fedtalos.config import RunConfig  # noqa: E402
+from fedtalos.federation.cohort import PHASE_CODES, sample_cohort  # noqa: E402
+from fedtalos.launch import flwr_run, processes_under, stop_local_superlink  # noqa: E402
+from fedtalos.synthetic import write_fake_cifar100  # noqa: E402
+from fedtalos.task.data import make_generator  # noqa: E402
+from fedtalos.task.resources import get_resources  # noqa: E402
+from fedtalos.task.train import train_steps  # noqa: E402
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class MemorySampler(threading.Thread):
+    """Peak RSS of the process tree under a FLWR_HOME, and of the simulation driver in it."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__(daemon=True)
+        self.fragment = fragment
+        self.peak_total = self.peak_driver = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            pids = processes_under(self.fragment)
+            self.peak_total = max(self.peak_total, sum(_rss_bytes(p) for p in pids))
+            for pid in pids:
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"flwr-simulation" in cmd:
+                    self.peak_driver = max(self.peak_driver, _rss_bytes(pid))
+
+
+def pure_compute(config: RunConfig, rounds: list[int]) -> list[float]:
+    """Seconds per round for the cohort's J steps per client in one process (weights reloaded per client)."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    res = get_resources(config)
+    start = res.weights()
+    times = []
+    for r in rounds:
+        cohort = sample_cohort(config.seed, "train", r, config.num_clients, config.cohort_size)
+        t0 = time.perf_counter()
+        total: dict[str, torch.Tensor] = {}
+        for pid in cohort:
+            res.model.load_state_dict(start)
+            opt = torch.optim.SGD(res.model.parameters(), lr=config.lr, momentum=config.momentum)
+            images, labels = res.client_data(pid)
+            batches = res.train_batches(
+                images, labels, make_generator(config.seed, PHASE_CODES["train"], r, pid), config.local_steps
+            )
+            train_steps(res.model, opt, batches)
+            for k, v in res.model.state_dict().items():
+                if k in total:
+                    total[k].add_(v, alpha=len(labels))
+                else:
+                    total[k] = v.detach().mul(len(labels))
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model, K=10, 4 rounds")
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--model", default="vit_small_patch16_224.dino")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--cpus-per-client", type=int, default=1)
+    parser.add_argument("--per-class", type=int, default=400, help="generated train images per class")
+    parser.add_argument("--extra", default="", help="extra run-config overrides, TOML 'k=v' pairs")
+    args = parser.parse_args()
+    if args.quick:
+        args.model, args.clients, args.rounds, args.per_class = "vit-tiny-test", 10, 4, 40
+
+    work = Path(tempfile.mkdtemp(prefix="fedtalos-bench-"))
+    write_fake_cifar100(work / "data", train_per_class=args.per_class, test_per_class=10)
+    overrides = {
+        "dataset-root": str(work / "data"),
+        "dataset-verify": False,
+        "dataset-download": False,
+        "output-root": str(work / "runs"),
+        "run-name": "bench",
+        "model": args.model,
+        "pretrained": False,
+        "image-size": args.image_size,
+        "num-clients": args.clients,
+        "fraction-train": 0.1,
+        "local-steps": 4,
+        "batch-size": 32,
+        "num-server-rounds": args.rounds,
+        "eval-every": args.rounds,
+        "device": "cpu",
+        "lr-schedule": "constant",
+        "eval-batch-size": 500,
+    }
+    if args.extra:
+        from flwr.common.config import parse_config_args
+
+        overrides.update(parse_config_args([args.extra]))
+    config = RunConfig.from_mapping(overrides)
+    steady = list(range(2, args.rounds))
+
+    pure = pure_compute(config, [1, *steady])[1:]  # round 1 warms up (allocations, caches) and is not counted
+
+    home = work / "flwr-home"
+    home.mkdir()
+    env = {
+        "FLWR_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    }
+    sampler = MemorySampler(str(home))
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        result = flwr_run(
+            ROOT,
+            overrides,
+            f"num-supernodes={args.clients} client-resources-num-cpus={args.cpus_per_client}",
+            env=env,
+            echo=False,
+        )
+    finally:
+        sampler.stopped.set()
+        stop_local_superlink(home)
+    total_s = time.perf_counter() - started
+    rows = [json.loads(line) for line in (work / "runs" / "bench" / "metrics.jsonl").read_text().splitlines()]
+    flower = [r["wall_s"] for r in rows if r["round"] in steady]
+    breakdown = {
+        k: statistics.median(r.get(k, 0.0) for r in rows if r["round"] in steady)
+        for k in ("clients_s", "aggregate_s", "eval_s", "checkpoint_s")
+    }
+    report = {
+        "benchmark": "round_overhead",
+        "status": result.status,
+        "model": args.model,
+        "image_size": args.image_size,
+        "clients": args.clients,
+        "cohort": config.cohort_size,
+        "local_steps": 4,
+        "batch_size": 32,
+        "cpus_per_client": args.cpus_per_client,
+        "cpu_count": os.cpu_count(),
+        "steady_rounds": steady,
+        "flower_round_s": statistics.median(flower) if flower else None,
+        "pure_round_s": statistics.median(pure),
+        "ratio": statistics.median(flower) / statistics.median(pure) if flower else None,
+        "flower_round_breakdown_s": breakdown,
+        "flower_rounds_s": flower,
+        "pure_rounds_s": pure,
+        "flwr_run_total_s": total_s,
+        "peak_rss_total_gb": sampler.peak_total / 2**30,
+        "peak_rss_driver_gb": sampler.peak_driver / 2**30,
+        "bytes_up_per_client": rows[-1]["bytes_up"] / rows[-1]["clients_ok"] if rows else None,
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
