@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from fedtalos.config import RunConfig  # noqa: E402
 from fedtalos.federation.cohort import PHASE_CODES, sample_cohort  # noqa: E402
-from fedtalos.launch import flwr_run, processes_under, stop_local_superlink  # noqa: E402
+from fedtalos.launch import flwr_run, private_simulation_superlink, processes_under  # noqa: E402
 from fedtalos.synthetic import write_fake_cifar100  # noqa: E402
 from fedtalos.task.data import make_generator  # noqa: E402
 from fedtalos.task.resources import get_resources  # noqa: E402
@@ -140,28 +140,20 @@ def main() -> None:
     pure = pure_compute(config, [1, *steady])[1:]  # round 1 warms up (allocations, caches) and is not counted
 
     home = work / "flwr-home"
-    home.mkdir()
-    env = {
-        "FLWR_HOME": str(home),
-        "HF_HUB_OFFLINE": "1",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-    }
-    sampler = MemorySampler(str(home))
-    sampler.start()
-    started = time.perf_counter()
-    try:
-        result = flwr_run(
-            ROOT,
-            overrides,
-            f"num-supernodes={args.clients} client-resources-num-cpus={args.cpus_per_client}",
-            env=env,
-            echo=False,
-        )
-    finally:
-        sampler.stopped.set()
-        stop_local_superlink(home)
+    with private_simulation_superlink(home) as env:
+        env.update({"HF_HUB_OFFLINE": "1", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"})
+        sampler = MemorySampler(str(home))
+        sampler.start()
+        started = time.perf_counter()
+        federation = f"num-supernodes={args.clients} client-resources-num-cpus={args.cpus_per_client}"
+        try:
+            result = flwr_run(ROOT, overrides, federation, env=env, echo=False)
+        finally:
+            sampler.stopped.set()
     total_s = time.perf_counter() - started
+    if not result.ok:
+        print(json.dumps({"benchmark": "round_overhead", "status": result.status, "tail": result.tail}))
+        sys.exit(1)
     rows = [json.loads(line) for line in (work / "runs" / "bench" / "metrics.jsonl").read_text().splitlines()]
     flower = [r["wall_s"] for r in rows if r["round"] in steady]
     breakdown = {

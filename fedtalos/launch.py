@@ -16,8 +16,10 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ class LaunchResult:
     status: str
     details: str
     returncode: int
+    tail: list[str] = field(default_factory=list)  # the last lines Flower printed (for failure reports)
 
     @property
     def ok(self) -> bool:
@@ -96,10 +99,12 @@ def flwr_run(
     if echo:
         print("$ " + shlex.join(command), flush=True)
     run_id = None
+    tail: deque[str] = deque(maxlen=40)
     try:
         process = subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert process.stdout is not None
         for line in process.stdout:
+            tail.append(line.rstrip("\n"))
             if echo:
                 sys.stdout.write(line)
                 sys.stdout.flush()
@@ -109,7 +114,7 @@ def flwr_run(
     finally:
         os.unlink(toml_path)
     status, details = run_status(run_id, full_env) if run_id else ("not started", "flwr run did not start a run")
-    return LaunchResult(run_id, status, details, returncode)
+    return LaunchResult(run_id, status, details, returncode, list(tail))
 
 
 def run_status(run_id: str, env: Mapping[str, str]) -> tuple[str, str]:
@@ -170,6 +175,66 @@ def kill_process_trees(fragment: str) -> None:
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in victims) and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def private_simulation_superlink(flwr_home: Path, timeout: float = 60.0) -> Iterator[dict[str, str]]:
+    """A simulation SuperLink of our own on a free port, as the default connection of ``flwr_home``.
+
+    ``flwr run`` otherwise shares one managed SuperLink on the fixed port 39091 with every other `flwr run` of
+    the machine (another sweep, a test run), and whoever stops it stops everyone's runs. Yields the environment
+    for ``flwr`` (``FLWR_HOME`` and friends); the SuperLink, its simulation and Ray are killed on exit.
+    """
+    import time
+    import urllib.request
+
+    flwr_home = Path(flwr_home)
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    env = {**os.environ, **ENV_DEFAULTS, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    bin_dir = Path(sys.executable).parent
+    env["PATH"] = str(bin_dir) + os.pathsep + env.get("PATH", "")
+    command = [
+        str(bin_dir / "flower-superlink"),
+        "--insecure",
+        "--simulation",
+        "--isolation",
+        "subprocess",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database",
+        str(flwr_home / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+    ]
+    with open(flwr_home / "superlink.log", "wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the SuperLink did not start; see {flwr_home / 'superlink.log'}") from None
+                time.sleep(0.5)
+        yield env
+    finally:
+        stop_local_superlink(flwr_home)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -1,4 +1,4 @@
-"""Helpers for tests that start real Flower processes: an isolated FLWR_HOME, and cleanup of what they leave."""
+"""Helpers for tests that start real Flower processes: a private simulation SuperLink, cleaned up afterwards."""
 
 from __future__ import annotations
 
@@ -6,24 +6,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fedtalos.launch import kill_process_trees, stop_local_superlink
+from fedtalos.launch import private_simulation_superlink
 
 
 @contextmanager
 def isolated_flower(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Environment for `flwr` with its own FLWR_HOME; the local SuperLink it starts is stopped afterwards."""
-    home = tmp_path / "flwr-home"
-    home.mkdir()
-    env = {
-        "FLWR_HOME": str(home),
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "HF_HUB_OFFLINE": "1",
-        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-    }
-    kill_process_trees("--port 39091")  # a SuperLink left by an earlier, crashed test would be reused
-    try:
-        yield env
-    finally:
-        stop_local_superlink(home)
+    """Environment for `flwr` with its own FLWR_HOME and SuperLink (never the shared one on port 39091)."""
+    with private_simulation_superlink(tmp_path / "flwr-home") as env:
+        yield {**env, "HF_HUB_OFFLINE": "1", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
