@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, Context, Error, Message
+from flwr.app import Array, Context, Error, Message, RecordDict
 from safetensors.torch import load_file
 
 from fedtalos.client_app import app as client_app
+from fedtalos.server_app import main
 from tests.fakegrid import FakeGrid, Handler
 
 Tamper = Callable[[Message, Message], Message | None]  # (incoming message, real reply) → what the server gets
@@ -90,3 +91,9 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 def train_messages(grid: FakeGrid, message_type: str = "train") -> list[int]:
     """Partition ids the grid delivered ``message_type`` messages to, in order."""
     return [grid.pid_of[m.metadata.dst_node_id] for m in grid.sent if m.metadata.message_type == message_type]
+
+
+def run_main(config: dict[str, Any], grid: FakeGrid) -> tuple[Path, FakeGrid]:
+    """The ServerApp's ``main`` against ``grid`` (``run_server`` with a grid made by the caller)."""
+    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
+    return run_dir_of(config), grid

@@ -12,15 +12,14 @@ from typing import Any
 import pytest
 import tomli_w
 import torch
-from flwr.app import Context, RecordDict
 from safetensors.torch import save_file
 
 from fedtalos import launch
 from fedtalos.config import ConfigError
-from fedtalos.server_app import main
 from fedtalos.task.model import DINO_VIT_S16, TINY_TEST_VIT, build_model
 from tests.fakegrid import FakeGrid
 from tests.federation.test_server import run_server
+from tests.reliability.harness import run_main
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -112,17 +111,13 @@ def _no_run_directory(config: dict[str, Any], tmp: Path) -> None:
     assert not (tmp / "runs").exists()
 
 
-def _main(config: dict[str, Any], grid: FakeGrid) -> None:
-    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_server_refuses_bad_input_before_any_compute(case: str, tiny_run_config: dict[str, Any], tmp_path: Path):
     _skip_if_not_applicable(case)
     config = _overrides(case, tiny_run_config, tmp_path)
     grid = FakeGrid(10, config)
     with pytest.raises((ConfigError, OSError, RuntimeError)) as e:
-        _main(config, grid)
+        run_main(config, grid)
     message = str(e.value)
     for fragment in CASES[case][1]:
         assert fragment in message, f"{fragment!r} not in: {message}"
@@ -164,6 +159,6 @@ def test_bad_input_leaves_an_existing_run_directory_untouched(
     before = _snapshot(run_dir.parent)
     bad = dict(_overrides(case, good, tmp_path), resume=False)
     with pytest.raises((ConfigError, OSError, RuntimeError)):
-        _main(bad, FakeGrid(10, bad))
+        run_main(bad, FakeGrid(10, bad))
     assert _snapshot(run_dir.parent) == before
     assert [p.name for p in run_dir.parent.iterdir()] == ["tiny"], "nothing renamed aside"
