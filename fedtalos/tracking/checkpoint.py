@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^ckpt-(\d{9})\.json$")
 _TENSOR_NAME = re.compile(r"^ckpt-(\d{9})\.safetensors$")
 FORMAT_VERSION = 2  # 2: the record carries its own SHA-256 (a flipped byte in the JSON is detected too)
+# Format 1 records (no record hash) are still read, so that runs checkpointed before format 2 can resume; no single
+# flipped bit turns a '2' into a '1', so a damaged format-2 record cannot pass for a format-1 one.
+_READABLE_FORMATS = (1, 2)
 _RECORD_FIELDS = {
     "format": int,
     "step": int,
@@ -169,11 +172,11 @@ class CheckpointStore:
             record = json.loads(json_path.read_text())
         except (OSError, ValueError) as e:
             raise CheckpointError(f"unreadable metadata {json_path.name}: {e}") from None
-        if not isinstance(record, dict) or record.get("format") != FORMAT_VERSION or record.get("step") != step:
+        if not isinstance(record, dict) or record.get("format") not in _READABLE_FORMATS or record.get("step") != step:
             raise CheckpointError(
                 f"{json_path.name} is not a fedtalos checkpoint record (format {FORMAT_VERSION}, step {step})"
             )
-        if record.get("record_sha256") != _record_digest(record):
+        if record["format"] >= 2 and record.get("record_sha256") != _record_digest(record):
             raise CheckpointError(f"{json_path.name} fails its SHA-256 check (corrupted or edited)")
         wrong = [k for k, t in _RECORD_FIELDS.items() if type(record.get(k)) is not t]
         if wrong or record["tensors_file"] != self._paths(step)[0].name:

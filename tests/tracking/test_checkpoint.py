@@ -162,6 +162,19 @@ def test_every_single_flipped_bit_of_a_json_companion_is_detected(tmp_path: Path
     assert _equal(store.load(2).tensors, _tensors(2))
 
 
+def test_format_1_records_without_their_own_hash_still_load(tmp_path: Path):
+    # checkpoints written before records carried a hash: the tensor file is still verified by size and SHA-256
+    store = _filled(tmp_path / "ckpt")
+    tensor_path, json_path = store._paths(2)
+    record = json.loads(json_path.read_text())
+    del record["record_sha256"]
+    json_path.write_text(json.dumps(dict(record, format=1)))
+    assert _equal(store.load(2).tensors, _tensors(2))
+    _flip_tensor_byte(tensor_path, json_path)
+    with pytest.raises(CheckpointError, match="fails its SHA-256 check"):
+        store.load(2)
+
+
 def test_a_pickle_with_a_forged_record_is_still_never_unpickled(tmp_path: Path):
     # A forger who also rewrites the JSON (size, SHA-256, record hash) passes the checksums; the tensor file is
     # then parsed by safetensors, which has no code path that executes anything.
