@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 from fedtalos import faults
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.federation.cohort import sample_cohort
-from fedtalos.task.model import DINO_VIT_S16, TINY_TEST_VIT, build_model
+from fedtalos.task.model import DINO_VIT_S16, TINY_TEST_VIT, WeightsError, build_model, check_weights_file
 from fedtalos.tracking.checkpoint import CheckpointError, CheckpointStore
 from fedtalos.tracking.rundir import RunConfigMismatch
 from tests.federation.test_server import run_server
@@ -160,3 +161,17 @@ def test_a_malicious_torch_weights_file_is_refused_without_running_it(
     assert not (tmp_path / "runs").exists()
     torch.load(weights, weights_only=False)  # the control: an unsafe load does run it
     assert marker.exists()
+
+
+@pytest.mark.parametrize("container", ["torch.save zip", "plain pickle"])
+def test_weights_file_check_never_runs_a_pickle(container: str, tmp_path: Path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "weights.pth"
+    payload = {"blocks.0.norm1.weight": _Payload(marker)}
+    if container == "plain pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path)
+    with pytest.raises(WeightsError, match=r"is not a readable \.safetensors or torch checkpoint"):
+        check_weights_file(path)
+    assert not marker.exists()
