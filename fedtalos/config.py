@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ MASK_RULES = ("none", "least-sensitive", "most-sensitive", "lowest-magnitude", "
 FISHER_TARGETS = ("logit", "log-prob")
 MASK_SCOPES = ("global", "local")
 FREEZE = ("none", "backbone")
+_RUN_NAME = re.compile(r"[A-Za-z0-9._+=-]{1,128}")
 
 # Keys whose values do not change the numbers a run produces (its weights and metric values): a resumed run
 # may change them freely. Every other key is part of the run's identity, `RunConfig.result_hash()`.
@@ -76,14 +78,16 @@ def _choice(*choices: str) -> Check:
 
 
 def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Check:
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    interval = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+
     def check(v: float) -> str | None:
         if isinstance(v, float) and not math.isfinite(v):
-            return "must be a finite number"
+            return f"must be a finite number in {interval}"
         if (lo is not None and (v <= lo if lo_open else v < lo)) or (
             hi is not None and (v >= hi if hi_open else v > hi)
         ):
-            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-            return f"must be in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+            return f"must be in {interval}"
         return None
 
     return check
@@ -102,6 +106,17 @@ def _abs_path_or_empty(v: str) -> str | None:
     return None
 
 
+def _run_name(v: str) -> str | None:
+    # The name becomes <output-root>/<run-name>: a '/' or '..' would put the run (and, with resume = false, the
+    # rename of an existing directory) outside the output root.
+    if v and (not _RUN_NAME.fullmatch(v) or v.startswith(".")):
+        return (
+            "must be a plain directory name of at most 128 letters, digits, '.', '_', '+', '=' or '-', "
+            "not starting with '.' (or empty for a name derived from the config)"
+        )
+    return None
+
+
 def _device(v: str) -> str | None:
     base, _, index = v.partition(":")
     if base in DEVICES and (not index or (base == "cuda" and index.isdigit())):
@@ -114,7 +129,7 @@ class RunConfig:
     """A validated run configuration. Attribute names are the kebab-case keys with '_' for '-'."""
 
     # --- identity, outputs, resume
-    run_name: str = _opt("", "run directory name; empty = derived from the config, stable across restarts")
+    run_name: str = _opt("", "run directory name; empty = derived from the config, stable across restarts", _run_name)
     output_root: str = _opt(
         "", "absolute path for run directories; empty = $FEDTALOS_OUTPUT_ROOT or ~/fedtalos/runs", _abs_path_or_empty
     )

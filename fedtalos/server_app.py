@@ -9,7 +9,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.federation.server import FederatedServer
+from fedtalos.task.model import WeightsError
 from fedtalos.task.resources import get_resources
+from fedtalos.task.schedules import STATELESS
 from fedtalos.tracking.plots import plot_run
 from fedtalos.tracking.rundir import open_run_dir, validate_output_root
 
@@ -27,11 +29,39 @@ def _route_logs_to_flower() -> None:
 
 
 def preflight(config: RunConfig) -> None:
-    """Everything that can fail on bad input, before a run directory exists: paths, data, weights."""
+    """Everything that can fail on bad input, before a run directory exists: paths, data, weights, shards."""
     if config.lr_schedule == "plateau":
-        raise ConfigError(["lr-schedule = 'plateau': depends on per-epoch validation; use it with fedtalos-central"])
+        raise ConfigError(
+            [
+                "lr-schedule = 'plateau': depends on per-epoch validation; use it with fedtalos-central "
+                f"(federated runs allow {', '.join(repr(s) for s in STATELESS)})"
+            ]
+        )
     validate_output_root(config)
-    get_resources(config, pretrained=True)  # loads the data set and the DINO weights, or says why it cannot
+    try:
+        resources = get_resources(config, pretrained=True)  # loads the data set and the DINO weights
+    except WeightsError as e:
+        raise ConfigError([f"weights-path = {config.weights_path!r}: {e}"]) from None
+    # Values that are valid on their own but do not fit the data set would otherwise only fail in the clients
+    # (every node refusing to identify itself) or at the first evaluation, after the run directory exists.
+    train, val = len(resources.train_idx), len(resources.val_idx)
+    if val == 0:
+        raise ConfigError(
+            [
+                f"val-fraction = {config.val_fraction}: leaves no validation image out of {train} training images; "
+                f"must be at least {1 / train:.2g}"
+            ]
+        )
+    try:
+        _ = resources.partitions  # the K shards, as every client will cut them
+    except ValueError as e:
+        raise ConfigError(
+            [
+                f"num-clients = {config.num_clients}, partitioning = {config.partitioning!r}, classes-per-client = "
+                f"{config.classes_per_client}: cannot shard the {train} training images ({e}); lower num-clients"
+                + (" or classes-per-client" if config.partitioning == "noniid" else "")
+            ]
+        ) from None
 
 
 @app.main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 
@@ -36,3 +37,17 @@ def flower_task_identity():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+@pytest.fixture
+def fedtalos_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """caplog for the package's records (INFO and up). The ServerApp routes the ``fedtalos`` logger to Flower's
+    handlers and stops it propagating to the root logger, where caplog listens: attach caplog to it directly."""
+    logger = logging.getLogger("fedtalos")
+    caplog.set_level(logging.INFO, logger="fedtalos")
+    propagate = logger.propagate
+    logger.addHandler(caplog.handler)
+    logger.propagate = False  # each record once
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.propagate = propagate

@@ -79,7 +79,7 @@ class EditingRounds:
             arrays = reply.array_records.get(P.ARRAYS)
             if arrays is None or set(arrays) != {"gram", "cross"}:
                 raise P.ReplyRejected("expected arrays 'gram' and 'cross'")
-            tensors = {k: P.array_to_tensor(arrays[k]) for k in ("gram", "cross")}
+            tensors = {k: P.decode_array(k, arrays[k]) for k in ("gram", "cross")}
             for key, shape in (("gram", (dim, dim)), ("cross", (dim, classes))):
                 t = tensors[key]
                 if tuple(t.shape) != shape or t.dtype != torch.float64 or not bool(torch.isfinite(t).all()):

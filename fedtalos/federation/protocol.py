@@ -96,6 +96,28 @@ def check_num_examples(metrics: MetricRecord, expected: int | None) -> int:
     return int(value)
 
 
+def decode_array(key: str, array: Array) -> torch.Tensor:
+    """The tensor in a client's ``Array``, or :class:`ReplyRejected` if its bytes do not decode.
+
+    A reply's bytes are untrusted: ``numpy.load`` raises many exception types on garbage (ValueError, EOFError,
+    OSError, ...), and every one of them must reject the reply, not crash the server.
+    """
+    try:
+        return array_to_tensor(array)
+    except Exception as e:
+        raise ReplyRejected(f"{key}: undecodable array ({type(e).__name__}: {e})") from None
+
+
+def check_metric(metrics: MetricRecord, key: str) -> float | None:
+    """A reply's scalar metric ``key`` as a float (None if absent); a list, NaN or Inf rejects the reply."""
+    value = metrics.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ReplyRejected(f"{key} is not a finite number: {value!r}")
+    return float(value)
+
+
 def check_upload(
     content: RecordDict,
     expected_shapes: Mapping[str, tuple[int, ...]],
@@ -133,10 +155,14 @@ def check_upload(
             raise ReplyRejected(f"{key}: shape {tuple(array.shape)}, expected {tuple(shape)}")
         if array.dtype != "float32":
             raise ReplyRejected(f"{key}: dtype {array.dtype}, expected float32")
-        try:
-            tensors[key] = array_to_tensor(array)
-        except (ValueError, TypeError) as e:
-            raise ReplyRejected(f"{key}: undecodable array ({e})") from None
+        tensor = decode_array(key, array)
+        # An Array's shape and dtype fields are declared separately from its bytes: check what was decoded too,
+        # or a (1,)-shaped payload declared as (n,) would broadcast into the average.
+        if tuple(tensor.shape) != tuple(shape) or tensor.dtype != torch.float32:
+            raise ReplyRejected(
+                f"{key}: data is {tensor.dtype} {tuple(tensor.shape)}, declared {array.dtype} {tuple(array.shape)}"
+            )
+        tensors[key] = tensor
     return tensors
 
 

@@ -298,7 +298,8 @@ class FederatedServer:
             n = P.check_num_examples(reply.metric_records.get(P.METRICS, {}), self.expected_examples(pid))
             tensors = P.check_upload(reply, dense, masked_count)
             distance = P.squared_distance(tensors, reference)
-            metrics = {k: float(v) for k, v in reply[P.METRICS].items() if k in ("train-loss", "train-acc")}
+            reported = reply.metric_records[P.METRICS]
+            metrics = {k: v for k in ("train-loss", "train-acc") if (v := P.check_metric(reported, k)) is not None}
             return ClientUpdate(pid, n, tensors, metrics, distance)
 
         cohort = sample_cohort(self.config.seed, phase, index, self.config.num_clients, self.config.cohort_size)
@@ -344,14 +345,28 @@ class FederatedServer:
         size = max(1, round(self.config.federated_eval_fraction * self.config.num_clients))
         cohort = sample_cohort(self.config.seed, "evaluate", self.state.step + 1, self.config.num_clients, size)
         content = RecordDict({P.ARRAYS: P.encode_tensors(self.state.weights)})
-        ok, _, _ = self._send(cohort, lambda pid, force: content, P.EVALUATE)
-        rows = [r[P.METRICS] for _, r in sorted(ok.items())]
-        total = sum(int(m[P.NUM_EXAMPLES]) for m in rows)
+        ok, failed, _ = self._send(cohort, lambda pid, force: content, P.EVALUATE)
+        rows = []  # (n, loss, acc) of the replies that check out; the others are logged and left out
+        for pid, reply in sorted(ok.items()):
+            try:
+                metrics = reply.metric_records.get(P.METRICS, {})
+                n = P.check_num_examples(metrics, self.expected_examples(pid))
+                loss, acc = P.check_metric(metrics, "eval-loss"), P.check_metric(metrics, "eval-acc")
+                if loss is None or acc is None or not 0.0 <= acc <= 1.0:
+                    raise P.ReplyRejected(f"eval-loss / eval-acc missing or out of range: {loss!r}, {acc!r}")
+            except P.ReplyRejected as e:
+                failed[pid] = f"rejected: {e}"
+                continue
+            rows.append((n, loss, acc))
+        for pid, reason in sorted(failed.items()):
+            log.warning("federated evaluation: client %d failed (%s)", pid, reason)
+        total = sum(n for n, _, _ in rows)
         if not total:
-            return {}
+            return {"fed_eval_clients_failed": len(cohort)}
         return {
-            "fed_eval_loss": sum(m["eval-loss"] * m[P.NUM_EXAMPLES] for m in rows) / total,
-            "fed_eval_acc": sum(m["eval-acc"] * m[P.NUM_EXAMPLES] for m in rows) / total,
+            "fed_eval_loss": sum(n * loss for n, loss, _ in rows) / total,
+            "fed_eval_acc": sum(n * acc for n, _, acc in rows) / total,
+            "fed_eval_clients_failed": len(cohort) - len(rows),
         }
 
     # ------------------------------------------------------------------------------------------------ end

@@ -1,12 +1,12 @@
 """Atomic, verified checkpoints: ``ckpt-<step>.safetensors`` (tensors) + ``ckpt-<step>.json`` (the rest).
 
 Writing: tensors go to a temporary file that is fsynced and renamed into place; then the JSON companion, which
-records the tensor file's size and SHA-256 and the run's config hash, goes the same way. The JSON is written
-last, so a checkpoint without it is incomplete and ignored. Nothing is ever overwritten in place, and a failed
-write (disk full, kill) leaves the earlier checkpoints as they were.
+records the tensor file's size and SHA-256, the run's config hash and a SHA-256 of the record itself, goes the
+same way. The JSON is written last, so a checkpoint without it is incomplete and ignored. Nothing is ever
+overwritten in place, and a failed write (disk full, kill) leaves the earlier checkpoints as they were.
 
-Reading: checkpoints are tried newest first; one whose JSON is missing or unreadable, whose tensor file is
-missing, truncated or altered (size/hash), or whose config hash differs is reported and skipped, so the run
+Reading: checkpoints are tried newest first; one whose JSON is missing, unreadable or altered, whose tensor file
+is missing, truncated or altered (size/hash), or whose config hash differs is reported and skipped, so the run
 falls back to the previous good one. Loading runs no code: safetensors and JSON only.
 """
 
@@ -32,7 +32,20 @@ from safetensors.torch import save as save_safetensors
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^ckpt-(\d{9})\.json$")
-FORMAT_VERSION = 1
+_TENSOR_NAME = re.compile(r"^ckpt-(\d{9})\.safetensors$")
+FORMAT_VERSION = 2  # 2: the record carries its own SHA-256 (a flipped byte in the JSON is detected too)
+# Format 1 records (no record hash) are still read, so that runs checkpointed before format 2 can resume; no single
+# flipped bit turns a '2' into a '1', so a damaged format-2 record cannot pass for a format-1 one.
+_READABLE_FORMATS = (1, 2)
+_RECORD_FIELDS = {
+    "format": int,
+    "step": int,
+    "config_hash": str,
+    "tensors_file": str,
+    "tensors_bytes": int,
+    "tensors_sha256": str,
+    "meta": dict,
+}
 
 
 class CheckpointError(RuntimeError):
@@ -72,6 +85,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _record_digest(record: Mapping[str, Any]) -> str:
+    """SHA-256 of a record (without its ``record_sha256``) in canonical JSON: key order and whitespace do not
+    matter, every value does. Computed from a JSON round trip so that writer and reader hash the same thing."""
+    body = {k: v for k, v in record.items() if k != "record_sha256"}
+    canonical = json.dumps(json.loads(json.dumps(body, allow_nan=True)), sort_keys=True, allow_nan=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -162,6 +183,7 @@ class CheckpointStore:
                 "score": score,
                 "meta": meta,
             }
+            record["record_sha256"] = _record_digest(record)
             atomic_write_bytes(json_path, json.dumps(record, indent=1, allow_nan=True).encode())
             self.fault_hook("after-json", step)
         except OSError as e:
@@ -178,8 +200,15 @@ class CheckpointStore:
             record = json.loads(json_path.read_text())
         except (OSError, ValueError) as e:
             raise CheckpointError(f"unreadable metadata {json_path.name}: {e}") from None
-        if not isinstance(record, dict) or record.get("format") != FORMAT_VERSION or record.get("step") != step:
-            raise CheckpointError(f"{json_path.name} is not a fedtalos checkpoint record")
+        if not isinstance(record, dict) or record.get("format") not in _READABLE_FORMATS or record.get("step") != step:
+            raise CheckpointError(
+                f"{json_path.name} is not a fedtalos checkpoint record (format {FORMAT_VERSION}, step {step})"
+            )
+        if record["format"] >= 2 and record.get("record_sha256") != _record_digest(record):
+            raise CheckpointError(f"{json_path.name} fails its SHA-256 check (corrupted or edited)")
+        wrong = [k for k, t in _RECORD_FIELDS.items() if type(record.get(k)) is not t]
+        if wrong or record["tensors_file"] != self._paths(step)[0].name:
+            raise CheckpointError(f"{json_path.name} has invalid fields: {wrong or ['tensors_file']}")
         return record
 
     def load(self, step: int) -> Checkpoint:
@@ -223,9 +252,11 @@ class CheckpointStore:
                 log.warning("skipping checkpoint: %s", e)
                 problems.append(str(e))
                 continue
+            self._report_orphans(step)
             if problems:
                 log.warning("resuming from checkpoint %d, the newest one that verifies", step)
             return checkpoint
+        self._report_orphans(-1)
         if problems:
             raise CheckpointError(
                 "no usable checkpoint in "
@@ -235,6 +266,20 @@ class CheckpointStore:
                 + "\nStart over with resume=false (the directory is kept, renamed) or another run-name."
             )
         return None
+
+    def _report_orphans(self, step: int) -> None:
+        # Tensor files newer than the checkpoint resumed from, without a JSON companion: a write that did not
+        # finish (killed, disk full) or a deleted companion. Ignored, but said, so a lost round is never silent.
+        if not self.directory.is_dir():
+            return
+        for path in sorted(self.directory.iterdir()):
+            m = _TENSOR_NAME.match(path.name)
+            if m and int(m.group(1)) > step and not path.with_suffix(".json").exists():
+                log.warning(
+                    "ignoring %s: its companion %s is missing (a checkpoint write that did not finish)",
+                    path.name,
+                    path.with_suffix(".json").name,
+                )
 
     def _prune(self) -> None:
         steps = self.steps()
