@@ -73,7 +73,7 @@ def run_dir_of(config: dict[str, Any]) -> Path:
 def rows(run_dir: Path) -> list[dict[str, Any]]:
     """metrics.jsonl without the wall-clock times."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k != "wall_s"} for x in lines]
+    return [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")} for x in lines]  # timings vary
 
 
 def final_state(run_dir: Path) -> dict[str, torch.Tensor]:

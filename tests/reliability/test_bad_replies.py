@@ -209,8 +209,8 @@ RIDGE_CASES: dict[str, tuple[Edit, str]] = {
 }
 
 FISHER_CASES: dict[str, tuple[Edit, str]] = {
-    "negative scores": (_set_value(_first, -1.0), "negative sensitivity scores"),
-    "NaN scores": (_set_value(_first, math.nan), "cls_token: contains NaN or Inf"),
+    "negative scores": (_set_value(_first, -1.0), "cls_token: negative scores"),
+    "NaN scores": (_set_value(_first, math.nan), "cls_token: scores contain NaN or Inf"),
 }
 
 EVAL_CASES: dict[str, tuple[Edit, str]] = {

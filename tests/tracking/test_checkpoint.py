@@ -215,7 +215,7 @@ def _enospc(*args, **kwargs):
 
 
 def _fail_at_stage(stage: str) -> Callable[[str], None]:
-    def hook(current: str) -> None:
+    def hook(current: str, step: int) -> None:
         if current == stage:
             _enospc()
 
@@ -257,7 +257,7 @@ def test_disk_full_while_writing_leaves_the_previous_checkpoints_intact(
     latest = _store(tmp_path / "ckpt", keep).latest()
     assert latest.step == 2 and _equal(latest.tensors, _tensors(2)), "nothing was pruned for a failed write"
     # the next save, once there is space again, completes and replaces any leftover
-    store.fault_hook = lambda stage: None
+    store.fault_hook = lambda stage, step: None
     store.save(3, _tensors(3), _meta(3))
     assert _store(tmp_path / "ckpt", keep).latest().step == 3
 
