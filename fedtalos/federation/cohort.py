@@ -52,6 +52,7 @@ class NodeRegistry:
         self.timeout = timeout
         self.nodes: dict[int, NodeInfo] = {}
         self._known_node_ids: set[int] = set()
+        self._failed: dict[int, float] = {}  # node id → when it last failed to identify itself
 
     def node_of(self, pid: int) -> NodeInfo | None:
         """The node holding partition ``pid``, if it is registered."""
@@ -70,7 +71,9 @@ class NodeRegistry:
             if gone:
                 self.nodes = {pid: info for pid, info in self.nodes.items() if info.node_id not in gone}
                 self._known_node_ids -= gone
-            new = sorted(connected - self._known_node_ids)
+            # a node that failed to identify itself is asked again only after a while, and reported once
+            now = time.monotonic()
+            new = sorted(n for n in connected - self._known_node_ids if now - self._failed.get(n, -1e9) > 30.0)
             if new:
                 self._register(grid, new)
             if not wait_for_all or len(self.nodes) >= self.num_clients:
@@ -81,7 +84,8 @@ class NodeRegistry:
                     f"{wait_seconds:.0f} s. In simulation, start with --federation-config "
                     f'"num-supernodes={self.num_clients}" (or set num-clients to the number of SuperNodes).'
                 )
-            log.info("waiting for nodes: %d of %d partitions registered", len(self.nodes), self.num_clients)
+            if int(time.monotonic() - deadline + wait_seconds) % 30 < 2:
+                log.info("waiting for nodes: %d of %d partitions registered", len(self.nodes), self.num_clients)
             time.sleep(2.0)
 
     def _register(self, grid: Grid, node_ids: Iterable[int]) -> None:
@@ -90,8 +94,11 @@ class NodeRegistry:
         for reply in replies:
             nid = reply.metadata.src_node_id
             if reply.has_error():
-                log.warning("node %d did not identify itself: %s", nid, reply.error.reason)
+                if nid not in self._failed:
+                    log.warning("node %d did not identify itself (asked again every 30 s): %s", nid, reply.error.reason)
+                self._failed[nid] = time.monotonic()
                 continue
+            self._failed.pop(nid, None)
             metrics = reply.content.metric_records.get(P.METRICS, {})
             pid, count = metrics.get("partition-id"), metrics.get("num-partitions")
             if count != self.num_clients:

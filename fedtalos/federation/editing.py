@@ -151,7 +151,7 @@ class EditingRounds:
         def accept(pid: int, reply: RecordDict) -> ClientUpdate:
             registered = server.expected_examples(pid)
             want = min(c.fisher_samples, registered) if registered else None
-            n = P.check_num_examples(reply.metric_records.get(P.METRICS, {}), want)
+            n = P.check_num_examples(reply.metric_records.get(P.METRICS, {}), want, "the node was asked to score")
             tensors = P.check_upload(reply, expected, None)
             for key, t in tensors.items():
                 if not math.isfinite(float(t.sum())):

@@ -82,8 +82,9 @@ def config_record(values: Mapping[str, int | float | str | bool]) -> ConfigRecor
     return ConfigRecord(dict(values))
 
 
-def check_num_examples(metrics: MetricRecord, expected: int | None) -> int:
-    """``num-examples`` of a reply: a positive integer, equal to what the node reported at registration."""
+def check_num_examples(metrics: MetricRecord, expected: int | None, what: str = "the node registered") -> int:
+    """``num-examples`` of a reply: a positive integer, equal to ``expected`` (what the node registered, or for
+    calibration the number of samples it was asked to score; ``what`` says which in the rejection)."""
     value = metrics.get(NUM_EXAMPLES)
     if value is None:
         raise ReplyRejected("no num-examples")
@@ -92,7 +93,7 @@ def check_num_examples(metrics: MetricRecord, expected: int | None) -> int:
     if value != int(value) or value <= 0:
         raise ReplyRejected(f"num-examples must be a positive integer, got {value}")
     if expected is not None and int(value) != expected:
-        raise ReplyRejected(f"num-examples = {int(value)}, but the node registered {expected} examples")
+        raise ReplyRejected(f"num-examples = {int(value)}, but {what} {expected} examples")
     return int(value)
 
 
