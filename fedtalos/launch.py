@@ -63,7 +63,7 @@ def default_federation_config(config: RunConfig, extra: str = "") -> str:
         import torch
 
         if torch.cuda.is_available():
-            parts.append("client-resources-num-cpus=2 client-resources-num-gpus=0.25")
+            parts.append("client-resources-num-cpus=1 client-resources-num-gpus=0.25")
         else:
             # two 1-CPU actors beat one 2-CPU actor for small per-client work (measured, see README)
             parts.append("client-resources-num-cpus=1")
