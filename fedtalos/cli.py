@@ -1,4 +1,9 @@
-"""The ``fedtalos`` command: run a federated experiment, plot runs (sweeps and summaries: see ``experiments``)."""
+"""The ``fedtalos`` command: run a federated experiment, sweep grid files, plot.
+
+fedtalos run [APP] [--run-config ...]                 one federated run (validated, then `flwr run`)
+fedtalos sweep GRID.toml [...] [--seeds N] [--dry-run] the runs of grid files, one after another
+fedtalos plot RUN_DIR [...]                            loss/accuracy curves of some runs
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import sys
 from pathlib import Path
 
 from fedtalos import launch
+from fedtalos.config import ConfigError
 from fedtalos.tracking.plots import X_AXES, plot_runs
 
 
@@ -30,6 +36,67 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(args: argparse.Namespace) -> list[int] | None:
+    if args.seed_list is not None:
+        return args.seed_list
+    return list(range(args.seeds)) if args.seeds is not None else None
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import shlex
+
+    from fedtalos import experiments as ex
+    from fedtalos import sweep as sw
+
+    try:
+        runs = ex.plan_files(
+            args.grids,
+            seeds=_seeds(args),
+            output_root=args.output_root,
+            base_files=args.base or (),
+            sets=ex.parse_set(args.set or ()),
+        )
+    except ConfigError as e:
+        print(f"fedtalos sweep: {e}", file=sys.stderr)
+        return 2
+    if args.only:
+        import fnmatch
+
+        runs = [r for r in runs if any(fnmatch.fnmatchcase(r.name, pattern) for pattern in args.only)]
+        if not runs:
+            print(f"fedtalos sweep: no planned run matches {' '.join(args.only)}", file=sys.stderr)
+            return 2
+    if "num-supernodes" in args.federation_config:
+        print("fedtalos sweep: num-supernodes is set from each run's num-clients; leave it out", file=sys.stderr)
+        return 2
+    runners = sw.default_runners(Path(args.app).resolve(), args.federation_config)
+    if args.dry_run:
+        families: dict[str, list] = {}
+        for run in runs:
+            families.setdefault(run.family, []).append(run)
+        for family, members in families.items():
+            configs = len({r.label for r in members})
+            seeds = sorted({r.seed for r in members})
+            print(
+                f"{family} ({members[0].kind}, {members[0].grid_file}): {configs} configurations × {len(seeds)} "
+                f"seeds {seeds} = {len(members)} runs under {members[0].config.resolved_output_root()}"
+            )
+            for i, run in enumerate(members, 1):
+                state, detail = ex.run_state(run)
+                status = state + (f" ({detail})" if detail else "")
+                print(f"  {i:3d}  {run.name:<40} {status:<12} {run.settings()}")
+                print(f"       $ {shlex.join(runners[run.kind].command(run))}")
+        print(f"{len(runs)} runs planned; nothing was run (--dry-run).")
+        return 0
+    sweep = sw.Sweep(runs, runners, progress_every=args.progress_every)
+    try:
+        report = sweep.run()
+    except KeyboardInterrupt:
+        print("sweep interrupted; run the same command again to continue where it stopped.", file=sys.stderr)
+        return 130
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedtalos", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +117,50 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--labels", nargs="+", help="legend labels, one per run")
     plot.add_argument("--title", help="figure title")
     plot.set_defaults(func=_plot)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="run the runs of grid files one after another (skip finished, resume started)",
+        description="Expand grid files (configs/*.toml) into runs with stable names and run them one after another "
+        "through `flwr run` (federated) or `python -m fedtalos.centralized` (centralized). Finished runs are "
+        "skipped, started ones resumed; a failed run is reported and the sweep goes on. The grid file format is "
+        "described in fedtalos/experiments.py and docs/reproducing.md.",
+    )
+    sweep.add_argument("grids", nargs="+", help="grid files; families run in this order")
+    seeds = sweep.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 (default: the grid's [sweep] seeds)")
+    seeds.add_argument("--seed-list", type=int, nargs="+", metavar="S", help="run exactly these seeds")
+    sweep.add_argument(
+        "--output-root",
+        help="where the runs go (default: the grid's output-root, else $FEDTALOS_OUTPUT_ROOT, else ~/fedtalos/runs)",
+    )
+    sweep.add_argument(
+        "--base",
+        action="append",
+        metavar="FILE.toml",
+        help="run-config overrides under the grid's own values, e.g. the centralized search's best.toml",
+    )
+    sweep.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a run-config key in every run (wins over the grid), e.g. --set image-size=32",
+    )
+    sweep.add_argument("--only", action="append", metavar="GLOB", help="only runs whose name matches (repeatable)")
+    sweep.add_argument("--dry-run", action="store_true", help="print the planned runs, their state and commands")
+    sweep.add_argument("--app", default=".", help="the Flower app directory for federated runs (default: .)")
+    sweep.add_argument(
+        "--federation-config", default="", help="extra federation settings, e.g. 'client-resources-num-gpus=0.5'"
+    )
+    sweep.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="at most one progress line per run this often (default: 30)",
+    )
+    sweep.set_defaults(func=_sweep)
+
     return parser
 
 
