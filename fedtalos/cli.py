@@ -1,7 +1,9 @@
-"""The ``fedtalos`` command: run a federated experiment, sweep grid files, plot.
+"""The ``fedtalos`` command: run a federated experiment, sweep grid files, summarize runs, analyse masks, plot.
 
 fedtalos run [APP] [--run-config ...]                 one federated run (validated, then `flwr run`)
 fedtalos sweep GRID.toml [...] [--seeds N] [--dry-run] the runs of grid files, one after another
+fedtalos summarize RUNS_DIR                            table (CSV + Markdown, mean ± std) and figures
+fedtalos analyze mask-agreement RUN_DIR [...]          single-client masks vs the aggregated mask
 fedtalos plot RUN_DIR [...]                            loss/accuracy curves of some runs
 """
 
@@ -88,13 +90,67 @@ def _sweep(args: argparse.Namespace) -> int:
                 print(f"       $ {shlex.join(runners[run.kind].command(run))}")
         print(f"{len(runs)} runs planned; nothing was run (--dry-run).")
         return 0
-    sweep = sw.Sweep(runs, runners, progress_every=args.progress_every)
+    analyze = None if args.no_analysis else sw.analyze_in_subprocess
+    sweep = sw.Sweep(runs, runners, progress_every=args.progress_every, analyze=analyze)
     try:
         report = sweep.run()
     except KeyboardInterrupt:
         print("sweep interrupted; run the same command again to continue where it stopped.", file=sys.stderr)
         return 130
     return 0 if report.ok else 1
+
+
+def _summarize(args: argparse.Namespace) -> int:
+    from fedtalos.summary import summarize
+
+    root = Path(args.runs_dir)
+    if not root.is_dir():
+        print(f"error: {root} is not a directory", file=sys.stderr)
+        return 2
+    result = summarize(root, args.out, figures=not args.no_figures)
+    if not result["groups"]:
+        print(f"error: no finished run under {root}", file=sys.stderr)
+        return 2
+    print(result["table"])
+    for warning in result["warnings"]:
+        print(f"note: {warning}")
+    if result["unfinished"]:
+        print(f"left out, unfinished: {', '.join(r.name for r in result['unfinished'])}")
+    print(f"table: {result['csv']} and {result['markdown']}")
+    for path in result["figures"]:
+        print(f"figure: {path}")
+    return 0
+
+
+def _analyze_mask_agreement(args: argparse.Namespace) -> int:
+    from fedtalos.agreement import OUTPUT_JSON, OUTPUT_PNG, mask_agreement
+
+    clients = None if args.clients == "all" else int(args.clients)
+    status = 0
+    for run_dir in map(Path, args.runs):
+        try:
+            record = mask_agreement(run_dir, clients=clients, device=args.device, check=not args.no_check)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"{run_dir}: {e}", file=sys.stderr)
+            status = 1
+            continue
+        check = ""
+        if "reproduced_exactly" in record:
+            check = (
+                " · federated calibration reproduced mask.npz exactly"
+                if record["reproduced_exactly"]
+                else f" · reproduced mask vs mask.npz: Jaccard {record['reproduced_jaccard']:.4f}"
+            )
+        pairwise = record["pairwise_jaccard"]
+        print(
+            f"{run_dir.name}: Jaccard(client mask, aggregated mask) = {record['mean_jaccard']:.3f}"
+            + (f" ± {record['std_jaccard']:.3f}" if record["std_jaccard"] is not None else "")
+            + f" over {len(record['clients'])} clients; client vs client "
+            + (f"{pairwise:.3f}" if pairwise is not None else "—")
+            + f"; random masks {record['chance_jaccard']:.3f}{check}"
+        )
+        print(f"  {run_dir / OUTPUT_JSON}, {run_dir / OUTPUT_PNG}")
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,8 +215,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="at most one progress line per run this often (default: 30)",
     )
+    sweep.add_argument("--no-analysis", action="store_true", help="skip the analyses the grid files ask for")
     sweep.set_defaults(func=_sweep)
 
+    summarize = sub.add_parser(
+        "summarize", help="one table (mean ± std over seeds) and the figures of a runs directory"
+    )
+    summarize.add_argument("runs_dir", help="the output root holding the run directories")
+    summarize.add_argument("--out", help="where to write summary.csv, summary.md, figures/ (default: RUNS_DIR/summary)")
+    summarize.add_argument("--no-figures", action="store_true", help="only the table")
+    summarize.set_defaults(func=_summarize)
+
+    analyze = sub.add_parser("analyze", help="analyses of finished runs")
+    analyses = analyze.add_subparsers(dest="analysis", required=True)
+    agreement = analyses.add_parser(
+        "mask-agreement",
+        help="calibrate masks on single clients and measure their overlap (Jaccard) with the aggregated mask",
+    )
+    agreement.add_argument("runs", nargs="+", help="run directories of editing runs (holding mask.npz)")
+    agreement.add_argument("--clients", default="10", help="how many clients (partition ids 0..N-1), or 'all'")
+    agreement.add_argument("--device", help="override the run's device, e.g. cpu")
+    agreement.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip repeating the federated calibration (the check that it reproduces mask.npz)",
+    )
+    agreement.set_defaults(func=_analyze_mask_agreement)
     return parser
 
 

@@ -373,3 +373,26 @@ def _result_line(run: PlannedRun) -> str:
     if validated:
         parts.append(f"best val acc {100 * max(r['val_acc'] for r in validated):.2f} %")
     return ", ".join(parts) or "no evaluation rows"
+
+
+def analyze_in_subprocess(run: PlannedRun, python: str = sys.executable) -> tuple[bool, str]:
+    """``fedtalos analyze mask-agreement RUN --clients N`` in its own process (its memory is freed afterwards);
+    skipped when the analysis of this run with these many clients exists already."""
+    import json
+
+    from fedtalos.agreement import OUTPUT_JSON
+
+    out = run.run_dir / OUTPUT_JSON
+    if out.is_file():
+        try:
+            if json.loads(out.read_text()).get("clients_requested") == run.mask_agreement_clients:
+                return True, f"mask agreement already in {out}"
+        except ValueError:
+            pass
+    command = [python, "-m", "fedtalos.cli", "analyze", "mask-agreement", str(run.run_dir)]
+    command += ["--clients", str(run.mask_agreement_clients)]
+    with open(run.log_path, "a") as log:
+        log.write(f"\n===== $ {' '.join(command)}\n")
+        log.flush()
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    return (code == 0, f"mask agreement → {out}" if code == 0 else f"mask agreement failed (see {run.log_path})")
