@@ -787,24 +787,23 @@ def plot_client_agreement(record: dict[str, Any], out: Path) -> Path:
     """One run's analysis: Jaccard of each analysed client's mask with the aggregated mask."""
     rows = record["clients"]
     fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(rows) + 2.5), 4.0), constrained_layout=True)
-    classes = [r["classes"] for r in rows]
-    scatter = ax.bar(
-        range(len(rows)),
-        [r["jaccard"] for r in rows],
-        color=plt.get_cmap("viridis")(np.array(classes) / max(max(classes), 1)),
-    )
-    del scatter
+    values = [r["jaccard"] for r in rows]
+    ax.bar(range(len(rows)), values, color=RULE_COLORS.get(record["mask_rule"], "#1f77b4"), width=0.7)
+    if len(rows) <= 25:
+        for i, v in enumerate(values):
+            ax.text(i, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
     ax.axhline(record["chance_jaccard"], color="gray", ls="--", lw=1, label="independent random masks")
     if record.get("pairwise_jaccard") is not None:
         ax.axhline(record["pairwise_jaccard"], color="black", ls=":", lw=1, label="mean client vs client")
     ax.set_xticks(range(len(rows)), [str(r["client"]) for r in rows], fontsize=7)
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(0, 1.05)
     part = "iid" if record["partitioning"] == "iid" else f"Nc = {record['classes_per_client']}"
     _style(
         ax,
-        "client (partition id); colour: classes in its shard",
+        "client (partition id): its mask calibrated on its own shard alone",
         "Jaccard with the aggregated mask",
-        f"{record['run']}: {record['mask_rule']}, sparsity {100 * record['sparsity']:g} %, {part}",
+        f"{record['run']}: {record['mask_rule']}, sparsity {100 * record['sparsity']:g} %, {part}, "
+        f"R' = {record['calibration_rounds']}",
     )
-    ax.legend(fontsize=7, frameon=False)
+    fig.legend(fontsize=8, frameon=False, loc="outside lower center", ncol=2)
     return _save(fig, out)

@@ -112,6 +112,7 @@ class RunData:
     finished: bool
     point: dict[str, Any] = field(default_factory=dict)
     agreement: dict[str, Any] | None = None
+    _metrics: dict[str, float | None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def x_key(self) -> str:
@@ -122,7 +123,12 @@ class RunData:
         return [r for r in self.rows if r.get("phase") in ("train", "epoch")]
 
     def metrics(self) -> dict[str, float | None]:
-        """The per-run numbers of the table (None where the run has no such value)."""
+        """The per-run numbers of the table (None where the run has no such value); computed once."""
+        if self._metrics is None:
+            self._metrics = self._compute_metrics()
+        return self._metrics
+
+    def _compute_metrics(self) -> dict[str, float | None]:
         rows = self.train_rows()
         tested = [r for r in rows if r.get("test_acc") is not None]
         validated = [r for r in rows if r.get("val_acc") is not None]

@@ -97,3 +97,34 @@ def test_eta_is_mean_run_time_times_runs_left():
     assert sweep.eta() == 60.0 + 3 * 90.0
     assert sweep.eta(current_left=10.0) == 10.0 + 3 * 90.0
     assert format_duration(3725) == "1h02m" and format_duration(65) == "1m05s" and format_duration(None) == "?"
+
+
+def test_analyses_run_for_finished_runs_that_ask_for_them(tmp_path: Path):
+    grid = {**GRID, "analysis": {"mask-agreement": 3}}
+    runs = plan(parse_grid(grid), output_root=tmp_path)
+    asked: list[tuple[str, int]] = []
+
+    def analyze(run) -> tuple[bool, str]:
+        asked.append((run.name, run.mask_agreement_clients))
+        return run.name != "drv-J2-seed1", "done" if run.name != "drv-J2-seed1" else "analysis failed"
+
+    out = io.StringIO()
+    report = Sweep(runs, {"federated": StandIn(fail={"drv-J1-seed1"})}, out=out, analyze=analyze).run()
+    assert asked == [("drv-J1-seed0", 3), ("drv-J2-seed0", 3), ("drv-J2-seed1", 3)], "not for the failed run"
+    assert report.analyses_failed == {"drv-J2-seed1": "analysis failed"} and not report.ok
+    assert "    analysis of drv-J2-seed1: analysis failed" in out.getvalue()
+
+
+def test_analysis_subprocess_reports_a_failure_and_skips_what_exists(tmp_path: Path):
+    import json
+
+    from fedtalos.sweep import analyze_in_subprocess
+
+    run = plan(parse_grid({**GRID, "analysis": {"mask-agreement": 3}}), output_root=tmp_path)[0]
+    run.sweep_dir.mkdir(parents=True)
+    ok, detail = analyze_in_subprocess(run)  # no run directory: the command fails, its output goes to the log
+    assert not ok and str(run.log_path) in detail
+    assert "analyze mask-agreement" in run.log_path.read_text()
+    (run.run_dir / "analysis").mkdir(parents=True)
+    (run.run_dir / "analysis" / "mask_agreement.json").write_text(json.dumps({"clients_requested": 3}))
+    assert analyze_in_subprocess(run) == (True, f"mask agreement already in {run.run_dir}/analysis/mask_agreement.json")
