@@ -154,7 +154,9 @@ def _analyze_mask_agreement(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedtalos", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fedtalos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run", help="validate, then `flwr run` a federated run and wait for its final status", add_help=False

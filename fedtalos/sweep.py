@@ -251,7 +251,7 @@ class Sweep:
         self,
         runs: Sequence[PlannedRun],
         runners: Mapping[str, Runner],
-        out: IO[str] = sys.stdout,
+        out: IO[str] | None = None,
         progress_every: float = 30.0,
         poll_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
@@ -270,9 +270,10 @@ class Sweep:
         self._lock = threading.Lock()
 
     def say(self, line: str) -> None:
+        out = self.out or sys.stdout  # looked up now: sys.stdout may have been replaced since (e.g. by pytest)
         with self._lock:
-            self.out.write(line + "\n")
-            self.out.flush()
+            out.write(line + "\n")
+            out.flush()
 
     def eta(self, current_left: float | None = None) -> float | None:
         """Seconds until the sweep ends: the current run's rest + the mean run time × the runs after it."""
