@@ -66,7 +66,7 @@ def _style(ax: plt.Axes, xlabel: str, ylabel: str, title: str | None = None, int
     if title:
         ax.set_title(title, fontsize=10)
     if integer_x:  # rounds, epochs, blocks: no round 2.5
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(True, alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
 
