@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +70,20 @@ def default_federation_config(config: RunConfig, extra: str = "") -> str:
     return " ".join([*parts, extra]).strip()
 
 
+def flwr_command(app: Path, run_config_file: Path, federation_config: str) -> list[str]:
+    """The ``flwr run`` command line (this venv's ``flwr``) for a run-config TOML file."""
+    return [
+        str(Path(sys.executable).parent / "flwr"),
+        "run",
+        str(app),
+        "--run-config",
+        str(run_config_file),
+        "--federation-config",
+        federation_config,
+        "--stream",
+    ]
+
+
 def flwr_run(
     app: Path,
     overrides: Mapping[str, Any],
@@ -78,24 +92,26 @@ def flwr_run(
     env: Mapping[str, str] | None = None,
     echo: bool = True,
     timeout: float | None = None,
+    on_line: Callable[[str], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
+    run_config_file: Path | None = None,
 ) -> LaunchResult:
-    """Run ``flwr run`` with ``overrides`` (written to a TOML file) and return Flower's final status."""
+    """Run ``flwr run`` with ``overrides`` (written to a TOML file) and return Flower's final status.
+
+    ``on_line`` receives every output line of ``flwr run`` (e.g. for a log file), ``on_start`` Flower's run id as
+    soon as it is known (e.g. to ``flwr stop`` it on an interrupt). ``run_config_file``: an existing TOML file that
+    holds ``overrides`` (e.g. one a sweep keeps), passed to ``flwr run`` as it is; None = a temporary file.
+    """
     full_env = {**os.environ, **ENV_DEFAULTS, **(env or {})}
     bin_dir = str(Path(sys.executable).parent)  # flwr starts `flower-superlink` from PATH: use this venv's
     full_env["PATH"] = bin_dir + os.pathsep + full_env.get("PATH", "")
-    with tempfile.NamedTemporaryFile("wb", suffix=".toml", delete=False) as f:
-        tomli_w.dump(dict(overrides), f)
-        toml_path = f.name
-    command = [
-        str(Path(bin_dir) / "flwr"),
-        "run",
-        str(app),
-        "--run-config",
-        toml_path,
-        "--federation-config",
-        federation_config,
-        "--stream",
-    ]
+    if run_config_file is None:
+        with tempfile.NamedTemporaryFile("wb", suffix=".toml", delete=False) as f:
+            tomli_w.dump(dict(overrides), f)
+            toml_path = f.name
+    else:
+        toml_path = str(run_config_file)
+    command = flwr_command(app, Path(toml_path), federation_config)
     if echo:
         print("$ " + shlex.join(command), flush=True)
     run_id = None
@@ -103,18 +119,44 @@ def flwr_run(
     try:
         process = subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert process.stdout is not None
-        for line in process.stdout:
-            tail.append(line.rstrip("\n"))
-            if echo:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-            if run_id is None and (m := _RUN_ID.search(line)):
-                run_id = m.group(1)
-        returncode = process.wait(timeout=timeout)
+        try:
+            for line in process.stdout:
+                tail.append(line.rstrip("\n"))
+                if echo:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                if on_line is not None:
+                    on_line(line)
+                if run_id is None and (m := _RUN_ID.search(line)):
+                    run_id = m.group(1)
+                    if on_start is not None:
+                        on_start(run_id)
+            returncode = process.wait(timeout=timeout)
+        except BaseException:  # an interrupt: do not leave `flwr run --stream` behind
+            process.terminate()
+            process.wait()
+            raise
     finally:
-        os.unlink(toml_path)
-    status, details = run_status(run_id, full_env) if run_id else ("not started", "flwr run did not start a run")
+        if run_config_file is None:
+            os.unlink(toml_path)
+    status, details = wait_finished(run_id, full_env) if run_id else ("not started", "flwr run did not start a run")
     return LaunchResult(run_id, status, details, returncode, list(tail))
+
+
+def wait_finished(run_id: str, env: Mapping[str, str], wait_s: float = 60.0) -> tuple[str, str]:
+    """Flower's status of ``run_id`` once it is ``finished:*`` (or the last one seen after ``wait_s`` seconds).
+
+    ``flwr run --stream`` can return while the SuperLink still lists the run as running (seen here: the log
+    stream ended a moment before the run's status changed), so a status read at once may not be the final one.
+    """
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        status, details = run_status(run_id, env)
+        if status.startswith("finished") or time.monotonic() >= deadline:
+            return status, details
+        time.sleep(1.0)
 
 
 def run_status(run_id: str, env: Mapping[str, str]) -> tuple[str, str]:
@@ -235,6 +277,18 @@ def private_simulation_superlink(flwr_home: Path, timeout: float = 60.0) -> Iter
         yield env
     finally:
         stop_local_superlink(flwr_home)
+
+
+def stop_run(run_id: str, env: Mapping[str, str] | None = None, wait_s: float = 60.0) -> str:
+    """``flwr stop RUN_ID``, then wait (up to ``wait_s``) until Flower reports the run finished; returns its status.
+
+    Interrupting ``flwr run --stream`` only stops the streaming: the run goes on inside the SuperLink. A caller
+    that is interrupted must stop it, or a second run started on the same run directory would write next to it.
+    """
+    full_env = {**os.environ, **ENV_DEFAULTS, **(env or {})}
+    flwr = str(Path(sys.executable).parent / "flwr")
+    subprocess.run([flwr, "stop", run_id], env=full_env, capture_output=True, text=True, check=False)
+    return wait_finished(run_id, full_env, wait_s)[0]
 
 
 def main(argv: Sequence[str]) -> int:
