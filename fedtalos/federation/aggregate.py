@@ -17,7 +17,7 @@ class ClientUpdate:
     num_examples: int
     tensors: dict[str, torch.Tensor]
     metrics: dict[str, float] = field(default_factory=dict)
-    squared_distance: float = 0.0  # ‖tensors − reference‖², from protocol.squared_distance
+    squared_distance: float | None = None  # ‖tensors − reference‖² if already measured (protocol.squared_distance)
 
 
 @dataclass
@@ -47,7 +47,10 @@ def aggregate(updates: Sequence[ClientUpdate], reference: Mapping[str, torch.Ten
     spread = 0.0
     for update in updates:
         p = update.num_examples / total
-        spread += p * update.squared_distance
+        distance = update.squared_distance
+        if distance is None:
+            distance = sum(float(torch.dist(v, reference[k])) ** 2 for k, v in update.tensors.items())
+        spread += p * distance
         for key, value in update.tensors.items():
             if key in average:
                 average[key].add_(value, alpha=p)
