@@ -9,7 +9,6 @@ ends bit-identical to an uninterrupted run.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +26,7 @@ from fedtalos.federation.state import ServerState
 from fedtalos.strategies import make_strategy
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.schedules import lr_at
-from fedtalos.task.train import evaluate
-from fedtalos.tracking.metrics import MetricsLog, TensorBoardSink, WandbSink
+from fedtalos.tracking.metrics import MetricsLog, format_row, make_sinks, summarize_rows
 from fedtalos.tracking.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -66,11 +64,13 @@ class FederatedServer:
         self.resources: Resources = get_resources(config, pretrained=True)
         self.strategy = make_strategy(config)
         self.registry = NodeRegistry(config.num_clients, config.round_timeout)
-        sinks = []
-        if config.tensorboard:
-            sinks.append(TensorBoardSink(run_dir.path))
-        if config.wandb:
-            sinks.append(WandbSink(run_dir.path, config.wandb_project, config.to_dict()))
+        sinks = make_sinks(
+            run_dir.path,
+            tensorboard=config.tensorboard,
+            wandb=config.wandb,
+            project=config.wandb_project,
+            config=config.to_dict(),
+        )
         self.metrics = MetricsLog(run_dir.path, sinks)
         self.state = self._start_state()
         self.metrics.restore(self.state.rows)
@@ -133,7 +133,7 @@ class FederatedServer:
         faults.point("before-checkpoint", step)
         self._checkpoint(score)
         faults.point("after-checkpoint", step)
-        log.info(_format_row(row))
+        log.info(format_row(row))
 
     # ------------------------------------------------------------------------------------------------ rounds
     def _send(self, pids: list[int], content: RecordDict, message_type: str) -> Replies:
@@ -251,11 +251,7 @@ class FederatedServer:
     # ------------------------------------------------------------------------------------------------ evaluation
     def _evaluate(self, split: str) -> dict[str, float]:
         self.resources.load_weights(self.state.weights)
-        images, labels = self.resources.split(split)
-        stats = evaluate(
-            self.resources.model, self.resources.eval_batches(images, labels), autocast_dtype=self.resources.dtype
-        )
-        return {f"{split}_loss": stats.loss, f"{split}_acc": stats.accuracy}
+        return self.resources.evaluate(split)
 
     def _federated_evaluate(self, phase: str, index: int) -> dict[str, float]:
         size = max(1, round(self.config.federated_eval_fraction * self.config.num_clients))
@@ -274,17 +270,12 @@ class FederatedServer:
     # ------------------------------------------------------------------------------------------------ end
     def _finish(self) -> dict[str, Any]:
         rows = self.state.rows
-        evaluated = [r for r in rows if r.get("val_acc") is not None]
-        best = max(evaluated, key=lambda r: r["val_acc"], default=None)
-        final = rows[-1] if rows else {}
         summary = {
             "kind": "federated",
             "run_name": self.run_dir.path.name,
             "config_hash": self.config.result_hash(),
             "rounds": self.state.step,
-            "final": {k: final.get(k) for k in ("val_loss", "val_acc", "test_loss", "test_acc")},
-            "best": {"val_acc": best["val_acc"], "step": best["step"]} if best else None,
-            "wall_s": sum(r.get("wall_s", 0.0) for r in rows),
+            **summarize_rows(rows),
             "bytes_up": sum(r.get("bytes_up", 0) for r in rows),
             "bytes_down": sum(r.get("bytes_down", 0) for r in rows),
         }
@@ -296,14 +287,3 @@ class FederatedServer:
 def _trainable(name: str, trainable: str) -> bool:
     is_head = name.startswith("head.")
     return trainable == "all" or (trainable == "head") == is_head
-
-
-def _format_row(row: dict[str, Any]) -> str:
-    parts = [f"{row['phase']} {row['round']:>4}"]
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "drift", "wall_s"):
-        value = row.get(key)
-        if isinstance(value, float) and math.isfinite(value):
-            parts.append(f"{key} {value:.4f}")
-    if row.get("clients_failed"):
-        parts.append(f"failed {row['clients_failed']}")
-    return " | ".join(parts)
