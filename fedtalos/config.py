@@ -261,6 +261,11 @@ class RunConfig:
         return {f.name.replace("_", "-"): f.metadata["help"] for f in dataclasses.fields(cls)}
 
     @classmethod
+    def path_keys(cls) -> list[str]:
+        """Keys that hold filesystem paths (absolute or '~'; a command line may resolve relative ones first)."""
+        return [f.name.replace("_", "-") for f in dataclasses.fields(cls) if f.metadata["check"] is _abs_path_or_empty]
+
+    @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, allow_unknown: bool = False) -> RunConfig:
         """Validate ``values`` (kebab-case keys; missing keys take defaults) and build a config.
 
