@@ -14,14 +14,13 @@ from safetensors.torch import load_file
 from fedtalos import faults
 
 
-@pytest.fixture
-def central_config(fake_cifar_root: Path, tmp_path: Path) -> dict[str, Any]:
+def tiny_values(fake_cifar_root: Path, output_root: Path) -> dict[str, Any]:
     """Run-config values for a tiny, fast centralized run: 1800 train images, 57 steps per epoch at batch 32."""
     return {
         "dataset-root": str(fake_cifar_root),
         "dataset-verify": False,
         "dataset-download": False,
-        "output-root": str(tmp_path / "runs"),
+        "output-root": str(output_root),
         "model": "vit-tiny-test",
         "image-size": 32,
         "batch-size": 32,
@@ -32,6 +31,12 @@ def central_config(fake_cifar_root: Path, tmp_path: Path) -> dict[str, Any]:
         "device": "cpu",
         "progress": False,
     }
+
+
+@pytest.fixture
+def central_config(fake_cifar_root: Path, tmp_path: Path) -> dict[str, Any]:
+    """:func:`tiny_values` with a fresh output root per test."""
+    return tiny_values(fake_cifar_root, tmp_path / "runs")
 
 
 class Killed(BaseException):

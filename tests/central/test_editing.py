@@ -14,7 +14,7 @@ import torch
 from fedtalos.central.trainer import run_centralized
 from fedtalos.config import RunConfig
 from fedtalos.editing import load_mask
-from tests.central.conftest import Killed, assert_same_weights, checkpoints, final_weights, rows
+from tests.central.conftest import Killed, assert_same_weights, checkpoints, final_weights, rows, tiny_values
 
 EDIT = {
     "head": "ridge",
@@ -38,9 +38,10 @@ def weights_after(run_dir: Path, phase: str) -> dict[str, torch.Tensor]:
     return {k[len("weights/") :]: v for k, v in tensors.items() if k.startswith("weights/")}
 
 
-@pytest.fixture
-def edited(central_config) -> Path:
-    return run(dict(central_config, **EDIT, **{"output-root": central_config["output-root"] + "-edit"}))
+@pytest.fixture(scope="module")
+def edited(fake_cifar_root, tmp_path_factory) -> Path:
+    """A ridge-head, least-sensitive, 90 %-sparse run without interruption."""
+    return run(dict(tiny_values(fake_cifar_root, tmp_path_factory.mktemp("edited")), **EDIT))
 
 
 def test_ridge_head_calibration_and_sparse_fine_tuning(edited: Path):

@@ -11,7 +11,7 @@ import pytest
 
 from fedtalos.central.trainer import run_centralized
 from fedtalos.config import RunConfig
-from tests.central.conftest import Killed, assert_same_weights, final_weights, rows
+from tests.central.conftest import Killed, assert_same_weights, final_weights, rows, tiny_values
 
 STEPS = 57  # ⌈1800 / 32⌉: 2000 generated train images minus the 10 % validation split, batch 32
 
@@ -46,10 +46,10 @@ def test_learns_above_chance_and_writes_the_run_directory(central_config):
     assert len(list((run_dir / "checkpoints").glob("ckpt-*.json"))) <= 3, "checkpoint-keep = 2, plus the best"
 
 
-@pytest.fixture
-def straight(central_config) -> Path:
+@pytest.fixture(scope="module")
+def straight(fake_cifar_root, tmp_path_factory) -> Path:
     """Two epochs without interruption (cosine, so the lr depends on the whole horizon)."""
-    return run(dict(central_config, **{"output-root": central_config["output-root"] + "-straight"}))
+    return run(tiny_values(fake_cifar_root, tmp_path_factory.mktemp("straight")))
 
 
 @pytest.mark.parametrize(
