@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -278,6 +279,7 @@ class CentralizedTrainer:
             disable=not c.progress,
             leave=False,
             dynamic_ncols=True,
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,  # a log file gets a line now and then, not a stream
         )
 
         def step_done(_: int) -> None:

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from fedtalos.central.trainer import run_centralized
 from fedtalos.config import RunConfig
+from fedtalos.task.resources import get_resources
 from tests.central.conftest import Killed, assert_same_weights, final_weights, rows, tiny_values
 
 STEPS = 57  # ⌈1800 / 32⌉: 2000 generated train images minus the 10 % validation split, batch 32
@@ -86,3 +88,38 @@ def test_extending_a_constant_schedule_run_continues_it(central_config, tmp_path
     first, *rest = rows(extended)
     assert first.pop("test_acc") is not None and first.pop("test_loss") is not None  # the 1-epoch run's end
     assert [first, *rest] == rows(straight_dir)
+
+
+def test_plateau_halves_the_lr_after_an_epoch_without_improvement_and_resumes_exactly(
+    central_config, kill_at, tmp_path
+):
+    values = dict(central_config, **{"lr-schedule": "plateau", "lr-patience": 0, "lr-gamma": 0.5, "epochs": 3})
+    values["lr"] = 0.5  # large enough that epoch 2 does not improve the validation loss (checked below)
+    straight_dir = run(dict(values, **{"output-root": str(tmp_path / "straight")}))
+    got = rows(straight_dir)
+    # ReduceLROnPlateau(patience=0, threshold 1e-4 relative): an evaluation that is not a new best halves the lr
+    lr, best = 0.5, float("inf")
+    for row in got:
+        assert row["lr"] == pytest.approx(lr, rel=1e-12)
+        if row["val_loss"] < best * (1 - 1e-4):
+            best = row["val_loss"]
+        else:
+            lr *= 0.5
+    assert got[-1]["lr"] < 0.5, "the run saw a reduction"
+    kill_at("central:step@130")  # in epoch 3: the scheduler's best and counters come from the checkpoint
+    with pytest.raises(Killed):
+        run(values)
+    kill_at(None)
+    resumed = run(values)
+    assert_same_weights(final_weights(resumed), final_weights(straight_dir))
+    assert rows(resumed) == got
+
+
+def test_freeze_backbone_trains_the_head_only(central_config):
+    run_dir = run(dict(central_config, **{"freeze": "backbone", "epochs": 1}))
+    assert run_dir.name.startswith("central-linear-")
+    start = get_resources(RunConfig.from_mapping(dict(central_config, **{"run-name": run_dir.name})), True)
+    after = final_weights(run_dir)
+    assert start.initial_weights is not None
+    moved = sorted(k for k in after if not torch.equal(after[k], start.initial_weights[k]))
+    assert moved == ["head.bias", "head.weight"]
