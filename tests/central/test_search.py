@@ -8,11 +8,12 @@ from typing import Any
 
 import optuna
 import pytest
+import tomllib
 
 import fedtalos.central.trainer as trainer
 from fedtalos import search
 from fedtalos.config import ConfigError, RunConfig
-from fedtalos.search import load_space
+from fedtalos.search_space import load_space
 from tests.central.conftest import Killed, rows
 
 SPACE = """
@@ -97,7 +98,7 @@ def test_search_ranks_writes_best_and_a_rerun_continues_the_study(central_config
         trial_rows = rows(study_dir / r["run_dir"])
         assert float(r["val_acc"]) == trial_rows[-1]["val_acc"]
         assert not any("test_acc" in row for row in trial_rows), "search trials never look at the test split"
-    best = RunConfig.from_mapping(search.tomllib.loads((study_dir / "best.toml").read_text()))
+    best = RunConfig.from_mapping(tomllib.loads((study_dir / "best.toml").read_text()))
     assert best.lr == float(table[0]["param:lr"]) and best.momentum == float(table[0]["param:momentum"])
     assert best.epochs == 1 and best.run_name == "" and best.output_root == central_config["output-root"]
 
