@@ -69,12 +69,14 @@ def add_run_config_options(parser: argparse.ArgumentParser) -> None:
     main = parser.add_argument_group("run config (every key of `python -m fedtalos.config`)")
     federated = parser.add_argument_group("federated-only keys (accepted, not used by the centralized run)")
     defaults = {**RunConfig.defaults(), **CENTRAL_DEFAULTS}
+    paths = RunConfig.path_keys()
     for f in dataclasses.fields(RunConfig):
         key = f.name.replace("_", "-")
         group = federated if key in FEDERATED_ONLY else main
         default = defaults[key]
         shown = "true" if default is True else "false" if default is False else repr(default)
-        help_text = f"{f.metadata['help']} (default: {shown})".replace("%", "%%")
+        here = "; here a relative path resolves against the current directory" if key in paths else ""
+        help_text = f"{f.metadata['help']}{here} (default: {shown})".replace("%", "%%")
         if isinstance(default, bool):
             group.add_argument(f"--{key}", dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
@@ -185,8 +187,14 @@ def setup_logging() -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description=__doc__.split("\n\n", 1)[0],
-        epilog="Hyper-parameter search: `fedtalos-central search --help`.",
+        description="The centralized baseline: fine-tune on the train split with SGD with momentum, validate every "
+        "eval-every epochs (default 1), test at the end. Running the same command again resumes the run.",
+        epilog="examples:\n"
+        "  fedtalos-central --image-size 224 --epochs 10 --lr 0.01 --output-root runs\n"
+        "  fedtalos-central --config best.toml --seed 1\n"
+        "  fedtalos-central --head ridge --mask-rule least-sensitive --sparsity 0.9\n"
+        "  fedtalos-central search configs/central_search.toml --trials 20   (see: fedtalos-central search --help)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_config_options(parser)
     return parser

@@ -315,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=f"{PROG} search",
-        description=__doc__.split("\n\n", 1)[0],
-        epilog="The space file format is in the docstring of fedtalos/search.py and in README.md.",
+        description="Hyper-parameter search with Optuna on the validation split; running the same command again "
+        "continues the study. Each trial is a centralized run under <output-root>/search-<study>/.",
+        epilog="The space file format: configs/central_search.toml, README.md, fedtalos/search_space.py.",
     )
     parser.add_argument("space", help="search space TOML file (e.g. configs/central_search.toml)")
     parser.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
