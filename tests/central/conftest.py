@@ -14,6 +14,18 @@ from safetensors.torch import load_file
 from fedtalos import faults
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: the tiny model gains nothing from two, and on a shared 2-core machine two threads per
+    process make OpenMP spin against other processes (measured: an epoch 0.7 s with one thread, 10–40 s with two).
+    Module-scoped and autouse, so it is set before the module-scoped straight runs: CPU results are bit-identical
+    only at equal thread counts."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def tiny_values(fake_cifar_root: Path, output_root: Path) -> dict[str, Any]:
     """Run-config values for a tiny, fast centralized run: 1800 train images, 57 steps per epoch at batch 32."""
     return {

@@ -15,7 +15,7 @@ from fedtalos.config import RunConfig
 from fedtalos.faults import ENV as KILL_ENV
 from tests.central.conftest import assert_same_weights, final_weights, rows
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_args(fake_cifar_root: Path, *extra: str) -> list[str]:
@@ -111,7 +111,7 @@ def test_run_then_the_same_command_resumes_and_plot_compares_runs(tmp_path, monk
 
 
 def test_sigkill_during_a_checkpoint_write_then_the_same_command(tmp_path, fake_cifar_root):
-    args = tiny_args(fake_cifar_root, "--epochs", "1", "--checkpoint-every-steps", "20", "--num-threads", "2")
+    args = tiny_args(fake_cifar_root, "--epochs", "1", "--checkpoint-every-steps", "20", "--num-threads", "1")
     straight = tmp_path / "straight"
     assert centralized.main([*args, "--output-root", str(straight)]) == 0
     command = [sys.executable, "-m", "fedtalos.centralized", *args, "--output-root", str(tmp_path / "killed")]
