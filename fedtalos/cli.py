@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fedtalos import launch
 from fedtalos.config import ConfigError
-from fedtalos.tracking.plots import X_AXES, plot_runs
+from fedtalos.tracking.plots import X_AXES, default_x, plot_runs
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -24,13 +24,14 @@ def _plot(args: argparse.Namespace) -> int:
     if missing:
         print(f"error: no metrics.jsonl in {', '.join(missing)}", file=sys.stderr)
         return 2
+    x = args.x or default_x(runs)
     out = (
         Path(args.out)
         if args.out
-        else (runs[0] / "plots" / f"curves-{args.x}.png" if len(runs) == 1 else Path("comparison.png"))
+        else (runs[0] / "plots" / f"curves-{x}.png" if len(runs) == 1 else Path("comparison.png"))
     )
     try:
-        path = plot_runs(runs, out, x=args.x, labels=args.labels, title=args.title)
+        path = plot_runs(runs, out, x=x, labels=args.labels, title=args.title)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -168,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument(
         "--x",
         choices=sorted(X_AXES),
-        default="round",
-        help="x axis: round, client-steps (round × J, to compare different J) or epoch",
+        default=None,
+        help="x axis: round, client-steps (round × J, to compare different J) or epoch "
+        "(default: epoch if all runs are centralized, else round)",
     )
     plot.add_argument("--out", help="PNG path (default: RUN/plots/curves-<x>.png, or comparison.png for several)")
     plot.add_argument("--labels", nargs="+", help="legend labels, one per run")

@@ -198,6 +198,9 @@ class RunConfig:
     warmup: int = _opt(0, "linear warm-up length for 'warmup-cosine' (epochs centrally, rounds in FL)", _range(0))
     lr_step_size: int = _opt(10, "'step': decay every N epochs", _range(1))
     lr_gamma: float = _opt(0.1, "'step'/'exponential'/'plateau': decay factor", _range(0.0, 1.0, lo_open=True))
+    lr_patience: int = _opt(
+        2, "'plateau': evaluations without a lower validation loss before the lr is multiplied by lr-gamma", _range(0)
+    )
     momentum: float = _opt(0.9, "SGD momentum", _range(0.0, 1.0, hi_open=True))
     weight_decay: float = _opt(0.0, "L2 weight decay", _range(0.0))
     label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy", _range(0.0, 1.0, hi_open=True))
@@ -239,7 +242,7 @@ class RunConfig:
         _choice(*HEADS),
     )
     ridge_lambda: float = _opt(1.0, "ridge regularisation lambda", _range(0.0, lo_open=True))
-    probe_rounds: int = _opt(10, "head='probe': FedAvg rounds on the head alone", _range(1))
+    probe_rounds: int = _opt(10, "head='probe': FedAvg rounds on the head alone (centrally: epochs)", _range(1))
     mask_rule: str = _opt(
         "none", "'none' = dense FedAvg, else the calibration rule: " + ", ".join(MASK_RULES[1:]), _choice(*MASK_RULES)
     )
@@ -271,6 +274,11 @@ class RunConfig:
     def help(cls) -> dict[str, str]:
         """Key → one-line description."""
         return {f.name.replace("_", "-"): f.metadata["help"] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def path_keys(cls) -> list[str]:
+        """Keys that hold filesystem paths (absolute or '~'; a command line may resolve relative ones first)."""
+        return [f.name.replace("_", "-") for f in dataclasses.fields(cls) if f.metadata["check"] is _abs_path_or_empty]
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, allow_unknown: bool = False) -> RunConfig:
@@ -322,6 +330,11 @@ class RunConfig:
         if self.mask_rule != "none" and self.head == "train":
             problems.append(
                 f"mask-rule = {self.mask_rule!r} needs a frozen head (step 0): set head = 'ridge' or 'probe'"
+            )
+        if self.freeze == "backbone" and self.head != "train":
+            problems.append(
+                f"freeze = 'backbone' with head = {self.head!r}: the head is frozen after step 0 and the backbone "
+                "by freeze, so nothing would be fine-tuned; use freeze = 'none' (or head = 'train' for a linear probe)"
             )
         if self.lr_min > self.lr:
             problems.append(f"lr-min = {self.lr_min}: must not exceed lr = {self.lr}")

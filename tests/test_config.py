@@ -63,6 +63,8 @@ def test_combinations_are_checked():
         RunConfig.from_mapping({"mask-rule": "least-sensitive"})
     with pytest.raises(ConfigError, match="larger than the 10 clients"):
         RunConfig.from_mapping({"min-train-clients": 11})
+    with pytest.raises(ConfigError, match="nothing would be fine-tuned"):
+        RunConfig.from_mapping({"freeze": "backbone", "head": "ridge"})
 
 
 def test_result_hash_ignores_bookkeeping_keys_only():

@@ -12,7 +12,6 @@ Phases: ``head`` (step 0 of model editing: ridge or linear probing), ``calibrati
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +32,7 @@ from fedtalos.strategies import make_strategy
 from fedtalos.task.model import HEAD_PREFIX
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.schedules import lr_at
-from fedtalos.task.train import evaluate
-from fedtalos.tracking.metrics import MetricsLog, TensorBoardSink, WandbSink
+from fedtalos.tracking.metrics import MetricsLog, format_row, make_sinks, summarize_rows
 from fedtalos.tracking.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -69,11 +67,13 @@ class FederatedServer:
         self.strategy = make_strategy(config)
         self.registry = NodeRegistry(config.num_clients, config.round_timeout)
         self.editing = EditingRounds(self)
-        sinks = []
-        if config.tensorboard:
-            sinks.append(TensorBoardSink(run_dir.path))
-        if config.wandb:
-            sinks.append(WandbSink(run_dir.path, config.wandb_project, config.to_dict()))
+        sinks = make_sinks(
+            run_dir.path,
+            tensorboard=config.tensorboard,
+            wandb=config.wandb,
+            project=config.wandb_project,
+            config=config.to_dict(),
+        )
         self.metrics = MetricsLog(run_dir.path, sinks)
         self.state = self._start_state()
         self.metrics.restore(self.state.rows)
@@ -150,7 +150,7 @@ class FederatedServer:
         row["wall_s"] = time.perf_counter() - started
         self.metrics.append(row)
         faults.point("after-checkpoint", step)
-        log.info(_format_row(row))
+        log.info(format_row(row))
 
     # ------------------------------------------------------------------------------------------------ messaging
     def _send(self, pids: list[int], content_for: ContentFor, message_type: str) -> tuple[dict, dict, int]:
@@ -335,11 +335,7 @@ class FederatedServer:
     def evaluate_split(self, split: str) -> dict[str, float]:
         """Loss and accuracy of the global model on 'val' or 'test', on the server."""
         self.resources.load_weights(self.state.weights)
-        images, labels = self.resources.split(split)
-        stats = evaluate(
-            self.resources.model, self.resources.eval_batches(images, labels), autocast_dtype=self.resources.dtype
-        )
-        return {f"{split}_loss": stats.loss, f"{split}_acc": stats.accuracy}
+        return self.resources.evaluate(split)
 
     def _federated_evaluate(self) -> dict[str, float]:
         size = max(1, round(self.config.federated_eval_fraction * self.config.num_clients))
@@ -373,16 +369,13 @@ class FederatedServer:
     def _finish(self) -> dict[str, Any]:
         self.run_dir.checkpoints.wait()
         rows = self.state.rows
-        evaluated = [r for r in rows if r.get("phase") == "train" and r.get("val_acc") is not None]
-        best = max(evaluated, key=lambda r: r["val_acc"], default=None)
-        final = rows[-1] if rows else {}
+        train_rows = [r for r in rows if r.get("phase") == "train"]  # the best is the best fine-tuned model
         summary = {
             "kind": "federated",
             "run_name": self.run_dir.path.name,
             "config_hash": self.config.result_hash(),
             "rounds": self.state.step,
-            "final": {k: final.get(k) for k in ("val_loss", "val_acc", "test_loss", "test_acc")},
-            "best": {"val_acc": best["val_acc"], "round": best["round"]} if best else None,
+            **summarize_rows(train_rows, index="round"),
             "wall_s": sum(r.get("wall_s", 0.0) for r in rows),
             "bytes_up": sum(r.get("bytes_up", 0) for r in rows),
             "bytes_down": sum(r.get("bytes_down", 0) for r in rows),
@@ -397,14 +390,3 @@ class FederatedServer:
 def _is_trainable(name: str, trainable: str) -> bool:
     is_head = name.startswith(HEAD_PREFIX)
     return trainable == "all" or (trainable == "head") == is_head
-
-
-def _format_row(row: dict[str, Any]) -> str:
-    parts = [f"{row['phase']} {row['round']:>4}"]
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "mask_density", "drift", "wall_s"):
-        value = row.get(key)
-        if isinstance(value, float) and math.isfinite(value):
-            parts.append(f"{key} {value:.4f}")
-    if row.get("clients_failed"):
-        parts.append(f"failed {row['clients_failed']}")
-    return " | ".join(parts)

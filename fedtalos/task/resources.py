@@ -26,6 +26,7 @@ from fedtalos.task.data import (
     to_device,
 )
 from fedtalos.task.model import autocast_dtype, build_model, resolve_device
+from fedtalos.task.train import evaluate
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -43,6 +44,9 @@ class Resources:
     model: nn.Module
     train_transform: ImageTransform
     eval_transform: ImageTransform
+    # The model's weights as built (CPU copies), kept when pretrained=True: the cached model is trained in place
+    # by the centralized command, so a fresh run in the same process must not start from what it left behind.
+    initial_weights: dict[str, torch.Tensor] | None = None
     _on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _partitions: list[np.ndarray] | None = None
 
@@ -92,6 +96,12 @@ class Resources:
         """Un-augmented batches of ``eval-batch-size``, in order."""
         return iterate_batches(images, labels, self.eval_transform, batch_size=self.config.eval_batch_size)
 
+    def evaluate(self, split: str) -> dict[str, float]:
+        """``{split}_loss`` (mean cross-entropy, nats) and ``{split}_acc`` (top-1 in [0, 1]) of the current model."""
+        images, labels = self.split(split)
+        stats = evaluate(self.model, self.eval_batches(images, labels), autocast_dtype=self.dtype)
+        return {f"{split}_loss": stats.loss, f"{split}_acc": stats.accuracy}
+
     # -------------------------------------------------------------------------------------------- model
     def load_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
         """Copy ``weights`` into the cached model (strict: same keys and shapes)."""
@@ -124,6 +134,7 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
     ).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if pretrained else None
     return Resources(
         config=config,
         device=device,
@@ -134,4 +145,5 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
         model=model,
         train_transform=ImageTransform(config.image_size, train=True, channels_last=config.channels_last),
         eval_transform=ImageTransform(config.image_size, train=False, channels_last=config.channels_last),
+        initial_weights=initial,
     )

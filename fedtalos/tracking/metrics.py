@@ -41,6 +41,8 @@ LEADING_COLUMNS = (
 )
 
 Row = dict[str, Any]
+# Columns shown in the one-line log of a row, when present and finite.
+LOG_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr", "mask_density", "drift", "wall_s")
 
 
 class MetricSink(Protocol):
@@ -154,3 +156,39 @@ class WandbSink:
 
     def close(self) -> None:
         self.run.finish()
+
+
+def make_sinks(
+    run_dir: Path, *, tensorboard: bool, wandb: bool, project: str, config: dict[str, Any]
+) -> list[MetricSink]:
+    """The optional sinks a run config asks for (``tensorboard``, ``wandb``), writing into ``run_dir``."""
+    sinks: list[MetricSink] = []
+    if tensorboard:
+        sinks.append(TensorBoardSink(run_dir))
+    if wandb:
+        sinks.append(WandbSink(run_dir, project, config))
+    return sinks
+
+
+def format_row(row: Row, index: str = "round") -> str:
+    """One log line for a metric row: ``<phase> <index> | key value | ...`` (``index`` = 'round' or 'epoch')."""
+    parts = [f"{row['phase']} {row.get(index, ''):>4}"]
+    for key in LOG_COLUMNS:
+        value = row.get(key)
+        if isinstance(value, float) and math.isfinite(value):
+            parts.append(f"{key} {value:.4g}" if key == "lr" else f"{key} {value:.4f}")
+    if row.get("clients_failed"):
+        parts.append(f"failed {row['clients_failed']}")
+    return " | ".join(parts)
+
+
+def summarize_rows(rows: list[Row], index: str = "step") -> dict[str, Any]:
+    """``final`` (val/test metrics of the last row), ``best`` (highest ``val_acc`` and its ``index``) and ``wall_s``."""
+    evaluated = [r for r in rows if r.get("val_acc") is not None]
+    best = max(evaluated, key=lambda r: r["val_acc"], default=None)
+    final = rows[-1] if rows else {}
+    return {
+        "final": {k: final.get(k) for k in ("val_loss", "val_acc", "test_loss", "test_acc")},
+        "best": {"val_acc": best["val_acc"], index: best[index]} if best else None,
+        "wall_s": sum(r.get("wall_s", 0.0) for r in rows),
+    }

@@ -28,12 +28,19 @@ def _run_info(run_dir: Path) -> dict[str, Any]:
 
 
 def _x_values(rows: list[dict[str, Any]], axis: str, config: dict[str, Any]) -> list[float]:
+    # Centralized rows count epochs, federated rows rounds: each falls back on the other, so any run plots.
     if axis == "epoch":
         return [r.get("epoch", r.get("round")) for r in rows]
     if axis == "client-steps":
         steps = config.get("local-steps", 1)
-        return [r["round"] * steps for r in rows]
-    return [r["round"] for r in rows]
+        return [r.get("round", r.get("epoch")) * steps for r in rows]
+    return [r.get("round", r.get("epoch")) for r in rows]
+
+
+def default_x(run_dirs: Sequence[Path]) -> str:
+    """'epoch' when every run is centralized, else 'round'."""
+    kinds = {_run_info(Path(d)).get("kind") for d in run_dirs}
+    return "epoch" if kinds == {"centralized"} else "round"
 
 
 def _training_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,0 +1,119 @@
+"""What a mask looks like, per layer: ``mask.npz``, a density table (CSV) and a figure (PNG) in the run directory.
+
+Density = the trainable fraction (mask True); sparsity = 1 − density, the fraction frozen (the project's
+convention, ``talos-spec.md``). Layers are the transformer blocks (``blocks.<i>``) and the top-level modules
+(``patch_embed``, ``cls_token``, ``pos_embed``, ``norm``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from torch import Tensor
+
+from fedtalos.editing.masks import save_mask
+from fedtalos.tracking.checkpoint import atomic_write_bytes
+
+MASK_FILE = "mask.npz"
+DENSITY_FILE = "mask_density.csv"
+DENSITY_PLOT = "mask_density.png"
+_BLOCK = re.compile(r"^(blocks\.\d+)\.(.+)$")
+# Weight matrices shown as their own lines in the figure; everything else of a block is summed as "other".
+_KINDS = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
+
+
+def layer_of(name: str) -> tuple[str, str]:
+    """(layer, name within the layer): ``blocks.3.attn.qkv.weight`` → (``blocks.3``, ``attn.qkv.weight``)."""
+    m = _BLOCK.match(name)
+    if m:
+        return m.group(1), m.group(2)
+    head, _, rest = name.partition(".")
+    return head, rest or head
+
+
+def density_rows(mask: Mapping[str, Tensor]) -> list[dict[str, object]]:
+    """One row per masked tensor, in the mask's order: tensor, layer, shape, numel, trainable, density."""
+    rows = []
+    for name, m in mask.items():
+        trainable, numel = int(m.sum()), m.numel()
+        rows.append(
+            {
+                "tensor": name,
+                "layer": layer_of(name)[0],
+                "shape": "x".join(str(d) for d in m.shape),
+                "numel": numel,
+                "trainable": trainable,
+                "density": trainable / numel if numel else float("nan"),
+            }
+        )
+    return rows
+
+
+def _layer_density(rows: list[dict[str, object]], kind: str | None = None) -> dict[str, float]:
+    """Layer → density over its tensors (of one kind within the block, "other" for the rest, None for all)."""
+    sums: dict[str, list[int]] = {}
+    for r in rows:
+        layer, inner = layer_of(str(r["tensor"]))
+        if kind is not None:
+            if not layer.startswith("blocks."):
+                continue
+            if (kind != "other" and inner != kind) or (kind == "other" and inner in _KINDS):
+                continue
+        acc = sums.setdefault(layer, [0, 0])
+        acc[0] += int(r["trainable"])  # type: ignore[call-overload]
+        acc[1] += int(r["numel"])  # type: ignore[call-overload]
+    return {layer: t / n for layer, (t, n) in sums.items() if n}
+
+
+def plot_density(rows: list[dict[str, object]], out: Path, title: str = "") -> Path:
+    """Left: density of each layer (all its tensors); right: per block, the density of each weight matrix kind."""
+    layers = _layer_density(rows)
+    fig, (ax_all, ax_kind) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    names = list(layers)
+    ax_all.bar(range(len(names)), [100 * layers[n] for n in names], color="tab:blue")
+    ax_all.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax_all.set_ylabel("trainable entries (%)")
+    ax_all.set_title("density per layer (mask 1 = trainable)")
+    blocks = [n for n in names if n.startswith("blocks.")]
+    for kind in (*_KINDS, "other"):
+        values = _layer_density(rows, kind)
+        xs = [i for i, b in enumerate(blocks) if b in values]
+        if xs:
+            ax_kind.plot(xs, [100 * values[blocks[i]] for i in xs], marker="o", ms=3, label=kind)
+    ax_kind.set_xticks(range(len(blocks)), [b.split(".")[1] for b in blocks])
+    ax_kind.set_xlabel("transformer block")
+    ax_kind.set_ylabel("trainable entries (%)")
+    ax_kind.set_title("density per block and weight kind")
+    ax_kind.legend(fontsize=8, frameon=False)
+    for ax in (ax_all, ax_kind):
+        ax.grid(True, alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+    total = sum(int(r["numel"]) for r in rows)  # type: ignore[call-overload]
+    kept = sum(int(r["trainable"]) for r in rows)  # type: ignore[call-overload]
+    fig.suptitle(f"{title} density {100 * kept / max(total, 1):.2f} % ({kept:,} of {total:,} scored entries)".strip())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
+def write_mask_report(run_dir: Path, mask: Mapping[str, Tensor], title: str = "") -> list[Path]:
+    """Write ``mask.npz``, ``mask_density.csv`` and ``plots/mask_density.png`` into ``run_dir``; returns the paths."""
+    run_dir = Path(run_dir)
+    save_mask(run_dir / MASK_FILE, mask)
+    rows = density_rows(mask)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["tensor"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(run_dir / DENSITY_FILE, buffer.getvalue().encode())
+    plot = plot_density(rows, run_dir / "plots" / DENSITY_PLOT, title)
+    return [run_dir / MASK_FILE, run_dir / DENSITY_FILE, plot]
