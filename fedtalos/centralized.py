@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  fedtalos-central --image-size 224 --epochs 10 --lr 0.01 --output-root runs\n"
         "  fedtalos-central --config best.toml --seed 1\n"
         "  fedtalos-central --head ridge --mask-rule least-sensitive --sparsity 0.9\n"
-        "  fedtalos-central search configs/central_search.toml --trials 20   (see: fedtalos-central search --help)",
+        "  fedtalos-central search configs/search/central.toml --trials 20   (see: fedtalos-central search --help)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_config_options(parser)

@@ -5,7 +5,7 @@
 **Search space file** (TOML): a ``[key]`` table per searched run-config key (``type = "float" | "int"`` with
 ``low``, ``high`` and optional ``log`` / ``step``; ``type = "categorical"`` with ``choices``) and plain
 ``key = value`` lines for keys fixed in every trial; see :mod:`fedtalos.search_space` and
-``configs/central_search.toml``.
+``configs/search/central.toml``.
 
 **Trials.** Each trial is an ordinary centralized run (same loop, checkpoints, metrics, plots) in
 ``<output-root>/search-<study>/trial-<n>/``, except that it never evaluates on the test split. After each
@@ -317,9 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=f"{PROG} search",
         description="Hyper-parameter search with Optuna on the validation split; running the same command again "
         "continues the study. Each trial is a centralized run under <output-root>/search-<study>/.",
-        epilog="The space file format: configs/central_search.toml, README.md, fedtalos/search_space.py.",
+        epilog="The space file format: configs/search/central.toml, README.md, fedtalos/search_space.py.",
     )
-    parser.add_argument("space", help="search space TOML file (e.g. configs/central_search.toml)")
+    parser.add_argument("space", help="search space TOML file (e.g. configs/search/central.toml)")
     parser.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
     parser.add_argument("--study-name", help="default: the space file's name without .toml")
     parser.add_argument("--pruner-startup-trials", type=int, default=5, help="trials before pruning starts (default 5)")

@@ -137,7 +137,7 @@ class CentralizedTrainer:
         state.saves += 1
         faults.point("central:before-checkpoint", state.saves)
         store = self.run_dir.checkpoints
-        store.fault_hook = lambda stage: faults.point(f"checkpoint:{stage}", state.saves)
+        store.fault_hook = lambda stage, step: faults.point(f"checkpoint:{stage}", step)
         store.save(state.saves, state.tensors(), state.meta(), score=score)
         state.weights, state.optimizer = {}, None  # the live objects are the truth between checkpoints
         faults.point("central:after-checkpoint", state.saves)

@@ -82,7 +82,7 @@ choices = ["cosine", "cyclic"]
 
 
 def test_example_space_is_valid():
-    space = load_space(Path(__file__).resolve().parents[2] / "configs" / "central_search.toml", {})
+    space = load_space(Path(__file__).resolve().parents[2] / "configs" / "search" / "central.toml", {})
     assert {"lr", "momentum", "weight-decay", "lr-schedule", "epochs"} <= set(space.params)
     assert space.params["lr"].log and space.params["lr"].low == 1e-3 and space.params["lr"].high == 0.1
 
