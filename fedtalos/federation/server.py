@@ -86,7 +86,10 @@ class FederatedServer:
             self.strategy.load_state_dict(state.strategy)
             log.info("resuming %s after round %d (%s phase)", self.run_dir.path.name, state.step, state.phase)
             return state
-        return ServerState(step=0, phase=self.phases()[0].name, phase_round=0, weights=self.resources.weights())
+        # the built weights, not the cached model's: evaluation loads every round's global model into that one
+        assert self.resources.initial_weights is not None, "get_resources(..., pretrained=True) keeps them"
+        weights = {k: v.clone() for k, v in self.resources.initial_weights.items()}
+        return ServerState(step=0, phase=self.phases()[0].name, phase_round=0, weights=weights)
 
     def _checkpoint(self, score: float | None) -> None:
         self.state.strategy = self.strategy.state_dict()
