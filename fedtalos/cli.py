@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Expand grid files (configs/*.toml) into runs with stable names and run them one after another "
         "through `flwr run` (federated) or `python -m fedtalos.centralized` (centralized). Finished runs are "
         "skipped, started ones resumed; a failed run is reported and the sweep goes on. The grid file format is "
-        "described in fedtalos/experiments.py and docs/reproducing.md.",
+        "described in fedtalos/experiments.py and the README (Reproducing the study).",
     )
     sweep.add_argument("grids", nargs="+", help="grid files; families run in this order")
     seeds = sweep.add_mutually_exclusive_group()
