@@ -46,7 +46,7 @@ from fedtalos.task.model import set_trainable
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.train import train_steps
 from fedtalos.tracking.mask_report import MASK_FILE, write_mask_report
-from fedtalos.tracking.metrics import MetricsLog, Row, format_row, make_sinks, summarize_rows
+from fedtalos.tracking.metrics import Row, format_row, summarize_rows
 from fedtalos.tracking.plots import plot_run
 from fedtalos.tracking.rundir import RunDir, open_run_dir
 
@@ -93,14 +93,7 @@ class CentralizedTrainer:
         self.evaluate_test = evaluate_test
         self.on_evaluation = on_evaluation
         self.resources: Resources = get_resources(config, pretrained=True)
-        sinks = make_sinks(
-            run_dir.path,
-            tensorboard=config.tensorboard,
-            wandb=config.wandb,
-            project=config.wandb_project,
-            config=config.to_dict(),
-        )
-        self.metrics = MetricsLog(run_dir.path, sinks)
+        self.metrics = run_dir.open_metrics()
         self.optimizer: torch.optim.Optimizer | None = None  # of the training phase in progress
         self.scheduler: Scheduler | None = None
         self.state = self._start_state()

@@ -32,7 +32,7 @@ from fedtalos.strategies import make_strategy
 from fedtalos.task.model import HEAD_PREFIX
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.schedules import lr_at
-from fedtalos.tracking.metrics import MetricsLog, format_row, make_sinks, summarize_rows
+from fedtalos.tracking.metrics import format_row, summarize_rows
 from fedtalos.tracking.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,7 @@ class FederatedServer:
         self.strategy = make_strategy(config)
         self.registry = NodeRegistry(config.num_clients, config.round_timeout)
         self.editing = EditingRounds(self)
-        sinks = make_sinks(
-            run_dir.path,
-            tensorboard=config.tensorboard,
-            wandb=config.wandb,
-            project=config.wandb_project,
-            config=config.to_dict(),
-        )
-        self.metrics = MetricsLog(run_dir.path, sinks)
+        self.metrics = run_dir.open_metrics()
         self.state = self._start_state()
         self.metrics.restore(self.state.rows)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.tracking.checkpoint import CheckpointStore, atomic_write_bytes
+from fedtalos.tracking.metrics import MetricsLog, make_sinks
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -39,6 +40,13 @@ class RunDir:
     @property
     def plots(self) -> Path:
         return self.path / "plots"
+
+    def open_metrics(self) -> MetricsLog:
+        """The run's metric log, with the TensorBoard / W&B sinks its config asks for."""
+        c = self.config
+        sinks = make_sinks(self.path, tensorboard=c.tensorboard, wandb=c.wandb, project=c.wandb_project,
+                           config=c.to_dict())
+        return MetricsLog(self.path, sinks)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` atomically."""
