@@ -323,7 +323,20 @@ def main(argv: Sequence[str]) -> int:
     print(f"run directory: {config.run_dir()}", flush=True)
     if args.check:
         return 0
-    result = flwr_run(Path(args.app), overrides, default_federation_config(config, args.federation_config))
+    started: list[str] = []
+    try:
+        result = flwr_run(
+            Path(args.app),
+            overrides,
+            default_federation_config(config, args.federation_config),
+            on_start=started.append,
+        )
+    except KeyboardInterrupt:
+        # Interrupting `flwr run --stream` only ends the stream; the run would go on writing its directory.
+        if started:
+            print(f"\nstopping Flower run {started[0]} ...", file=sys.stderr)
+            print(f"run {started[0]}: {stop_run(started[0])}; the same command resumes it", file=sys.stderr)
+        return 130
     if not result.ok:
         print(
             f"fedtalos run: Flower run {result.run_id} ended as {result.status!r} ({result.details}); see the log "

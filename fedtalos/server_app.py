@@ -70,8 +70,10 @@ def main(grid: Grid, context: Context) -> None:
     _route_logs_to_flower()
     config = RunConfig.from_mapping(context.run_config)
     preflight(config)
-    run_dir = open_run_dir(config, "federated")
-    logging.getLogger("fedtalos").info("run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else "")
-    summary = FederatedServer(config, grid, run_dir).run()
-    plot_run(run_dir.path)
+    with open_run_dir(config, "federated") as run_dir:
+        logging.getLogger("fedtalos").info(
+            "run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else ""
+        )
+        summary = FederatedServer(config, grid, run_dir).run()
+        plot_run(run_dir.path)
     logging.getLogger("fedtalos").info("done: %s", summary["final"])

@@ -379,7 +379,7 @@ def run_centralized(
     Call :func:`fedtalos.centralized.preflight` first to fail on bad input before a directory exists.
     """
     config = config if config.run_name else config.replace(run_name=default_run_name(config))
-    run_dir = open_run_dir(config, KIND)
-    log.info("run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else "")
-    trainer = CentralizedTrainer(config, run_dir, evaluate_test=evaluate_test, on_evaluation=on_evaluation)
-    return run_dir, trainer.run()
+    with open_run_dir(config, KIND) as run_dir:
+        log.info("run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else "")
+        trainer = CentralizedTrainer(config, run_dir, evaluate_test=evaluate_test, on_evaluation=on_evaluation)
+        return run_dir, trainer.run()

@@ -28,6 +28,36 @@ class RunConfigMismatch(RuntimeError):
     """The run directory holds a run with a different configuration."""
 
 
+class RunDirBusy(RuntimeError):
+    """Another live process is writing this run directory."""
+
+
+LOCK_FILE = ".lock"
+
+
+def _lock(path: Path) -> Any:
+    """An exclusive, non-blocking ``flock`` on the empty file ``path/.lock``, held for the whole run.
+
+    The kernel drops it when the holder dies, even by SIGKILL, so a crashed run never blocks its own resume;
+    the file is never written, so a refused start leaves the directory exactly as it was. Returns the open file.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no protection
+        return None
+    handle = open(path / LOCK_FILE, "a")  # noqa: SIM115 (held open for the whole run)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise RunDirBusy(
+            f"{path} is being written by another live process. Two servers must never write one run directory: "
+            "stop the other run first (`flwr ls`, then `flwr stop RUN_ID` for a Flower run that goes on after its "
+            "stream was interrupted), or choose another run-name."
+        ) from None
+    return handle
+
+
 @dataclass
 class RunDir:
     """An opened run directory."""
@@ -36,6 +66,19 @@ class RunDir:
     config: RunConfig
     checkpoints: CheckpointStore
     resumed: bool  # True when the directory already held this run (there may still be no checkpoint yet)
+    lock: Any = None  # the open lock file; :meth:`close` releases it
+
+    def close(self) -> None:
+        """Release the directory's lock (also released by the OS if the process dies)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def plots(self) -> Path:
@@ -44,8 +87,9 @@ class RunDir:
     def open_metrics(self) -> MetricsLog:
         """The run's metric log, with the TensorBoard / W&B sinks its config asks for."""
         c = self.config
-        sinks = make_sinks(self.path, tensorboard=c.tensorboard, wandb=c.wandb, project=c.wandb_project,
-                           config=c.to_dict())
+        sinks = make_sinks(
+            self.path, tensorboard=c.tensorboard, wandb=c.wandb, project=c.wandb_project, config=c.to_dict()
+        )
         return MetricsLog(self.path, sinks)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
@@ -110,23 +154,35 @@ def open_run_dir(config: RunConfig, kind: str, prefix: str = "") -> RunDir:
     path = config.run_dir(prefix)
     stored_file = path / CONFIG_FILE
     resumed = False
+    lock = None
     if path.exists():
-        if not config.resume:
-            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            aside = path.with_name(f"{path.name}.old-{stamp}")
-            os.replace(path, aside)
-        elif stored_file.is_file():
-            stored = json.loads(stored_file.read_text())
-            if stored.get("kind") != kind or stored.get("result_hash") != config.result_hash():
-                diff = _differences(stored.get("result_config", {}), config.result_dict())
-                raise RunConfigMismatch(
-                    f"{path} holds a {stored.get('kind', '?')} run with a different configuration:\n  "
-                    + "\n  ".join(diff or [f"kind: {stored.get('kind')!r} → {kind!r}"])
-                    + "\nTo keep both, choose another run-name; to start this run over there, set resume=false "
-                    "(the old directory is kept, renamed)."
-                )
-            resumed = True
+        lock = _lock(path)  # refuses at once if a live process writes this directory
+        try:
+            if not config.resume:
+                stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+                aside = path.with_name(f"{path.name}.old-{stamp}")
+                os.replace(path, aside)
+                if lock is not None:
+                    lock.close()
+                    lock = None
+            elif stored_file.is_file():
+                stored = json.loads(stored_file.read_text())
+                if stored.get("kind") != kind or stored.get("result_hash") != config.result_hash():
+                    diff = _differences(stored.get("result_config", {}), config.result_dict())
+                    raise RunConfigMismatch(
+                        f"{path} holds a {stored.get('kind', '?')} run with a different configuration:\n  "
+                        + "\n  ".join(diff or [f"kind: {stored.get('kind')!r} → {kind!r}"])
+                        + "\nTo keep both, choose another run-name; to start this run over there, set resume=false "
+                        "(the old directory is kept, renamed)."
+                    )
+                resumed = True
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
     path.mkdir(parents=True, exist_ok=True)
+    if lock is None:
+        lock = _lock(path)
     record = {
         "kind": kind,
         "run_name": path.name,
@@ -142,4 +198,4 @@ def open_run_dir(config: RunConfig, kind: str, prefix: str = "") -> RunDir:
         record["created"] = record["updated"]
     atomic_write_bytes(stored_file, json.dumps(record, indent=1).encode())
     store = CheckpointStore(path / "checkpoints", config.result_hash(), keep=config.checkpoint_keep)
-    return RunDir(path=path, config=config, checkpoints=store, resumed=resumed)
+    return RunDir(path=path, config=config, checkpoints=store, resumed=resumed, lock=lock)
