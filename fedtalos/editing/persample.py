@@ -28,7 +28,8 @@ flattened to (tokens, features)):
 Σ_i dW_i² of a Linear (and of the patch embedding) is computed in one of two ways, whichever is cheaper:
 few tokens (T ≤ :data:`PAIR_MAX_TOKENS`): Σ_i (Σ_t g_t x_tᵀ)² = Σ_i Σ_{t,t'} (g_t ⊙ g_t')(x_t ⊙ x_t')ᵀ, one matrix
 product over the B·T(T+1)/2 token pairs (t ≤ t', off-diagonal pairs counted twice), with no (B, out, in) tensor
-at all; otherwise a batched product over blocks of samples sized to stay in cache, squared and summed at once.
+at all; otherwise per-sample products, squared and summed at once, in blocks of samples that stay in cache (one
+sample at a time for the large layers of ViT-S).
 
 What is not supported (see :func:`unsupported_parameters`) raises :class:`UnsupportedParameterError`:
 parameters of other module types, a Linear inside ``nn.MultiheadAttention`` (it uses the weight without calling
@@ -50,8 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PAIR_MAX_TOKENS = 6
-"""Linear layers with at most this many tokens per sample use the token-pair product (see the module docstring)."""
+PAIR_MAX_TOKENS = 4
+"""Linear layers with at most this many tokens per sample use the token-pair product (see the module docstring);
+on CPU it beats per-sample products for T <= 4 and loses from T = 5 on (ViT-S/16 layer shapes, 1 and 2 threads)."""
 
 BLOCK_ELEMENTS = 1 << 17
 """Per-sample weight gradients formed at once, in entries (512 KiB of float32): about the size of an L2 cache."""
@@ -170,15 +172,19 @@ def sum_sq_outer(g: Tensor, x: Tensor) -> Tensor:
         xx = torch.cat([x[:, : t - d] * x[:, d:] for d in range(t)], dim=1).reshape(-1, n_in)
         # Cross-pair terms can be negative; rounding must not make a sum of squares negative.
         return (gg.T @ xx).clamp_min_(0)
+    if n_out < n_in:  # per-sample products with few rows and long ones run slower (measured on CPU): transpose
+        return sum_sq_outer(x, g).T
     total = g.new_zeros(n_out, n_in)
-    step = max(1, BLOCK_ELEMENTS // (n_out * n_in))
     gt = g.transpose(1, 2)
+    step = BLOCK_ELEMENTS // (n_out * n_in)
+    if step <= 1:
+        per_sample = torch.empty_like(total)
+        for i in range(b):
+            torch.mm(gt[i], x[i], out=per_sample)
+            total.addcmul_(per_sample, per_sample)
+        return total
     for start in range(0, b, step):
-        per_sample = torch.bmm(gt[start : start + step], x[start : start + step])
-        if len(per_sample) == 1:
-            total.addcmul_(per_sample[0], per_sample[0])
-        else:
-            total += per_sample.square_().sum(0)
+        total += torch.bmm(gt[start : start + step], x[start : start + step]).square_().sum(0)
     return total
 
 
