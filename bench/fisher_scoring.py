@@ -11,7 +11,7 @@ labels (equal generator seeds). Prints one JSON object to stdout:
          "vmap_max_rel_diff": ..., and the same five "hooks_*" keys}, ...]}
 
 Times are the minimum over ``--repeat`` runs (the machine may be shared): ``*_s`` wall-clock seconds, ``*_cpu_s``
-CPU seconds of this process (all threads; less disturbed by other processes than wall time). ``*_max_rel_diff``
+CPU seconds of this process (all threads, including threads spinning while they wait for a core). ``*_max_rel_diff``
 is the largest, over scored tensors, of max|method − loop| / max|loop|. Every scorer gets one warm-up call on a
 couple of samples first (one-time costs are not timed). Models: the tiny test ViT and, unless ``--quick``, the
 DINO ViT-S/16 architecture with random init (no download; a random non-zero head, since timm zero-initialises new

@@ -32,12 +32,12 @@ at all; otherwise per-sample products, squared and summed at once, in blocks of 
 sample at a time for the large layers of ViT-S).
 
 What is not supported (see :func:`unsupported_parameters`) raises :class:`UnsupportedParameterError`:
-parameters of other module types, a Linear inside ``nn.MultiheadAttention`` (it uses the weight without calling
-the module), timm ViTs with ``dynamic_img_size`` or without a position embedding. Checked while running: each hooked
-module must run exactly once per forward pass, with the batch as the first dimension of its input and output, and
-its input must not be modified in place afterwards. What cannot be checked:
-that the samples do not interact. A model that mixes samples (batch statistics, a module applied across the batch
-dimension) would get wrong scores; use ``method="vmap"`` there.
+parameters of other module types, parameters shared by several modules, a Linear inside ``nn.MultiheadAttention``
+(it uses the weight without calling the module), timm ViTs with ``dynamic_img_size`` or without a position
+embedding. Checked while running: each hooked module runs exactly once per forward pass, with the batch as the
+first dimension of its input and output, and its input is not modified in place afterwards. What cannot be
+checked: that the samples do not interact. A model that mixes samples (batch statistics, a module applied across
+the batch dimension) would get wrong scores; use ``method="vmap"`` there.
 """
 
 from __future__ import annotations
