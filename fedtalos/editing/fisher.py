@@ -15,13 +15,26 @@ embedding), as the spec says. The head is excluded: it is fitted in step 0 and f
 entries on it would be wasted. (The TaLoS code scores only the parameters of its masked Linear, Conv2d,
 MultiheadAttention and LayerNorm modules; cls token and position embedding are scored here too.)
 
+Methods (``method=``), equal up to float rounding and drawing the same labels from the same generator:
+
+- ``"hooks"`` (:mod:`fedtalos.editing.persample`): one batched forward + backward pass of Σ_i s_i per chunk; hooks
+  capture each layer's input and output gradient, form that layer's per-sample parameter gradients (the samples of
+  an eval-mode ViT do not interact, so the output gradient of sample i is ∂s_i/∂out_i) and square and sum them at
+  once. Supports Linear, LayerNorm, the patch-embedding Conv2d, timm LayerScale and the ViT's cls/register tokens
+  and position embedding; the fastest on CPU (bench/fisher_scoring.py).
+- ``"vmap"``: ``torch.func.vmap(grad(...))`` over the samples of a chunk: any model and parameter, but per-sample
+  gradients of all scored parameters at once (memory chunk × scored entries).
+- ``"auto"`` (default): hooks when every scored parameter is supported, else vmap.
+- :func:`per_sample_loop_scores`: one backward pass per sample, the reference for tests and benchmarks.
+
 Soft zeroing: with a ``soft_mask`` (True = trainable) the forward pass uses the effective weights
 θ_eff = θ · c with c = 1 where trainable and c = ``soft_value`` where frozen, and the gradient is taken with respect
 to the *original* θ, so a frozen entry's gradient is soft_value · ∂s/∂θ_eff. This is what the TaLoS code does: its
 masked layers compute ``weight * weight_mask`` (mask 0.1 for frozen entries, a buffer without gradient) and it
-squares ``p.grad`` of the original parameter. Trainable entries get the same gradient either way; only the scores
-of frozen entries differ, and those are never compared against again (``masks.update_mask`` looks at alive
-entries only).
+squares ``p.grad`` of the original parameter. (The hooks method gets gradients with respect to θ_eff from its
+layers and multiplies their squares by c².) Trainable entries get the same gradient either way; only the scores of
+frozen entries differ, and those are never compared against again (``masks.update_mask`` looks at alive entries
+only).
 """
 
 from __future__ import annotations
@@ -35,9 +48,17 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fedtalos.editing._common import eval_mode
+from fedtalos.editing.persample import SquaredGradients, unsupported_parameters
 from fedtalos.task.model import HEAD_PREFIX
 
 Target = Literal["logit", "log-prob"]
+Method = Literal["auto", "vmap", "hooks"]
+DEFAULT_CHUNK_SIZES: dict[str, int] = {"vmap": 32, "hooks": 128}
+"""Samples per vectorized step. Measured peak memory of ViT-S/16 at 224 px (CPU): vmap ≈ 290 MB per sample of a
+chunk (≈ 9 GB at 32), hooks ≈ 70 MB (≈ 9 GB at 128); at 32 px both are far smaller. On CPU at 32 px, hooks run at
+the same speed for chunks of 16 to 128 on ViT-S and faster with fewer, larger chunks on the tiny ViT (fixed costs
+per pass). vmap (now the fallback) stays at 32: 64 is faster on the tiny ViT but doubles its memory at 224 px.
+See bench/fisher_scoring.py."""
 Batch = Tensor | tuple[Tensor, ...] | list[Tensor]
 
 
@@ -50,7 +71,8 @@ def fisher_scores(
     soft_mask: Mapping[str, Tensor] | None = None,
     soft_value: float = 0.1,
     generator: torch.Generator | None = None,
-    chunk_size: int = 32,
+    chunk_size: int | None = None,
+    method: Method = "auto",
 ) -> dict[str, Tensor]:
     """Sum over samples of squared per-sample gradients ∂s/∂θ (see the module docstring).
 
@@ -66,15 +88,29 @@ def fisher_scores(
         soft_value: the scale of frozen entries (0.1 in TaLoS; 1.0 = no soft zeroing).
         generator: draws the labels (``torch.multinomial``), on the model's device; None = the global RNG.
             Draw order: batch by batch, for each batch ``repeats`` draws of one label per sample.
-        chunk_size: samples per ``vmap`` call; memory grows as chunk_size × the number of scored entries.
+        chunk_size: samples per vectorized step; None = the method's default (:data:`DEFAULT_CHUNK_SIZES`).
+            ``vmap``: memory grows as chunk_size × the number of scored entries; ``hooks``: as chunk_size × the
+            activations of one sample (one forward + backward pass per chunk; chunks may span batches).
+        method: ``"vmap"``: ``torch.func`` per-sample gradients of all scored parameters at once; ``"hooks"``:
+            per-layer per-sample gradients from one batched backward pass (:mod:`fedtalos.editing.persample`),
+            which needs every scored parameter to be supported (else
+            :class:`~fedtalos.editing.persample.UnsupportedParameterError`) and a model that does not mix samples;
+            ``"auto"``: hooks if every scored parameter is supported, else vmap. Same scores up to float rounding.
 
     Returns:
         name → float32 tensor of the parameter's shape on the parameter's device.
     """
-    if chunk_size < 1:
+    if method not in ("auto", "vmap", "hooks"):
+        raise ValueError(f"method must be 'auto', 'vmap' or 'hooks', got {method!r}")
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     with eval_mode(model):
         scorer = _Scorer(model, params, target, soft_mask, soft_value)
+        if method == "auto":
+            method = "vmap" if unsupported_parameters(model, list(scorer.scored)) else "hooks"
+        chunk_size = chunk_size or DEFAULT_CHUNK_SIZES[method]
+        if method == "hooks":
+            return _hooks_scores(scorer, batches, repeats, generator, chunk_size)
         per_sample_grads = vmap(grad(scorer.sample_score), in_dims=(None, 0, 0))
         scores = scorer.zeros()
         for x, labels in scorer.labelled_inputs(batches, repeats, generator):
@@ -115,6 +151,51 @@ def per_sample_loop_scores(
     return scores
 
 
+def _hooks_scores(
+    scorer: _Scorer,
+    batches: Iterable[Batch],
+    repeats: int,
+    generator: torch.Generator | None,
+    chunk_size: int,
+) -> dict[str, Tensor]:
+    """:func:`fisher_scores` with ``method="hooks"``: per chunk one forward pass and, per repeat, one backward
+    pass of Σ_i s_i. Labels are drawn batch by batch as in the other methods; chunks may span batches."""
+    with SquaredGradients(scorer.model, list(scorer.scored)) as squares:
+        for xc, yc in _rechunk(scorer.label_draws(batches, repeats, generator), chunk_size):
+            with squares.capture(len(xc)):
+                logits = scorer.fixed_logits(xc)
+                squares.check_forward()
+                for r, labels in enumerate(yc):  # one forward pass, a backward pass per repeat
+                    squares.backward(scorer.sample_scores(logits, labels).sum(), retain_graph=r < len(yc) - 1)
+    # Squares of gradients with respect to θ_eff = θ·c; with respect to θ each gradient has the factor c.
+    for name, scale in scorer.scales.items():
+        if name in squares.sums:
+            squares.sums[name] *= scale.float().square()
+    return squares.sums
+
+
+def _rechunk(draws: Iterable[tuple[Tensor, Tensor]], size: int) -> Iterable[tuple[Tensor, Tensor]]:
+    """(inputs (B, ...), labels (R, B)) regrouped into chunks of ``size`` samples (the last one smaller)."""
+    xs: list[Tensor] = []
+    ys: list[Tensor] = []
+    pending = 0
+    for x, y in draws:
+        if xs and x.shape[1:] != xs[0].shape[1:]:  # inputs of another shape: no chunk mixes shapes
+            if pending:
+                yield torch.cat(xs), torch.cat(ys, dim=1)
+            xs, ys, pending = [], [], 0
+        xs.append(x)
+        ys.append(y)
+        pending += len(x)
+        if pending >= size:
+            x_all, y_all = torch.cat(xs), torch.cat(ys, dim=1)
+            full = pending - pending % size
+            yield from zip(x_all[:full].split(size), y_all[:, :full].split(size, dim=1), strict=True)
+            xs, ys, pending = [x_all[full:]], [y_all[:, full:]], pending - full
+    if pending:
+        yield torch.cat(xs), torch.cat(ys, dim=1)
+
+
 class _Scorer:
     """The model as a pure function of its scored parameters, with soft zeroing and label sampling."""
 
@@ -139,12 +220,11 @@ class _Scorer:
         self.target = target
         self.device = named[names[0]].device
         self.scales = _soft_scales(named, soft_mask or {}, soft_value)
-        tensors = {n: t.detach() for n, t in model.named_buffers()}
-        for n, p in named.items():
-            tensors[n] = self.effective(n, p.detach())
         self.scored = {n: named[n].detach() for n in names}
         # Everything the forward needs that is not differentiated: unscored parameters (soft-scaled) and buffers.
-        self.constants = {n: t for n, t in tensors.items() if n not in self.scored}
+        self.constants = {n: t.detach() for n, t in model.named_buffers()}
+        self.constants.update({n: self.effective(n, p.detach()) for n, p in named.items() if n not in self.scored})
+        self._fixed: dict[str, Tensor] | None = None
 
     def effective(self, name: str, value: Tensor) -> Tensor:
         scale = self.scales.get(name)
@@ -158,6 +238,12 @@ class _Scorer:
         tensors.update({n: self.effective(n, t) for n, t in scored.items()})
         return functional_call(self.model, tensors, (x,))
 
+    def fixed_logits(self, x: Tensor) -> Tensor:
+        """:meth:`logits` at the scored parameters' own values, the effective weights computed once per scorer."""
+        if self._fixed is None:
+            self._fixed = {**self.constants, **{n: self.effective(n, t) for n, t in self.scored.items()}}
+        return functional_call(self.model, self._fixed, (x,))
+
     def sample_score(self, scored: Mapping[str, Tensor], x: Tensor, label: Tensor) -> Tensor:
         """s for one sample: x (C, H, W) without batch dimension, label a 0-d int64 tensor."""
         logits = self.logits(scored, x.unsqueeze(0))[0]
@@ -166,20 +252,34 @@ class _Scorer:
         # gather, not logits[label]: indexing with a tensor value is data-dependent control flow under vmap.
         return logits.gather(0, label.reshape(1))[0]
 
+    def sample_scores(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """s_i for a batch: logits (B, C), labels (B,) → (B,)."""
+        if self.target == "log-prob":
+            logits = torch.log_softmax(logits, dim=-1)
+        return logits.gather(1, labels[:, None])[:, 0]
+
     @torch.no_grad()
     def labelled_inputs(
         self, batches: Iterable[Batch], repeats: int, generator: torch.Generator | None
     ) -> Iterable[tuple[Tensor, Tensor]]:
         """(inputs (B, ...), sampled labels (B,)) per batch and repeat, labels drawn from the model's softmax."""
+        for x, draws in self.label_draws(batches, repeats, generator):
+            for labels in draws:
+                yield x, labels
+
+    @torch.no_grad()
+    def label_draws(
+        self, batches: Iterable[Batch], repeats: int, generator: torch.Generator | None
+    ) -> Iterable[tuple[Tensor, Tensor]]:
+        """(inputs (B, ...), labels (repeats, B)) per batch: one softmax forward, then ``repeats`` draws of (B,)."""
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
         for batch in batches:
             x = (batch if isinstance(batch, Tensor) else batch[0]).to(self.device)
             if len(x) == 0:
                 continue
-            probs = torch.softmax(self.logits(self.scored, x).float(), dim=-1)
-            for _ in range(repeats):
-                yield x, torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            probs = torch.softmax(self.fixed_logits(x).float(), dim=-1)
+            yield x, torch.stack([torch.multinomial(probs, 1, generator=generator).squeeze(1) for _ in range(repeats)])
 
 
 def _soft_scales(named: Mapping[str, Tensor], soft_mask: Mapping[str, Tensor], soft_value: float) -> dict[str, Tensor]:

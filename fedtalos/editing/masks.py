@@ -177,7 +177,7 @@ def calibrate_mask(
     target: Target = "logit",
     soft_value: float = 0.1,
     repeats: int = 1,
-    chunk_size: int = 32,
+    chunk_size: int | None = None,
 ) -> Mask:
     """Compute a mask for ``model`` with a calibration rule (spec §3–4); True = trainable.
 

@@ -25,9 +25,12 @@ def test_quick_benchmark_prints_one_json_object():
     report = json.loads(done.stdout)  # the whole of stdout is one JSON document
     assert report["benchmark"] == "fisher_scoring" and report["quick"] is True and report["threads"] == 2
     (result,) = report["results"]
-    expected = {"model", "scored_entries", "samples", "batch_size", "chunk_size", "repeat"}
-    expected |= {"vectorized_s", "loop_s", "speedup", "max_rel_diff"}
+    expected = {"model", "scored_entries", "samples", "batch_size", "repeat", "loop_s", "loop_cpu_s"}
+    for method in ("vmap", "hooks"):
+        expected |= {f"{method}_{key}" for key in ("chunk_size", "s", "cpu_s", "speedup", "max_rel_diff")}
     assert expected <= set(result)
     assert result["model"] == "vit-tiny-test" and result["samples"] == 8
-    assert result["vectorized_s"] > 0 and result["loop_s"] > 0 and math.isfinite(result["speedup"])
-    assert 0 <= result["max_rel_diff"] < 1e-3  # the two scorers agree
+    assert result["loop_s"] > 0
+    for method in ("vmap", "hooks"):
+        assert result[f"{method}_s"] > 0 and math.isfinite(result[f"{method}_speedup"])
+        assert 0 <= result[f"{method}_max_rel_diff"] < 1e-3  # the scorers agree with the loop

@@ -42,12 +42,14 @@ def _random_soft_mask(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: torch.rand(p.shape, generator=g) < 0.5 for n, p in model.named_parameters() if n.startswith("blocks.")}
 
 
+@pytest.mark.parametrize("method", ["vmap", "hooks"])
 @pytest.mark.parametrize("target", ["logit", "log-prob"])
 @pytest.mark.parametrize("soft", [False, True])
-def test_vectorized_equals_the_per_sample_loop(vit, batches, target, soft):
+def test_vectorized_equals_the_per_sample_loop(vit, batches, target, soft, method):
+    """Batches of 5 and 4 in chunks of 3: chunk boundaries inside batches (and, for hooks, across them)."""
     soft_mask = _random_soft_mask(vit) if soft else None
-    kwargs = dict(target=target, soft_mask=soft_mask, soft_value=0.1)
-    fast = fisher_scores(vit, batches, generator=_gen(), chunk_size=3, **kwargs)
+    kwargs = dict(target=target, soft_mask=soft_mask, soft_value=0.1, repeats=2)
+    fast = fisher_scores(vit, batches, generator=_gen(), chunk_size=3, method=method, **kwargs)
     slow = per_sample_loop_scores(vit, batches, generator=_gen(), **kwargs)
     assert set(fast) == {n for n, _ in vit.named_parameters() if not n.startswith("head.")}
     assert all(t.dtype == torch.float32 and t.shape == vit.get_parameter(n).shape for n, t in fast.items())
@@ -55,12 +57,13 @@ def test_vectorized_equals_the_per_sample_loop(vit, batches, target, soft):
     _assert_close(fast, slow)
 
 
-def test_scores_are_sums_of_squares_not_squares_of_sums(vit, batches):
+@pytest.mark.parametrize("method", ["vmap", "hooks"])
+def test_scores_are_sums_of_squares_not_squares_of_sums(vit, batches, method):
     """The batch-gradient shortcut, (Σg)² or B·(mean g)², fails the comparison the equality test makes."""
     names = ["blocks.0.mlp.fc1.weight", "norm.weight", "cls_token"]
     x = batches[0][0]
     reference = per_sample_loop_scores(vit, [x], params=names, generator=_gen())
-    _assert_close(fisher_scores(vit, [x], params=names, generator=_gen()), reference)
+    _assert_close(fisher_scores(vit, [x], params=names, generator=_gen(), method=method), reference)
     # The shortcut, with the very same sampled labels: one backward through the summed per-sample targets.
     labels = torch.multinomial(torch.softmax(vit(x), -1), 1, generator=_gen())
     summed = torch.autograd.grad(vit(x).gather(1, labels).sum(), [vit.get_parameter(n) for n in names])
@@ -83,7 +86,8 @@ def test_labels_are_sampled_from_the_models_prediction(vit, batches):
     assert all(torch.equal(a[n], d[n]) for n in a)
 
 
-def test_a_confident_model_scores_its_predicted_class():
+@pytest.mark.parametrize("method", ["vmap", "hooks"])
+def test_a_confident_model_scores_its_predicted_class(method):
     """With an almost one-hot softmax the draws are the argmax, whatever the seed, and s is that logit."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
@@ -97,27 +101,31 @@ def test_a_confident_model_scores_its_predicted_class():
         for n, g in zip(names, grads, strict=True):
             expected[n] += g.square()
     for seed in (0, 1):
-        _assert_close(fisher_scores(model, [x], params=names, generator=_gen(seed)), expected, rtol=1e-5)
+        scores = fisher_scores(model, [x], params=names, generator=_gen(seed), method=method)
+        _assert_close(scores, expected, rtol=1e-5)
 
 
-def test_repeats_add_the_passes_with_the_generator_continuing(vit, batches):
+@pytest.mark.parametrize("method", ["vmap", "hooks"])
+def test_repeats_add_the_passes_with_the_generator_continuing(vit, batches, method):
     single_batch = batches[:1]
-    twice = fisher_scores(vit, single_batch, repeats=2, generator=_gen(5))
+    twice = fisher_scores(vit, single_batch, repeats=2, generator=_gen(5), method=method)
     g = _gen(5)
-    first = fisher_scores(vit, single_batch, generator=g)
-    second = fisher_scores(vit, single_batch, generator=g)
+    first = fisher_scores(vit, single_batch, generator=g, method=method)
+    second = fisher_scores(vit, single_batch, generator=g, method=method)
     _assert_close(twice, {n: first[n] + second[n] for n in first}, rtol=1e-6)
     assert any(not torch.allclose(first[n], second[n]) for n in first)  # the second pass drew other labels
 
 
-def test_soft_mask_gradient_is_taken_with_respect_to_the_original_weights():
+@pytest.mark.parametrize("method", ["vmap", "hooks"])
+def test_soft_mask_gradient_is_taken_with_respect_to_the_original_weights(method):
     """Frozen entries: s(θ·c) differentiated in θ, i.e. soft_value × the gradient at the effective weights."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
     x = torch.randn(6, 5)
     mask = torch.rand(7, 5) < 0.5
     soft = {"0.weight": mask}
-    scores = fisher_scores(model, [x], params=["0.weight"], soft_mask=soft, soft_value=0.1, generator=_gen())
+    kwargs = dict(params=["0.weight"], generator=_gen(), method=method)
+    scores = fisher_scores(model, [x], soft_mask=soft, soft_value=0.1, **kwargs)
     # Reference by hand: a copy whose weight *is* the effective weight, with the same sampled labels.
     effective = model[0].weight.detach() * torch.where(mask, 1.0, 0.1)
     params = {n: p.detach() for n, p in model.named_parameters()}
@@ -129,17 +137,23 @@ def test_soft_mask_gradient_is_taken_with_respect_to_the_original_weights():
         expected += (g * torch.where(mask, 1.0, 0.1)).square()
     _assert_close(scores, {"0.weight": expected}, rtol=1e-5)
     # soft_value 1.0 = no soft zeroing at all.
-    plain = fisher_scores(model, [x], params=["0.weight"], generator=_gen())
-    same = fisher_scores(model, [x], params=["0.weight"], soft_mask=soft, soft_value=1.0, generator=_gen())
+    plain = fisher_scores(model, [x], params=["0.weight"], generator=_gen(), method=method)
+    same = fisher_scores(
+        model, [x], params=["0.weight"], soft_mask=soft, soft_value=1.0, generator=_gen(), method=method
+    )
     assert torch.equal(plain["0.weight"], same["0.weight"])
 
 
-def test_mode_is_restored_and_parameters_untouched(vit, batches):
+@pytest.mark.parametrize("method", ["vmap", "hooks"])
+def test_mode_is_restored_and_parameters_untouched(vit, batches, method):
     vit.train()
     before = {n: p.detach().clone() for n, p in vit.named_parameters()}
-    fisher_scores(vit, batches[:1], generator=_gen())
+    hooks = [(m._forward_hooks.copy(), m._forward_pre_hooks.copy()) for m in vit.modules()]
+    fisher_scores(vit, batches[:1], generator=_gen(), method=method, soft_mask=_random_soft_mask(vit))
     assert vit.training and all(m.training for m in vit.modules())
     assert all(torch.equal(before[n], p) and p.grad is None for n, p in vit.named_parameters())
+    assert all(p.requires_grad for p in vit.parameters())
+    assert hooks == [(m._forward_hooks.copy(), m._forward_pre_hooks.copy()) for m in vit.modules()]  # all removed
     vit.eval()
 
 
@@ -150,3 +164,7 @@ def test_bad_arguments_are_rejected(vit, batches):
         fisher_scores(vit, batches, target="loss")
     with pytest.raises(ValueError):
         fisher_scores(vit, batches, soft_mask={"norm.weight": torch.ones(32)})  # not bool
+    with pytest.raises(ValueError):
+        fisher_scores(vit, batches, method="loop")
+    with pytest.raises(ValueError):
+        fisher_scores(vit, batches, chunk_size=0)
