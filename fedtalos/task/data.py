@@ -404,12 +404,11 @@ class ImageTransform:
             raise ValueError(f"expected a uint8 batch (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if self.train:
             images = self._crop_and_flip(images, generator)
-        x = images.float().div_(255.0)
+        x = images.float()
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        x = x.sub_(mean).div_(std)
+        scale, shift = _normalisation(x.device)
+        x = torch.addcmul(shift, x, scale)  # (x/255 − mean)/std in one pass: interpolation is linear, so order is free
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _crop_and_flip(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -425,6 +424,14 @@ class ImageTransform:
         batch_idx = torch.arange(b, device=dev)[:, None, None, None]
         chan_idx = torch.arange(c, device=dev)[None, :, None, None]
         return padded[batch_idx, chan_idx, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+@functools.lru_cache(maxsize=8)
+def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with x·scale + shift = (x/255 − mean)/std, per channel, as (1, 3, 1, 1) tensors on ``device``."""
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    return 1.0 / (255.0 * std), -mean / std
 
 
 def index_batches(
