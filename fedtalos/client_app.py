@@ -14,6 +14,7 @@ from fedtalos.editing.head import ridge_statistics
 from fedtalos.editing.masks import gather_trainable, unpack_mask
 from fedtalos.editing.optim import SparseSGDM
 from fedtalos.federation import protocol as P
+from fedtalos.federation import transport
 from fedtalos.federation.cohort import PHASE_CODES
 from fedtalos.federation.masking import MaskCache
 from fedtalos.task.data import derive_seed, make_generator
@@ -56,8 +57,9 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, Resources, int]:
     config = run_config(context)
     resources = get_resources(config)
     pid = partition_id(context, config)
-    if P.ARRAYS in msg.content.array_records:
-        resources.load_weights(P.decode_tensors(msg.content[P.ARRAYS]))
+    weights = transport.receive(msg.content, msg.content.config_records.get(P.CONFIG, {}))
+    if weights is not None:
+        resources.load_weights(weights)
     return config, resources, pid
 
 
@@ -131,11 +133,11 @@ def train(msg: Message, context: Context) -> Message:
         autocast_dtype=resources.dtype,
         regularizer=regularizer,
     )
-    upload = {n: P.tensor_to_array(p) for n, p in params.items() if n not in mask}
+    upload = {n: p.detach() for n, p in params.items() if n not in mask}
     if mask:
-        upload[P.MASKED_VALUES] = P.tensor_to_array(gather_trainable(params, mask))
+        upload[P.MASKED_VALUES] = gather_trainable(params, mask)
     metrics = {P.NUM_EXAMPLES: len(labels), "train-loss": stats.loss, "train-acc": stats.accuracy}
-    return Message(P.make_reply(ArrayRecord(upload), metrics), reply_to=msg)
+    return Message(P.make_reply(transport.send(upload, round_config, pid), metrics), reply_to=msg)
 
 
 @app.evaluate()
@@ -186,5 +188,5 @@ def fisher(msg: Message, context: Context) -> Message:
         soft_mask=soft_mask,
         generator=label_generator,
     )
-    arrays = ArrayRecord({n: P.tensor_to_array(s) for n, s in scores.items()})
+    arrays = transport.send(scores, round_config, pid)
     return Message(P.make_reply(arrays, {P.NUM_EXAMPLES: len(take)}), reply_to=msg)

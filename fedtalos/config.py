@@ -49,6 +49,7 @@ NON_RESULT_KEYS = frozenset(
         "wandb",
         "wandb-project",
         "round-timeout",
+        "transport",
         "num-threads",
         "dataset-download",
         "dataset-root",
@@ -232,6 +233,12 @@ class RunConfig:
     )
     round_timeout: float = _opt(
         3600.0, "seconds to wait for a round's replies before going on without the rest", _range(0.0, lo_open=True)
+    )
+    transport: str = _opt(
+        "auto",
+        "how weights travel: 'message' (inside Flower messages), 'shared-memory' (files in /dev/shm: server and "
+        "clients on one machine), 'auto' (shared memory in simulation, messages when deployed)",
+        _choice("auto", "message", "shared-memory"),
     )
 
     # --- model editing (TaLoS)

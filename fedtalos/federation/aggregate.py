@@ -18,6 +18,7 @@ class ClientUpdate:
     tensors: dict[str, torch.Tensor]
     metrics: dict[str, float] = field(default_factory=dict)
     squared_distance: float | None = None  # ‖tensors − reference‖² if already measured (protocol.squared_distance)
+    upload_bytes: int | None = None  # payload size when it did not travel inside the message (shared memory)
 
 
 @dataclass

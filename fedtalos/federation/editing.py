@@ -72,7 +72,9 @@ class EditingRounds:
         """Every client's ridge statistics, summed; the solved head, temperature-scaled on validation data."""
         server, weights = self.server, self.server.state.weights
         dim, classes = weights["head.weight"].shape[1] + 1, weights["head.weight"].shape[0]
-        content = RecordDict({P.ARRAYS: P.encode_tensors(weights), P.CONFIG: P.config_record({"round": index})})
+        name = f"head-{server.state.step + 1}"
+        entries, delivery = server.transport.outbound(weights, name)
+        content = RecordDict({**entries, P.CONFIG: P.config_record({"round": index, **delivery})})
 
         def accept(pid: int, reply: RecordDict) -> ClientUpdate:
             n = P.check_num_examples(reply.metric_records.get(P.METRICS, {}), server.expected_examples(pid))
@@ -90,6 +92,7 @@ class EditingRounds:
 
         everyone = list(range(self.config.num_clients))
         updates, stats = server.collect("head", index, everyone, lambda pid, force: content, P.RIDGE, accept)
+        server.transport.done(name)
         total = RidgeStats.sum(RidgeStats(u.tensors["gram"], u.tensors["cross"], u.num_examples) for u in updates)
         weight, bias = solve_ridge(total, self.config.ridge_lambda)
         scale = self._validation_scale(weight, bias)
@@ -141,7 +144,9 @@ class EditingRounds:
 
     def _federated_scores(self, index: int, shapes: dict[str, torch.Size]) -> tuple[dict[str, torch.Tensor], dict]:
         server, state, c = self.server, self.server.state, self.config
-        parts = {P.ARRAYS: P.encode_tensors(state.weights), P.CONFIG: P.config_record({"round": index})}
+        name = f"calibration-{state.step + 1}"
+        entries, delivery = server.transport.outbound(state.weights, name)
+        parts = {**entries, P.CONFIG: P.config_record({"round": index, **delivery})}
         if state.mask is not None:
             bits, _ = pack(state.mask, list(shapes))
             parts[P.MASK] = P.encode_mask_bits(bits)
@@ -152,17 +157,19 @@ class EditingRounds:
             registered = server.expected_examples(pid)
             want = min(c.fisher_samples, registered) if registered else None
             n = P.check_num_examples(reply.metric_records.get(P.METRICS, {}), want, "the node was asked to score")
-            tensors = P.check_upload(reply, expected, None)
+            uploaded, upload_bytes = server.transport.inbound(reply, name, pid)
+            tensors = P.check_tensors(uploaded, expected, None)
             for key, t in tensors.items():
                 if not math.isfinite(float(t.sum())):
                     raise P.ReplyRejected(f"{key}: scores contain NaN or Inf")
                 if bool((t < 0).any()):
                     raise P.ReplyRejected(f"{key}: negative scores (sums of squares cannot be negative)")
-            return ClientUpdate(pid, n, tensors)
+            return ClientUpdate(pid, n, tensors, upload_bytes=upload_bytes)
 
         size = max(1, round(c.calibration_fraction * c.num_clients))
         cohort = sample_cohort(c.seed, "calibration", index, c.num_clients, size)
         updates, stats = server.collect("calibration", index, cohort, lambda pid, force: content, P.FISHER, accept)
+        server.transport.done(name)
         scores = {k: torch.zeros(s, dtype=torch.float32) for k, s in shapes.items()}
         for update in updates:  # sorted by partition id: a deterministic sum
             for k in scores:

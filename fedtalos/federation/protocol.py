@@ -119,17 +119,40 @@ def check_metric(metrics: MetricRecord, key: str) -> float | None:
     return float(value)
 
 
-def check_upload(
-    content: RecordDict,
+def decode_upload(content: RecordDict) -> dict[str, torch.Tensor]:
+    """The tensors of a reply's single ArrayRecord ``arrays``, each checked against its declared shape and dtype.
+
+    An Array declares its shape and dtype separately from its bytes: a (1,)-shaped payload declared as (n,) would
+    otherwise broadcast into the average.
+    """
+    if ARRAYS not in content.array_records or len(content.array_records) != 1:
+        raise ReplyRejected(f"expected exactly one ArrayRecord named {ARRAYS!r}, got {list(content.array_records)}")
+    tensors = {}
+    for key, array in content.array_records[ARRAYS].items():
+        tensor = decode_array(key, array)
+        if tuple(tensor.shape) != tuple(array.shape) or _dtype_name(tensor) != array.dtype:
+            raise ReplyRejected(
+                f"{key}: data is {tensor.dtype} {tuple(tensor.shape)}, declared {array.dtype} {tuple(array.shape)}"
+            )
+        tensors[key] = tensor
+    return tensors
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def check_tensors(
+    tensors: Mapping[str, torch.Tensor],
     expected_shapes: Mapping[str, tuple[int, ...]],
     masked_count: int | None,
 ) -> dict[str, torch.Tensor]:
-    """Validate a training reply's arrays (keys, shapes, dtypes) and return them as tensors.
+    """Check an upload's keys, shapes and dtypes (float32); returns it.
 
     Values are checked for NaN/Inf by :func:`squared_distance`, which needs the same pass over the data anyway.
 
     Args:
-        content: the reply's content.
+        tensors: what the client uploaded (from :func:`decode_upload` or a shared-memory file).
         expected_shapes: name → shape of every tensor the client must upload densely (its trainable, unmasked
             tensors).
         masked_count: number of trainable entries in masked tensors (the length of ``MASKED_VALUES``), or None
@@ -138,33 +161,28 @@ def check_upload(
     Raises:
         ReplyRejected: missing or extra keys, wrong shapes or dtypes.
     """
-    if ARRAYS not in content.array_records or len(content.array_records) != 1:
-        raise ReplyRejected(f"expected exactly one ArrayRecord named {ARRAYS!r}, got {list(content.array_records)}")
-    record = content.array_records[ARRAYS]
     expected = set(expected_shapes) | ({MASKED_VALUES} if masked_count is not None else set())
-    got = set(record.keys())
+    got = set(tensors)
     if got != expected:
         missing, extra = sorted(expected - got), sorted(got - expected)
         raise ReplyRejected(
             f"arrays do not match: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
             f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}"
         )
-    tensors = {}
-    for key, array in record.items():
+    for key, tensor in tensors.items():
         shape = (masked_count,) if key == MASKED_VALUES else expected_shapes[key]
-        if tuple(array.shape) != tuple(shape):
-            raise ReplyRejected(f"{key}: shape {tuple(array.shape)}, expected {tuple(shape)}")
-        if array.dtype != "float32":
-            raise ReplyRejected(f"{key}: dtype {array.dtype}, expected float32")
-        tensor = decode_array(key, array)
-        # An Array's shape and dtype fields are declared separately from its bytes: check what was decoded too,
-        # or a (1,)-shaped payload declared as (n,) would broadcast into the average.
-        if tuple(tensor.shape) != tuple(shape) or tensor.dtype != torch.float32:
-            raise ReplyRejected(
-                f"{key}: data is {tensor.dtype} {tuple(tensor.shape)}, declared {array.dtype} {tuple(array.shape)}"
-            )
-        tensors[key] = tensor
-    return tensors
+        if tuple(tensor.shape) != tuple(shape):
+            raise ReplyRejected(f"{key}: shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+        if tensor.dtype != torch.float32:
+            raise ReplyRejected(f"{key}: dtype {_dtype_name(tensor)}, expected float32")
+    return dict(tensors)
+
+
+def check_upload(
+    content: RecordDict, expected_shapes: Mapping[str, tuple[int, ...]], masked_count: int | None
+) -> dict[str, torch.Tensor]:
+    """:func:`decode_upload`, then :func:`check_tensors`."""
+    return check_tensors(decode_upload(content), expected_shapes, masked_count)
 
 
 def squared_distance(tensors: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:

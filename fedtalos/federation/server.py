@@ -28,6 +28,7 @@ from fedtalos.federation.aggregate import ClientUpdate, aggregate
 from fedtalos.federation.cohort import NodeRegistry, sample_cohort
 from fedtalos.federation.masking import MASK_MISSING, pack
 from fedtalos.federation.state import ServerState
+from fedtalos.federation.transport import ServerTransport, choose
 from fedtalos.strategies import make_strategy
 from fedtalos.task.model import HEAD_PREFIX
 from fedtalos.task.resources import Resources, get_resources
@@ -67,6 +68,7 @@ class FederatedServer:
         self.strategy = make_strategy(config)
         self.registry = NodeRegistry(config.num_clients, config.round_timeout)
         self.editing = EditingRounds(self)
+        self.transport = ServerTransport(choose(config.transport, grid), run_key=config.result_hash())
         self.metrics = run_dir.open_metrics()
         self.state = self._start_state()
         self.metrics.restore(self.state.rows)
@@ -108,15 +110,18 @@ class FederatedServer:
 
     def run(self) -> dict[str, Any]:
         """Run (or continue) every phase; returns the summary written to ``summary.json``."""
-        self.registry.refresh(self.grid, wait_for_all=True)
-        phases = self.phases()
-        names = [p.name for p in phases]
-        for phase in phases[names.index(self.state.phase) :]:
-            if self.state.phase != phase.name:
-                self.state.phase, self.state.phase_round = phase.name, 0
-            while self.state.phase_round < phase.rounds:
-                self._round(phase, last=phase is phases[-1] and self.state.phase_round + 1 == phase.rounds)
-        return self._finish()
+        try:
+            self.registry.refresh(self.grid, wait_for_all=True)
+            phases = self.phases()
+            names = [p.name for p in phases]
+            for phase in phases[names.index(self.state.phase) :]:
+                if self.state.phase != phase.name:
+                    self.state.phase, self.state.phase_round = phase.name, 0
+                while self.state.phase_round < phase.rounds:
+                    self._round(phase, last=phase is phases[-1] and self.state.phase_round + 1 == phase.rounds)
+            return self._finish()
+        finally:
+            self.transport.close()
 
     def _round(self, phase: Phase, last: bool) -> None:
         started = time.perf_counter()
@@ -167,7 +172,7 @@ class FederatedServer:
                     failed[pid] = "not connected"
                     continue
                 content = content_for(pid, with_mask)
-                bytes_down += P.message_bytes(content)
+                bytes_down += self.transport.payload_bytes(content)
                 node_to_pid[info.node_id] = pid
                 messages.append(Message(content, dst_node_id=info.node_id, message_type=message_type))
             replies = self.grid.send_and_receive(messages, timeout=self.config.round_timeout) if messages else []
@@ -206,11 +211,14 @@ class FederatedServer:
             ok, failures, sent = self._send([p for p in cohort if p not in updates], content_for, message_type)
             bytes_down += sent
             for pid, reply in sorted(ok.items()):
-                bytes_up += P.message_bytes(reply)
                 try:
                     updates[pid] = accept(pid, reply)
                 except P.ReplyRejected as e:
                     failures[pid] = f"rejected: {e}"
+                    bytes_up += P.message_bytes(reply)
+                    continue
+                sizes = updates[pid].upload_bytes
+                bytes_up += sizes if sizes is not None else P.message_bytes(reply)
             for pid, reason in sorted(failures.items()):
                 log.warning("round %s/%d: client %d failed (%s)", phase, index, pid, reason)
             if len(updates) >= min(self.config.min_train_clients, len(cohort)):
@@ -263,12 +271,14 @@ class FederatedServer:
             "trainable": trainable,
             **self.strategy.client_config(),
         }
-        arrays = P.encode_tensors(weights)
+        name = f"train-{self.state.step + 1}"
+        entries, delivery = self.transport.outbound(weights, name)
+        round_config.update(delivery)
         dense = {k: tuple(v.shape) for k, v in weights.items() if _is_trainable(k, trainable)}
         masked_count = None
         content_for: ContentFor
         if mask is None:
-            plain = RecordDict({P.ARRAYS: arrays, P.CONFIG: P.config_record(round_config)})
+            plain = RecordDict({**entries, P.CONFIG: P.config_record(round_config)})
             content_for = lambda pid, force: plain  # noqa: E731
             reference = weights
         else:
@@ -276,7 +286,7 @@ class FederatedServer:
             bits, mid = pack(mask, order)
             round_config["mask-id"] = mid
             holders = self._mask_holders(mid)
-            plain = RecordDict({P.ARRAYS: arrays, P.CONFIG: P.config_record(round_config)})
+            plain = RecordDict({**entries, P.CONFIG: P.config_record(round_config)})
             with_bits = RecordDict({**plain, P.MASK: P.encode_mask_bits(bits)})
 
             def content_for(pid: int, force: bool) -> RecordDict:
@@ -292,11 +302,12 @@ class FederatedServer:
 
         def accept(pid: int, reply: RecordDict) -> ClientUpdate:
             n = P.check_num_examples(reply.metric_records.get(P.METRICS, {}), self.expected_examples(pid))
-            tensors = P.check_upload(reply, dense, masked_count)
+            uploaded, size = self.transport.inbound(reply, name, pid)
+            tensors = P.check_tensors(uploaded, dense, masked_count)
             distance = P.squared_distance(tensors, reference)
             reported = reply.metric_records[P.METRICS]
             metrics = {k: v for k in ("train-loss", "train-acc") if (v := P.check_metric(reported, k)) is not None}
-            return ClientUpdate(pid, n, tensors, metrics, distance)
+            return ClientUpdate(pid, n, tensors, metrics, distance, size)
 
         cohort = sample_cohort(self.config.seed, phase, index, self.config.num_clients, self.config.cohort_size)
         sent_at = time.perf_counter()
@@ -308,6 +319,7 @@ class FederatedServer:
             flat = average.pop(P.MASKED_VALUES)
             average.update({k: v for k, v in scatter_trainable(flat, mask, weights).items() if k in mask})
         self.strategy.apply(weights, average, self.state.step + 1)
+        self.transport.done(name)
         faults.point("after-aggregate", self.state.step + 1)
         return {
             "lr": lr,
@@ -336,8 +348,11 @@ class FederatedServer:
     def _federated_evaluate(self) -> dict[str, float]:
         size = max(1, round(self.config.federated_eval_fraction * self.config.num_clients))
         cohort = sample_cohort(self.config.seed, "evaluate", self.state.step + 1, self.config.num_clients, size)
-        content = RecordDict({P.ARRAYS: P.encode_tensors(self.state.weights)})
+        name = f"evaluate-{self.state.step + 1}"
+        entries, delivery = self.transport.outbound(self.state.weights, name)
+        content = RecordDict({**entries, P.CONFIG: P.config_record(delivery)})
         ok, failed, _ = self._send(cohort, lambda pid, force: content, P.EVALUATE)
+        self.transport.done(name)
         rows = []  # (n, loss, acc) of the replies that check out; the others are logged and left out
         for pid, reply in sorted(ok.items()):
             try:

@@ -1,0 +1,158 @@
+"""How model-sized tensors travel: inside Flower messages, or through shared memory on one machine.
+
+In Flower's simulation the ServerApp and the client actors share one machine, yet every message carries the
+88 MB of ViT-S/16 weights through pickling, Ray's object store and Flower's record encoding, and every reply
+carries them back: about 200 ms of CPU per client and round (measured; see ``bench/round_overhead.py``), more
+than J local steps take on a GPU. With ``transport = "shared-memory"`` the server writes the global weights once
+per round to a safetensors file in ``/dev/shm`` (or ``$FEDTALOS_TRANSPORT_DIR``) and sends its path; clients map
+it, and write their uploads beside it, to a name the server chose. Messages then carry only config and metrics.
+The payload bytes are the same and so are the model weights, bit for bit (the tests run both ways); a metric that
+is a reduction over an upload (the drift) can differ in its last bit, as memory alignment changes how the sum is
+split into vector lanes. A run keeps its transport when resumed, so resuming stays exact.
+
+``transport = "auto"`` (default) picks shared memory in simulation (the server's grid is Flower's in-memory grid)
+and messages otherwise; the Deployment Engine always uses messages. Clients that cannot open the files (a
+simulation spread over several machines) fail with a message that says to set ``transport = "message"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, RecordDict
+from safetensors.torch import load_file, save_file
+
+from fedtalos.federation import protocol as P
+
+WEIGHTS_FILE = "weights-file"  # config key: path of the round's global weights
+UPLOAD_FILE = "upload-file"  # config key: where the client writes its upload
+
+
+class TransportUnavailable(RuntimeError):
+    """A client cannot read or write the shared-memory files (it does not share the server's machine)."""
+
+
+def _base_dir() -> Path:
+    chosen = os.environ.get("FEDTALOS_TRANSPORT_DIR")
+    if chosen:
+        return Path(chosen)
+    return Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+
+
+def choose(setting: str, grid: Any) -> str:
+    """'message' or 'shared-memory' for the run-config value ``transport`` and the server's grid."""
+    if setting != "auto":
+        return setting
+    return "shared-memory" if type(grid).__name__ == "InMemoryGrid" else "message"
+
+
+def _write(path: Path, tensors: Mapping[str, torch.Tensor]) -> int:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)  # readers never see a half-written file
+    return path.stat().st_size
+
+
+class ServerTransport:
+    """The server's side: what to put into a message instead of (or as) the tensors, and how to read uploads."""
+
+    def __init__(self, mode: str, run_key: str) -> None:
+        self.mode = mode
+        self.sizes: dict[str, int] = {}  # file → bytes, for the byte metrics
+        self.directory: Path | None = None
+        if mode == "shared-memory":
+            self.directory = _base_dir() / f"fedtalos-{os.getuid()}-{run_key}-{os.getpid()}"
+            self.directory.mkdir(parents=True, exist_ok=True)
+
+    def outbound(self, tensors: Mapping[str, torch.Tensor], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(record entries, config entries) that deliver ``tensors`` to a client (see :meth:`payload_bytes`).
+
+        ``name`` names this payload (e.g. ``train-12``); the client's upload goes to ``up-<name>-<pid>``.
+        """
+        if self.directory is None:
+            return {P.ARRAYS: P.encode_tensors(tensors)}, {}
+        path = self.directory / f"{name}.safetensors"
+        self.sizes[str(path)] = _write(path, tensors)
+        return {}, {WEIGHTS_FILE: str(path), UPLOAD_FILE: str(self.directory / f"up-{name}-{{pid}}.safetensors")}
+
+    def payload_bytes(self, content: RecordDict) -> int:
+        """Bytes a message delivers: its records, plus the shared-memory file it names."""
+        config = content.config_records.get(P.CONFIG, {})
+        return P.message_bytes(content) + self.sizes.get(str(config.get(WEIGHTS_FILE, "")), 0)
+
+    def inbound(self, reply: RecordDict, name: str, pid: int) -> tuple[dict[str, torch.Tensor], int]:
+        """The tensors a client uploaded for payload ``name``, and their size in bytes.
+
+        With messages: decoded from the reply (``protocol.decode_upload``). With shared memory: read from the
+        file the server named (never a path the client chose), which is removed once it is mapped.
+        """
+        if self.directory is None:
+            return P.decode_upload(reply), P.message_bytes(reply)
+        if reply.array_records:
+            raise P.ReplyRejected("arrays in the message, but this run exchanges tensors through shared memory")
+        path = self.directory / f"up-{name}-{pid}.safetensors"
+        try:
+            size = path.stat().st_size
+            tensors = load_file(str(path))
+        except Exception as e:  # missing, truncated or not safetensors at all: a bad reply, not a server crash
+            raise P.ReplyRejected(f"no readable upload at {path.name}: {type(e).__name__}: {e}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return tensors, size
+
+    def done(self, name: str) -> None:
+        """Drop payload ``name`` (the round is aggregated)."""
+        if self.directory is not None:
+            path = self.directory / f"{name}.safetensors"
+            self.sizes.pop(str(path), None)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            for stray in self.directory.glob(f"up-{name}-*.safetensors"):  # uploads of rejected or late replies
+                with contextlib.suppress(OSError):
+                    stray.unlink()
+
+    def close(self) -> None:
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The client's side.
+
+
+def receive(content: RecordDict, config: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The tensors a message delivers (from its arrays or from the shared-memory file it names), or None."""
+    path = config.get(WEIGHTS_FILE)
+    if path:
+        try:
+            return load_file(str(path))
+        except OSError as e:
+            raise TransportUnavailable(
+                f"cannot read {path} ({e.strerror or e}): this client does not share the server's machine; "
+                'set the run-config key transport = "message"'
+            ) from None
+    if P.ARRAYS in content.array_records:
+        return P.decode_tensors(content[P.ARRAYS])
+    return None
+
+
+def send(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], pid: int) -> ArrayRecord | None:
+    """Deliver an upload: into the file the server named (returns None), or as the reply's ArrayRecord."""
+    target = config.get(UPLOAD_FILE)
+    if target:
+        try:
+            _write(Path(str(target).format(pid=pid)), tensors)
+        except OSError as e:
+            raise TransportUnavailable(
+                f'cannot write {target} ({e.strerror or e}); set the run-config key transport = "message"'
+            ) from None
+        return None
+    return P.encode_tensors(tensors)
