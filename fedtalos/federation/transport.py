@@ -46,11 +46,16 @@ def _base_dir() -> Path:
     return Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
 
 
+def in_simulation(grid: Any) -> bool:
+    """True for Flower's in-memory grid: the simulation engine, whose nodes share the server's machine."""
+    return type(grid).__name__ == "InMemoryGrid"
+
+
 def choose(setting: str, grid: Any) -> str:
     """'message' or 'shared-memory' for the run-config value ``transport`` and the server's grid."""
     if setting != "auto":
         return setting
-    return "shared-memory" if type(grid).__name__ == "InMemoryGrid" else "message"
+    return "shared-memory" if in_simulation(grid) else "message"
 
 
 def _write(path: Path, tensors: Mapping[str, torch.Tensor]) -> int:
