@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.smoke import run_quick
 
 
 def test_quick_benchmark_prints_one_json_object():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "fisher_scoring.py"), "--quick", "--samples", "8"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=True,
-    )
-    report = json.loads(done.stdout)  # the whole of stdout is one JSON document
+    report = run_quick("fisher_scoring.py", "--samples", "8", timeout=120)
     assert report["benchmark"] == "fisher_scoring" and report["quick"] is True and report["threads"] == 2
     (result,) = report["results"]
     expected = {"model", "scored_entries", "samples", "batch_size", "repeat", "loop_s", "loop_cpu_s"}

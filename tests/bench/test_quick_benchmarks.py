@@ -1,0 +1,43 @@
+"""Smoke tests: each benchmark runs in quick mode and prints one JSON object with its figures.
+
+The figures themselves are never asserted against targets (they depend on the machine); only their consistency.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.bench.smoke import run_quick
+
+
+def test_train_throughput_quick():
+    report = run_quick("train_throughput.py", "--threads", "1")
+    assert report["benchmark"] == "train_throughput" and report["threads"] == 1
+    (result,) = report["results"]
+    assert result["model"] == "vit-tiny-test"
+    for key in ("bare_img_per_s", "fedtalos_loop_img_per_s", "fedtalos_img_per_s", "fedtalos_step_ms"):
+        assert result[key] > 0 and math.isfinite(result[key]), key
+    assert result["ratio"] == pytest.approx(result["fedtalos_img_per_s"] / result["bare_img_per_s"])
+
+
+def test_communication_quick():
+    report = run_quick("communication.py")
+    assert report["benchmark"] == "communication" and report["sparsity"] == 0.9
+    dense, sparse = report["dense_upload_bytes_per_client"], report["sparse_upload_bytes_per_client"]
+    assert 0 < sparse < dense
+    assert report["upload_ratio"] == pytest.approx(sparse / dense)
+    assert report["target_met"] == (sparse <= report["target_bytes"])
+    downloads = report["sparse_download_bytes_per_client_by_round"]
+    assert len(downloads) == 3 and all(d > 0 for d in downloads)
+
+
+@pytest.mark.e2e
+def test_round_overhead_quick():
+    report = run_quick("round_overhead.py", timeout=600)  # it starts its own private SuperLink
+    assert report["benchmark"] == "round_overhead" and report["status"] == "finished:completed"
+    assert report["clients"] == 10 and report["cohort"] == 1 and report["steady_rounds"] == [2, 3]
+    assert len(report["flower_rounds_s"]) == 2 and len(report["pure_rounds_s"]) == 4  # before and after
+    assert report["ratio"] == pytest.approx(report["flower_round_s"] / report["pure_round_s"])
+    assert report["peak_rss_driver_gb"] > 0 and report["bytes_up_per_client"] > 0
