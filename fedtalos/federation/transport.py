@@ -18,9 +18,11 @@ simulation spread over several machines) fail with a message that says to set ``
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ from fedtalos.federation import protocol as P
 
 WEIGHTS_FILE = "weights-file"  # config key: path of the round's global weights
 UPLOAD_FILE = "upload-file"  # config key: where the client writes its upload
+
+log = logging.getLogger(__name__)
 
 
 class TransportUnavailable(RuntimeError):
@@ -65,6 +69,46 @@ def _write(path: Path, tensors: Mapping[str, torch.Tensor]) -> int:
     return path.stat().st_size
 
 
+STALE_AFTER_S = 3600.0  # a directory of another run, untouched this long and with its server gone, is litter
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_directories(base: Path, run_key: str, now: float | None = None) -> list[Path]:
+    """Remove what killed servers left in ``base``; returns the directories removed.
+
+    A server killed with SIGKILL (or a machine that lost power in a container that kept ``/dev/shm``) cannot
+    clean up, and its directory holds up to (cohort + 1) × model size of memory. The directory names carry the
+    owner's uid, run key and pid. Removed: those of this run whose server is gone (this server resumes that run),
+    and those of other runs whose server is gone and which nobody touched for ``STALE_AFTER_S`` (a pid that looks
+    dead may live in another pid namespace that shares ``/dev/shm``; its run would touch its directory every
+    round).
+    """
+    now = time.time() if now is None else now
+    removed = []
+    prefix = f"fedtalos-{os.getuid()}-"
+    for path in base.glob(f"{prefix}*-*"):
+        key, _, pid = path.name[len(prefix) :].rpartition("-")
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            idle = now - path.stat().st_mtime
+        except OSError:
+            continue
+        if key == run_key or idle > STALE_AFTER_S:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 class ServerTransport:
     """The server's side: what to put into a message instead of (or as) the tensors, and how to read uploads."""
 
@@ -73,6 +117,8 @@ class ServerTransport:
         self.sizes: dict[str, int] = {}  # file → bytes, for the byte metrics
         self.directory: Path | None = None
         if mode == "shared-memory":
+            for path in remove_stale_directories(_base_dir(), run_key):
+                log.info("removed %s, left behind by a server that was killed", path)
             self.directory = _base_dir() / f"fedtalos-{os.getuid()}-{run_key}-{os.getpid()}"
             self.directory.mkdir(parents=True, exist_ok=True)
 

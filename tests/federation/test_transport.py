@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fedtalos.federation import transport
 from fedtalos.federation.server import RoundFailed
 from fedtalos.federation.transport import choose
 from tests.federation.test_server import run_server
@@ -88,3 +93,37 @@ def test_auto_uses_shared_memory_only_in_simulation():
     assert choose("auto", InMemoryGrid()) == "shared-memory"
     assert choose("auto", object()) == "message"
     assert choose("message", InMemoryGrid()) == "message"
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_directories_left_by_killed_servers_are_removed(tmp_path: Path, monkeypatch):
+    uid, dead, now = os.getuid(), _dead_pid(), time.time()
+
+    def make(name: str, age_s: float = 0.0) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "train-3.safetensors").write_bytes(b"x" * 1000)
+        os.utime(path, (now - age_s, now - age_s))
+        return path
+
+    this_run_killed = make(f"fedtalos-{uid}-runkey-{dead}")
+    this_run_live = make(f"fedtalos-{uid}-runkey-{os.getppid()}")  # e.g. another server of it, still running
+    other_run_recent = make(f"fedtalos-{uid}-other-{dead}")  # may be alive in another pid namespace
+    other_run_old = make(f"fedtalos-{uid}-other2-{dead}", age_s=2 * transport.STALE_AFTER_S)
+    other_user = make(f"fedtalos-{uid + 1}-runkey-{dead}")
+    unrelated = make("fedtalos-notes")
+
+    monkeypatch.setenv("FEDTALOS_TRANSPORT_DIR", str(tmp_path))
+    server = transport.ServerTransport("shared-memory", run_key="runkey")
+    try:
+        assert not this_run_killed.exists() and not other_run_old.exists()
+        assert this_run_live.exists() and other_run_recent.exists() and other_user.exists() and unrelated.exists()
+        assert server.directory is not None and server.directory.is_dir()
+    finally:
+        server.close()
+    assert not server.directory.exists()
