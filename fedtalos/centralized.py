@@ -21,14 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-import tomllib
-
-from fedtalos.config import ConfigError, RunConfig
+from fedtalos.config import ConfigError, RunConfig, read_overrides
 from fedtalos.tracking.checkpoint import CheckpointError
 from fedtalos.tracking.rundir import RunConfigMismatch, validate_output_root
 
@@ -95,24 +88,6 @@ def _coerce(key: str, raw: Any, expected: type) -> tuple[Any, str | None]:
         return None, f"--{key} {raw!r}: must be {kind}"
 
 
-def read_overrides_file(path: str | Path) -> dict[str, Any]:
-    """The key = value pairs of a TOML overrides file (flat: no tables)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            values = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError([f"--config {str(path)!r}: cannot read it ({e.strerror or e})"]) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"--config {str(path)!r}: not valid TOML ({e})"]) from None
-    tables = [k for k, v in values.items() if isinstance(v, dict)]
-    if tables:
-        raise ConfigError(
-            [f"--config {str(path)!r}: [{t}] is a table; write run-config keys as `key = value`" for t in tables]
-        )
-    return values
-
-
 def resolve_paths(values: Mapping[str, Any], cwd: Path | None = None) -> dict[str, Any]:
     """``values`` with relative path keys made absolute against ``cwd`` (default: the current directory)."""
     cwd = cwd or Path.cwd()
@@ -132,7 +107,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """
     values: dict[str, Any] = dict(CENTRAL_DEFAULTS)
     if args.config:
-        values.update(read_overrides_file(args.config))
+        values.update(read_overrides(args.config, f"--config {str(args.config)!r}"))
     problems = []
     defaults = RunConfig.defaults()
     for f in dataclasses.fields(RunConfig):

@@ -13,10 +13,16 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 MODELS = ("vit_small_patch16_224.dino", "vit-tiny-test")
 PARTITIONINGS = ("iid", "noniid")
@@ -65,6 +71,25 @@ class ConfigError(ValueError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"invalid run configuration ({len(problems)} problem(s)):\n{lines}")
+
+
+def read_toml(path: str | Path, label: str) -> dict[str, Any]:
+    """The TOML file at ``path``; one that cannot be read or parsed raises ConfigError, its line led by ``label``."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError([f"{label}: cannot read it ({e.strerror or e})"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{label}: not valid TOML ({e})"]) from None
+
+
+def read_overrides(path: str | Path, label: str) -> dict[str, Any]:
+    """A flat TOML file of run-config keys (``key = value`` lines, no tables), e.g. a search's ``best.toml``."""
+    values = read_toml(path, label)
+    tables = [k for k, v in values.items() if isinstance(v, dict)]
+    if tables:
+        raise ConfigError([f"{label}: [{t}] is a table; write run-config keys as `key = value` lines" for t in tables])
+    return values
 
 
 Check = Callable[[Any], "str | None"]

@@ -65,7 +65,7 @@ else:  # pragma: no cover - Python 3.10
 
 import tomli_w
 
-from fedtalos.config import ConfigError, RunConfig
+from fedtalos.config import ConfigError, RunConfig, read_overrides, read_toml
 from fedtalos.tracking.rundir import CONFIG_FILE, SUMMARY_FILE
 
 KINDS = ("federated", "centralized")
@@ -160,12 +160,7 @@ class GridFile:
 def load_grid(path: str | Path) -> GridFile:
     """Read and check a grid file; raises :class:`ConfigError` listing every problem with its structure."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read it ({e.strerror or e})"]) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{path}: not valid TOML ({e})"]) from None
+    data = read_toml(path, str(path))
     return parse_grid(data, path)
 
 
@@ -271,23 +266,6 @@ def _is_int(v: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def read_overrides(path: str | Path) -> dict[str, Any]:
-    """A flat TOML file of run-config keys (e.g. the centralized search's ``best.toml``)."""
-    path = Path(path).expanduser()
-    try:
-        values = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError([f"--base {path}: cannot read it ({e.strerror or e})"]) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"--base {path}: not valid TOML ({e})"]) from None
-    tables = [k for k, v in values.items() if isinstance(v, dict)]
-    if tables:
-        raise ConfigError(
-            [f"--base {path}: [{t}] is a table; an overrides file holds `key = value` lines" for t in tables]
-        )
-    return values
 
 
 def parse_set(items: Iterable[str]) -> dict[str, Any]:
@@ -522,7 +500,7 @@ def plan_files(
     problems: list[str] = []
     for path in base_files:
         try:
-            base.update(read_overrides(path))
+            base.update(read_overrides(Path(path).expanduser(), f"--base {path}"))
         except ConfigError as e:
             problems += e.problems
     runs: list[PlannedRun] = []

@@ -26,18 +26,12 @@ so a space that would produce an invalid trial fails before anything runs, with 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedtalos.config import ConfigError, RunConfig
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from fedtalos.config import ConfigError, RunConfig, read_toml
 
 # Keys a search may not vary or fix: they decide where a trial lives, not what it computes.
 FORBIDDEN = frozenset({"run-name", "output-root", "resume"})
@@ -135,12 +129,7 @@ def load_space(path: str | Path, base: Mapping[str, Any]) -> Space:
         ConfigError: every problem of the file at once.
     """
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError([f"search space {str(path)!r}: cannot read it ({e.strerror or e})"]) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"search space {str(path)!r}: not valid TOML ({e})"]) from None
+    raw = read_toml(path, f"search space {str(path)!r}")
     problems: list[str] = []
     params: dict[str, Param] = {}
     fixed = {k: v for k, v in raw.items() if not isinstance(v, dict)}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from fedtalos.config import NON_RESULT_KEYS, ConfigError, RunConfig
+from fedtalos.config import NON_RESULT_KEYS, ConfigError, RunConfig, read_overrides, read_toml
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -83,3 +83,30 @@ def test_default_run_name_is_stable_and_descriptive():
     name = config.resolved_run_name()
     assert name == RunConfig.from_mapping(config.to_dict()).resolved_run_name()
     assert name.startswith("fedavg-nc5-J8-seed0-")
+
+
+def test_read_toml_names_the_file_it_cannot_read_or_parse(tmp_path: Path):
+    with pytest.raises(ConfigError) as missing:
+        read_toml(tmp_path / "absent.toml", "--config 'absent.toml'")
+    assert missing.value.problems == ["--config 'absent.toml': cannot read it (No such file or directory)"]
+    broken = tmp_path / "broken.toml"
+    broken.write_text("lr = = 0.1\n")
+    with pytest.raises(ConfigError, match=r"grid\.toml: not valid TOML \(.*line 1"):
+        read_toml(broken, "grid.toml")
+    fine = tmp_path / "fine.toml"
+    fine.write_text('lr = 0.1\n[grid]\nseeds = [1, 2]\nmodel = "x"\n')
+    assert read_toml(fine, "fine") == {"lr": 0.1, "grid": {"seeds": [1, 2], "model": "x"}}
+
+
+def test_read_overrides_accepts_flat_keys_and_refuses_tables(tmp_path: Path):
+    flat = tmp_path / "best.toml"
+    flat.write_text('lr = 0.03\nlr-schedule = "step"\n')
+    assert read_overrides(flat, "--base best.toml") == {"lr": 0.03, "lr-schedule": "step"}
+    nested = tmp_path / "nested.toml"
+    nested.write_text("lr = 0.03\n[grid]\nx = 1\n[base]\ny = 2\n")
+    with pytest.raises(ConfigError) as e:
+        read_overrides(nested, "--base nested.toml")
+    assert e.value.problems == [
+        "--base nested.toml: [grid] is a table; write run-config keys as `key = value` lines",
+        "--base nested.toml: [base] is a table; write run-config keys as `key = value` lines",
+    ]
