@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,20 @@ def _errorbar(ax: plt.Axes, x: Any, group: Group, metric: str, scale: float = 10
         return False
     ax.errorbar(x, mean * scale, yerr=None if std is None else std * scale, capsize=3, **kwargs)
     return True
+
+
+Stat = tuple[float | None, float | None, int]  # (mean, sample std, n) over seeds, as Group.stat returns
+
+
+def _points(stats: Iterable[tuple[float, Stat]], scale: float = 1.0) -> tuple[list[float], list[float], list[float]]:
+    """(xs, ys, errors) for ``ax.errorbar`` from (x, stat) pairs, skipping stats without a mean; ys × ``scale``."""
+    xs, ys, es = [], [], []
+    for x, (mean, std, _) in stats:
+        if mean is not None:
+            xs.append(x)
+            ys.append(scale * mean)
+            es.append(scale * (std or 0))
+    return xs, ys, es
 
 
 def _editing(groups: Sequence[Group]) -> list[Group]:
@@ -334,13 +348,7 @@ def accuracy_vs_sparsity(groups: Sequence[Group], out: Path) -> list[Path]:
             # one point per sparsity: the same configuration may come from two families (e.g. sparse and rules)
             line = list({g.config.get("sparsity"): g for g in reversed(line)}.values())
             line.sort(key=lambda g: g.config.get("sparsity"))
-            xs, ys, es = [], [], []
-            for g in line:
-                mean, std, _ = g.stat("final_test_acc")
-                if mean is not None:
-                    xs.append(100 * g.config["sparsity"])
-                    ys.append(100 * mean)
-                    es.append(100 * (std or 0))
+            xs, ys, es = _points(((100 * g.config["sparsity"], g.stat("final_test_acc")) for g in line), 100)
             label = rule + (f", R' = {rounds}" if len(r_values) > 1 and rounds else "")
             ax.errorbar(
                 xs,
@@ -374,13 +382,7 @@ def accuracy_vs_calibration_rounds(groups: Sequence[Group], out: Path) -> list[P
         colors = _colors(len(lines))
         for ((rule, sparsity), line), color in zip(sorted(lines.items()), colors, strict=True):
             line.sort(key=lambda g: g.config.get("calibration-rounds"))
-            xs, ys, es = [], [], []
-            for g in line:
-                mean, std, _ = g.stat("final_test_acc")
-                if mean is not None:
-                    xs.append(g.config["calibration-rounds"])
-                    ys.append(100 * mean)
-                    es.append(100 * (std or 0))
+            xs, ys, es = _points(((g.config["calibration-rounds"], g.stat("final_test_acc")) for g in line), 100)
             ax.errorbar(
                 xs,
                 ys,
@@ -619,18 +621,12 @@ def client_drift(groups: Sequence[Group], out: Path) -> list[Path]:
             ax.legend(fontsize=7, frameon=False)
         ax = axes[0][-1]
         for j, color in zip(steps, _colors(len(steps)), strict=True):
-            xs, ys, es = [], [], []
-            for i, part in enumerate(parts):
-                g = next(
-                    (m for m in members if m.config.get("local-steps") == j and partition_label(m.config) == part), None
-                )
-                if g is None:
-                    continue
-                mean, std, _ = g.stat("mean_drift")
-                if mean is not None:
-                    xs.append(i)
-                    ys.append(mean)
-                    es.append(std or 0)
+            at_j = [m for m in members if m.config.get("local-steps") == j]
+            xs, ys, es = _points(
+                (i, g.stat("mean_drift"))
+                for i, part in enumerate(parts)
+                if (g := next((m for m in at_j if partition_label(m.config) == part), None)) is not None
+            )
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color, label=f"J = {j}")
         ax.set_xticks(range(len(parts)), parts)
         ax.set_yscale("log")
@@ -748,16 +744,11 @@ def mask_agreement(groups: Sequence[Group], out: Path) -> list[Path]:
             ("mean_jaccard", "-", "client vs aggregated mask"),
             ("pairwise_jaccard", ":", "client vs client"),
         ):
-            xs, ys, es = [], [], []
-            for i, part in enumerate(parts):
-                g = next((m for m in members if partition_label(m.config) == part), None)
-                if g is None:
-                    continue
-                mean, std, _ = mean_std([r.agreement.get(metric) for r in g.runs if r.agreement])
-                if mean is not None:
-                    xs.append(i)
-                    ys.append(mean)
-                    es.append(std or 0)
+            xs, ys, es = _points(
+                (i, mean_std([r.agreement.get(metric) for r in g.runs if r.agreement]))
+                for i, part in enumerate(parts)
+                if (g := next((m for m in members if partition_label(m.config) == part), None)) is not None
+            )
             ax.errorbar(
                 xs,
                 ys,
