@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from fedtalos.synthetic import write_fake_cifar100
+from tests.tiny import task_identity
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -31,12 +32,8 @@ def fake_cifar_root(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def flower_task_identity():
     """Let tests build flwr ``Message`` objects outside a Flower process (internal API, isolated here)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    with task_identity():
+        yield
 
 
 @pytest.fixture

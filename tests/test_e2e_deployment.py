@@ -9,28 +9,15 @@ import pytest
 import tomli_w
 
 from tests.deploy_harness import deployment
+from tests.tiny import offline_tiny
 
 APP = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 
 def tiny_overrides(data: Path, out: Path, clients: int) -> dict:
-    return {
-        "dataset-root": str(data),
-        "dataset-verify": False,
-        "dataset-download": False,
-        "output-root": str(out),
-        "model": "vit-tiny-test",
-        "image-size": 32,
-        "num-clients": clients,
-        "fraction-train": 1.0,
-        "local-steps": 1,
-        "batch-size": 16,
-        "num-server-rounds": 1,
-        "device": "cpu",
-        "run-name": "deployed",
-        "round-timeout": 300.0,
-    }
+    values = {"num-clients": clients, "fraction-train": 1.0, "local-steps": 1, "batch-size": 16, "num-server-rounds": 1}
+    return offline_tiny(data, out, {**values, "run-name": "deployed", "round-timeout": 300.0})
 
 
 def run_and_wait(deploy, overrides: dict, timeout: float = 420) -> str:

@@ -9,28 +9,15 @@ import pytest
 
 from fedtalos.launch import flwr_run
 from tests.flwr_harness import isolated_flower
+from tests.tiny import offline_tiny
 
 APP = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 
 def test_flwr_run_completes_and_writes_the_run(fake_cifar_root: Path, tmp_path: Path):
-    overrides = {
-        "dataset-root": str(fake_cifar_root),
-        "dataset-verify": False,
-        "dataset-download": False,
-        "output-root": str(tmp_path / "runs"),
-        "model": "vit-tiny-test",
-        "image-size": 32,
-        "num-clients": 4,
-        "fraction-train": 0.5,
-        "local-steps": 2,
-        "batch-size": 16,
-        "num-server-rounds": 2,
-        "eval-every": 1,
-        "device": "cpu",
-        "run-name": "e2e",
-    }
+    values = {"num-clients": 4, "fraction-train": 0.5, "local-steps": 2, "batch-size": 16, "num-server-rounds": 2}
+    overrides = offline_tiny(fake_cifar_root, tmp_path / "runs", {**values, "eval-every": 1, "run-name": "e2e"})
     with isolated_flower(tmp_path) as env:
         result = flwr_run(
             APP, overrides, "num-supernodes=4 client-resources-num-cpus=1", env=env, echo=False, timeout=300
@@ -45,20 +32,8 @@ def test_flwr_run_completes_and_writes_the_run(fake_cifar_root: Path, tmp_path: 
 
 def test_flwr_run_reports_a_failed_run(fake_cifar_root: Path, tmp_path: Path):
     # num-clients says 5 but the federation has 3 SuperNodes: the server must refuse, and the status say so
-    overrides = {
-        "dataset-root": str(fake_cifar_root),
-        "dataset-verify": False,
-        "dataset-download": False,
-        "output-root": str(tmp_path / "runs"),
-        "model": "vit-tiny-test",
-        "image-size": 32,
-        "num-clients": 5,
-        "fraction-train": 0.4,
-        "num-server-rounds": 1,
-        "device": "cpu",
-        "run-name": "bad",
-        "round-timeout": 30.0,
-    }
+    values = {"num-clients": 5, "fraction-train": 0.4, "num-server-rounds": 1, "run-name": "bad", "round-timeout": 30.0}
+    overrides = offline_tiny(fake_cifar_root, tmp_path / "runs", values)
     with isolated_flower(tmp_path) as env:
         result = flwr_run(
             APP, overrides, "num-supernodes=3 client-resources-num-cpus=1", env=env, echo=False, timeout=300

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedtalos import faults
+from tests.tiny import offline_tiny
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -28,21 +29,8 @@ def one_torch_thread():
 
 def tiny_values(fake_cifar_root: Path, output_root: Path) -> dict[str, Any]:
     """Run-config values for a tiny, fast centralized run: 1800 train images, 57 steps per epoch at batch 32."""
-    return {
-        "dataset-root": str(fake_cifar_root),
-        "dataset-verify": False,
-        "dataset-download": False,
-        "output-root": str(output_root),
-        "model": "vit-tiny-test",
-        "image-size": 32,
-        "batch-size": 32,
-        "lr": 0.1,
-        "epochs": 2,
-        "eval-every": 1,
-        "eval-batch-size": 250,
-        "device": "cpu",
-        "progress": False,
-    }
+    values = {"batch-size": 32, "lr": 0.1, "epochs": 2, "eval-every": 1, "eval-batch-size": 250, "progress": False}
+    return offline_tiny(fake_cifar_root, output_root, values)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from fedtalos.cli import main
 from fedtalos.editing.masks import load_mask
 from fedtalos.federation.aggregate import ClientUpdate, aggregate
 from tests.federation.test_server import run_server
+from tests.tiny import offline_tiny
 
 T = torch.tensor
 
@@ -85,15 +86,9 @@ def test_chance_jaccard_matches_random_masks():
 
 def _editing_run(root: Path, cifar: Path, **overrides: Any) -> Path:
     config = {
-        "dataset-root": str(cifar),
-        "dataset-verify": False,
-        "dataset-download": False,
-        "output-root": str(root),
-        "model": "vit-tiny-test",
-        "image-size": 32,
+        **offline_tiny(cifar, root),
         "batch-size": 16,
         "eval-batch-size": 250,
-        "device": "cpu",
         "local-steps": 1,
         "num-server-rounds": 2,
         "eval-every": 2,

@@ -7,35 +7,19 @@ from typing import Any
 
 import pytest
 
+from tests.tiny import TINY_FEDERATION, offline_tiny, task_identity
+
 
 @pytest.fixture(scope="module")
 def tiny_run_config_module(fake_cifar_root: Path) -> dict[str, Any]:
-    return {
-        "dataset-root": str(fake_cifar_root),
-        "dataset-verify": False,
-        "dataset-download": False,
-        "model": "vit-tiny-test",
-        "image-size": 32,
-        "num-clients": 10,
-        "fraction-train": 0.3,
-        "local-steps": 2,
-        "batch-size": 16,
-        "lr": 0.05,
-        "eval-batch-size": 250,
-        "device": "cpu",
-        "run-name": "killme",
-    }
+    return offline_tiny(fake_cifar_root, values={**TINY_FEDERATION, "run-name": "killme"})
 
 
 @pytest.fixture(scope="module")
 def module_task_identity():
     """``flower_task_identity`` for module-scoped fixtures that run the ServerApp (reference runs)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    with task_identity():
+        yield
 
 
 @pytest.fixture(scope="package", autouse=True)
