@@ -77,12 +77,12 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process: alive
-        return True
+    except PermissionError:  # someone else's process, alive
+        pass
     return True
 
 
-def remove_stale_directories(base: Path, run_key: str, now: float | None = None) -> list[Path]:
+def remove_stale_directories(base: Path, run_key: str) -> list[Path]:
     """Remove what killed servers left in ``base``; returns the directories removed.
 
     A server killed with SIGKILL (or a machine that lost power in a container that kept ``/dev/shm``) cannot
@@ -92,7 +92,7 @@ def remove_stale_directories(base: Path, run_key: str, now: float | None = None)
     dead may live in another pid namespace that shares ``/dev/shm``; its run would touch its directory every
     round).
     """
-    now = time.time() if now is None else now
+    now = time.time()
     removed = []
     prefix = f"fedtalos-{os.getuid()}-"
     for path in base.glob(f"{prefix}*-*"):
@@ -117,9 +117,10 @@ class ServerTransport:
         self.sizes: dict[str, int] = {}  # file → bytes, for the byte metrics
         self.directory: Path | None = None
         if mode == "shared-memory":
-            for path in remove_stale_directories(_base_dir(), run_key):
+            base = _base_dir()
+            for path in remove_stale_directories(base, run_key):
                 log.info("removed %s, left behind by a server that was killed", path)
-            self.directory = _base_dir() / f"fedtalos-{os.getuid()}-{run_key}-{os.getpid()}"
+            self.directory = base / f"fedtalos-{os.getuid()}-{run_key}-{os.getpid()}"
             self.directory.mkdir(parents=True, exist_ok=True)
 
     def outbound(self, tensors: Mapping[str, torch.Tensor], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
