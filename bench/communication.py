@@ -29,8 +29,8 @@ from flwr.app import Context, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedtalos.server_app import main as server_main  # noqa: E402
-from fedtalos.synthetic import write_fake_cifar100  # noqa: E402
-from tests.fakegrid import FakeGrid  # noqa: E402
+from fedtalos.testing.synthetic import write_fake_cifar100  # noqa: E402
+from tests.support.fakegrid import FakeGrid  # noqa: E402
 
 
 def run(overrides: dict) -> list[dict]:

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedtalos.task.data import ImageTransform, iterate_batches, make_generator  # noqa: E402
+from fedtalos.seeds import make_generator  # noqa: E402
+from fedtalos.task.data import ImageTransform, iterate_batches  # noqa: E402
 from fedtalos.task.model import build_model  # noqa: E402
 from fedtalos.task.train import train_steps  # noqa: E402
 

@@ -9,15 +9,14 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedtalos.config import RunConfig
-from fedtalos.editing.fisher import fisher_scores
 from fedtalos.editing.head import ridge_statistics
 from fedtalos.editing.masks import gather_trainable, unpack_mask
 from fedtalos.editing.optim import SparseSGDM
+from fedtalos.editing.scoring import client_scores
 from fedtalos.federation import protocol as P
 from fedtalos.federation import transport
-from fedtalos.federation.cohort import PHASE_CODES
-from fedtalos.federation.masking import MaskCache
-from fedtalos.task.data import derive_seed, make_generator
+from fedtalos.federation.mask_sync import MaskCache
+from fedtalos.seeds import client_generator
 from fedtalos.task.model import backbone_parameters, set_trainable
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.train import evaluate, train_steps
@@ -123,7 +122,7 @@ def train(msg: Message, context: Context) -> Message:
 
     images, labels = resources.client_data(pid)
     phase, round_index = str(round_config["phase"]), int(round_config["round"])
-    generator = make_generator(config.seed, PHASE_CODES[phase], round_index, pid)
+    generator = client_generator(config.seed, phase, round_index, pid)
     batches = resources.train_batches(images, labels, generator, num_steps=int(round_config["local-steps"]))
     stats = train_steps(
         model,
@@ -160,33 +159,14 @@ def ridge(msg: Message, context: Context) -> Message:
     return Message(P.make_reply(arrays, {P.NUM_EXAMPLES: stats.count}), reply_to=msg)
 
 
-def calibration_samples(config: RunConfig, shard_size: int, round_index: int, pid: int) -> torch.Tensor:
-    """Indices into the shard of the ``fisher-samples`` samples a client scores in calibration round ``round_index``."""
-    generator = make_generator(config.seed, PHASE_CODES["calibration"], round_index, pid)
-    return torch.randperm(shard_size, generator=generator)[: config.fisher_samples]
-
-
 @app.query("fisher")
 def fisher(msg: Message, context: Context) -> Message:
     """Sums of squared per-sample gradients over ``fisher-samples`` of this shard, with the current soft mask."""
     config, resources, pid = _setup(msg, context)
     round_config = msg.content[P.CONFIG]
-    round_index = int(round_config["round"])
-    images, labels = resources.client_data(pid)
-    take = calibration_samples(config, len(labels), round_index, pid).to(images.device)
     soft_mask = None
     if P.MASK in msg.content.array_records:
         soft_mask = unpack_mask(msg.content[P.MASK][P.MASK_BITS].numpy(), _mask_shapes(resources))
-    label_generator = torch.Generator(device=resources.device).manual_seed(
-        derive_seed(config.seed, PHASE_CODES["calibration"], round_index, pid, 1)
-    )
-    batches = [x for x, _ in resources.eval_batches(images[take], labels[take])]
-    scores = fisher_scores(
-        resources.model,
-        batches,
-        target=config.fisher_target,
-        soft_mask=soft_mask,
-        generator=label_generator,
-    )
+    scores, count = client_scores(config, resources, pid, int(round_config["round"]), soft_mask)
     arrays = transport.send(scores, round_config, pid)
-    return Message(P.make_reply(arrays, {P.NUM_EXAMPLES: len(take)}), reply_to=msg)
+    return Message(P.make_reply(arrays, {P.NUM_EXAMPLES: count}), reply_to=msg)

@@ -9,9 +9,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.federation.server import FederatedServer
+from fedtalos.task.lr_schedule import STATELESS
 from fedtalos.task.model import WeightsError
 from fedtalos.task.resources import get_resources
-from fedtalos.task.schedules import STATELESS
 from fedtalos.tracking.plots import plot_run
 from fedtalos.tracking.rundir import open_run_dir, validate_output_root
 

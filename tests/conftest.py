@@ -17,8 +17,8 @@ os.environ["FEDTALOS_CACHE"] = tempfile.mkdtemp(prefix="fedtalos-test-cache-")
 import pytest
 import torch
 
-from fedtalos.synthetic import write_fake_cifar100
-from tests.tiny import task_identity
+from fedtalos.testing.synthetic import write_fake_cifar100
+from tests.support.tiny import task_identity
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

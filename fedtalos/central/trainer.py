@@ -11,7 +11,7 @@ Phases, in order (the federated server has the same ones, as rounds):
   frozen when step 0 produced it, and only the head trained with ``freeze = backbone``.
 
 An epoch is one shuffled pass over the train split (train minus validation; the last batch may be smaller). Its
-order and augmentation come from ``make_generator(seed, STREAM, phase, epoch)``, a pure function of those, so a
+order and augmentation come from ``seeds.central_epoch_generator(seed, phase, epoch)``, a pure function of those, so a
 run resumed in the middle of an epoch rebuilds that epoch's batches and skips the steps already done. After each
 epoch: evaluate on the validation split when due (every ``eval-every`` epochs and at a phase's last epoch; the
 test split at the very end, or at every evaluation with ``test-every-eval``), log one metric row, checkpoint.
@@ -35,25 +35,24 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fedtalos import faults
-from fedtalos.central.editing import STREAM, calibrate, fit_ridge_head
-from fedtalos.central.schedules import Scheduler, after_evaluation, after_step, current_lr, make_scheduler
+from fedtalos.central.head_and_mask import calibrate, fit_ridge_head
+from fedtalos.central.schedulers import Scheduler, after_evaluation, after_step, current_lr, make_scheduler
 from fedtalos.central.state import TrainState, add_stats, capture_rng, empty_partial, restore_rng
 from fedtalos.config import RunConfig
 from fedtalos.editing import SparseSGDM, mask_stats
-from fedtalos.task.data import derive_seed, make_generator
+from fedtalos.seeds import central_epoch_generator, central_start_seed
 from fedtalos.task.model import set_trainable
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.train import train_steps
+from fedtalos.testing import faults
 from fedtalos.tracking.mask_report import MASK_FILE, write_mask_report
 from fedtalos.tracking.metrics import Row, format_row, summarize_rows
 from fedtalos.tracking.plots import plot_run
-from fedtalos.tracking.rundir import RunDir, open_run_dir
+from fedtalos.tracking.rundir import RunDir, open_run_dir, validate_output_root
 
 log = logging.getLogger(__name__)
 
 KIND = "centralized"
-PHASE_CODES = {"head": 1, "calibration": 2, "train": 3}
 # Progress-bar updates read the loss sums from the device: about this many times per epoch (a sync each).
 PROGRESS_UPDATES = 10
 
@@ -118,7 +117,7 @@ class CentralizedTrainer:
         # The cached model may have been trained by an earlier run in this process: start from the built weights.
         assert self.resources.initial_weights is not None, "get_resources(..., pretrained=True) keeps them"
         self.resources.load_weights(self.resources.initial_weights)
-        torch.manual_seed(derive_seed(self.config.seed, STREAM))  # a fresh run never depends on the process's past
+        torch.manual_seed(central_start_seed(self.config.seed))  # a fresh run never depends on the process's past
         return TrainState(saves=0, phase=self.phases()[0].name)
 
     def _checkpoint(self, score: float | None) -> None:
@@ -258,7 +257,7 @@ class CentralizedTrainer:
             state.partial["lr"] = current_lr(optimizer)
         wall_before = state.partial["wall_s"]
         images, labels = resources.split("train")
-        generator = make_generator(c.seed, STREAM, PHASE_CODES[phase], epoch)
+        generator = central_epoch_generator(c.seed, phase, epoch)
         # Rebuilding the epoch's batches and dropping the done ones replays the generator exactly (the dropped
         # batches are still augmented: the draws are interleaved with the images, and that costs little).
         batches = itertools.islice(resources.train_batches(images, labels, generator), state.step_in_epoch, None)
@@ -355,6 +354,17 @@ class CentralizedTrainer:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def preflight(config: RunConfig) -> None:
+    """Everything that can fail on bad input, before a run directory exists: output root, data, weights, device.
+
+    Raises:
+        ConfigError: the output root is not writable.
+        DatasetNotFoundError, DatasetIntegrityError, WeightsError, RuntimeError: data, weights or device missing.
+    """
+    validate_output_root(config)
+    get_resources(config, pretrained=True)  # loads the data set and the weights (cached for the run)
+
+
 def default_run_name(config: RunConfig) -> str:
     """``run-name``, or ``central-<what trains>-<schedule>-lr<lr>-seed<seed>-<hash>``: stable for a config."""
     if config.run_name:
@@ -376,7 +386,7 @@ def run_centralized(
 ) -> tuple[RunDir, dict[str, Any]]:
     """Open (or reopen) the run directory of ``config`` and run it to the end; returns it and the summary.
 
-    Call :func:`fedtalos.centralized.preflight` first to fail on bad input before a directory exists.
+    Call :func:`preflight` first to fail on bad input before a directory exists.
     """
     config = config if config.run_name else config.replace(run_name=default_run_name(config))
     with open_run_dir(config, KIND) as run_dir:

@@ -12,23 +12,20 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedtalos.federation import protocol as P
-from fedtalos.task.data import derive_seed
+from fedtalos.seeds import cohort_rng
 
 log = logging.getLogger(__name__)
-
-PHASE_CODES = {"head": 1, "calibration": 2, "train": 3, "probe": 4, "evaluate": 5}
 
 
 def sample_cohort(seed: int, phase: str, round_index: int, num_clients: int, size: int) -> list[int]:
     """``size`` distinct partition ids out of ``num_clients``, sorted; a pure function of its arguments."""
     if not 1 <= size <= num_clients:
         raise ValueError(f"cohort size {size} must be in [1, {num_clients}]")
-    rng = np.random.default_rng(derive_seed(seed, PHASE_CODES[phase], round_index, 0xC0407))
+    rng = cohort_rng(seed, phase, round_index)
     return sorted(int(p) for p in rng.choice(num_clients, size=size, replace=False))
 
 

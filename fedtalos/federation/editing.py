@@ -41,7 +41,7 @@ from fedtalos.editing.masks import (
 from fedtalos.federation import protocol as P
 from fedtalos.federation.aggregate import ClientUpdate
 from fedtalos.federation.cohort import sample_cohort
-from fedtalos.federation.masking import pack
+from fedtalos.federation.mask_sync import pack
 from fedtalos.task.model import HEAD_PREFIX
 from fedtalos.tracking.checkpoint import atomic_write_bytes
 

@@ -20,19 +20,19 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedtalos import faults
 from fedtalos.config import RunConfig
 from fedtalos.editing.masks import gather_trainable, scatter_trainable
 from fedtalos.federation import protocol as P
 from fedtalos.federation.aggregate import ClientUpdate, aggregate
 from fedtalos.federation.cohort import NodeRegistry, sample_cohort
-from fedtalos.federation.masking import MASK_MISSING, pack
+from fedtalos.federation.mask_sync import MASK_MISSING, pack
 from fedtalos.federation.state import ServerState
 from fedtalos.federation.transport import ServerTransport, choose, in_simulation
 from fedtalos.strategies import make_strategy
+from fedtalos.task.lr_schedule import lr_at
 from fedtalos.task.model import HEAD_PREFIX
 from fedtalos.task.resources import Resources, get_resources
-from fedtalos.task.schedules import lr_at
+from fedtalos.testing import faults
 from fedtalos.tracking.metrics import format_row, summarize_rows
 from fedtalos.tracking.rundir import RunDir
 

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedtalos.seeds import iid_shards_rng, noniid_shards_rng, split_rng
+
 CIFAR_FOLDER = "cifar-100-python"
 CIFAR_ARCHIVE = "cifar-100-python.tar.gz"
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -187,17 +189,7 @@ def load_cifar100(root: Path | str, download: bool = True, verify: bool = True) 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Seeds, split and shards. All index arrays are int64 numpy arrays into the *train* labels.
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed that depends on every part (e.g. (seed, round, client)); stable across platforms."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-def make_generator(*parts: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded from ``parts`` (see :func:`derive_seed`)."""
-    return torch.Generator().manual_seed(derive_seed(*parts))
+# Split and shards. All index arrays are int64 numpy arrays into the *train* labels.
 
 
 def _as_numpy(labels: np.ndarray | torch.Tensor | Sequence[int]) -> np.ndarray:
@@ -216,7 +208,7 @@ def split_train_val(labels: np.ndarray | torch.Tensor, val_fraction: float, seed
     labels = _as_numpy(labels)
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    rng = np.random.default_rng(derive_seed(seed, 0x5E11))
+    rng = split_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
     exact = counts * val_fraction
     take = np.floor(exact).astype(np.int64)
@@ -246,7 +238,7 @@ def shard_iid(labels: np.ndarray | torch.Tensor, num_clients: int, seed: int) ->
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     if num_clients > n:
         raise ValueError(f"cannot give {num_clients} clients at least one sample each from {n} samples")
-    rng = np.random.default_rng(derive_seed(seed, 0x11D))
+    rng = iid_shards_rng(seed)
     order = np.concatenate([rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)])
     owner = (np.arange(n) + rng.integers(num_clients)) % num_clients
     client_ids = rng.permutation(num_clients)  # which client gets which deal
@@ -302,7 +294,7 @@ def shard_noniid(
         )
     slots = _apportion(k * nc, counts, capacity)
 
-    rng = np.random.default_rng(derive_seed(seed, 0x2011D))
+    rng = noniid_shards_rng(seed)
     # Deal the classes with the most slots first: every client then gets a similar number of shared classes,
     # whose sample counts the water-filling below can adjust, and of whole classes, which it cannot.
     class_order = rng.permutation(num_classes)

@@ -124,7 +124,7 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
     device = resolve_device(config.device)
     data = load_cifar100(config.resolved_dataset_root(), config.dataset_download, config.dataset_verify)
     train_idx, val_idx = split_train_val(data.train_labels, config.val_fraction, config.seed)
-    torch.manual_seed(config.seed)  # the new head's initialisation
+    torch.manual_seed(config.seed)  # the new head's initialisation (seeds.py: head initialisation)
     model = build_model(
         config.model,
         num_classes=len(data.classes),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from tests.bench.smoke import run_quick
+from tests.support.bench import run_quick
 
 
 def test_quick_benchmark_prints_one_json_object():

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from tests.bench.smoke import run_quick
+from tests.support.bench import run_quick
 
 
 def test_train_throughput_quick():

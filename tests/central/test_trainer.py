@@ -13,7 +13,7 @@ import torch
 from fedtalos.central.trainer import run_centralized
 from fedtalos.config import RunConfig
 from fedtalos.task.resources import get_resources
-from tests.central.conftest import Killed, assert_same_weights, final_weights, rows, tiny_values
+from tests.support.central import Killed, assert_same_weights, final_weights, rows, tiny_values
 
 STEPS = 57  # ⌈1800 / 32⌉: 2000 generated train images minus the 10 % validation split, batch 32
 

@@ -7,21 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import Context, RecordDict
 from safetensors.torch import load_file
 
 from fedtalos.federation.cohort import sample_cohort
-from fedtalos.server_app import main
-from tests.fakegrid import FakeGrid
+from tests.support.fakegrid import run_server
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
-
-
-def run_server(run_config: dict[str, Any], **grid_kwargs: Any) -> tuple[Path, FakeGrid]:
-    grid = FakeGrid(run_config.get("num-clients", 10), run_config, **grid_kwargs)
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
-    main(grid, context)
-    return Path(run_config["output-root"]) / run_config["run-name"], grid
 
 
 def final_weights(run_dir: Path) -> dict:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from fedtalos.federation import transport
 from fedtalos.federation.server import RoundFailed
 from fedtalos.federation.transport import choose
-from tests.federation.test_server import run_server
+from tests.support.fakegrid import run_server
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.tiny import TINY_FEDERATION, offline_tiny, task_identity
+from tests.support.tiny import TINY_FEDERATION, offline_tiny, task_identity
 
 
 @pytest.fixture(scope="module")

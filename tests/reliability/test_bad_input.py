@@ -14,12 +14,11 @@ import tomli_w
 import torch
 from safetensors.torch import save_file
 
-from fedtalos import launch
+from fedtalos.cli import run as run_command
 from fedtalos.config import ConfigError
 from fedtalos.task.model import DINO_VIT_S16, TINY_TEST_VIT, build_model
-from tests.fakegrid import FakeGrid
-from tests.federation.test_server import run_server
-from tests.reliability.harness import run_main
+from tests.support.fakegrid import FakeGrid, run_server
+from tests.support.reliability import run_main
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -135,7 +134,7 @@ def test_launcher_check_refuses_bad_input(
     config = _overrides(case, tiny_run_config, tmp_path)
     toml = tmp_path / "overrides.toml"
     toml.write_bytes(tomli_w.dumps(config).encode())
-    assert launch.main([".", "--run-config", str(toml), "--check"]) == 2
+    assert run_command.main([".", "--run-config", str(toml), "--check"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fedtalos run: ")
     for fragment in CASES[case][1]:

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 
-from tests.federation.test_server import run_server
-from tests.reliability.harness import assert_same_tensors, faulty, final_state, npy_array, rows, silent
+from tests.support.fakegrid import run_server
+from tests.support.reliability import assert_same_tensors, faulty, final_state, npy_array, rows, silent
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 

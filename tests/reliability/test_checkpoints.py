@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 import torch
 
-from fedtalos import faults
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.federation.cohort import sample_cohort
 from fedtalos.task.model import DINO_VIT_S16, TINY_TEST_VIT, WeightsError, build_model, check_weights_file
+from fedtalos.testing import faults
 from fedtalos.tracking.checkpoint import CheckpointError, CheckpointStore
 from fedtalos.tracking.rundir import RunConfigMismatch
-from tests.federation.test_server import run_server
-from tests.reliability.harness import assert_same_tensors, final_state, rows, run_dir_of, train_messages
-from tests.tracking.test_checkpoint import CORRUPTIONS
+from tests.support.corruptions import CORRUPTIONS
+from tests.support.fakegrid import run_server
+from tests.support.reliability import assert_same_tensors, final_state, rows, run_dir_of, train_messages
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 

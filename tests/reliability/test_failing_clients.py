@@ -20,9 +20,8 @@ from fedtalos.federation.cohort import sample_cohort
 from fedtalos.federation.server import RoundFailed
 from fedtalos.task.resources import get_resources
 from fedtalos.tracking.checkpoint import CheckpointStore
-from tests.fakegrid import FakeGrid
-from tests.federation.test_server import run_server
-from tests.reliability.harness import (
+from tests.support.fakegrid import FakeGrid, run_server
+from tests.support.reliability import (
     assert_same_tensors,
     crashed,
     faulty,

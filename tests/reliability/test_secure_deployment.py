@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy_harness import deployment, make_node_key
-from tests.test_e2e_deployment import run_and_wait, tiny_overrides
+from tests.support.deployment import deployment, make_node_key, run_and_wait, tiny_overrides
 
 pytestmark = pytest.mark.e2e
 

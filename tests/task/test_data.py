@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedtalos.seeds import make_generator
 from fedtalos.task import data as D
 from fedtalos.task.data import (
     DatasetIntegrityError,
@@ -20,7 +21,6 @@ from fedtalos.task.data import (
     index_batches,
     iterate_batches,
     load_cifar100,
-    make_generator,
     read_cifar100_folder,
     shard_iid,
     shard_noniid,

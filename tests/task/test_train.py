@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedtalos.task.data import ImageTransform, iterate_batches, load_cifar100, make_generator
+from fedtalos.seeds import make_generator
+from fedtalos.task.data import ImageTransform, iterate_batches, load_cifar100
 from fedtalos.task.model import TINY_TEST_VIT, build_model
 from fedtalos.task.train import evaluate, train_steps
 

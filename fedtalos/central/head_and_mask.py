@@ -1,0 +1,69 @@
+"""The model-editing steps of a centralized run (spec §3–5): the step-0 ridge head and the mask calibration.
+
+Both only read the data: the ridge statistics use the un-augmented train split (features of the frozen
+backbone), the temperature is fitted on the validation split, and the calibration draws ``fisher-samples``
+un-augmented train images per round from a seeded generator. The linear-probe head is a training phase and runs
+in :mod:`fedtalos.central.trainer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from fedtalos.config import RunConfig
+from fedtalos.editing import backbone_features, calibrate_mask, fit_logit_scale, ridge_statistics, set_head, solve_ridge
+from fedtalos.editing.masks import Mask
+from fedtalos.seeds import central_calibration_generator, central_calibration_seed
+from fedtalos.task.resources import Batch, Resources
+
+
+def fit_ridge_head(resources: Resources, config: RunConfig) -> float:
+    """Set the model's head to the ridge solution on the train split, scaled by the temperature fitted on the
+    validation split; returns that scale α (logits = α·(Wφ + b))."""
+    model = resources.model
+    images, labels = resources.split("train")
+    num_classes = model.head.out_features
+    stats = ridge_statistics(model, resources.eval_batches(images, labels), num_classes)
+    weight, bias = solve_ridge(stats, config.ridge_lambda)  # float64, CPU
+    val_images, val_labels = resources.split("val")
+    model.eval()
+    with torch.no_grad():
+        features = torch.cat(
+            [backbone_features(model, x).double().cpu() for x, _ in resources.eval_batches(val_images, val_labels)]
+        )
+    scale = fit_logit_scale(features @ weight.T + bias, val_labels.cpu())
+    set_head(model, weight, bias, scale)
+    return scale
+
+
+def calibration_batches(resources: Resources, config: RunConfig) -> Callable[[int], list[Batch]]:
+    """Round r → ``fisher-samples`` train images (un-augmented; labels are not used), fresh per round, seeded."""
+    images, labels = resources.split("train")
+
+    def batches(round_index: int) -> list[Batch]:
+        generator = central_calibration_generator(config.seed, round_index)
+        idx = torch.randperm(len(labels), generator=generator)[: config.fisher_samples].to(images.device)
+        return list(resources.eval_batches(images[idx], labels[idx]))
+
+    return batches
+
+
+def calibrate(resources: Resources, config: RunConfig) -> Mask:
+    """The mask of ``config.mask-rule`` for the current model (head fitted), as CPU bool tensors (True = trainable).
+
+    Scored parameters: the whole backbone (everything but ``head.*``); the sensitivity rules run
+    ``calibration-rounds`` rounds with soft zeroing, the magnitude and random rules run once.
+    """
+    mask = calibrate_mask(
+        resources.model,
+        calibration_batches(resources, config),
+        sparsity=config.sparsity,
+        rounds=config.calibration_rounds,
+        rule=config.mask_rule,  # type: ignore[arg-type]
+        seed=central_calibration_seed(config.seed),
+        scope=config.mask_scope,  # type: ignore[arg-type]
+        target=config.fisher_target,  # type: ignore[arg-type]
+    )
+    return {n: m.to("cpu") for n, m in mask.items()}

@@ -1,0 +1,1 @@
+"""The ``fedtalos`` command line: one module per command; nothing in the app imports this package."""

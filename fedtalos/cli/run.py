@@ -1,0 +1,76 @@
+"""``fedtalos run``: check a federated run locally in a second, then start it with ``flwr run`` and wait for it.
+
+``flwr run`` only validates the run config once Ray is up (about 30 s) and exits 0 even when the run fails.
+This command merges the overrides with the app's defaults, validates them and preflights the output root,
+the data set (downloading it once, here, rather than in every process) and the weights, then runs
+``flwr run APP --run-config <merged.toml> --federation-config "num-supernodes=<num-clients> ..." --stream`` and
+exits with 0 only if Flower reports the run ``finished:completed``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flwr.common.config import parse_config_args
+
+from fedtalos.config import ConfigError
+from fedtalos.federation.launcher import default_federation_config, flwr_run, merged_config, stop_run
+
+
+def main(argv: Sequence[str]) -> int:
+    """``fedtalos run APP [--run-config ...] [--federation-config ...]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="fedtalos run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("app", nargs="?", default=".", help="the Flower app directory (default: .)")
+    parser.add_argument(
+        "--run-config",
+        "-c",
+        action="append",
+        default=None,
+        help="overrides as for flwr run: 'k1=v1 k2=\"s\"' (repeatable) or one TOML file",
+    )
+    parser.add_argument(
+        "--federation-config", default="", help="extra federation settings, e.g. 'client-resources-num-gpus=0.5'"
+    )
+    parser.add_argument("--check", action="store_true", help="only validate and preflight, do not run")
+    args = parser.parse_args(argv)
+    try:
+        overrides = parse_config_args(args.run_config)
+        config = merged_config(overrides)
+        from fedtalos.server_app import preflight
+
+        preflight(config)
+    except (ConfigError, ValueError, OSError, RuntimeError) as e:
+        print(f"fedtalos run: {e}", file=sys.stderr)
+        return 2
+    print(f"run directory: {config.run_dir()}", flush=True)
+    if args.check:
+        return 0
+    started: list[str] = []
+    try:
+        result = flwr_run(
+            Path(args.app),
+            overrides,
+            default_federation_config(config, args.federation_config),
+            on_start=started.append,
+        )
+    except KeyboardInterrupt:
+        # Interrupting `flwr run --stream` only ends the stream; the run would go on writing its directory.
+        if started:
+            print(f"\nstopping Flower run {started[0]} ...", file=sys.stderr)
+            print(f"run {started[0]}: {stop_run(started[0])}; the same command resumes it", file=sys.stderr)
+        return 130
+    if not result.ok:
+        print(
+            f"fedtalos run: Flower run {result.run_id} ended as {result.status!r} ({result.details}); see the log "
+            "above. Run the same command again to resume from the last checkpoint.",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"done: {config.run_dir()}")
+    return 0

@@ -1,0 +1,45 @@
+"""A client's calibration scores: which of its samples it scores in a round, with which labels, and the scores.
+
+One function for the ClientApp's ``query.fisher`` and for the mask-agreement analysis, which re-runs single
+clients' calibrations: both must score exactly the same samples with exactly the same label draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from fedtalos.config import RunConfig
+from fedtalos.editing.fisher import fisher_scores
+from fedtalos.seeds import client_generator, client_label_seed
+from fedtalos.task.resources import Resources
+
+
+def calibration_samples(config: RunConfig, shard_size: int, round_index: int, pid: int) -> Tensor:
+    """Indices into client ``pid``'s shard of the ``fisher-samples`` samples it scores in calibration round
+    ``round_index`` (1-based); int64, CPU."""
+    generator = client_generator(config.seed, "calibration", round_index, pid)
+    return torch.randperm(shard_size, generator=generator)[: config.fisher_samples]
+
+
+def client_scores(
+    config: RunConfig,
+    resources: Resources,
+    pid: int,
+    round_index: int,
+    soft_mask: Mapping[str, Tensor] | None = None,
+) -> tuple[dict[str, Tensor], int]:
+    """Client ``pid``'s Fisher score sums in calibration round ``round_index`` with the current mask soft-zeroed.
+
+    The model in ``resources`` must hold the global weights. Returns (name → score sums of the scored backbone
+    tensors, float32 on the model's device; the number of samples scored).
+    """
+    images, labels = resources.client_data(pid)
+    take = calibration_samples(config, len(labels), round_index, pid).to(images.device)
+    generator = torch.Generator(device=resources.device).manual_seed(client_label_seed(config.seed, round_index, pid))
+    mask = {k: m.to(resources.device) for k, m in soft_mask.items()} if soft_mask is not None else None
+    batches = [x for x, _ in resources.eval_batches(images[take], labels[take])]
+    scores = fisher_scores(resources.model, batches, target=config.fisher_target, soft_mask=mask, generator=generator)
+    return scores, len(take)

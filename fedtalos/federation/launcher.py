@@ -1,0 +1,180 @@
+"""Starting a federated run: ``flwr run`` of the app with a merged run-config file, and Flower's final status.
+
+Used by ``fedtalos run`` and ``fedtalos sweep``: one way to start a run.
+
+``flwr run`` exits 0 even when the run fails: :func:`flwr_run` reads Flower's final status instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedtalos.config import RunConfig
+
+_RUN_ID = re.compile(r"Successfully started run (\d+)")
+
+ENV_DEFAULTS = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # else Flower `uv sync`s torch into a fresh env per run
+    "FLWR_TELEMETRY_ENABLED": "0",
+}
+
+
+@dataclass
+class LaunchResult:
+    """The outcome of one ``flwr run``: Flower's run id and final status (``finished:completed`` on success)."""
+
+    run_id: str | None
+    status: str
+    details: str
+    returncode: int
+    tail: list[str] = field(default_factory=list)  # the last lines Flower printed (for failure reports)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished:completed"
+
+
+def merged_config(overrides: Mapping[str, Any]) -> RunConfig:
+    """The run config ``flwr run`` would build from the app's defaults and ``overrides``, validated."""
+    return RunConfig.from_mapping(overrides)
+
+
+def default_federation_config(config: RunConfig, extra: str = "") -> str:
+    """``num-supernodes`` = num-clients, plus client resources suited to this machine unless ``extra`` sets them."""
+    parts = [f"num-supernodes={config.num_clients}"]
+    if "client-resources-num-cpus" not in extra and "client-resources-num-gpus" not in extra:
+        import torch
+
+        if torch.cuda.is_available():
+            parts.append("client-resources-num-cpus=1 client-resources-num-gpus=0.25")
+        else:
+            # two 1-CPU actors beat one 2-CPU actor for small per-client work (measured, see README)
+            parts.append("client-resources-num-cpus=1")
+    return " ".join([*parts, extra]).strip()
+
+
+def flwr_command(app: Path, run_config_file: Path, federation_config: str) -> list[str]:
+    """The ``flwr run`` command line (this venv's ``flwr``) for a run-config TOML file."""
+    return [
+        str(Path(sys.executable).parent / "flwr"),
+        "run",
+        str(app),
+        "--run-config",
+        str(run_config_file),
+        "--federation-config",
+        federation_config,
+        "--stream",
+    ]
+
+
+def flwr_run(
+    app: Path,
+    overrides: Mapping[str, Any],
+    federation_config: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    echo: bool = True,
+    timeout: float | None = None,
+    on_line: Callable[[str], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
+    run_config_file: Path | None = None,
+) -> LaunchResult:
+    """Run ``flwr run`` with ``overrides`` (written to a TOML file) and return Flower's final status.
+
+    ``on_line`` receives every output line of ``flwr run`` (e.g. for a log file), ``on_start`` Flower's run id as
+    soon as it is known (e.g. to ``flwr stop`` it on an interrupt). ``run_config_file``: an existing TOML file that
+    holds ``overrides`` (e.g. one a sweep keeps), passed to ``flwr run`` as it is; None = a temporary file.
+    """
+    full_env = {**os.environ, **ENV_DEFAULTS, **(env or {})}
+    bin_dir = str(Path(sys.executable).parent)  # flwr starts `flower-superlink` from PATH: use this venv's
+    full_env["PATH"] = bin_dir + os.pathsep + full_env.get("PATH", "")
+    if run_config_file is None:
+        with tempfile.NamedTemporaryFile("wb", suffix=".toml", delete=False) as f:
+            tomli_w.dump(dict(overrides), f)
+            toml_path = f.name
+    else:
+        toml_path = str(run_config_file)
+    command = flwr_command(app, Path(toml_path), federation_config)
+    if echo:
+        print("$ " + shlex.join(command), flush=True)
+    run_id = None
+    tail: deque[str] = deque(maxlen=40)
+    try:
+        process = subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert process.stdout is not None
+        try:
+            for line in process.stdout:
+                tail.append(line.rstrip("\n"))
+                if echo:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                if on_line is not None:
+                    on_line(line)
+                if run_id is None and (m := _RUN_ID.search(line)):
+                    run_id = m.group(1)
+                    if on_start is not None:
+                        on_start(run_id)
+            returncode = process.wait(timeout=timeout)
+        except BaseException:  # an interrupt: do not leave `flwr run --stream` behind
+            process.terminate()
+            process.wait()
+            raise
+    finally:
+        if run_config_file is None:
+            os.unlink(toml_path)
+    status, details = wait_finished(run_id, full_env) if run_id else ("not started", "flwr run did not start a run")
+    return LaunchResult(run_id, status, details, returncode, list(tail))
+
+
+def wait_finished(run_id: str, env: Mapping[str, str], wait_s: float = 60.0) -> tuple[str, str]:
+    """Flower's status of ``run_id`` once it is ``finished:*`` (or the last one seen after ``wait_s`` seconds).
+
+    ``flwr run --stream`` can return while the SuperLink still lists the run as running (seen here: the log
+    stream ended a moment before the run's status changed), so a status read at once may not be the final one.
+    """
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        status, details = run_status(run_id, env)
+        if status.startswith("finished") or time.monotonic() >= deadline:
+            return status, details
+        time.sleep(1.0)
+
+
+def run_status(run_id: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """Flower's status of ``run_id`` (e.g. ``finished:completed``) and its details."""
+    flwr = str(Path(sys.executable).parent / "flwr")
+    out = subprocess.run(
+        [flwr, "ls", "--run-id", run_id, "--format", "json"], env=dict(env), capture_output=True, text=True, check=False
+    ).stdout
+    try:
+        runs = json.loads(out).get("runs", [])
+    except ValueError:
+        return "unknown", out.strip()[-500:]
+    return (runs[0]["status"], runs[0].get("status-details", "")) if runs else ("unknown", "run not listed")
+
+
+def stop_run(run_id: str, env: Mapping[str, str] | None = None, wait_s: float = 60.0) -> str:
+    """``flwr stop RUN_ID``, then wait (up to ``wait_s``) until Flower reports the run finished; returns its status.
+
+    Interrupting ``flwr run --stream`` only stops the streaming: the run goes on inside the SuperLink. A caller
+    that is interrupted must stop it, or a second run started on the same run directory would write next to it.
+    """
+    full_env = {**os.environ, **ENV_DEFAULTS, **(env or {})}
+    flwr = str(Path(sys.executable).parent / "flwr")
+    subprocess.run([flwr, "stop", run_id], env=full_env, capture_output=True, text=True, check=False)
+    return wait_finished(run_id, full_env, wait_s)[0]

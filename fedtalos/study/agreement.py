@@ -1,0 +1,244 @@
+"""Mask agreement across clients: would a client alone have picked the parameters the federation picked?
+
+For a finished editing run (least- or most-sensitive rule, ``mask.npz`` in its directory), every analysed client
+re-runs the whole multi-round calibration **on its own shard only**, exactly as it scores in the federated
+calibration (the same samples per round, the same label draws, soft zeroing with its own mask so far, the same
+keep-fraction schedule and threshold scope), from the same global weights. Its mask M_i is compared with the
+aggregated mask M of the run by the Jaccard index |M_i ∧ M| / |M_i ∨ M| (1 = the same trainable set).
+
+Reference levels: two independent random masks of densities a and b have Jaccard ≈ ab / (a + b − ab) (for many
+entries), 0.053 at 10 % density; the mean pairwise Jaccard between clients says whether clients agree among
+themselves even where they disagree with the aggregate.
+
+The calibration weights are the global weights during calibration (which does not change them): taken from a kept
+checkpoint of the calibration phase when there is one, else rebuilt as the run's initial backbone (the backbone is
+only trained after calibration) with the run's frozen head from its latest checkpoint. The analysis also repeats
+the federated calibration itself (the sampled cohorts' summed scores) and reports whether it reproduces the run's
+``mask.npz``: a check that what was rebuilt is what the run used.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedtalos.config import RunConfig
+from fedtalos.editing.masks import Mask, keep_counts, keep_fraction, load_mask, update_mask
+from fedtalos.tracking.checkpoint import CheckpointStore, atomic_write_bytes
+
+OUTPUT_JSON = "analysis/mask_agreement.json"
+OUTPUT_CSV = "analysis/mask_agreement.csv"
+OUTPUT_PNG = "plots/mask_agreement.png"
+SENSITIVITY_RULES = ("least-sensitive", "most-sensitive")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Overlap measures.
+
+
+def jaccard(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    """|a ∧ b| / |a ∨ b| over all entries of all tensors (same keys and shapes); 1.0 when both are empty."""
+    if set(a) != set(b):
+        raise KeyError("masks with different tensors: " + ", ".join(sorted(set(a) ^ set(b))[:5]))
+    both = either = 0
+    for name, m in a.items():
+        other = b[name]
+        if m.shape != other.shape:
+            raise ValueError(f"{name}: shapes {tuple(m.shape)} and {tuple(other.shape)} differ")
+        m, other = m.bool(), other.bool().to(m.device)
+        both += int((m & other).sum())
+        either += int((m | other).sum())
+    return both / either if either else 1.0
+
+
+def chance_jaccard(density_a: float, density_b: float) -> float:
+    """Jaccard of two independent uniformly random masks of these densities (the large-N limit):
+    P(both) / P(either) = ab / (a + b − ab)."""
+    either = density_a + density_b - density_a * density_b
+    return density_a * density_b / either if either > 0 else 1.0
+
+
+def mean_pairwise_jaccard(masks: Sequence[Mapping[str, torch.Tensor]]) -> float | None:
+    """Mean Jaccard over all unordered pairs of ``masks`` (None for fewer than two)."""
+    values = [jaccard(masks[i], masks[j]) for i in range(len(masks)) for j in range(i + 1, len(masks))]
+    return sum(values) / len(values) if values else None
+
+
+def density(mask: Mapping[str, torch.Tensor]) -> float:
+    """Trainable fraction of all entries."""
+    total = sum(m.numel() for m in mask.values())
+    return sum(int(m.sum()) for m in mask.values()) / total if total else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Calibration on single clients.
+
+
+class Calibrator:
+    """Scores clients' calibration samples (the ClientApp's :func:`client_scores`) for the weights of one run."""
+
+    def __init__(self, config: RunConfig, weights: Mapping[str, torch.Tensor]) -> None:
+        from fedtalos.task.model import HEAD_PREFIX
+        from fedtalos.task.resources import get_resources
+
+        self.config = config
+        self.resources = get_resources(config)
+        self.resources.load_weights(weights)
+        self.shapes = {k: tuple(v.shape) for k, v in weights.items() if not k.startswith(HEAD_PREFIX)}
+        self.rounds = config.calibration_rounds
+        self.keep = "lowest" if config.mask_rule == "least-sensitive" else "highest"
+        self._first_round: dict[int, dict[str, torch.Tensor]] = {}  # round-1 scores need no mask: shared
+
+    def scores(self, pid: int, round_index: int, soft_mask: Mask | None) -> dict[str, torch.Tensor]:
+        """Client ``pid``'s score sums in calibration round ``round_index`` (1-based), CPU float32."""
+        from fedtalos.editing.scoring import client_scores
+
+        if soft_mask is None and round_index == 1 and pid in self._first_round:
+            return self._first_round[pid]
+        scores, _ = client_scores(self.config, self.resources, pid, round_index, soft_mask)
+        scores = {k: v.cpu() for k, v in scores.items()}
+        if soft_mask is None and round_index == 1:
+            self._first_round[pid] = scores
+        return scores
+
+    def _update(self, scores: Mapping[str, torch.Tensor], alive: Mask | None, round_index: int) -> Mask:
+        c = self.config
+        counts = keep_counts(self.shapes, keep_fraction(c.sparsity, round_index - 1, self.rounds), c.mask_scope)
+        return update_mask(scores, alive, counts, keep=self.keep, scope=c.mask_scope)
+
+    def client_mask(self, pid: int) -> Mask:
+        """The mask client ``pid`` would calibrate alone: every round on its own samples, with its own mask."""
+        alive: Mask | None = None
+        for r in range(1, self.rounds + 1):
+            alive = self._update(self.scores(pid, r, alive), alive, r)
+        assert alive is not None
+        return alive
+
+    def federated_mask(self) -> Mask:
+        """The federated calibration again: per round the sampled cohort's summed scores (server order)."""
+        from fedtalos.federation.cohort import sample_cohort
+
+        c = self.config
+        size = max(1, round(c.calibration_fraction * c.num_clients))
+        alive: Mask | None = None
+        for r in range(1, self.rounds + 1):
+            total = {k: torch.zeros(s, dtype=torch.float32) for k, s in self.shapes.items()}
+            for pid in sample_cohort(c.seed, "calibration", r, c.num_clients, size):
+                for k, v in self.scores(pid, r, alive).items():
+                    total[k] += v
+            alive = self._update(total, alive, r)
+        assert alive is not None
+        return alive
+
+
+def calibration_weights(run_dir: Path, config: RunConfig) -> tuple[dict[str, torch.Tensor], str]:
+    """The global weights the run calibrated with, and where they came from (see the module docstring)."""
+    from fedtalos.task.model import HEAD_PREFIX
+    from fedtalos.task.resources import get_resources
+
+    store = CheckpointStore(run_dir / "checkpoints", config.result_hash(), keep=10**9)
+    latest = None
+    for step in reversed(store.steps()):
+        checkpoint = store.load(step)
+        latest = latest or checkpoint
+        if checkpoint.meta.get("phase") == "calibration":
+            weights = {k[len("weights/") :]: v for k, v in checkpoint.tensors.items() if k.startswith("weights/")}
+            return weights, f"checkpoint of step {step} (calibration phase)"
+    if latest is None or latest.meta.get("phase") not in ("calibration", "train", "done"):
+        raise ValueError(f"{run_dir}: no checkpoint after the head phase; the run has not calibrated a mask yet")
+    final = {k[len("weights/") :]: v for k, v in latest.tensors.items() if k.startswith("weights/")}
+    # built afresh, not from the per-process cache: a cached model may hold weights loaded since (e.g. by a server
+    # that ran in this process)
+    initial = get_resources.__wrapped__(config, pretrained=True).weights()
+    weights = {k: (final[k] if k.startswith(HEAD_PREFIX) else v) for k, v in initial.items()}
+    return weights, f"initial backbone + frozen head of checkpoint {latest.step}"
+
+
+def mask_agreement(
+    run_dir: str | Path, clients: int | None = 10, device: str | None = None, check: bool = True
+) -> dict[str, Any]:
+    """Jaccard of single-client masks with the run's aggregated mask; writes JSON, CSV and a figure.
+
+    Args:
+        run_dir: a run directory with ``config.json`` and ``mask.npz`` (least- or most-sensitive rule).
+        clients: how many clients to analyse (partition ids 0..clients−1); None = all of them.
+        device: override the run's device (e.g. 'cpu'); None = the run's own setting.
+        check: also repeat the federated calibration and compare it with ``mask.npz``.
+
+    Returns:
+        The record written to ``analysis/mask_agreement.json``.
+    """
+    run_dir = Path(run_dir)
+    stored = json.loads((run_dir / "config.json").read_text())
+    values = dict(stored["config"])
+    if device:
+        values["device"] = device
+    config = RunConfig.from_mapping(values)
+    if config.mask_rule not in SENSITIVITY_RULES:
+        raise ValueError(
+            f"{run_dir}: mask-rule = {config.mask_rule!r}; the agreement analysis applies to the sensitivity rules "
+            "(magnitude and random masks do not depend on client data)"
+        )
+    aggregated = load_mask(run_dir / "mask.npz")
+    weights, source = calibration_weights(run_dir, config)
+    calibrator = Calibrator(config, weights)
+    pids = list(range(config.num_clients if clients is None else min(clients, config.num_clients)))
+    masks, rows = [], []
+    for pid in pids:
+        mask = calibrator.client_mask(pid)
+        masks.append(mask)
+        labels = calibrator.resources.client_data(pid)[1]
+        rows.append(
+            {
+                "client": pid,
+                "examples": len(labels),
+                "classes": len(torch.unique(labels)),
+                "density": density(mask),
+                "jaccard": jaccard(mask, aggregated),
+            }
+        )
+    values_j = [r["jaccard"] for r in rows]
+    mean = sum(values_j) / len(values_j)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values_j) / (len(values_j) - 1)) if len(values_j) > 1 else None
+    record: dict[str, Any] = {
+        "run": run_dir.name,
+        "mask_rule": config.mask_rule,
+        "sparsity": config.sparsity,
+        "calibration_rounds": config.calibration_rounds,
+        "partitioning": config.partitioning,
+        "classes_per_client": config.classes_per_client if config.partitioning == "noniid" else None,
+        "clients_requested": clients,
+        "weights": source,
+        "aggregated_density": density(aggregated),
+        "mean_jaccard": mean,
+        "std_jaccard": std,
+        "pairwise_jaccard": mean_pairwise_jaccard(masks),
+        "chance_jaccard": chance_jaccard(density(aggregated), density(aggregated)),
+        "clients": rows,
+    }
+    if check:
+        reproduced = calibrator.federated_mask()
+        record["reproduced_jaccard"] = jaccard(reproduced, aggregated)
+        record["reproduced_exactly"] = all(torch.equal(reproduced[k], aggregated[k].bool()) for k in aggregated)
+    _write_outputs(run_dir, record)
+    return record
+
+
+def _write_outputs(run_dir: Path, record: dict[str, Any]) -> None:
+    (run_dir / "analysis").mkdir(exist_ok=True)
+    atomic_write_bytes(run_dir / OUTPUT_JSON, json.dumps(record, indent=1).encode())
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(record["clients"][0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(record["clients"])
+    atomic_write_bytes(run_dir / OUTPUT_CSV, buffer.getvalue().encode())
+    from fedtalos.study.figures import plot_client_agreement
+
+    plot_client_agreement(record, run_dir / OUTPUT_PNG)

@@ -1,0 +1,369 @@
+"""``fedtalos-central search``: hyper-parameter search with Optuna on the validation split (never the test split).
+
+    fedtalos-central search SPACE.toml --trials N [--study-name NAME] [--config BASE.toml] [--<key> VALUE ...]
+
+**Search space file** (TOML): a ``[key]`` table per searched run-config key (``type = "float" | "int"`` with
+``low``, ``high`` and optional ``log`` / ``step``; ``type = "categorical"`` with ``choices``) and plain
+``key = value`` lines for keys fixed in every trial; see :mod:`fedtalos.study.search_space` and
+``configs/search/central.toml``.
+
+**Trials.** Each trial is an ordinary centralized run (same loop, checkpoints, metrics, plots) in
+``<output-root>/search-<study>/trial-<n>/``, except that it never evaluates on the test split. After each
+validation it reports ``val_acc`` at that epoch to Optuna; a ``MedianPruner`` stops trials whose validation
+accuracy is below the median of earlier trials at the same epoch. A trial's value is its final validation
+accuracy; TPE proposes the next parameters.
+
+**Outputs** in ``<output-root>/search-<study>/``: ``study.db`` (Optuna, SQLite), ``trials.csv`` (every trial,
+ranked: complete by validation accuracy, then pruned by their last one, then failed), ``best.toml`` (the
+best complete trial as run-config overrides: ``fedtalos-central --config best.toml`` re-runs it, with a test
+evaluation) and ``trials.png`` (validation curves of the best trials).
+
+**Resuming.** Running the same command again continues the study (``load_if_exists``): ``--trials N`` is the
+number of finished (complete or pruned) trials the study should hold, so finished trials are never redone.
+A trial left running by a killed process is marked failed and re-queued with the same parameters and the same
+run directory, so it resumes from its last checkpoint rather than starting over. A trial that raises an error
+is recorded as failed (with the error) and the search goes on; failed trials do not count towards N. One
+search process per study at a time (a lock file enforces it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedtalos.config import ConfigError, RunConfig
+from fedtalos.study.search_space import Space, load_space
+from fedtalos.tracking.checkpoint import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+STUDY_DB = "study.db"
+TRIALS_CSV = "trials.csv"
+BEST_TOML = "best.toml"
+TRIALS_PLOT = "trials.png"
+
+
+class SearchError(RuntimeError):
+    """The study cannot be continued as asked (another space or base config, or a search already running)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The study.
+
+
+@contextlib.contextmanager
+def study_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the study directory (one search process per study)."""
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SearchError(
+                f"another search is running on {directory}; wait for it or use another --study-name"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _finished(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def base_hash(config: RunConfig, space: Space) -> str:
+    """A hash of what every trial shares: the result-deciding keys of the base config, minus the searched ones."""
+    import hashlib
+
+    shared = {k: v for k, v in config.result_dict().items() if k not in space.params}
+    return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _check_identity(study: Any, space: Space, base_hash: str) -> None:
+    """The study's first run recorded its space and base config; a later run must use the same ones."""
+    stored = study.user_attrs
+    identity = json.loads(json.dumps({"space": space.to_json(), "base_hash": base_hash}))  # as stored
+    if not stored.get("space"):
+        for key, value in identity.items():
+            study.set_user_attr(key, value)
+        return
+    if stored.get("space") != identity["space"] or stored.get("base_hash") != base_hash:
+        what = "search space" if stored.get("space") != identity["space"] else "base run config"
+        raise SearchError(
+            f"study {study.study_name!r} was created with another {what}; its trials would not be comparable. "
+            "Use another --study-name (or the original space and options)."
+        )
+
+
+def _requeue_interrupted(study: Any) -> None:
+    """Trials left RUNNING by a killed process: mark failed and re-queue their parameters and run directory."""
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        run_dir = trial.user_attrs.get("run_dir", f"trial-{trial.number:04d}")
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"run_dir": run_dir, "resumes": trial.number})
+        log.info("trial %d was interrupted: re-queued, it resumes from %s", trial.number, run_dir)
+
+
+def run_trial(study: Any, space: Space, base: Mapping[str, Any], study_dir: Path) -> None:
+    """Ask for one trial, run it as a centralized run, and tell Optuna how it ended."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from fedtalos.central.trainer import run_centralized
+
+    trial = study.ask(space.distributions())
+    run_name = trial.user_attrs.get("run_dir") or f"trial-{trial.number:04d}"
+    trial.set_user_attr("run_dir", run_name)
+    values = {**base, **space.fixed, **trial.params, "output-root": str(study_dir), "run-name": run_name}
+    try:
+        config = RunConfig.from_mapping(values)
+    except ConfigError as e:  # a combination the per-key checks could not see (e.g. lr-min > a sampled lr)
+        trial.set_user_attr("error", str(e))
+        study.tell(trial, state=TrialState.FAIL)
+        log.warning("trial %d: invalid configuration, skipped:\n%s", trial.number, e)
+        return
+    log.info("trial %d: %s", trial.number, ", ".join(f"{k}={v!r}" for k, v in trial.params.items()))
+
+    def report(row: dict[str, Any]) -> None:
+        trial.report(row["val_acc"], step=row["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"val_acc {row['val_acc']:.4f} at epoch {row['epoch']}")
+
+    try:
+        _, summary = run_centralized(config, evaluate_test=False, on_evaluation=report)
+    except optuna.TrialPruned as e:
+        trial.set_user_attr("pruned_at", str(e))
+        study.tell(trial, state=TrialState.PRUNED)
+        log.info("trial %d pruned (%s)", trial.number, e)
+        return
+    except Exception as e:  # recorded, and the search goes on; KeyboardInterrupt leaves the trial RUNNING
+        trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+        study.tell(trial, state=TrialState.FAIL)
+        log.exception("trial %d failed", trial.number)
+        return
+    study.tell(trial, summary["final"]["val_acc"])
+    log.info("trial %d: val_acc %.4f", trial.number, summary["final"]["val_acc"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outputs.
+
+
+def ranked_trials(study: Any) -> list[dict[str, Any]]:
+    """One row per trial: complete ones by value (desc), then pruned by their last val_acc, then the rest."""
+    from optuna.trial import TrialState
+
+    order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1}
+    keyed = []
+    for t in study.get_trials(deepcopy=False):
+        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+        value = t.value if t.state == TrialState.COMPLETE else last
+        row = {
+            "trial": t.number,
+            "state": t.state.name.lower(),
+            "val_acc": value,
+            "best_val_acc": max(t.intermediate_values.values()) if t.intermediate_values else None,
+            "epochs_done": max(t.intermediate_values) if t.intermediate_values else 0,
+            **{f"param:{k}": v for k, v in t.params.items()},
+            "run_dir": t.user_attrs.get("run_dir", ""),
+            "wall_s": t.duration.total_seconds() if t.duration else None,
+            "note": t.user_attrs.get("error") or t.user_attrs.get("pruned_at") or "",
+        }
+        accuracy = value if value is not None else -math.inf
+        keyed.append(((order.get(t.state, 2), -accuracy, t.number), row))
+    rows = [row for _, row in sorted(keyed, key=lambda item: item[0])]
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank if row["state"] in ("complete", "pruned") else None
+    return rows
+
+
+def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    columns = ["rank", "trial", "state", "val_acc", "best_val_acc", "epochs_done"]
+    for row in rows:
+        columns += [k for k in row if k not in columns and k.startswith("param:")]
+    columns += ["run_dir", "wall_s", "note"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def best_overrides(study: Any, space: Space, base: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The run-config overrides of the best complete trial (no run-name: the re-run gets its own directory)."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    best = study.best_trial
+    values = {**base, **space.fixed, **best.params}
+    values.pop("run-name", None)
+    return values
+
+
+def write_best_toml(values: Mapping[str, Any], study: Any, path: Path) -> None:
+    import tomli_w
+
+    best = study.best_trial
+    header = (
+        f"# Best trial of study {study.study_name!r}: trial {best.number}, validation accuracy {best.value:.4f}.\n"
+        f"# Re-run it (also evaluated on the test split at the end): fedtalos-central --config {path.name}\n"
+    )
+    atomic_write_bytes(path, (header + tomli_w.dumps(dict(values))).encode())
+
+
+def write_outputs(study: Any, space: Space, base: Mapping[str, Any], study_dir: Path, top: int = 5) -> dict[str, Any]:
+    """``trials.csv``, ``best.toml`` (when a trial completed) and ``trials.png``; returns what was written."""
+    rows = ranked_trials(study)
+    write_trials_csv(rows, study_dir / TRIALS_CSV)
+    out: dict[str, Any] = {"trials": rows, "csv": study_dir / TRIALS_CSV, "best": None}
+    values = best_overrides(study, space, base)
+    if values is not None:
+        write_best_toml(values, study, study_dir / BEST_TOML)
+        out["best"] = study_dir / BEST_TOML
+    runs = [study_dir / r["run_dir"] for r in rows if r["rank"] is not None][:top]
+    runs = [r for r in runs if (r / "metrics.jsonl").is_file()]
+    if runs:
+        from fedtalos.tracking.plots import plot_runs
+
+        with contextlib.suppress(ValueError):
+            plot_runs(
+                runs, study_dir / TRIALS_PLOT, x="epoch", title=f"study {study.study_name}: best {len(runs)} trials"
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def search(
+    base: Mapping[str, Any],
+    space_path: str | Path,
+    trials: int,
+    study_name: str | None = None,
+    *,
+    pruner_startup_trials: int = 5,
+    pruner_warmup_epochs: int = 1,
+    pruner: Any | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) a study until it holds ``trials`` finished trials; write its outputs.
+
+    Args:
+        base: run-config overrides shared by every trial (validated; paths absolute).
+        space_path: the search space TOML file.
+        trials: the number of finished (complete or pruned) trials the study should hold.
+        study_name: default: the space file's stem.
+        pruner_startup_trials: trials that finish before the MedianPruner prunes anything.
+        pruner_warmup_epochs: epochs of every trial that are never pruned.
+        pruner: an Optuna pruner to use instead of that MedianPruner.
+
+    Returns:
+        ``{"study_dir", "trials" (ranked rows), "csv", "best" (best.toml path or None)}``.
+    """
+    import optuna
+
+    from fedtalos.central.trainer import preflight
+    from fedtalos.seeds import search_sampler_seed
+
+    space = load_space(space_path, base)
+    study_name = study_name or Path(space_path).stem
+    config = RunConfig.from_mapping({**base, **space.fixed})
+    preflight(config)  # output root, data, weights: fail before a study exists
+    study_dir = config.resolved_output_root() / f"search-{study_name}"
+    with study_lock(study_dir):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=f"sqlite:///{study_dir / STUDY_DB}",
+            load_if_exists=True,
+            direction="maximize",
+            pruner=pruner
+            or optuna.pruners.MedianPruner(n_startup_trials=pruner_startup_trials, n_warmup_steps=pruner_warmup_epochs),
+        )
+        # Seeded per (seed, trials so far): reproducible, and a continued study does not replay earlier proposals.
+        study.sampler = optuna.samplers.TPESampler(seed=search_sampler_seed(config.seed, len(study.trials)))
+        _check_identity(study, space, base_hash(config, space))
+        _requeue_interrupted(study)
+        done = _finished(study)
+        if done:
+            log.info("study %s: %d of %d trials already finished", study_name, done, trials)
+        while _finished(study) < trials:
+            run_trial(study, space, base, study_dir)
+            write_outputs(study, space, base, study_dir)
+        out = write_outputs(study, space, base, study_dir)
+    return {"study_dir": study_dir, **out}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fedtalos.cli.central import PROG, add_run_config_options
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} search",
+        description="Hyper-parameter search with Optuna on the validation split; running the same command again "
+        "continues the study. Each trial is a centralized run under <output-root>/search-<study>/.",
+        epilog="The space file format: configs/search/central.toml, README.md, fedtalos/search_space.py.",
+    )
+    parser.add_argument("space", help="search space TOML file (e.g. configs/search/central.toml)")
+    parser.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
+    parser.add_argument("--study-name", help="default: the space file's name without .toml")
+    parser.add_argument("--pruner-startup-trials", type=int, default=5, help="trials before pruning starts (default 5)")
+    parser.add_argument("--pruner-warmup-epochs", type=int, default=1, help="epochs never pruned (default 1)")
+    add_run_config_options(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fedtalos-central search ...``."""
+    from fedtalos.cli.central import fail, overrides_from_args, setup_logging
+    from fedtalos.task.data import DatasetIntegrityError, DatasetNotFoundError
+    from fedtalos.task.model import WeightsError
+
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    if args.trials < 1:
+        return fail("--trials must be at least 1")
+    try:
+        base = overrides_from_args(args)
+        result = search(
+            base,
+            args.space,
+            args.trials,
+            args.study_name,
+            pruner_startup_trials=args.pruner_startup_trials,
+            pruner_warmup_epochs=args.pruner_warmup_epochs,
+        )
+    except (ConfigError, SearchError, DatasetNotFoundError, DatasetIntegrityError, WeightsError) as e:
+        return fail(str(e))
+    rows = result["trials"]
+    print(f"study: {result['study_dir']}  ({len(rows)} trials; ranking in {result['csv'].name})")
+    for row in rows[:5]:
+        params = ", ".join(
+            f"{k[6:]}={v:.4g}" if isinstance(v, float) else f"{k[6:]}={v}"
+            for k, v in row.items()
+            if k.startswith("param:")
+        )
+        acc = f"{row['val_acc']:.4f}" if row["val_acc"] is not None else "-"
+        print(f"  #{row['rank'] or '-'} trial {row['trial']} {row['state']:>8} val_acc {acc}  {params}")
+    if result["best"]:
+        print(f"best config: {result['best']}  (re-run: fedtalos-central --config {result['best']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

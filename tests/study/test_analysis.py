@@ -1,0 +1,159 @@
+"""The analyses' numbers against hand-computed values: client drift, Jaccard overlaps, and the mask agreement of
+real (in-process) editing runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from fedtalos.cli.main import main
+from fedtalos.editing.masks import load_mask
+from fedtalos.federation.aggregate import ClientUpdate, aggregate
+from fedtalos.study.agreement import chance_jaccard, jaccard, mask_agreement, mean_pairwise_jaccard
+from tests.support.fakegrid import run_server
+from tests.support.tiny import offline_tiny
+
+T = torch.tensor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Client drift = sqrt(Σ p_i ‖u_i − ū‖²), u_i = x_i − reference, p_i = n_i / Σ n, ū = Σ p_i u_i.
+
+
+def test_drift_of_two_clients_by_hand():
+    # n = 1 and 3 → p = 1/4, 3/4; u1 = (1, 0), u2 = (0, 2); ū = (1/4, 3/2)
+    # Σ p‖u − ū‖² = 1/4 · (0.75² + 1.5²) + 3/4 · (0.25² + 0.5²) = 0.703125 + 0.234375 = 0.9375
+    reference = {"w": T([0.0, 0.0])}
+    updates = [ClientUpdate(7, 1, {"w": T([1.0, 0.0])}), ClientUpdate(3, 3, {"w": T([0.0, 2.0])})]
+    result = aggregate(updates, reference)
+    assert result.drift == pytest.approx(math.sqrt(0.9375), rel=1e-6)
+    assert torch.allclose(result.average["w"], T([0.25, 1.5]))
+
+
+def test_drift_over_several_tensors_from_a_nonzero_reference():
+    # three equal clients; tensors a (2 entries) and b (1 entry) count as one vector of 3 entries
+    reference = {"a": T([1.0, 1.0]), "b": T([5.0])}
+    uploads = [({"a": T([2.0, 1.0]), "b": T([5.0])}), ({"a": T([1.0, 1.0]), "b": T([8.0])}), (dict(reference))]
+    updates = [ClientUpdate(i, 10, u) for i, u in enumerate(uploads)]
+    # u = (1,0,0), (0,0,3), (0,0,0); ū = (1/3, 0, 1); Σ p‖u − ū‖² = (1/3)[(4/9 + 1) + (1/9 + 4) + (1/9 + 1)] = 20/9
+    assert aggregate(updates, reference).drift == pytest.approx(math.sqrt(20 / 9), rel=1e-6)
+
+
+def test_identical_clients_have_no_drift():
+    reference = {"w": T([0.5, -1.0, 2.0])}
+    same = {"w": T([1.5, 0.0, 0.0])}
+    updates = [ClientUpdate(i, n, dict(same)) for i, n in enumerate((3, 5, 11))]
+    assert aggregate(updates, reference).drift == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Jaccard.
+
+
+def test_jaccard_by_hand():
+    a = {"x": T([[1, 0, 1], [0, 0, 1]], dtype=torch.bool), "y": T([1, 1], dtype=torch.bool)}
+    b = {"x": T([[1, 1, 0], [0, 0, 1]], dtype=torch.bool), "y": T([0, 1], dtype=torch.bool)}
+    # both: x(0,0), x(1,2), y1 = 3; either: x(0,0), x(0,1), x(0,2), x(1,2), y0, y1 = 6
+    assert jaccard(a, b) == pytest.approx(0.5)
+    assert jaccard(a, a) == 1.0
+    empty = {k: torch.zeros_like(v) for k, v in a.items()}
+    assert jaccard(empty, empty) == 1.0 and jaccard(a, empty) == 0.0
+    c = {"x": T([[0, 0, 0], [0, 0, 1]], dtype=torch.bool), "y": T([0, 0], dtype=torch.bool)}
+    # pairs: J(a,b) = 1/2, J(a,c) = 1/5, J(b,c) = 1/4
+    assert mean_pairwise_jaccard([a, b, c]) == pytest.approx((0.5 + 0.2 + 0.25) / 3)
+    with pytest.raises(KeyError):
+        jaccard(a, {"x": a["x"]})
+
+
+def test_chance_jaccard_matches_random_masks():
+    assert chance_jaccard(0.5, 0.5) == pytest.approx(1 / 3)
+    assert chance_jaccard(0.1, 0.1) == pytest.approx(0.01 / 0.19)
+    generator = torch.Generator().manual_seed(0)
+    n = 400_000
+    a = {"w": torch.rand(n, generator=generator) < 0.1}
+    b = {"w": torch.rand(n, generator=generator) < 0.3}
+    assert jaccard(a, b) == pytest.approx(chance_jaccard(0.1, 0.3), abs=0.003)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mask agreement of editing runs (the whole server in-process, against the real ClientApp).
+
+
+def _editing_run(root: Path, cifar: Path, **overrides: Any) -> Path:
+    config = {
+        **offline_tiny(cifar, root),
+        "batch-size": 16,
+        "eval-batch-size": 250,
+        "local-steps": 1,
+        "num-server-rounds": 2,
+        "eval-every": 2,
+        "head": "ridge",
+        "mask-rule": "least-sensitive",
+        "sparsity": 0.8,
+        "calibration-rounds": 2,
+        "fisher-samples": 8,
+        **overrides,
+    }
+    run_dir, _ = run_server(config)
+    return run_dir
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_a_single_client_federation_agrees_with_itself(fake_cifar_root: Path, tmp_path: Path):
+    run_dir = _editing_run(
+        tmp_path,
+        fake_cifar_root,
+        **{
+            "run-name": "alone",
+            "num-clients": 1,
+            "fraction-train": 1.0,
+            "calibration-fraction": 1.0,
+            "checkpoint-keep": 50,
+        },
+    )
+    record = mask_agreement(run_dir, clients=None)
+    assert record["weights"].startswith("checkpoint of step 3"), "the last calibration checkpoint was kept"
+    assert record["reproduced_exactly"] and record["reproduced_jaccard"] == 1.0
+    assert [c["jaccard"] for c in record["clients"]] == [1.0], "the only client's mask is the aggregated one"
+    assert record["pairwise_jaccard"] is None
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_mask_agreement_of_a_federated_run(fake_cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    run_dir = _editing_run(
+        tmp_path,
+        fake_cifar_root,
+        **{
+            "run-name": "four",
+            "num-clients": 4,
+            "fraction-train": 0.5,
+            "calibration-fraction": 0.5,
+            "partitioning": "noniid",
+            "classes-per-client": 25,
+            "checkpoint-keep": 1,
+        },
+    )
+    assert main(["analyze", "mask-agreement", str(run_dir), "--clients", "3"]) == 0
+    assert "federated calibration reproduced mask.npz exactly" in capsys.readouterr().out
+    record = json.loads((run_dir / "analysis" / "mask_agreement.json").read_text())
+    assert record["weights"].startswith("initial backbone + frozen head"), "calibration checkpoints were pruned"
+    assert record["reproduced_exactly"], "rebuilt weights + the clients' scoring = the run's calibration"
+    aggregated = load_mask(run_dir / "mask.npz")
+    total = sum(m.numel() for m in aggregated.values())
+    assert record["aggregated_density"] == pytest.approx(sum(int(m.sum()) for m in aggregated.values()) / total)
+    assert [c["client"] for c in record["clients"]] == [0, 1, 2]
+    for client in record["clients"]:
+        assert client["density"] == pytest.approx(0.2, abs=0.002), "each client keeps (1 − s) of the entries"
+        assert client["classes"] == 25
+        assert record["chance_jaccard"] < client["jaccard"] < 1.0
+    values = [c["jaccard"] for c in record["clients"]]
+    assert record["mean_jaccard"] == pytest.approx(sum(values) / 3)
+    assert record["std_jaccard"] == pytest.approx(math.sqrt(sum((v - record["mean_jaccard"]) ** 2 for v in values) / 2))
+    assert record["chance_jaccard"] == pytest.approx(chance_jaccard(0.2, 0.2), abs=1e-3)
+    assert (run_dir / "analysis" / "mask_agreement.csv").read_text().startswith("client,examples,classes")
+    assert (run_dir / "plots" / "mask_agreement.png").stat().st_size > 10_000

@@ -1,0 +1,99 @@
+"""Helpers for the reliability tests: misbehaving clients, run outcomes, captured fedtalos logs.
+
+A *faulty* client is the real ClientApp with its reply to some message types replaced: by an exception (the
+ClientApp raised), by nothing (no reply before the timeout), by a Flower error message (the ClientApp process
+died), or by a tampered reply. Outcomes are compared bit for bit: a run whose faulty client was rejected must end
+exactly like a run in which that client never answered.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, Context, Error, Message, RecordDict
+from safetensors.torch import load_file
+
+from fedtalos.client_app import app as client_app
+from fedtalos.server_app import main
+from tests.support.fakegrid import FakeGrid, Handler
+
+Tamper = Callable[[Message, Message], Message | None]  # (incoming message, real reply) → what the server gets
+
+
+def faulty(message_types: set[str], tamper: Tamper) -> Handler:
+    """A client that runs the real ClientApp and passes its replies to ``message_types`` through ``tamper``."""
+
+    def handler(message: Message, context: Context) -> Message | None:
+        reply = client_app(message, context)
+        if message.metadata.message_type not in message_types:
+            return reply
+        return tamper(message, reply)
+
+    return handler
+
+
+def silent(message: Message, reply: Message) -> None:
+    """No reply at all: to the server, a client that timed out."""
+    return None
+
+
+def raises(message: Message, reply: Message) -> Message:
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def crashed(message: Message, reply: Message) -> Message:
+    """What Flower returns when the ClientApp process dies mid-message."""
+    return Message(
+        Error(code=1, reason="ClientAppException: the ClientApp process exited with code -9"), reply_to=message
+    )
+
+
+def npy_array(values: np.ndarray, dtype: str | None = None, shape: tuple[int, ...] | None = None) -> Array:
+    """An ``Array`` holding ``values``, optionally *declaring* another dtype or shape than its bytes hold."""
+    buffer = io.BytesIO()
+    np.save(buffer, values, allow_pickle=False)
+    return Array(
+        dtype=dtype or str(values.dtype),
+        shape=tuple(shape if shape is not None else values.shape),
+        stype="numpy.ndarray",
+        data=buffer.getvalue(),
+    )
+
+
+def run_dir_of(config: dict[str, Any]) -> Path:
+    return Path(config["output-root"]) / config["run-name"]
+
+
+def rows(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl without the wall-clock times."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")} for x in lines]  # timings vary
+
+
+def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    """All tensors (weights, strategy, mask) of the newest checkpoint."""
+    newest = sorted((run_dir / "checkpoints").glob("ckpt-*.safetensors"))[-1]
+    return load_file(newest)
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+def train_messages(grid: FakeGrid, message_type: str = "train") -> list[int]:
+    """Partition ids the grid delivered ``message_type`` messages to, in order."""
+    return [grid.pid_of[m.metadata.dst_node_id] for m in grid.sent if m.metadata.message_type == message_type]
+
+
+def run_main(config: dict[str, Any], grid: FakeGrid) -> tuple[Path, FakeGrid]:
+    """The ServerApp's ``main`` against ``grid`` (``run_server`` with a grid made by the caller)."""
+    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
+    return run_dir_of(config), grid
