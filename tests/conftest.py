@@ -21,6 +21,7 @@ from fedtalos.testing.synthetic import write_fake_cifar100
 from tests.support.tiny import task_identity
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+pytest_plugins = ["tests.support.fixtures"]
 
 
 @pytest.fixture(scope="session")

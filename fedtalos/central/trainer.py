@@ -27,7 +27,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -39,14 +38,15 @@ from fedtalos.central.head_and_mask import calibrate, fit_ridge_head
 from fedtalos.central.schedulers import Scheduler, after_evaluation, after_step, current_lr, make_scheduler
 from fedtalos.central.state import TrainState, add_stats, capture_rng, empty_partial, restore_rng
 from fedtalos.config import RunConfig
-from fedtalos.editing import SparseSGDM, mask_stats
+from fedtalos.editing import SparseSGDM
+from fedtalos.phases import Callbacks, Phase, PhaseMachine, Row, Unit, fault_injection
 from fedtalos.seeds import central_epoch_generator, central_start_seed
 from fedtalos.task.model import set_trainable
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.train import train_steps
-from fedtalos.testing import faults
-from fedtalos.tracking.mask_report import MASK_FILE, write_mask_report
-from fedtalos.tracking.metrics import Row, format_row, summarize_rows
+from fedtalos.tracking.callbacks import CheckpointCallback, MetricsCallback, TimingCallback
+from fedtalos.tracking.mask_report import MASK_FILE, mask_title, mask_totals, write_mask_report
+from fedtalos.tracking.metrics import format_row, summarize_rows
 from fedtalos.tracking.plots import plot_run
 from fedtalos.tracking.rundir import RunDir, open_run_dir, validate_output_root
 
@@ -55,15 +55,6 @@ log = logging.getLogger(__name__)
 KIND = "centralized"
 # Progress-bar updates read the loss sums from the device: about this many times per epoch (a sync each).
 PROGRESS_UPDATES = 10
-
-
-@dataclass
-class Phase:
-    """A phase: its name, its number of epochs, and the function that runs (or continues) its next epoch."""
-
-    name: str
-    epochs: int
-    run_epoch: Callable[[], None]
 
 
 class CentralizedTrainer:
@@ -95,6 +86,20 @@ class CentralizedTrainer:
         self.metrics = run_dir.open_metrics()
         self.optimizer: torch.optim.Optimizer | None = None  # of the training phase in progress
         self.scheduler: Scheduler | None = None
+        self.callbacks = Callbacks(
+            [
+                TimingCallback(),
+                CheckpointCallback(self._save),
+                MetricsCallback(self.metrics, partial(format_row, index="epoch")),
+                *fault_injection(run_dir.checkpoints, prefix="central:"),
+            ]
+        )
+        self.machine = PhaseMachine(
+            self.phases(),
+            self.callbacks,
+            position=lambda: (self.state.phase, self.state.epoch),
+            enter=self._enter,
+        )
         self.state = self._start_state()
         self.metrics.restore(self.state.rows)
 
@@ -120,24 +125,33 @@ class CentralizedTrainer:
         torch.manual_seed(central_start_seed(self.config.seed))  # a fresh run never depends on the process's past
         return TrainState(saves=0, phase=self.phases()[0].name)
 
-    def _checkpoint(self, score: float | None) -> None:
+    def _checkpoint(self, row: Row | None, score: float | None) -> None:
+        """End an epoch (``row``: its metric row) or save inside one (None), through the phase machine."""
+        if row is not None:
+            self.state.rows.append(row)
+        self.machine.checkpoint(self.state.saves + 1, row, score)
+
+    def _save(self, step: int, score: float | None) -> None:
         state = self.state
         state.weights = self.resources.weights()
         state.optimizer = self.optimizer.state_dict() if self.optimizer is not None else None
         state.scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
         state.rng = capture_rng()
-        state.saves += 1
-        faults.point("central:before-checkpoint", state.saves)
-        store = self.run_dir.checkpoints
-        store.fault_hook = lambda stage, step: faults.point(f"checkpoint:{stage}", step)
-        store.save(state.saves, state.tensors(), state.meta(), score=score)
+        state.saves = step
+        self.run_dir.checkpoints.save(step, state.tensors(), state.meta(), score=score)
         state.weights, state.optimizer = {}, None  # the live objects are the truth between checkpoints
-        faults.point("central:after-checkpoint", state.saves)
 
-    def _log(self, row: Row) -> None:
-        self.state.rows.append(row)
-        self.metrics.append(row)
-        log.info(format_row(row, "epoch"))
+    def _enter(self, phase: Phase, fresh: bool) -> None:
+        if fresh:
+            self.state.phase, self.state.epoch, self.state.step_in_epoch = phase.name, 0, 0
+            self.state.optimizer = self.state.scheduler = None
+            self.state.partial = empty_partial()
+        self.optimizer = self.scheduler = None  # built (and restored) by the phase's first epoch
+
+    def _start_unit(self, phase: str, carried_s: float = 0.0) -> Unit:
+        unit = Unit(phase, self.state.epoch + 1, self.state.saves + 1, carried_s)
+        self.callbacks.on_round_start(unit)
+        return unit
 
     # ------------------------------------------------------------------------------------------------ phases
     def phases(self) -> list[Phase]:
@@ -160,47 +174,30 @@ class CentralizedTrainer:
                 for row in self.state.rows:
                     if row["phase"] == "train" and row.get("val_acc") is not None:
                         self.on_evaluation(row)
-            phases = self.phases()
-            names = [p.name for p in phases]
-            for phase in phases[names.index(self.state.phase) :]:
-                if self.state.phase != phase.name:
-                    self.state.phase, self.state.epoch, self.state.step_in_epoch = phase.name, 0, 0
-                    self.state.optimizer = self.state.scheduler = None
-                    self.state.partial = empty_partial()
-                self.optimizer = self.scheduler = None
-                while self.state.epoch < phase.epochs:
-                    phase.run_epoch()
+            self.machine.run()
             return self._finish()
         finally:
             self.metrics.close()
 
-    def _ridge_epoch(self) -> None:
-        started = time.perf_counter()
+    def _ridge_epoch(self, index: int) -> None:
+        unit = self._start_unit("head")
         scale = fit_ridge_head(self.resources, self.config)
         self.state.extras["logit_scale"] = scale
-        row = {"phase": "head", "epoch": 1, "step": self.state.global_step, "logit_scale": scale}
+        row = {"phase": "head", "epoch": index, "step": self.state.global_step, "logit_scale": scale}
+        self.callbacks.before_evaluate(unit)
         row.update(self.resources.evaluate("val"))
-        row["wall_s"] = time.perf_counter() - started
-        self.state.epoch = 1
-        self._log(row)
-        self._checkpoint(row["val_acc"])
+        self.state.epoch = index
+        self._checkpoint(row, row["val_acc"])
 
-    def _calibration_epoch(self) -> None:
-        started = time.perf_counter()
+    def _calibration_epoch(self, index: int) -> None:
+        self._start_unit("calibration")
         mask = calibrate(self.resources, self.config)
-        stats = mask_stats(mask)
         self.state.mask = mask
-        self.state.extras["mask"] = {k: stats[k] for k in ("density", "sparsity", "trainable", "total")}
-        write_mask_report(self.run_dir.path, mask, self._mask_title())
-        row = {"phase": "calibration", "epoch": 1, "step": self.state.global_step, **self.state.extras["mask"]}
-        row["wall_s"] = time.perf_counter() - started
-        self.state.epoch = 1
-        self._log(row)
-        self._checkpoint(None)
-
-    def _mask_title(self) -> str:
-        c = self.config
-        return f"{c.mask_rule}, sparsity {c.sparsity:g} ({c.mask_scope}),"
+        self.state.extras["mask"] = mask_totals(mask)
+        write_mask_report(self.run_dir.path, mask, mask_title(self.config))
+        row = {"phase": "calibration", "epoch": index, "step": self.state.global_step, **self.state.extras["mask"]}
+        self.state.epoch = index
+        self._checkpoint(row, None)
 
     # ------------------------------------------------------------------------------------------------ training
     def steps_per_epoch(self) -> int:
@@ -243,19 +240,21 @@ class CentralizedTrainer:
     def _progress_every(total: int) -> int:
         return max(1, total // PROGRESS_UPDATES)
 
-    def _train_epoch(self, phase: str, epochs: int) -> None:
-        """Run (or finish) epoch ``state.epoch + 1`` of a training phase, then evaluate, log and checkpoint."""
+    def _train_epoch(self, phase: str, epochs: int, epoch: int) -> None:
+        """Run (or finish) epoch ``epoch`` (= ``state.epoch + 1``) of a training phase, then evaluate, log and
+        checkpoint."""
         if self.optimizer is None:
             self._setup_training(phase, epochs)
         assert self.optimizer is not None and self.scheduler is not None
         c, state, resources = self.config, self.state, self.resources
         optimizer, scheduler = self.optimizer, self.scheduler
-        epoch, total = state.epoch + 1, self.steps_per_epoch()
+        total = self.steps_per_epoch()
         started = time.perf_counter()
         if state.step_in_epoch == 0:
             state.partial = empty_partial()
             state.partial["lr"] = current_lr(optimizer)
         wall_before = state.partial["wall_s"]
+        unit = self._start_unit(phase, wall_before)
         images, labels = resources.split("train")
         generator = central_epoch_generator(c.seed, phase, epoch)
         # Rebuilding the epoch's batches and dropping the done ones replays the generator exactly (the dropped
@@ -279,7 +278,7 @@ class CentralizedTrainer:
             state.step_in_epoch += 1
             after_step(scheduler)
             bar.update(1)
-            faults.point("central:step", state.global_step)
+            self.callbacks.after_step(state.global_step)
 
         try:
             while state.step_in_epoch < total:
@@ -300,7 +299,7 @@ class CentralizedTrainer:
                 every = c.checkpoint_every_steps
                 if every and state.step_in_epoch % every == 0 and state.step_in_epoch < total:
                     state.partial["wall_s"] = wall_before + time.perf_counter() - started
-                    self._checkpoint(None)
+                    self._checkpoint(None, None)
         finally:
             bar.close()
 
@@ -316,15 +315,14 @@ class CentralizedTrainer:
         due = epoch % c.eval_every == 0 or epoch == epochs
         score = None
         if due:
+            self.callbacks.before_evaluate(unit)
             row.update(resources.evaluate("val"))
             score = row["val_acc"]
             after_evaluation(scheduler, row["val_loss"])
             if self.evaluate_test and phase == "train" and (epoch == epochs or c.test_every_eval):
                 row.update(resources.evaluate("test"))
-        row["wall_s"] = wall_before + time.perf_counter() - started
         state.epoch, state.step_in_epoch, state.partial = epoch, 0, empty_partial()
-        self._log(row)
-        self._checkpoint(score)
+        self._checkpoint(row, score)
         if due and phase == "train" and self.on_evaluation is not None:
             self.on_evaluation(row)
 
@@ -345,7 +343,7 @@ class CentralizedTrainer:
         if self.state.mask is not None:
             summary["mask"] = self.state.extras.get("mask")
             if not (self.run_dir.path / MASK_FILE).is_file():  # e.g. deleted by hand: the checkpoint has it
-                write_mask_report(self.run_dir.path, self.state.mask, self._mask_title())
+                write_mask_report(self.run_dir.path, self.state.mask, mask_title(self.config))
         self.run_dir.write_summary(summary)
         plot_run(self.run_dir.path)
         return summary

@@ -1,8 +1,12 @@
 """Deterministic fault injection for the kill-anywhere tests: ``FEDTALOS_KILL_AT="<point>@<step>"``.
 
-Production code calls :func:`point` at named moments (``round-start``, ``after-aggregate``, ``checkpoint:after-
-tensors``, ...). When the environment variable names that point and step, the process SIGKILLs itself there,
-exactly like a machine dying: no cleanup, no flush. Unset (always, outside tests), a call costs a dict lookup.
+When that variable is set, a run adds :class:`FaultInjection` to its callbacks (``phases.fault_injection``); at
+the named round event and step the process SIGKILLs itself, exactly like a machine dying: no cleanup, no flush.
+Points: ``round-start``, ``after-replies``, ``after-aggregate``, ``before-eval``, ``before-checkpoint``,
+``after-checkpoint`` (at the step of the round or checkpoint), ``step`` (a centralized optimizer step), and
+``checkpoint:before-tensors`` / ``checkpoint:after-tensors`` / ``checkpoint:after-json`` inside a checkpoint write.
+The centralized trainer prefixes its points with ``central:`` (``central:step@25``), except the checkpoint-write
+ones, which belong to the checkpoint store.
 """
 
 from __future__ import annotations
@@ -10,7 +14,10 @@ from __future__ import annotations
 import os
 import signal
 
-ENV = "FEDTALOS_KILL_AT"
+from fedtalos.phases import FAULT_INJECTION_ENV, Callback, Row, Unit
+from fedtalos.tracking.checkpoint import CheckpointStore
+
+ENV = FAULT_INJECTION_ENV
 
 
 def point(name: str, step: int) -> None:
@@ -18,3 +25,35 @@ def point(name: str, step: int) -> None:
     target = os.environ.get(ENV)
     if target and target == f"{name}@{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FaultInjection(Callback):
+    """Calls :func:`point` at every round event (looked up at call time, so tests can replace it)."""
+
+    def __init__(self, store: CheckpointStore, prefix: str = "") -> None:
+        self.prefix = prefix
+        store.fault_hook = lambda stage, step: point(f"checkpoint:{stage}", step)
+
+    def _point(self, name: str, step: int) -> None:
+        point(self.prefix + name, step)
+
+    def on_round_start(self, unit: Unit) -> None:
+        self._point("round-start", unit.step)
+
+    def after_replies(self, unit: Unit) -> None:
+        self._point("after-replies", unit.step)
+
+    def after_aggregate(self, unit: Unit) -> None:
+        self._point("after-aggregate", unit.step)
+
+    def after_step(self, step: int) -> None:
+        self._point("step", step)
+
+    def before_evaluate(self, unit: Unit) -> None:
+        self._point("before-eval", unit.step)
+
+    def before_checkpoint(self, step: int, row: Row | None) -> None:
+        self._point("before-checkpoint", step)
+
+    def after_checkpoint(self, step: int, row: Row | None) -> None:
+        self._point("after-checkpoint", step)

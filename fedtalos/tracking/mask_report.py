@@ -19,7 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from torch import Tensor
 
-from fedtalos.editing.masks import save_mask
+from fedtalos.config import RunConfig
+from fedtalos.editing.masks import mask_stats, save_mask
 from fedtalos.tracking.checkpoint import atomic_write_bytes
 
 MASK_FILE = "mask.npz"
@@ -117,3 +118,14 @@ def write_mask_report(run_dir: Path, mask: Mapping[str, Tensor], title: str = ""
     atomic_write_bytes(run_dir / DENSITY_FILE, buffer.getvalue().encode())
     plot = plot_density(rows, run_dir / "plots" / DENSITY_PLOT, title)
     return [run_dir / MASK_FILE, run_dir / DENSITY_FILE, plot]
+
+
+def mask_title(config: RunConfig) -> str:
+    """The report's title for a run's mask: rule, sparsity (fraction frozen) and threshold scope."""
+    return f"{config.mask_rule}, sparsity {config.sparsity:g} (fraction frozen), {config.mask_scope} threshold,"
+
+
+def mask_totals(mask: Mapping[str, Tensor]) -> dict[str, float | int]:
+    """A run summary's ``mask`` entry: density, sparsity (fractions of the scored entries), trainable, total."""
+    stats = mask_stats(mask)
+    return {k: stats[k] for k in ("density", "sparsity", "trainable", "total")}

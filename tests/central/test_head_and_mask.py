@@ -14,7 +14,8 @@ import torch
 from fedtalos.central.trainer import run_centralized
 from fedtalos.config import RunConfig
 from fedtalos.editing import load_mask
-from tests.support.central import Killed, assert_same_weights, checkpoints, final_weights, rows, tiny_values
+from tests.support.central import Killed, tiny_values
+from tests.support.runs import assert_same_tensors, checkpoints, final_weights, rows
 
 EDIT = {
     "head": "ridge",
@@ -91,7 +92,7 @@ def test_resume_across_editing_phases_is_bit_identical(central_config, edited, k
         run(values)
     kill_at(None)
     resumed = run(values)
-    assert_same_weights(final_weights(resumed), final_weights(edited))
+    assert_same_tensors(final_weights(resumed), final_weights(edited))
     assert rows(resumed) == rows(edited)
     assert torch.equal(
         torch.cat([m.flatten() for m in load_mask(resumed / "mask.npz").values()]),

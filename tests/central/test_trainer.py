@@ -13,7 +13,8 @@ import torch
 from fedtalos.central.trainer import run_centralized
 from fedtalos.config import RunConfig
 from fedtalos.task.resources import get_resources
-from tests.support.central import Killed, assert_same_weights, final_weights, rows, tiny_values
+from tests.support.central import Killed, tiny_values
+from tests.support.runs import assert_same_tensors, final_weights, rows
 
 STEPS = 57  # ⌈1800 / 32⌉: 2000 generated train images minus the 10 % validation split, batch 32
 
@@ -72,7 +73,7 @@ def test_resume_after_a_kill_is_bit_identical(central_config, straight, kill_at,
     resumed = run(values)
     steps = [s for name, s in seen if name == "central:step"]
     assert steps[0] == first_step_after and steps[-1] == 2 * STEPS, "continued, not restarted"
-    assert_same_weights(final_weights(resumed), final_weights(straight))
+    assert_same_tensors(final_weights(resumed), final_weights(straight))
     assert rows(resumed) == rows(straight)
 
 
@@ -84,7 +85,7 @@ def test_extending_a_constant_schedule_run_continues_it(central_config, tmp_path
     run(dict(values, **{"output-root": str(tmp_path / "b"), "epochs": 1}))
     extended = run(dict(values, **{"output-root": str(tmp_path / "b")}))
     assert extended.name == straight_dir.name
-    assert_same_weights(final_weights(extended), final_weights(straight_dir))
+    assert_same_tensors(final_weights(extended), final_weights(straight_dir))
     first, *rest = rows(extended)
     assert first.pop("test_acc") is not None and first.pop("test_loss") is not None  # the 1-epoch run's end
     assert [first, *rest] == rows(straight_dir)
@@ -111,7 +112,7 @@ def test_plateau_halves_the_lr_after_an_epoch_without_improvement_and_resumes_ex
         run(values)
     kill_at(None)
     resumed = run(values)
-    assert_same_weights(final_weights(resumed), final_weights(straight_dir))
+    assert_same_tensors(final_weights(resumed), final_weights(straight_dir))
     assert rows(resumed) == got
 
 

@@ -14,7 +14,7 @@ from fedtalos.cli import central as centralized
 from fedtalos.cli import main as cli
 from fedtalos.config import RunConfig
 from fedtalos.testing.faults import ENV as KILL_ENV
-from tests.support.central import assert_same_weights, final_weights, rows
+from tests.support.runs import assert_same_tensors, final_weights, rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -124,7 +124,7 @@ def test_sigkill_during_a_checkpoint_write_then_the_same_command(tmp_path, fake_
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stderr
     (a,), (b,) = list(straight.iterdir()), list((tmp_path / "killed").iterdir())
-    assert_same_weights(final_weights(b), final_weights(a))
+    assert_same_tensors(final_weights(b), final_weights(a))
     assert rows(b) == rows(a)
     assert (
         json.loads((b / "summary.json").read_text())["final"] == json.loads((a / "summary.json").read_text())["final"]

@@ -10,14 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedtalos.client_app import calibration_samples
 from fedtalos.config import RunConfig
 from fedtalos.editing.fisher import fisher_scores
 from fedtalos.editing.head import backbone_features, fit_logit_scale, ridge_statistics, solve_ridge
 from fedtalos.editing.masks import load_mask
 from fedtalos.editing.optim import SparseSGDM
+from fedtalos.editing.scoring import calibration_samples
+from fedtalos.federation.calibration import sum_scores
 from fedtalos.federation.cohort import sample_cohort
 from fedtalos.federation.server import FederatedServer
+from fedtalos.phases import Unit
 from fedtalos.seeds import FEDERATED_PHASES, make_generator
 from fedtalos.task.model import set_trainable
 from fedtalos.task.resources import get_resources
@@ -77,7 +79,7 @@ def test_pipeline_freezes_what_the_mask_says(editing_config: dict[str, Any]):
     train_rows = [r for r in rows if r["phase"] == "train"]
     dense_bytes = 4 * sum(m.numel() for m in mask.values()) * 3  # 3 clients per round
     assert all(r["bytes_up"] <= 0.1 * dense_bytes * 1.01 + 3 * 256 for r in train_rows), "sparse uploads"
-    assert (run_dir / "mask_density.csv").read_text().startswith("tensor,entries,trainable,density")
+    assert (run_dir / "mask_density.csv").read_text().startswith("tensor,layer,shape,numel,trainable,density")
     assert (run_dir / "plots" / "mask_density.png").stat().st_size > 5000
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["mask"]["density"] == pytest.approx(0.1, abs=1e-3)
@@ -149,13 +151,16 @@ def test_federated_scores_are_the_scores_of_the_union(editing_config: dict[str, 
     rc = RunConfig.from_mapping(editing_config)
     grid = FakeGrid(rc.num_clients, editing_config)
     server = FederatedServer(rc, grid, open_run_dir(rc, "federated"))
-    server.registry.refresh(grid, wait_for_all=True)
+    server.messenger.connect()
     weights = server.state.weights
     weights["head.weight"].copy_(torch.randn(weights["head.weight"].shape, generator=torch.Generator().manual_seed(0)))
     weights["head.bias"].copy_(torch.full((100,), -1e4))
     weights["head.bias"][0] = 1e4
     shapes = {k: v.shape for k, v in weights.items() if not k.startswith("head.")}
-    federated, stats = server.editing._federated_scores(1, shapes)
+    calibration = next(p for p in server.round_phases if p.name == "calibration")
+    unit = Unit("calibration", 1, 1)
+    updates, _ = server.messenger.collect(unit, calibration.configure(unit, server.state))
+    federated = sum_scores(updates, shapes)
     cohort = sample_cohort(rc.seed, "calibration", 1, rc.num_clients, 2)
     res = get_resources(rc)
     res.load_weights(weights)
@@ -166,7 +171,7 @@ def test_federated_scores_are_the_scores_of_the_union(editing_config: dict[str, 
     x = torch.cat(union)
     batch = [res.eval_transform(x)]
     central = fisher_scores(res.model, batch, target=rc.fisher_target)
-    assert stats["fisher_samples"] == len(x) == 32
+    assert sum(u.num_examples for u in updates) == len(x) == 32
     for k in shapes:
         assert torch.allclose(federated[k], central[k], rtol=1e-4, atol=1e-8), k
     assert sum(float(v.sum()) for v in central.values()) > 0

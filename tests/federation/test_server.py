@@ -9,8 +9,12 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
+from fedtalos.config import RunConfig
 from fedtalos.federation.cohort import sample_cohort
-from tests.support.fakegrid import run_server
+from fedtalos.federation.server import FederatedServer
+from fedtalos.tracking.rundir import open_run_dir
+from tests.support.events import Recorder
+from tests.support.fakegrid import FakeGrid, run_server
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -72,3 +76,17 @@ def test_resume_is_bit_identical(tiny_run_config: dict[str, Any], tmp_path: Path
     first = _rows(resumed)[0]
     assert first.pop("test_acc") is not None and first.pop("test_loss") is not None
     assert [first, *_rows(resumed)[1:]] == _rows(straight)
+
+
+def test_a_federated_run_emits_the_round_events_in_order(tiny_run_config: dict[str, Any]):
+    config = RunConfig.from_mapping(dict(tiny_run_config, **{"num-server-rounds": 2, "eval-every": 2}))
+    server = FederatedServer(config, FakeGrid(config.num_clients, tiny_run_config), open_run_dir(config, "federated"))
+    recorder = Recorder()
+    server.callbacks.callbacks.append(recorder)
+    server.run()
+    names = [name for name, _ in recorder.events]
+    one_round = ["round_start", "after_replies", "after_aggregate"]
+    checkpoint = ["before_checkpoint", "on_checkpoint", "after_checkpoint"]
+    assert names == one_round + checkpoint + one_round + ["before_evaluate"] + checkpoint, "evaluation at round 2"
+    units = [u for name, u in recorder.events if name == "round_start"]
+    assert [(u.phase, u.index, u.step) for u in units] == [("train", 1, 1), ("train", 2, 2)]

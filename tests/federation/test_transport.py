@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedtalos.federation import transport
-from fedtalos.federation.server import RoundFailed
+from fedtalos.federation.messenger import RoundFailed
 from fedtalos.federation.transport import choose
 from tests.support.fakegrid import run_server
 

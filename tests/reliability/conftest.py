@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.fixtures import torch_threads
 from tests.support.tiny import TINY_FEDERATION, offline_tiny, task_identity
 
 
@@ -24,14 +25,8 @@ def module_task_identity():
 
 @pytest.fixture(scope="package", autouse=True)
 def one_torch_thread():
-    """The tiny model's kernels are far too small to split: a second thread only adds synchronisation, which on a
-    busy machine costs more than the work itself (measured: 0.5 s instead of 10 s for a 2-round run)."""
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture

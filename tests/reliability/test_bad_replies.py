@@ -19,7 +19,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 from tests.support.fakegrid import run_server
-from tests.support.reliability import assert_same_tensors, faulty, final_state, npy_array, rows, silent
+from tests.support.reliability import faulty, npy_array, silent
+from tests.support.runs import assert_same_tensors, final_state, rows
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 

@@ -25,7 +25,8 @@ from fedtalos.tracking.checkpoint import CheckpointError, CheckpointStore
 from fedtalos.tracking.rundir import RunConfigMismatch
 from tests.support.corruptions import CORRUPTIONS
 from tests.support.fakegrid import run_server
-from tests.support.reliability import assert_same_tensors, final_state, rows, run_dir_of, train_messages
+from tests.support.reliability import run_dir_of, train_messages
+from tests.support.runs import assert_same_tensors, final_state, rows
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -93,6 +94,7 @@ def test_disk_full_while_checkpointing_stops_cleanly_and_the_rerun_completes(
         real_point(name, step)
 
     monkeypatch.setattr(faults, "point", point)
+    monkeypatch.setenv(faults.ENV, "on: the disk fills up at checkpoint 2")
     with pytest.raises(CheckpointError) as e:
         run_server(config)
     monkeypatch.undo()

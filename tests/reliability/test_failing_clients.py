@@ -17,22 +17,20 @@ from flwr.app import Message
 
 from fedtalos.config import RunConfig
 from fedtalos.federation.cohort import sample_cohort
-from fedtalos.federation.server import RoundFailed
+from fedtalos.federation.messenger import RoundFailed
 from fedtalos.task.resources import get_resources
 from fedtalos.tracking.checkpoint import CheckpointStore
 from tests.support.fakegrid import FakeGrid, run_server
 from tests.support.reliability import (
-    assert_same_tensors,
     crashed,
     faulty,
-    final_state,
     raises,
-    rows,
     run_dir_of,
     run_main,
     silent,
     train_messages,
 )
+from tests.support.runs import assert_same_tensors, final_state, rows
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 

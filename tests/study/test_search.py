@@ -14,7 +14,8 @@ import fedtalos.central.trainer as trainer
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.study import search
 from fedtalos.study.search_space import load_space
-from tests.support.central import Killed, rows
+from tests.support.central import Killed
+from tests.support.runs import rows
 
 SPACE = """
 epochs = 1

@@ -9,15 +9,12 @@ exactly like a run in which that client never answered.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import Array, Context, Error, Message, RecordDict
-from safetensors.torch import load_file
 
 from fedtalos.client_app import app as client_app
 from fedtalos.server_app import main
@@ -68,24 +65,6 @@ def npy_array(values: np.ndarray, dtype: str | None = None, shape: tuple[int, ..
 
 def run_dir_of(config: dict[str, Any]) -> Path:
     return Path(config["output-root"]) / config["run-name"]
-
-
-def rows(run_dir: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl without the wall-clock times."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")} for x in lines]  # timings vary
-
-
-def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
-    """All tensors (weights, strategy, mask) of the newest checkpoint."""
-    newest = sorted((run_dir / "checkpoints").glob("ckpt-*.safetensors"))[-1]
-    return load_file(newest)
-
-
-def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"tensors differ: {different[:5]}"
 
 
 def train_messages(grid: FakeGrid, message_type: str = "train") -> list[int]:

@@ -1,0 +1,56 @@
+"""The round callbacks every run has: its checkpoint, its timings, its metric log (see :mod:`fedtalos.phases`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from fedtalos.phases import Callback, Row, Unit
+from fedtalos.tracking.metrics import MetricsLog
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointCallback(Callback):
+    """Writes the checkpoint through ``save(step, score)``, the owner's encoding of its state."""
+
+    def __init__(self, save: Callable[[int, float | None], None]) -> None:
+        self.save = save
+
+    def on_checkpoint(self, step: int, row: Row | None, score: float | None) -> None:
+        self.save(step, score)
+
+
+class TimingCallback(Callback):
+    """A unit's ``wall_s`` (from its start to its checkpoint, earlier attempts included; in the checkpoint) and
+    ``checkpoint_s`` (handing the checkpoint over; known only afterwards, so the next checkpoint carries it)."""
+
+    def __init__(self) -> None:
+        self.started = self.checkpoint_at = time.perf_counter()
+        self.carried = 0.0
+
+    def on_round_start(self, unit: Unit) -> None:
+        self.started, self.carried = time.perf_counter(), unit.carried_s
+
+    def before_checkpoint(self, step: int, row: Row | None) -> None:
+        self.checkpoint_at = time.perf_counter()
+        if row is not None:
+            row["wall_s"] = self.carried + self.checkpoint_at - self.started
+
+    def after_checkpoint(self, step: int, row: Row | None) -> None:
+        if row is not None:
+            row["checkpoint_s"] = time.perf_counter() - self.checkpoint_at
+
+
+class MetricsCallback(Callback):
+    """Appends each unit's row to the run's metric log (files and sinks) and logs it as one line."""
+
+    def __init__(self, metrics: MetricsLog, format_line: Callable[[Row], str]) -> None:
+        self.metrics = metrics
+        self.format_line = format_line
+
+    def after_checkpoint(self, step: int, row: Row | None) -> None:
+        if row is not None:
+            self.metrics.append(row)
+            log.info(self.format_line(row))
