@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from fedtalos.config import RunConfig  # noqa: E402
 from fedtalos.federation.cohort import sample_cohort  # noqa: E402
 from fedtalos.federation.launcher import flwr_run  # noqa: E402
-from fedtalos.seeds import FEDERATED_PHASES, make_generator  # noqa: E402
+from fedtalos.seeds import FEDERATED_STREAMS, make_generator  # noqa: E402
 from fedtalos.task.resources import get_resources  # noqa: E402
 from fedtalos.task.train import train_steps  # noqa: E402
 from fedtalos.testing.processes import private_simulation_superlink, processes_under  # noqa: E402
@@ -86,7 +86,7 @@ def pure_compute(config: RunConfig, rounds: list[int]) -> list[float]:
             opt = torch.optim.SGD(res.model.parameters(), lr=config.lr, momentum=config.momentum)
             images, labels = res.client_data(pid)
             batches = res.train_batches(
-                images, labels, make_generator(config.seed, FEDERATED_PHASES["train"], r, pid), config.local_steps
+                images, labels, make_generator(config.seed, FEDERATED_STREAMS["train"], r, pid), config.local_steps
             )
             train_steps(res.model, opt, batches)
             for k, v in res.model.state_dict().items():

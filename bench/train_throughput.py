@@ -6,7 +6,7 @@
 "bare": a plain loop over batches prepared in advance (already augmented, resized, normalised):
 ``loss = cross_entropy(model(x), y); zero_grad; backward; step``. "fedtalos_loop": ``task.train.train_steps`` over
 the same prepared batches (``ratio_same_batches``: the loop's own cost). "fedtalos": ``train_steps`` over
-``task.data.iterate_batches`` from the uint8 images, i.e. with the batched augmentation done on the fly
+``task.batches.iterate_batches`` from the uint8 images, i.e. with the batched augmentation done on the fly
 (``ratio``: the whole centralized training path). Same model init, optimizer and batch size; the two are timed in
 alternation (A, B, A, B, ...) and the median of each is reported, so load changes on the machine hit both alike.
 Prints one JSON object with images/s and the ratio fedtalos / bare (target ≥ 0.97).
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedtalos.seeds import make_generator  # noqa: E402
-from fedtalos.task.data import ImageTransform, iterate_batches  # noqa: E402
+from fedtalos.task.batches import ImageTransform, iterate_batches  # noqa: E402
 from fedtalos.task.model import build_model  # noqa: E402
 from fedtalos.task.train import train_steps  # noqa: E402
 

@@ -121,8 +121,8 @@ def train(msg: Message, context: Context) -> Message:
             return 0.5 * mu * sum((p - anchors[n]).pow(2).sum() for n, p in params.items())
 
     images, labels = resources.client_data(pid)
-    phase, round_index = str(round_config["phase"]), int(round_config["round"])
-    generator = client_generator(config.seed, phase, round_index, pid)
+    stream, round_index = str(round_config["stream"]), int(round_config["round"])
+    generator = client_generator(config.seed, stream, round_index, pid)
     batches = resources.train_batches(images, labels, generator, num_steps=int(round_config["local-steps"]))
     stats = train_steps(
         model,

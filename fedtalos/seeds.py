@@ -7,11 +7,11 @@ depends on it; add new streams with new tags instead.
 
 | stream | seeded from | used by |
 |---|---|---|
-| validation split | seed, ``SPLIT`` | ``task.data.split_train_val`` |
-| iid / non-iid shards | seed, ``IID_SHARDS`` / ``NONIID_SHARDS`` | ``task.data.shard_iid`` / ``shard_noniid`` |
+| validation split | seed, ``SPLIT`` | ``task.partition.split_train_val`` |
+| iid / non-iid shards | seed, ``IID_SHARDS`` / ``NONIID_SHARDS`` | ``task.partition.shard_iid`` / ``shard_noniid`` |
 | head initialisation | seed (torch's global RNG) | ``task.resources`` |
-| cohort of a federated round | seed, phase code, round, ``COHORT`` | ``federation.cohort.sample_cohort`` |
-| a client's batches (order, augmentation) | seed, phase code, round, client | ``client_app.train`` |
+| cohort of a federated round | seed, stream code, round, ``COHORT`` | ``federation.cohort.sample_cohort`` |
+| a client's batches (order, augmentation) | seed, stream code, round, client | ``client_app.train`` |
 | a client's calibration samples | seed, calibration code, round, client | ``editing.scoring`` |
 | a client's sampled Fisher labels | seed, calibration code, round, client, ``LABELS`` | ``editing.scoring`` |
 | federated random mask rule | seed | ``federation.calibration`` |
@@ -34,8 +34,9 @@ NONIID_SHARDS = 0x2011D
 COHORT = 0xC0407
 CENTRAL = 0xCE47
 LABELS = 1
-# Phase codes of the federated streams (round configs name the phase; 'probe' rounds train the head).
-FEDERATED_PHASES = {"head": 1, "calibration": 2, "train": 3, "probe": 4, "evaluate": 5}
+# Codes of the federated streams. A stream is not a phase: the 'head' phase's rounds draw from 'probe' (linear
+# probing) and the round config names the stream the client draws from.
+FEDERATED_STREAMS = {"head": 1, "calibration": 2, "train": 3, "probe": 4, "evaluate": 5}
 # Phase codes of the centralized streams.
 CENTRAL_PHASES = {"head": 1, "calibration": 2, "train": 3}
 
@@ -67,20 +68,20 @@ def noniid_shards_rng(seed: int) -> np.random.Generator:
 
 
 # ------------------------------------------------------------------------------------------------ federated
-def cohort_rng(seed: int, phase: str, round_index: int) -> np.random.Generator:
-    """The clients sampled in round ``round_index`` of ``phase`` ('train', 'probe', 'calibration', 'evaluate')."""
-    return np.random.default_rng(derive_seed(seed, FEDERATED_PHASES[phase], round_index, COHORT))
+def cohort_rng(seed: int, stream: str, round_index: int) -> np.random.Generator:
+    """The clients sampled in round ``round_index`` of ``stream`` ('train', 'probe', 'calibration', 'evaluate')."""
+    return np.random.default_rng(derive_seed(seed, FEDERATED_STREAMS[stream], round_index, COHORT))
 
 
-def client_generator(seed: int, phase: str, round_index: int, pid: int) -> torch.Generator:
+def client_generator(seed: int, stream: str, round_index: int, pid: int) -> torch.Generator:
     """Client ``pid``'s draws in a round: batch order and augmentation ('train', 'probe'), or the calibration
     samples ('calibration')."""
-    return make_generator(seed, FEDERATED_PHASES[phase], round_index, pid)
+    return make_generator(seed, FEDERATED_STREAMS[stream], round_index, pid)
 
 
 def client_label_seed(seed: int, round_index: int, pid: int) -> int:
     """Client ``pid``'s sampled Fisher labels in calibration round ``round_index`` (a generator on its device)."""
-    return derive_seed(seed, FEDERATED_PHASES["calibration"], round_index, pid, LABELS)
+    return derive_seed(seed, FEDERATED_STREAMS["calibration"], round_index, pid, LABELS)
 
 
 def federated_random_mask_seed(seed: int) -> int:

@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return search.main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging()
-    from fedtalos.task.data import DatasetIntegrityError, DatasetNotFoundError
+    from fedtalos.task.cifar import DatasetIntegrityError, DatasetNotFoundError
     from fedtalos.task.model import WeightsError
 
     try:

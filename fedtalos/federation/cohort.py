@@ -1,7 +1,7 @@
 """Who takes part: the node ↔ partition registry and the seeded cohort of each round.
 
 Node ids change from run to run (and when a SuperNode reconnects), partition ids do not. The server asks each
-node its partition once (``query.identity``), and draws cohorts as a pure function of (seed, phase, round) over
+node its partition once (``query.identity``), and draws cohorts as a pure function of (seed, stream, round) over
 partition ids (FedJAX style), so a resumed run replays the same cohorts.
 """
 
@@ -21,11 +21,11 @@ from fedtalos.seeds import cohort_rng
 log = logging.getLogger(__name__)
 
 
-def sample_cohort(seed: int, phase: str, round_index: int, num_clients: int, size: int) -> list[int]:
+def sample_cohort(seed: int, stream: str, round_index: int, num_clients: int, size: int) -> list[int]:
     """``size`` distinct partition ids out of ``num_clients``, sorted; a pure function of its arguments."""
     if not 1 <= size <= num_clients:
         raise ValueError(f"cohort size {size} must be in [1, {num_clients}]")
-    rng = cohort_rng(seed, phase, round_index)
+    rng = cohort_rng(seed, stream, round_index)
     return sorted(int(p) for p in rng.choice(num_clients, size=size, replace=False))
 
 

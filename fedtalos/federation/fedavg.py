@@ -41,7 +41,8 @@ class FedAvgRounds:
     Args:
         name: the state's phase name ('train', or 'head' for linear probing).
         rounds: rounds in the phase.
-        round_phase: the phase clients see in their round config ('train' or 'probe'); it seeds cohorts and batches.
+        stream: the random stream of the phase's rounds ('train' or 'probe', see ``seeds.py``): it seeds their
+            cohorts and the clients' batches, and travels in the round config.
         trainable: what clients train: 'all', 'head' or 'backbone'.
         sparse: fine-tune only the mask's trainable entries (the state's mask, once calibrated).
     """
@@ -56,7 +57,7 @@ class FedAvgRounds:
         config: RunConfig,
         messenger: Messenger,
         strategy: ServerStrategy,
-        round_phase: str,
+        stream: str,
         trainable: str,
         sparse: bool,
     ) -> None:
@@ -64,7 +65,7 @@ class FedAvgRounds:
         self.config = config
         self.messenger = messenger
         self.strategy = strategy
-        self.round_phase = round_phase
+        self.stream = stream
         self.trainable = trainable
         self.sparse = sparse
         self._pending: _Pending | None = None
@@ -72,7 +73,7 @@ class FedAvgRounds:
     def learning_rate(self, index: int) -> float:
         """The clients' learning rate in round ``index``: the schedule over the fine-tuning rounds; constant lr when
         probing."""
-        if self.round_phase == "probe":
+        if self.stream == "probe":
             return self.config.lr
         return lr_at(self.config, index - 1, self.config.num_server_rounds)
 
@@ -81,7 +82,7 @@ class FedAvgRounds:
         mask = state.mask if self.sparse else None
         lr = self.learning_rate(unit.index)
         round_config = {
-            "phase": self.round_phase,
+            "stream": self.stream,
             "round": unit.index,
             "server-round": unit.step,
             "lr": lr,
@@ -127,7 +128,7 @@ class FedAvgRounds:
             metrics = {k: v for k in ("train-loss", "train-acc") if (v := P.check_metric(reported, k)) is not None}
             return ClientUpdate(pid, n, tensors, metrics, distance, size)
 
-        cohort = sample_cohort(c.seed, self.round_phase, unit.index, c.num_clients, c.cohort_size)
+        cohort = sample_cohort(c.seed, self.stream, unit.index, c.num_clients, c.cohort_size)
         return Request(cohort, P.TRAIN, content_for, accept, payload)
 
     def aggregate(self, unit: Unit, state: ServerState, updates: list[ClientUpdate]) -> Row:

@@ -115,11 +115,11 @@ class FederatedServer:
         if c.head == "ridge":
             phases.append(RidgeHead(c, m, self.resources))
         elif c.head == "probe":
-            phases.append(fedavg("head", c.probe_rounds, round_phase="probe", trainable="head", sparse=False))
+            phases.append(fedavg("head", c.probe_rounds, stream="probe", trainable="head", sparse=False))
         if c.editing:
             phases.append(Calibration(c, m, self.run_dir.path))
         trainable = "all" if c.head == "train" else "backbone"
-        phases.append(fedavg("train", c.num_server_rounds, round_phase="train", trainable=trainable, sparse=True))
+        phases.append(fedavg("train", c.num_server_rounds, stream="train", trainable=trainable, sparse=True))
         return phases
 
     def run(self) -> dict[str, Any]:

@@ -72,9 +72,9 @@ def _write(path: Path, tensors: Mapping[str, torch.Tensor]) -> int:
 STALE_AFTER_S = 3600.0  # a directory of another run, untouched this long and with its server gone, is litter
 
 
-def _alive(pid: int) -> bool:
+def _alive(process_id: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(process_id, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process, alive
@@ -87,17 +87,17 @@ def remove_stale_directories(base: Path, run_key: str) -> list[Path]:
 
     A server killed with SIGKILL (or a machine that lost power in a container that kept ``/dev/shm``) cannot
     clean up, and its directory holds up to (cohort + 1) × model size of memory. The directory names carry the
-    owner's uid, run key and pid. Removed: those of this run whose server is gone (this server resumes that run),
-    and those of other runs whose server is gone and which nobody touched for ``STALE_AFTER_S`` (a pid that looks
-    dead may live in another pid namespace that shares ``/dev/shm``; its run would touch its directory every
-    round).
+    owner's uid, run key and process id. Removed: those of this run whose server is gone (this server resumes that
+    run), and those of other runs whose server is gone and which nobody touched for ``STALE_AFTER_S`` (a process
+    that looks dead may live in another pid namespace that shares ``/dev/shm``; its run would touch its directory
+    every round).
     """
     now = time.time()
     removed = []
     prefix = f"fedtalos-{os.getuid()}-"
     for path in base.glob(f"{prefix}*-*"):
-        key, _, pid = path.name[len(prefix) :].rpartition("-")
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        key, _, server = path.name[len(prefix) :].rpartition("-")  # the owning server's process id
+        if not server.isdigit() or int(server) == os.getpid() or _alive(int(server)):
             continue
         try:
             idle = now - path.stat().st_mtime

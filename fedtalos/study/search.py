@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``fedtalos-central search ...``."""
     from fedtalos.cli.central import fail, overrides_from_args, setup_logging
-    from fedtalos.task.data import DatasetIntegrityError, DatasetNotFoundError
+    from fedtalos.task.cifar import DatasetIntegrityError, DatasetNotFoundError
     from fedtalos.task.model import WeightsError
 
     args = build_parser().parse_args(argv)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedtalos.task.data import CIFAR_FOLDER, NUM_CLASSES
+from fedtalos.task.cifar import CIFAR_FOLDER, NUM_CLASSES
 
 
 def generate_images(labels: np.ndarray, seed: int, noise: float = 40.0) -> np.ndarray:

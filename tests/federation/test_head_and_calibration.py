@@ -20,7 +20,7 @@ from fedtalos.federation.calibration import sum_scores
 from fedtalos.federation.cohort import sample_cohort
 from fedtalos.federation.server import FederatedServer
 from fedtalos.phases import Unit
-from fedtalos.seeds import FEDERATED_PHASES, make_generator
+from fedtalos.seeds import FEDERATED_STREAMS, make_generator
 from fedtalos.task.model import set_trainable
 from fedtalos.task.resources import get_resources
 from fedtalos.task.train import train_steps
@@ -113,7 +113,7 @@ def test_sparse_round_equals_an_independent_dense_computation(editing_config: di
         opt = SparseSGDM([params[k] for k in mask], masks=list(mask.values()), lr=rc.lr, momentum=rc.momentum)
         images, labels = res.client_data(pid)
         batches = res.train_batches(
-            images, labels, make_generator(rc.seed, FEDERATED_PHASES["train"], 1, pid), rc.local_steps
+            images, labels, make_generator(rc.seed, FEDERATED_STREAMS["train"], 1, pid), rc.local_steps
         )
         train_steps(res.model, opt, batches)
         for k in mask:

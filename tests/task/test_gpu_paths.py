@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2 as T
 
-from fedtalos.task.data import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, to_device
+from fedtalos.task.batches import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, to_device
 from fedtalos.task.model import TINY_TEST_VIT, build_model
 from fedtalos.task.train import evaluate, train_steps
 

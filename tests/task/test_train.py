@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from fedtalos.seeds import make_generator
-from fedtalos.task.data import ImageTransform, iterate_batches, load_cifar100
+from fedtalos.task.batches import ImageTransform, iterate_batches
+from fedtalos.task.cifar import load_cifar100
 from fedtalos.task.model import TINY_TEST_VIT, build_model
 from fedtalos.task.train import evaluate, train_steps
 
