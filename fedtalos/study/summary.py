@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fedtalos.config import NON_RESULT_KEYS
-from fedtalos.study.grid import read_manifests, split_name
+from fedtalos.study.plan import read_manifests, split_name
 from fedtalos.tracking.metrics import read_rows
 from fedtalos.tracking.rundir import CONFIG_FILE, SUMMARY_FILE
 
