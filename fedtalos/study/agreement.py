@@ -245,6 +245,6 @@ def _write_outputs(run_dir: Path, record: dict[str, Any]) -> None:
     writer.writeheader()
     writer.writerows(record["clients"])
     atomic_write_bytes(run_dir / OUTPUT_CSV, buffer.getvalue().encode())
-    from fedtalos.study.figures import plot_client_agreement
+    from fedtalos.study.mask_figures import plot_client_agreement
 
     plot_client_agreement(record, run_dir / OUTPUT_PNG)
