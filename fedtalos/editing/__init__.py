@@ -1,7 +1,7 @@
 """Model editing in pure PyTorch (no Flower): sparse SGD, Fisher sensitivity scores, masks, the ridge head.
 
-Conventions: mask True = trainable; sparsity = the fraction of scored weights frozen (the project's TaLoS spec,
-``talos-spec.md``, is the algorithm this implements).
+Conventions: mask True = trainable; sparsity = the fraction of scored weights frozen. ``docs/editing.md`` describes
+the algorithm these modules implement, its conventions, and the tests that show each of its guarantees.
 """
 
 from fedtalos.editing.fisher import fisher_scores, per_sample_loop_scores
@@ -16,7 +16,9 @@ from fedtalos.editing.head import (
 )
 from fedtalos.editing.masks import (
     RULES,
+    SENSITIVITY_RULES,
     calibrate_mask,
+    calibration_step,
     floor_count,
     gather_trainable,
     keep_counts,
@@ -35,10 +37,12 @@ from fedtalos.editing.optim import SparseSGDM
 
 __all__ = [
     "RULES",
+    "SENSITIVITY_RULES",
     "RidgeStats",
     "SparseSGDM",
     "backbone_features",
     "calibrate_mask",
+    "calibration_step",
     "feature_statistics",
     "fisher_scores",
     "fit_logit_scale",

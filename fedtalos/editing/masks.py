@@ -1,9 +1,10 @@
-"""Masks: score → threshold → update (spec §3–4), the centralized calibration driver, compact storage.
+"""Masks: score → threshold → update (``docs/editing.md``), the centralized calibration driver, compact storage.
 
 Conventions: a mask is a dict name → bool tensor of the parameter's shape, **True = trainable**; **sparsity** is
-the fraction of the scored entries that are frozen (0.9 → 10 % trainable). The pieces the federated server
-reuses are :func:`keep_fraction`, :func:`keep_counts` and :func:`update_mask`: each calibration round it sums the
-clients' scores and calls ``update_mask(scores, alive, keep_counts(shapes, keep_fraction(s, r, R), scope))``.
+the fraction of the scored entries that are frozen (0.9 → 10 % trainable). One round of the multi-round
+calibration is :func:`calibration_step` (the schedule :func:`keep_fraction`, the counts :func:`keep_counts`, the
+threshold :func:`update_mask`): the centralized driver :func:`calibrate_mask`, the federated server (on the sum of
+the clients' scores) and the mask-agreement analysis all take their rounds through it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ Scope = Literal["global", "local"]
 Keep = Literal["lowest", "highest"]
 Rule = Literal["least-sensitive", "most-sensitive", "lowest-magnitude", "highest-magnitude", "random"]
 RULES: tuple[str, ...] = ("least-sensitive", "most-sensitive", "lowest-magnitude", "highest-magnitude", "random")
+# The rules that score with Fisher sensitivities and so calibrate over R' rounds; the others take one step.
+SENSITIVITY_RULES: tuple[str, ...] = ("least-sensitive", "most-sensitive")
 Shapes = Mapping[str, Sequence[int]]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,6 +129,39 @@ def _threshold(scores: Mapping[str, Tensor], alive: Mapping[str, Tensor], k: int
     return {n: alive[n] & (scores[n].to(device) >= t) for n in scores}
 
 
+def calibration_step(
+    scores: Mapping[str, Tensor],
+    alive: Mapping[str, Tensor] | None,
+    shapes: Shapes,
+    *,
+    rule: Rule,
+    sparsity: float,
+    round_index: int,
+    rounds: int,
+    scope: Scope = "global",
+) -> Mask:
+    """One calibration round of a sensitivity rule: the new mask from this round's scores.
+
+    Keeps ``keep_fraction(sparsity, round_index - 1, rounds)`` of all entries of ``shapes`` (over all tensors, or
+    of each tensor for ``local``), among the ``alive`` ones: the lowest scores (``least-sensitive``) or the highest
+    (``most-sensitive``), ties at the threshold kept (see :func:`update_mask`).
+
+    Args:
+        scores: name → this round's scores (sums over samples); the keys and their order make the mask's.
+        alive: the mask after the previous round (True = trainable); None before the first round.
+        shapes: name → shape of every scored tensor (the counts are fractions of their entries).
+        rule: ``least-sensitive`` or ``most-sensitive``.
+        sparsity: the fraction frozen at the end of the last round.
+        round_index: 1-based, from 1 to ``rounds``.
+        rounds: R', the number of calibration rounds.
+        scope: ``global`` (one threshold) or ``local`` (one per tensor).
+    """
+    if rule not in SENSITIVITY_RULES:
+        raise ValueError(f"calibration_step takes a sensitivity rule {SENSITIVITY_RULES}, got {rule!r}")
+    counts = keep_counts(shapes, keep_fraction(sparsity, round_index - 1, rounds), scope)
+    return update_mask(scores, alive, counts, keep="lowest" if rule == "least-sensitive" else "highest", scope=scope)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Rules whose keys do not depend on the mask.
 
@@ -179,7 +215,7 @@ def calibrate_mask(
     repeats: int = 1,
     chunk_size: int | None = None,
 ) -> Mask:
-    """Compute a mask for ``model`` with a calibration rule (spec §3–4); True = trainable.
+    """Compute a mask for ``model`` with a calibration rule (``docs/editing.md``); True = trainable.
 
     Args:
         model: the classifier (head already fitted: scores depend on it).
@@ -209,14 +245,13 @@ def calibrate_mask(
     if rule == "random":
         mask = random_mask({n: w.shape for n, w in weights.items()}, sparsity, seed=seed, scope=scope)
         return {n: m.to(weights[n].device) for n, m in mask.items()}
-    if rule not in ("least-sensitive", "most-sensitive"):
+    if rule not in SENSITIVITY_RULES:
         raise ValueError(f"unknown rule {rule!r}; use one of {RULES}")
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     if not callable(batches) and iter(batches) is batches:  # type: ignore[arg-type]
         raise TypeError("batches must be re-iterable (e.g. a list) or a callable round_index -> batches")
     shapes = {n: w.shape for n, w in weights.items()}
-    keep: Keep = "lowest" if rule == "least-sensitive" else "highest"
     generator = torch.Generator(device=weights[names[0]].device).manual_seed(seed)
     alive: Mask = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
     for r in range(rounds):
@@ -232,8 +267,9 @@ def calibrate_mask(
             generator=generator,
             chunk_size=chunk_size,
         )
-        counts = keep_counts(shapes, keep_fraction(sparsity, r, rounds), scope)
-        alive = update_mask(scores, alive, counts, keep=keep, scope=scope)
+        alive = calibration_step(
+            scores, alive, shapes, rule=rule, sparsity=sparsity, round_index=r + 1, rounds=rounds, scope=scope
+        )
     return alive
 
 

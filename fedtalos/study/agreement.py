@@ -30,13 +30,12 @@ from typing import Any
 import torch
 
 from fedtalos.config import RunConfig
-from fedtalos.editing.masks import Mask, keep_counts, keep_fraction, load_mask, update_mask
+from fedtalos.editing.masks import SENSITIVITY_RULES, Mask, calibration_step, load_mask
 from fedtalos.tracking.checkpoint import CheckpointStore, atomic_write_bytes
 
 OUTPUT_JSON = "analysis/mask_agreement.json"
 OUTPUT_CSV = "analysis/mask_agreement.csv"
 OUTPUT_PNG = "plots/mask_agreement.png"
-SENSITIVITY_RULES = ("least-sensitive", "most-sensitive")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -93,7 +92,6 @@ class Calibrator:
         self.resources.load_weights(weights)
         self.shapes = {k: tuple(v.shape) for k, v in weights.items() if not k.startswith(HEAD_PREFIX)}
         self.rounds = config.calibration_rounds
-        self.keep = "lowest" if config.mask_rule == "least-sensitive" else "highest"
         self._first_round: dict[int, dict[str, torch.Tensor]] = {}  # round-1 scores need no mask: shared
 
     def scores(self, pid: int, round_index: int, soft_mask: Mask | None) -> dict[str, torch.Tensor]:
@@ -110,8 +108,16 @@ class Calibrator:
 
     def _update(self, scores: Mapping[str, torch.Tensor], alive: Mask | None, round_index: int) -> Mask:
         c = self.config
-        counts = keep_counts(self.shapes, keep_fraction(c.sparsity, round_index - 1, self.rounds), c.mask_scope)
-        return update_mask(scores, alive, counts, keep=self.keep, scope=c.mask_scope)
+        return calibration_step(
+            scores,
+            alive,
+            self.shapes,
+            rule=c.mask_rule,
+            sparsity=c.sparsity,
+            round_index=round_index,
+            rounds=self.rounds,
+            scope=c.mask_scope,
+        )
 
     def client_mask(self, pid: int) -> Mask:
         """The mask client ``pid`` would calibrate alone: every round on its own samples, with its own mask."""
@@ -239,6 +245,6 @@ def _write_outputs(run_dir: Path, record: dict[str, Any]) -> None:
     writer.writeheader()
     writer.writerows(record["clients"])
     atomic_write_bytes(run_dir / OUTPUT_CSV, buffer.getvalue().encode())
-    from fedtalos.study.figures import plot_client_agreement
+    from fedtalos.study.mask_figures import plot_client_agreement
 
     plot_client_agreement(record, run_dir / OUTPUT_PNG)

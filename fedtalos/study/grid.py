@@ -1,4 +1,4 @@
-"""Experiments as files: a grid file (TOML) → planned runs with stable names → what is already on disk.
+"""Grid files: the TOML format that describes a run family, parsed and checked (:func:`load_grid`).
 
 **Grid file** (one per run family, under ``configs/``)::
 
@@ -29,22 +29,8 @@
 
 ``[grid]`` (a single table) is one block. Without any grid the family is one configuration.
 
-**Precedence**, lowest first: the app's defaults < ``--base FILE`` (e.g. the centralized search's ``best.toml``:
-it fills in what the grid file leaves open) < ``[base]`` < a block's constants < its axes < ``[scale]`` <
-``--set KEY=VALUE`` (e.g. a smoke test: ``--set model=vit-tiny-test --set num-server-rounds=2``).
-``run-name``, ``output-root`` and ``seed`` belong to the sweep: every run gets the same absolute ``output-root``
-(``--output-root``, else ``[base] output-root``, else the usual default) and its own ``seed`` and ``run-name``.
-
-**Run names** are ``<family>-<axis parts>-seed<k>``, the axis parts in the order the block lists them, each a
-short prefix and the value (``nc5``, ``J8``, ``s0.9``, ``R4``; rule, schedule and partitioning values stand
-alone): ``noniid-nc5-J8-seed1``, ``noniid-iid-J4-seed0``, ``rules-nc5-least-sensitive-seed2``. The same grid
-point always gets the same name; the name without ``-seed<k>`` (the *label*) names the configuration.
-
-**Order**: seed-major (every configuration with the first seed, then the next seed), so an interrupted sweep
-already holds a complete replicate of the grid.
-
-Every planned run is validated with :meth:`RunConfig.from_mapping` before anything runs; all problems are
-reported at once as one :class:`ConfigError`.
+A grid file only describes configurations; :mod:`fedtalos.study.plan` expands it into named, validated runs
+(precedence of the overrides, run names, order) and reads what is already on disk.
 """
 
 from __future__ import annotations
@@ -53,8 +39,8 @@ import itertools
 import json
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,56 +49,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-import tomli_w
-
-from fedtalos.config import ConfigError, RunConfig, read_overrides, read_toml
-from fedtalos.tracking.rundir import CONFIG_FILE, SUMMARY_FILE
+from fedtalos.config import ConfigError, read_toml
 
 KINDS = ("federated", "centralized")
 SECTIONS = ("sweep", "base", "grid", "scale", "analysis")
 SWEEP_KEYS = ("kind", "family", "seeds", "description")
 # Keys the sweep sets for every run; a grid file or --set may not.
 SWEEP_OWNED = ("run-name", "output-root", "seed")
-# Where a sweep keeps its per-run TOML files, logs and manifest: <output-root>/_sweeps/<family>/.
-SWEEPS_DIR = "_sweeps"
-MANIFEST = "manifest.json"
-
-# Short run-name prefixes of common axes; keys listed with "" show their value alone.
-ABBREVIATIONS = {
-    "classes-per-client": "nc",
-    "local-steps": "J",
-    "num-server-rounds": "T",
-    "sparsity": "s",
-    "calibration-rounds": "R",
-    "lr": "lr",
-    "lr-min": "lrmin",
-    "momentum": "m",
-    "weight-decay": "wd",
-    "fraction-train": "C",
-    "num-clients": "K",
-    "epochs": "ep",
-    "batch-size": "B",
-    "label-smoothing": "ls",
-    "image-size": "px",
-    "fisher-samples": "n",
-    "calibration-fraction": "cf",
-    "warmup": "wu",
-    "partitioning": "",
-    "mask-rule": "",
-    "lr-schedule": "",
-    "strategy": "",
-    "head": "head-",
-    "fisher-target": "",
-    "mask-scope": "",
-}
 
 _FAMILY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_SEED_SUFFIX = re.compile(r"-seed(\d+)$")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Grid files.
 
 
 @dataclass(frozen=True)
@@ -182,7 +127,7 @@ def parse_grid(data: Mapping[str, Any], path: Path = Path("<grid>")) -> GridFile
     if not isinstance(family, str) or not _FAMILY.match(family):
         problems.append(f"{where}: [sweep] family = {family!r}: letters, digits and '_' only (it starts run names)")
     seeds = sweep.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(is_int(s) and s >= 0 for s in seeds):
         problems.append(f"{where}: [sweep] seeds = {seeds!r}: must be a non-empty list of integers >= 0")
         seeds = [0]
     elif len(set(seeds)) != len(seeds):
@@ -216,7 +161,7 @@ def parse_grid(data: Mapping[str, Any], path: Path = Path("<grid>")) -> GridFile
         if not isinstance(rule, dict) or set(rule) != {"per", "product"}:
             problems.append(f'{where}: [scale] {key}: write {key} = {{ per = "<key>", product = <number> }}')
             continue
-        if not isinstance(rule["per"], str) or not _is_number(rule["product"]) or rule["product"] <= 0:
+        if not isinstance(rule["per"], str) or not is_number(rule["product"]) or rule["product"] <= 0:
             problems.append(f"{where}: [scale] {key}: per must be a key, product a positive number")
             continue
         scale.append(ScaleRule(key, rule["per"], float(rule["product"])))
@@ -225,7 +170,7 @@ def parse_grid(data: Mapping[str, Any], path: Path = Path("<grid>")) -> GridFile
     for key in analysis:
         if key != "mask-agreement":
             problems.append(f"{where}: [analysis] {key}: unknown (known: mask-agreement = <number of clients>)")
-    if not _is_int(clients) or clients < 0:
+    if not is_int(clients) or clients < 0:
         problems.append(f"{where}: [analysis] mask-agreement = {clients!r}: a number of clients (0 = off)")
         clients = 0
     owned = {"base": base, **{f"grid #{i + 1}": {**b.constants, **b.axes} for i, b in enumerate(blocks)}}
@@ -260,11 +205,13 @@ def _table(value: Any, label: str, where: str, problems: list[str]) -> dict[str,
     return {}
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """A TOML integer (``true`` is not one)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A TOML integer or float (not a boolean)."""
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
@@ -280,335 +227,4 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             value = raw.strip()
         out[key.strip()] = value
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Planned runs.
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """One run of a sweep: its name, the overrides it runs with (validated) and where its outputs go."""
-
-    name: str
-    label: str
-    family: str
-    kind: str
-    seed: int
-    point: dict[str, Any]
-    derived: dict[str, Any]
-    overrides: dict[str, Any]
-    config: RunConfig
-    mask_agreement_clients: int = 0
-    grid_file: Path | None = field(default=None, compare=False)
-
-    @property
-    def run_dir(self) -> Path:
-        return self.config.run_dir()
-
-    @property
-    def sweep_dir(self) -> Path:
-        """``<output-root>/_sweeps/<family>``: the per-run TOML files, logs and the manifest."""
-        return self.config.resolved_output_root() / SWEEPS_DIR / self.family
-
-    @property
-    def toml_path(self) -> Path:
-        return self.sweep_dir / f"{self.name}.toml"
-
-    @property
-    def log_path(self) -> Path:
-        return self.sweep_dir / f"{self.name}.log"
-
-    @property
-    def total_steps(self) -> int:
-        """Rows the run logs when complete: rounds over all phases (federated) or epochs (centralized)."""
-        return expected_steps(self.config, self.kind)
-
-    def settings(self) -> str:
-        """The grid point and the derived keys, ``key=value`` (what tells this run from its neighbours)."""
-        parts = [f"{k}={_literal(v)}" for k, v in {**self.point, **self.derived}.items()]
-        return " ".join(parts) if parts else "(base configuration)"
-
-
-def phase_rounds(config: RunConfig) -> dict[str, int]:
-    """Rounds of each phase of a federated run, in order (as the server runs them): [head] [calibration] train."""
-    rounds = {}
-    if config.head != "train":
-        rounds["head"] = 1 if config.head == "ridge" else config.probe_rounds
-    if config.editing:
-        sensitivity = config.mask_rule in ("least-sensitive", "most-sensitive")
-        rounds["calibration"] = config.calibration_rounds if sensitivity else 1  # the other rules need one step
-    rounds["train"] = config.num_server_rounds
-    return rounds
-
-
-def expected_steps(config: RunConfig, kind: str) -> int:
-    """Federated: the server's final ``step`` (rounds over all phases); centralized: epochs."""
-    return config.epochs if kind == "centralized" else sum(phase_rounds(config).values())
-
-
-def format_value(value: Any) -> str:
-    """A value as it appears in a run name: ints as is, floats in %g form, booleans on/off, strings as is."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return format(value, "g")
-    return str(value)
-
-
-def name_part(key: str, value: Any) -> str:
-    """The run-name part of one axis value: ``nc5``, ``J8``, ``s0.9``, ``least-sensitive``."""
-    return ABBREVIATIONS.get(key, key) + format_value(value)
-
-
-def run_label(family: str, point: Mapping[str, Any]) -> str:
-    """``<family>-<parts>``: the configuration's name (the run name without ``-seed<k>``)."""
-    return "-".join([family, *(name_part(k, v) for k, v in point.items())])
-
-
-def split_name(name: str) -> tuple[str, int | None]:
-    """(label, seed) of a run name; seed None when the name has no ``-seed<k>`` suffix."""
-    m = _SEED_SUFFIX.search(name)
-    return (name[: m.start()], int(m.group(1))) if m else (name, None)
-
-
-def plan(
-    grid: GridFile,
-    *,
-    seeds: Sequence[int] | None = None,
-    output_root: str | Path | None = None,
-    base_overrides: Mapping[str, Any] | None = None,
-    sets: Mapping[str, Any] | None = None,
-) -> list[PlannedRun]:
-    """Expand ``grid`` into its runs, seed-major, each validated; raises one :class:`ConfigError` for all problems.
-
-    ``base_overrides`` go under the grid's own values (``--base``), ``sets`` over everything (``--set``).
-    ``output_root``: where the runs go (default: the output root the grid's configuration resolves to, i.e.
-    ``[base] output-root``, else ``$FEDTALOS_OUTPUT_ROOT``, else ``~/fedtalos/runs``). It is made absolute and set
-    explicitly in every run, so the Flower processes write where this process looks, whatever their environment.
-    """
-    seeds = tuple(grid.seeds if seeds is None else seeds)
-    if not seeds or any(not _is_int(s) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ConfigError([f"seeds {list(seeds)}: need at least one seed, integers >= 0, no repeats"])
-    # a --base file (e.g. a best.toml that names its trial) may hold keys the sweep owns: the sweep's win
-    base = {**{k: v for k, v in (base_overrides or {}).items() if k not in SWEEP_OWNED}, **grid.base}
-    sets = dict(sets or {})
-    problems = []
-    for key in SWEEP_OWNED:
-        if key in sets:
-            problems.append(f"--set {key}: the sweep sets it (use --output-root / --seeds)")
-    if problems:
-        raise ConfigError(problems)
-    root = _resolve_root(output_root, base.get("output-root"))
-    base.pop("output-root", None)
-    points: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = []  # (constants, point, derived)
-    for block in grid.blocks:
-        for point in block.points():
-            merged = {**base, **block.constants, **point}
-            derived = {}
-            for rule in grid.scale:
-                derived[rule.key] = _scaled(rule, merged, problems, grid.path)
-            points.append((block.constants, point, derived))
-    runs: dict[str, PlannedRun] = {}
-    errors: dict[str, list[str]] = {}
-    for seed in seeds:
-        for constants, point, derived in points:
-            label = run_label(grid.family, point)
-            name = f"{label}-seed{seed}"
-            overrides = {
-                **base,
-                **constants,
-                **point,
-                **{k: v for k, v in derived.items() if v is not None},
-                **sets,
-                "seed": seed,
-                "run-name": name,
-                "output-root": str(root),
-            }
-            if not _NAME.match(name):
-                problems.append(f"run name {name!r}: use values made of letters, digits, '.', '_' and '-'")
-                continue
-            try:
-                config = RunConfig.from_mapping(overrides)
-            except ConfigError as e:
-                for problem in e.problems:
-                    errors.setdefault(problem, []).append(name)
-                continue
-            run = PlannedRun(
-                name=name,
-                label=label,
-                family=grid.family,
-                kind=grid.kind,
-                seed=seed,
-                point=dict(point),
-                derived={k: v for k, v in derived.items() if v is not None},
-                overrides=overrides,
-                config=config,
-                mask_agreement_clients=grid.mask_agreement_clients,
-                grid_file=grid.path,
-            )
-            if name in runs and runs[name].overrides != overrides:
-                problems.append(
-                    f"{grid.path}: two grid points are both named {name!r} with different settings; "
-                    "make one of the differing keys an axis (a list) so that the names differ"
-                )
-            runs.setdefault(name, run)
-    for problem, names in errors.items():
-        where = names[0] if len(names) == 1 else f"{len(names)} runs, e.g. {names[0]}"
-        problems.append(f"{grid.path} ({where}): {problem}")
-    if problems:
-        raise ConfigError(list(dict.fromkeys(problems)))
-    return list(runs.values())
-
-
-def _resolve_root(output_root: str | Path | None, from_config: Any) -> Path:
-    if output_root is not None:
-        return Path(output_root).expanduser().resolve()
-    config = RunConfig.from_mapping({"output-root": from_config} if isinstance(from_config, str) else {})
-    return config.resolved_output_root().resolve()
-
-
-def _scaled(rule: ScaleRule, merged: Mapping[str, Any], problems: list[str], path: Path) -> Any:
-    per = merged.get(rule.per, RunConfig.defaults().get(rule.per))
-    default = RunConfig.defaults().get(rule.key)
-    if not _is_number(per) or per <= 0:
-        problems.append(f"{path}: [scale] {rule.key}: per = {rule.per!r} is not a positive number here ({per!r})")
-        return None
-    value = rule.product / per
-    if isinstance(default, int) and not isinstance(default, bool):
-        if abs(value - round(value)) > 1e-9:
-            problems.append(
-                f"{path}: [scale] {rule.key} = {rule.product:g} / {rule.per} = {value:g} at {rule.per} = {per}: "
-                "not a whole number; choose a product divisible by every value"
-            )
-            return None
-        return round(value)
-    return value
-
-
-def plan_files(
-    paths: Sequence[str | Path],
-    *,
-    seeds: Sequence[int] | None = None,
-    output_root: str | Path | None = None,
-    base_files: Sequence[str | Path] = (),
-    sets: Mapping[str, Any] | None = None,
-) -> list[PlannedRun]:
-    """:func:`plan` for several grid files (families run in the order given); one ConfigError for all of them."""
-    base: dict[str, Any] = {}
-    problems: list[str] = []
-    for path in base_files:
-        try:
-            base.update(read_overrides(Path(path).expanduser(), f"--base {path}"))
-        except ConfigError as e:
-            problems += e.problems
-    runs: list[PlannedRun] = []
-    families: dict[str, Path] = {}
-    for path in paths:
-        try:
-            grid = load_grid(path)
-            if grid.family in families:
-                problems.append(f"{path}: family {grid.family!r} is also the family of {families[grid.family]}")
-            families[grid.family] = Path(path)
-            runs += plan(grid, seeds=seeds, output_root=output_root, base_overrides=base, sets=sets)
-        except ConfigError as e:
-            problems += e.problems
-    if problems:
-        raise ConfigError(problems)
-    return runs
-
-
-def run_toml(run: PlannedRun) -> str:
-    """The run's overrides as the TOML file the run command reads (flat ``key = value`` lines)."""
-    header = f"# {run.name}: generated by `fedtalos sweep` from {run.grid_file or 'a grid'}; {run.settings()}\n"
-    return header + tomli_w.dumps(run.overrides)
-
-
-def _literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return format_value(value)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# What is on disk.
-
-NEW, PARTIAL, DONE, CONFLICT = "new", "resume", "done", "conflict"
-
-
-def run_state(run: PlannedRun) -> tuple[str, str]:
-    """(state, detail): ``new`` (nothing there), ``resume`` (started, unfinished: the same command continues it),
-    ``done`` (``summary.json`` of a complete run of this configuration) or ``conflict`` (the directory holds a
-    run of another configuration; the sweep leaves it alone)."""
-    path = run.run_dir
-    if not path.exists():
-        return NEW, ""
-    stored_file = path / CONFIG_FILE
-    if not stored_file.is_file():
-        return PARTIAL, "no config.json yet"
-    try:
-        stored = json.loads(stored_file.read_text())
-    except ValueError:
-        return PARTIAL, "unreadable config.json"
-    if stored.get("kind") != run.kind or stored.get("result_hash") != run.config.result_hash():
-        return CONFLICT, (
-            f"{path} holds a {stored.get('kind', '?')} run of another configuration (hash "
-            f"{stored.get('result_hash')}, planned {run.config.result_hash()}): move it away or change the grid"
-        )
-    summary_file = path / SUMMARY_FILE
-    done_steps = _steps_done(path, run.kind)
-    if not summary_file.is_file():
-        return PARTIAL, f"{done_steps}/{run.total_steps} {'epochs' if run.kind == 'centralized' else 'rounds'}"
-    if done_steps < run.total_steps:  # a finished shorter run extended by a larger num-server-rounds / epochs
-        return PARTIAL, f"finished at {done_steps}, extended to {run.total_steps}"
-    return DONE, ""
-
-
-def _steps_done(run_dir: Path, kind: str) -> int:
-    from fedtalos.tracking.metrics import read_rows
-
-    rows = read_rows(run_dir)
-    if kind == "centralized":
-        epochs = [r.get("epoch") for r in rows if r.get("phase") in ("train", "epoch") and r.get("epoch") is not None]
-        return int(max(epochs, default=0))
-    return int(max((r.get("step", 0) for r in rows), default=0))
-
-
-def write_manifest(runs: Sequence[PlannedRun]) -> list[Path]:
-    """``<output-root>/_sweeps/<family>/manifest.json`` per family: its runs, labels, seeds and grid points, so
-    that ``fedtalos summarize`` knows the families and axes without parsing names."""
-    written = []
-    by_family: dict[Path, list[PlannedRun]] = {}
-    for run in runs:
-        by_family.setdefault(run.sweep_dir, []).append(run)
-    for directory, members in by_family.items():
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / MANIFEST
-        previous = json.loads(path.read_text()) if path.is_file() else {}
-        known = {r["name"]: r for r in previous.get("runs", [])}
-        for run in members:  # a later sweep with more seeds adds to the manifest, never drops runs
-            known[run.name] = {"name": run.name, "label": run.label, "seed": run.seed, "point": run.point}
-        record = {
-            "family": members[0].family,
-            "kind": members[0].kind,
-            "grid_file": str(members[0].grid_file),
-            "axes": list(dict.fromkeys(k for r in members for k in r.point)),
-            "runs": list(known.values()),
-        }
-        path.write_text(json.dumps(record, indent=1))
-        written.append(path)
-    return written
-
-
-def read_manifests(root: Path) -> dict[str, dict[str, Any]]:
-    """Run name → {family, label, seed, point, axes} from every manifest under ``root/_sweeps``."""
-    out: dict[str, dict[str, Any]] = {}
-    for path in sorted((Path(root) / SWEEPS_DIR).glob(f"*/{MANIFEST}")):
-        try:
-            record = json.loads(path.read_text())
-        except ValueError:
-            continue
-        for entry in record.get("runs", []):
-            out[entry["name"]] = {**entry, "family": record.get("family"), "axes": record.get("axes", [])}
     return out

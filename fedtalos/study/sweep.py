@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
-from fedtalos.study.grid import CONFLICT, DONE, PlannedRun, phase_rounds, run_state, run_toml, write_manifest
+from fedtalos.study.plan import CONFLICT, DONE, PlannedRun, phase_rounds, run_state, run_toml, write_manifest
 from fedtalos.tracking.metrics import read_rows
 
 

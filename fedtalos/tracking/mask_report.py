@@ -1,8 +1,11 @@
 """What a mask looks like, per layer: ``mask.npz``, a density table (CSV) and a figure (PNG) in the run directory.
 
+Every run that edits writes this report through :func:`write_mask_report`, and the study reads it back through
+:func:`read_density_rows`: one format, ``mask_density.csv`` with the columns of :data:`DENSITY_COLUMNS`.
 Density = the trainable fraction (mask True); sparsity = 1 − density, the fraction frozen (the project's
-convention, ``talos-spec.md``). Layers are the transformer blocks (``blocks.<i>``) and the top-level modules
-(``patch_embed``, ``cls_token``, ``pos_embed``, ``norm``).
+convention, ``docs/editing.md``). Layers are the transformer blocks (``blocks.<i>``) and the top-level modules
+(``patch_embed``, ``cls_token``, ``pos_embed``, ``norm``); :func:`layer_of` is the package's one mapping from a
+tensor name to its layer.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import io
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -26,29 +30,42 @@ from fedtalos.tracking.checkpoint import atomic_write_bytes
 MASK_FILE = "mask.npz"
 DENSITY_FILE = "mask_density.csv"
 DENSITY_PLOT = "mask_density.png"
-_BLOCK = re.compile(r"^(blocks\.\d+)\.(.+)$")
+DENSITY_COLUMNS = ("tensor", "layer", "shape", "numel", "trainable", "density")
+_BLOCK = re.compile(r"^(blocks\.(\d+))\.(.+)$")
 # Weight matrices shown as their own lines in the figure; everything else of a block is summed as "other".
 _KINDS = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
 
 
-def layer_of(name: str) -> tuple[str, str]:
-    """(layer, name within the layer): ``blocks.3.attn.qkv.weight`` → (``blocks.3``, ``attn.qkv.weight``)."""
+class TensorLayer(NamedTuple):
+    """Where a tensor sits in the model: its layer, the block index (None outside the blocks), the rest."""
+
+    layer: str
+    block: int | None
+    within: str
+
+
+def layer_of(name: str) -> TensorLayer:
+    """The layer of a parameter: ``blocks.3.attn.qkv.weight`` → (``blocks.3``, 3, ``attn.qkv.weight``),
+    ``patch_embed.proj.weight`` → (``patch_embed``, None, ``proj.weight``), ``cls_token`` → (``cls_token``, None,
+    ``cls_token``)."""
     m = _BLOCK.match(name)
     if m:
-        return m.group(1), m.group(2)
+        return TensorLayer(m.group(1), int(m.group(2)), m.group(3))
     head, _, rest = name.partition(".")
-    return head, rest or head
+    return TensorLayer(head, None, rest or head)
 
 
 def density_rows(mask: Mapping[str, Tensor]) -> list[dict[str, object]]:
-    """One row per masked tensor, in the mask's order: tensor, layer, shape, numel, trainable, density."""
+    """One row per masked tensor, in the mask's order, with the columns of :data:`DENSITY_COLUMNS`: the tensor's
+    name, its layer (:func:`layer_of`), its shape (``384x1152``), its entry count, how many of them are trainable,
+    and that fraction (NaN for an empty tensor)."""
     rows = []
     for name, m in mask.items():
         trainable, numel = int(m.sum()), m.numel()
         rows.append(
             {
                 "tensor": name,
-                "layer": layer_of(name)[0],
+                "layer": layer_of(name).layer,
                 "shape": "x".join(str(d) for d in m.shape),
                 "numel": numel,
                 "trainable": trainable,
@@ -58,17 +75,38 @@ def density_rows(mask: Mapping[str, Tensor]) -> list[dict[str, object]]:
     return rows
 
 
+def read_density_rows(path: Path) -> list[dict[str, object]]:
+    """The rows of a ``mask_density.csv`` written by :func:`write_mask_report`, typed as :func:`density_rows`
+    returns them (numel and trainable int, density float); columns are read by name."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(DENSITY_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: not a mask density table (missing columns: {', '.join(sorted(missing))})")
+        return [
+            {
+                "tensor": r["tensor"],
+                "layer": r["layer"],
+                "shape": r["shape"],
+                "numel": int(r["numel"]),
+                "trainable": int(r["trainable"]),
+                "density": float(r["density"]),
+            }
+            for r in reader
+        ]
+
+
 def _layer_density(rows: list[dict[str, object]], kind: str | None = None) -> dict[str, float]:
     """Layer → density over its tensors (of one kind within the block, "other" for the rest, None for all)."""
     sums: dict[str, list[int]] = {}
     for r in rows:
-        layer, inner = layer_of(str(r["tensor"]))
+        place = layer_of(str(r["tensor"]))
         if kind is not None:
-            if not layer.startswith("blocks."):
+            if place.block is None:
                 continue
-            if (kind != "other" and inner != kind) or (kind == "other" and inner in _KINDS):
+            if (kind != "other" and place.within != kind) or (kind == "other" and place.within in _KINDS):
                 continue
-        acc = sums.setdefault(layer, [0, 0])
+        acc = sums.setdefault(place.layer, [0, 0])
         acc[0] += int(r["trainable"])  # type: ignore[call-overload]
         acc[1] += int(r["numel"])  # type: ignore[call-overload]
     return {layer: t / n for layer, (t, n) in sums.items() if n}
@@ -83,13 +121,14 @@ def plot_density(rows: list[dict[str, object]], out: Path, title: str = "") -> P
     ax_all.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     ax_all.set_ylabel("trainable entries (%)")
     ax_all.set_title("density per layer (mask 1 = trainable)")
-    blocks = [n for n in names if n.startswith("blocks.")]
+    block_of = {place.layer: place.block for place in (layer_of(str(r["tensor"])) for r in rows)}
+    blocks = [n for n in names if block_of[n] is not None]
     for kind in (*_KINDS, "other"):
         values = _layer_density(rows, kind)
         xs = [i for i, b in enumerate(blocks) if b in values]
         if xs:
             ax_kind.plot(xs, [100 * values[blocks[i]] for i in xs], marker="o", ms=3, label=kind)
-    ax_kind.set_xticks(range(len(blocks)), [b.split(".")[1] for b in blocks])
+    ax_kind.set_xticks(range(len(blocks)), [str(block_of[b]) for b in blocks])
     ax_kind.set_xlabel("transformer block")
     ax_kind.set_ylabel("trainable entries (%)")
     ax_kind.set_title("density per block and weight kind")
@@ -112,7 +151,7 @@ def write_mask_report(run_dir: Path, mask: Mapping[str, Tensor], title: str = ""
     save_mask(run_dir / MASK_FILE, mask)
     rows = density_rows(mask)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["tensor"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=DENSITY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(run_dir / DENSITY_FILE, buffer.getvalue().encode())

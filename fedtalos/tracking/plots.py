@@ -44,10 +44,11 @@ def default_x(run_dirs: Sequence[Path]) -> str:
 
 
 def _training_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # the fine-tuning phase ("train" in FL, "epoch" rows centrally) is what the curves show
-    phases = {r.get("phase") for r in rows}
-    keep = "train" if "train" in phases else "epoch" if "epoch" in phases else None
-    return [r for r in rows if keep is None or r.get("phase") == keep]
+    # the fine-tuning phase ("train", federated and centralized) is what the curves show; a run that has not
+    # reached it yet (only head or calibration rows) shows what it has
+    if any(r.get("phase") == "train" for r in rows):
+        return [r for r in rows if r.get("phase") == "train"]
+    return rows
 
 
 def _style(ax: plt.Axes, xlabel: str, ylabel: str) -> None:

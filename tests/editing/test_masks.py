@@ -12,6 +12,7 @@ from torch import nn
 from fedtalos.editing.fisher import fisher_scores
 from fedtalos.editing.masks import (
     calibrate_mask,
+    calibration_step,
     gather_trainable,
     keep_counts,
     keep_fraction,
@@ -111,6 +112,28 @@ def test_local_scope_thresholds_each_tensor_on_its_own():
 def test_nan_scores_are_rejected():
     with pytest.raises(ValueError):
         update_mask({"a": _t(1, float("nan"))}, None, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# calibration_step: one round of the sensitivity rules.
+
+
+def test_calibration_step_follows_the_schedule_and_keeps_frozen_entries_frozen():
+    shapes = {"a": (8,), "b": (2,)}  # N = 10; s = 0.75 over R' = 2 rounds keeps 0.5 then 0.25 of N
+    step = {"shapes": shapes, "sparsity": 0.75, "rounds": 2}
+    first = {"a": _t(0, 1, 2, 3, 4, 5, 6, 7), "b": _t(10, 11)}
+    alive = calibration_step(first, None, rule="least-sensitive", round_index=1, **step)
+    assert _masks_equal(alive, {"a": _b(1, 1, 1, 1, 1, 0, 0, 0), "b": _b(0, 0)}), "⌊0.5 · 10⌋ = 5 lowest"
+    # round 2 re-ranks the alive entries only: b's new low scores cannot bring b back
+    second = {"a": _t(7, 6, 5, 4, 3, 2, 1, 0), "b": _t(0, 0)}
+    last = calibration_step(second, alive, rule="least-sensitive", round_index=2, **step)
+    assert _masks_equal(last, {"a": _b(0, 0, 0, 1, 1, 0, 0, 0), "b": _b(0, 0)}), "⌊0.25 · 10⌋ = 2 lowest alive"
+    most = calibration_step(first, None, rule="most-sensitive", round_index=1, **step)
+    assert _masks_equal(most, {"a": _b(0, 0, 0, 0, 0, 1, 1, 1), "b": _b(1, 1)}), "the 5 highest"
+    local = calibration_step(first, None, rule="least-sensitive", round_index=1, scope="local", **step)
+    assert _masks_equal(local, {"a": _b(1, 1, 1, 1, 0, 0, 0, 0), "b": _b(1, 0)}), "half of each tensor"
+    with pytest.raises(ValueError):
+        calibration_step(first, None, rule="random", round_index=1, **step)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,15 +14,13 @@ else:  # pragma: no cover
 
 from fedtalos.cli.main import main
 from fedtalos.config import ConfigError
-from fedtalos.study.grid import (
+from fedtalos.study.grid import load_grid, parse_grid, parse_set
+from fedtalos.study.plan import (
     CONFLICT,
     DONE,
     NEW,
     PARTIAL,
-    load_grid,
     name_part,
-    parse_grid,
-    parse_set,
     plan,
     plan_files,
     run_state,

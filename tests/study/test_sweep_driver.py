@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import IO
 
-from fedtalos.study.grid import parse_grid, plan
+from fedtalos.study.grid import parse_grid
+from fedtalos.study.plan import plan
 from fedtalos.study.sweep import RunOutcome, Sweep, format_duration
 from tests.support.fakeruns import train_rows, write_run
 

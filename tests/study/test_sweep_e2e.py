@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from fedtalos.cli.main import main
-from fedtalos.study.grid import load_grid, plan
-from fedtalos.study.summary import format_mean_std, mean_std
+from fedtalos.study.grid import load_grid
+from fedtalos.study.plan import plan
+from fedtalos.study.results import mean_std
+from fedtalos.study.tables import format_mean_std
 from tests.support.flower import isolated_flower
 
 ROOT = Path(__file__).resolve().parents[2]

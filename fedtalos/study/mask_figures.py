@@ -1,0 +1,365 @@
+"""The study's figures of sparse fine-tuning (mean ± std over seeds): accuracy vs sparsity and vs calibration
+rounds, the calibration rules side by side, per-layer mask density, and the mask agreement across clients.
+
+Per-layer densities come from each run's ``mask_density.csv`` (:func:`fedtalos.tracking.mask_report.write_mask_report`),
+grouped by :func:`fedtalos.tracking.mask_report.layer_of`. :func:`plot_client_agreement` draws one run's analysis
+(:mod:`fedtalos.study.agreement`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from fedtalos.study.figure_common import (
+    RULE_COLORS,
+    by_partition,
+    calibrates,
+    dense_line,
+    dense_reference,
+    editing_groups,
+    error_points,
+    most_common,
+    palette,
+    save_figure,
+    seeds_note,
+    style_axes,
+)
+from fedtalos.study.results import Group, mean_std, partition_label, partition_order
+from fedtalos.tracking.mask_report import DENSITY_FILE, layer_of, read_density_rows
+
+# ---------------------------------------------------------------------------------------------------------------
+# Accuracy vs sparsity, vs calibration rounds, and the rules side by side.
+
+
+def accuracy_vs_sparsity(groups: Sequence[Group], out: Path) -> list[Path]:
+    """``accuracy-vs-sparsity.png``: final test accuracy vs the frozen fraction, a line per rule (and R')."""
+    editing = editing_groups(groups)
+    if len({g.config.get("sparsity") for g in editing}) < 2:
+        return []
+    facets = by_partition(editing)
+    fig, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 4.3), squeeze=False, constrained_layout=True)
+    for ax, (part, members) in zip(axes[0], facets.items(), strict=True):
+        lines: dict[tuple[str, int], list[Group]] = {}
+        for g in members:
+            rounds = g.config.get("calibration-rounds") if calibrates(g) else 0
+            lines.setdefault((g.config.get("mask-rule"), rounds), []).append(g)
+        r_values = sorted({r for _, r in lines if r})
+        shades = {r: 0.35 + 0.65 * i / (len(r_values) - 1) for i, r in enumerate(r_values)} if len(r_values) > 1 else {}
+        for (rule, rounds), line in sorted(lines.items()):
+            # one point per sparsity: the same configuration may come from two families (e.g. sparse and rules)
+            line = list({g.config.get("sparsity"): g for g in reversed(line)}.values())
+            line.sort(key=lambda g: g.config.get("sparsity"))
+            xs, ys, es = error_points(((100 * g.config["sparsity"], g.stat("final_test_acc")) for g in line), 100)
+            label = rule + (f", R' = {rounds}" if len(r_values) > 1 and rounds else "")
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=es,
+                marker="o",
+                ms=4,
+                capsize=3,
+                color=RULE_COLORS.get(rule),
+                alpha=shades.get(rounds, 1.0),
+                label=label,
+            )
+        dense_line(ax, groups, members[0])
+        style_axes(ax, "sparsity: frozen fraction of the backbone (%)", "final test accuracy (%)", part)
+        ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"Sparse fine-tuning: accuracy vs sparsity ({seeds_note(editing)})", fontsize=11)
+    return [save_figure(fig, out / "accuracy-vs-sparsity.png")]
+
+
+def accuracy_vs_calibration_rounds(groups: Sequence[Group], out: Path) -> list[Path]:
+    """``accuracy-vs-calibration-rounds.png``: final test accuracy vs R', a line per (rule, sparsity)."""
+    editing = [g for g in editing_groups(groups) if calibrates(g)]
+    if len({g.config.get("calibration-rounds") for g in editing}) < 2:
+        return []
+    facets = by_partition(editing)
+    fig, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 4.3), squeeze=False, constrained_layout=True)
+    for ax, (part, members) in zip(axes[0], facets.items(), strict=True):
+        lines: dict[tuple[str, float], list[Group]] = {}
+        for g in members:
+            lines.setdefault((g.config.get("mask-rule"), g.config.get("sparsity")), []).append(g)
+        colors = palette(len(lines))
+        for ((rule, sparsity), line), color in zip(sorted(lines.items()), colors, strict=True):
+            line.sort(key=lambda g: g.config.get("calibration-rounds"))
+            xs, ys, es = error_points(((g.config["calibration-rounds"], g.stat("final_test_acc")) for g in line), 100)
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=es,
+                marker="o",
+                ms=4,
+                capsize=3,
+                color=color,
+                label=f"{rule}, sparsity {100 * sparsity:g} %",
+            )
+        ax.set_xscale("log", base=2)
+        ticks = sorted({g.config["calibration-rounds"] for g in members})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        style_axes(ax, "calibration rounds R'", "final test accuracy (%)", part)
+        ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"Mask calibration: accuracy vs calibration rounds ({seeds_note(editing)})", fontsize=11)
+    return [save_figure(fig, out / "accuracy-vs-calibration-rounds.png")]
+
+
+def rules_comparison(groups: Sequence[Group], out: Path) -> list[Path]:
+    """``rules.png``: the calibration rules side by side at equal sparsity, grouped by partition."""
+    editing = editing_groups(groups)
+    rules_at: dict[float, set[str]] = {}
+    for g in editing:
+        rules_at.setdefault(g.config.get("sparsity"), set()).add(g.config.get("mask-rule"))
+    candidates = [s for s, rules in rules_at.items() if len(rules) > 1]
+    if not candidates:
+        return []
+    sparsity = max(candidates, key=lambda s: len(rules_at[s]))
+    chosen = [g for g in editing if g.config.get("sparsity") == sparsity]
+    r_common = most_common([g.config.get("calibration-rounds") for g in chosen])
+    chosen = [g for g in chosen if not calibrates(g) or g.config.get("calibration-rounds") == r_common]
+    facets = by_partition(chosen)
+    rules = [r for r in RULE_COLORS if any(g.config.get("mask-rule") == r for g in chosen)]
+    bars = [*rules, "none"]
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(facets) + 3), 4.5), constrained_layout=True)
+    for j, rule in enumerate(bars):
+        for i, members in enumerate(facets.values()):
+            g = next((m for m in members if m.config.get("mask-rule") == rule), None)
+            if rule == "none":
+                g = dense_reference(groups, members[0])
+            if g is None:
+                continue
+            mean, std, _ = g.stat("final_test_acc")
+            if mean is None:
+                continue
+            x = i + (j - (len(bars) - 1) / 2) * width
+            dense = rule == "none"
+            ax.bar(
+                x,
+                100 * mean,
+                width * 0.95,
+                yerr=None if std is None else 100 * std,
+                capsize=2,
+                color="white" if dense else RULE_COLORS[rule],
+                edgecolor="black" if dense else None,
+                hatch="//" if dense else None,
+                label="dense FedAvg (no mask)" if dense else rule,
+            )
+            top = 100 * (mean + (std or 0))
+            ax.text(x, top + 0.5, f"{100 * mean:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(facets)), list(facets))
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(
+        unique.values(),
+        unique.keys(),
+        fontsize=8,
+        frameon=False,
+        ncol=3,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12),
+    )
+    style_axes(
+        ax,
+        "",
+        "final test accuracy (%)",
+        f"Calibration rules at sparsity {100 * sparsity:g} % (frozen fraction), R' = {r_common} for the "
+        f"sensitivity rules\n{seeds_note(chosen)}",
+    )
+    ax.set_xlabel("client data")
+    return [save_figure(fig, out / "rules.png")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-layer mask density.
+
+# Kinds of tensor within a block (matched in the name within the block; weights and biases together) → panel title.
+WEIGHT_KINDS = (
+    ("attn.qkv", "attention qkv"),
+    ("attn.proj", "attention proj"),
+    ("mlp.fc1", "MLP fc1"),
+    ("mlp.fc2", "MLP fc2"),
+    ("norm", "LayerNorms"),
+)
+
+
+def density_by_block(rows: Sequence[dict[str, object]]) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
+    """Trainable fractions of a mask density table (:func:`read_density_rows`), grouped by :func:`layer_of`:
+    (kind of :data:`WEIGHT_KINDS` → block index → fraction, group outside the blocks → fraction). Inside a block,
+    tensors of none of the kinds count as "other" (not drawn); outside, the groups are "patch embedding",
+    "cls + position" (the class token and the position embedding) and "final norm" (everything else)."""
+    blocks: dict[str, dict[int, list[int]]] = {}
+    other: dict[str, list[int]] = {}
+    for row in rows:
+        place = layer_of(str(row["tensor"]))
+        if place.block is not None:
+            within = place.within
+            kind = next((k for k, _ in WEIGHT_KINDS if k in within), "norm" if "norm" in within else "other")
+            entry = blocks.setdefault(kind, {}).setdefault(place.block, [0, 0])
+        else:
+            outside = (
+                "patch embedding"
+                if place.layer == "patch_embed"
+                else "cls + position"
+                if "token" in place.layer or place.layer == "pos_embed"
+                else "final norm"
+            )
+            entry = other.setdefault(outside, [0, 0])
+        entry[0] += int(row["trainable"])  # type: ignore[call-overload]
+        entry[1] += int(row["numel"])  # type: ignore[call-overload]
+    return (
+        {k: {b: v[0] / v[1] for b, v in sorted(d.items())} for k, d in blocks.items()},
+        {k: v[0] / v[1] for k, v in other.items()},
+    )
+
+
+def mask_density_per_layer(groups: Sequence[Group], out: Path) -> list[Path]:
+    """Trainable fraction per transformer block and kind of weight, averaged over seeds, for the most common
+    partition: ``mask-density-rules.png`` (a line per rule at one sparsity) and ``mask-density-sparsity.png`` (a
+    line per sparsity of the most common rule), each when there is more than one line to draw."""
+    editing = [g for g in editing_groups(groups) if all((r.path / DENSITY_FILE).is_file() for r in g.runs)]
+    if not editing:
+        return []
+    part = most_common([partition_label(g.config) for g in editing])
+    chosen = [g for g in editing if partition_label(g.config) == part]
+    r_common = most_common([g.config.get("calibration-rounds") for g in chosen])
+    chosen = [g for g in chosen if not calibrates(g) or g.config.get("calibration-rounds") == r_common]
+    # one configuration per (rule, sparsity): the same one may come from two families
+    unique = list({(g.config.get("mask-rule"), g.config.get("sparsity")): g for g in reversed(chosen)}.values())
+    written = []
+    s_common = most_common([g.config.get("sparsity") for g in unique])
+    by_rule = [g for g in unique if g.config.get("sparsity") == s_common]
+    if len(by_rule) > 1:
+        by_rule.sort(key=lambda g: list(RULE_COLORS).index(g.config.get("mask-rule")))
+        colors = [RULE_COLORS[g.config["mask-rule"]] for g in by_rule]
+        labels = [g.config["mask-rule"] for g in by_rule]
+        title = f"Per-layer mask density by rule, sparsity {100 * s_common:g} % ({part}, R' = {r_common})"
+        written.append(_density_figure(by_rule, colors, labels, title, out / "mask-density-rules.png"))
+    rule_common = most_common([g.config.get("mask-rule") for g in unique])
+    by_sparsity = sorted(
+        (g for g in unique if g.config.get("mask-rule") == rule_common), key=lambda g: g.config["sparsity"]
+    )
+    if len(by_sparsity) > 1:
+        colors = palette(len(by_sparsity))
+        labels = [f"sparsity {100 * g.config['sparsity']:g} %" for g in by_sparsity]
+        rounds = f", R' = {r_common}" if rule_common.endswith("sensitive") else ""
+        title = f"Per-layer mask density of {rule_common} masks by sparsity ({part}{rounds})"
+        written.append(_density_figure(by_sparsity, colors, labels, title, out / "mask-density-sparsity.png"))
+    return written
+
+
+def _density_figure(
+    chosen: Sequence[Group], colors: Sequence[Any], labels: Sequence[str], title: str, path: Path
+) -> Path:
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    flat = axes.ravel()
+    width = 0.8 / len(chosen)
+    for idx, (g, color, label) in enumerate(zip(chosen, colors, labels, strict=True)):
+        per_seed = [density_by_block(read_density_rows(r.path / DENSITY_FILE)) for r in g.runs]
+        overall = 100 * (1 - g.config["sparsity"])
+        for ax, (kind, kind_title) in zip(flat[:5], WEIGHT_KINDS, strict=True):
+            series = [s[0].get(kind, {}) for s in per_seed]
+            blocks = sorted(set().union(*series))
+            if not blocks:
+                continue
+            values = np.array([[s.get(b, np.nan) for b in blocks] for s in series]) * 100
+            std = np.nanstd(values, 0, ddof=1) if len(series) > 1 else None
+            ax.errorbar(blocks, np.nanmean(values, 0), yerr=std, marker="o", ms=3, capsize=2, color=color, label=label)
+            ax.axhline(overall, color=color, ls=":", lw=0.8)
+            style_axes(ax, "transformer block", "trainable entries (%)", kind_title, integer_x=True)
+        others = sorted(set().union(*(s[1] for s in per_seed)))
+        values = np.array([[s[1].get(o, np.nan) for o in others] for s in per_seed]) * 100
+        x = np.arange(len(others)) + (idx - (len(chosen) - 1) / 2) * width
+        flat[5].bar(x, np.nanmean(values, 0), width, color=color, label=label)
+        flat[5].set_xticks(range(len(others)), others, fontsize=8)
+    style_axes(flat[5], "", "trainable entries (%)", "outside the blocks")
+    handles, names = flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right upper", fontsize=8, frameon=False)
+    fig.suptitle(f"{title}\ndotted: the overall density 1 − sparsity; {seeds_note(chosen)}", fontsize=11)
+    return save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mask agreement.
+
+
+def mask_agreement(groups: Sequence[Group], out: Path) -> list[Path]:
+    """``mask-agreement.png``: Jaccard of single-client masks with the aggregated mask vs the partition (and
+    the mean Jaccard between clients, and the level of independent random masks)."""
+    with_records = [g for g in groups if any(r.agreement for r in g.runs)]
+    if not with_records:
+        return []
+    lines: dict[tuple[str, float, int], list[Group]] = {}
+    for g in with_records:
+        key = (g.config.get("mask-rule"), g.config.get("sparsity"), g.config.get("calibration-rounds"))
+        lines.setdefault(key, []).append(g)
+    parts = sorted({partition_label(g.config) for g in with_records}, key=partition_order)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(parts) + 3), 4.5), constrained_layout=True)
+    chance = []
+    for (rule, sparsity, rounds), members in sorted(lines.items()):
+        color = RULE_COLORS.get(rule)
+        for metric, style, what in (
+            ("mean_jaccard", "-", "client vs aggregated mask"),
+            ("pairwise_jaccard", ":", "client vs client"),
+        ):
+            xs, ys, es = error_points(
+                (i, mean_std([r.agreement.get(metric) for r in g.runs if r.agreement]))
+                for i, part in enumerate(parts)
+                if (g := next((m for m in members if partition_label(m.config) == part), None)) is not None
+            )
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=es,
+                ls=style,
+                marker="o",
+                capsize=3,
+                color=color,
+                label=f"{what} ({rule}, sparsity {100 * sparsity:g} %, R' = {rounds})",
+            )
+        chance += [r.agreement["chance_jaccard"] for g in members for r in g.runs if r.agreement]
+    if chance:
+        ax.axhline(float(np.mean(chance)), color="gray", ls="--", lw=1, label="independent random masks")
+    ax.set_xticks(range(len(parts)), parts)
+    ax.set_ylim(0, 1.02)
+    style_axes(
+        ax,
+        "client data",
+        "Jaccard index |A ∩ B| / |A ∪ B|",
+        f"Do single clients find the federated mask? ({seeds_note(with_records)})",
+    )
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    return [save_figure(fig, out / "mask-agreement.png")]
+
+
+def plot_client_agreement(record: dict[str, Any], out: Path) -> Path:
+    """One run's analysis: Jaccard of each analysed client's mask with the aggregated mask."""
+    rows = record["clients"]
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(rows) + 2.5), 4.0), constrained_layout=True)
+    values = [r["jaccard"] for r in rows]
+    ax.bar(range(len(rows)), values, color=RULE_COLORS.get(record["mask_rule"], "#1f77b4"), width=0.7)
+    if len(rows) <= 25:
+        for i, v in enumerate(values):
+            ax.text(i, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.axhline(record["chance_jaccard"], color="gray", ls="--", lw=1, label="independent random masks")
+    if record.get("pairwise_jaccard") is not None:
+        ax.axhline(record["pairwise_jaccard"], color="black", ls=":", lw=1, label="mean client vs client")
+    ax.set_xticks(range(len(rows)), [str(r["client"]) for r in rows], fontsize=7)
+    ax.set_ylim(0, 1.05)
+    part = "iid" if record["partitioning"] == "iid" else f"Nc = {record['classes_per_client']}"
+    style_axes(
+        ax,
+        "client (partition id): its mask calibrated on its own shard alone",
+        "Jaccard with the aggregated mask",
+        f"{record['run']}: {record['mask_rule']}, sparsity {100 * record['sparsity']:g} %, {part}, "
+        f"R' = {record['calibration_rounds']}",
+    )
+    fig.legend(fontsize=8, frameon=False, loc="outside lower center", ncol=2)
+    return save_figure(fig, out)

@@ -1,0 +1,69 @@
+"""``fedtalos summarize``: the table's rows and mean ± std values against numbers computed here."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from fedtalos.cli.main import main
+from fedtalos.study.results import mean_std
+from fedtalos.study.tables import format_mean_std, summarize
+from tests.support.fakeruns import study_mask, write_study
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake study of :func:`write_study`: four families, two seeds each, one unfinished run."""
+    return write_study(tmp_path_factory.mktemp("study") / "runs")
+
+
+def test_mean_std_and_format():
+    assert mean_std([0.5, 0.7, None]) == pytest.approx((0.6, math.sqrt(0.02), 2))
+    assert mean_std([0.3]) == (0.3, None, 1) and mean_std([None]) == (None, None, 0)
+    assert format_mean_std(0.6, math.sqrt(0.02), 100, 2) == "60.00 ± 14.14"
+    assert format_mean_std(0.6, None, 100, 1) == "60.0" and format_mean_std(None, None) == "—"
+
+
+def test_table_has_one_row_per_configuration_with_mean_and_std(study: Path, tmp_path: Path):
+    result = summarize(study, tmp_path / "summary", figures=False)
+    with open(result["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    labels = [r["configuration"] for r in rows]
+    assert len(labels) == 6 + 2 + 4 + 6 == len(set(labels)), "noniid 6, central 2, sparse 4, rules 6"
+    assert [r.name for r in result["unfinished"]] == ["noniid-nc1-J2-seed2"]
+    by_label = {r["configuration"]: r for r in rows}
+    nc1 = by_label["noniid-nc1-J2"]
+    assert (nc1["family"], nc1["seeds"], nc1["n_seeds"]) == ("noniid", "0 1", "2")
+    # seeds 0 and 1: 0.10 and 0.12 → mean 0.11, sample std 0.0141421
+    assert float(nc1["final_test_acc_mean"]) == pytest.approx(0.11)
+    assert float(nc1["final_test_acc_std"]) == pytest.approx(0.02 / math.sqrt(2))
+    assert float(nc1["final_test_acc_n"]) == 2
+    # 4 rounds × 4 MB uploaded
+    assert float(nc1["uploaded_gb_mean"]) == pytest.approx(0.016)
+    drift = [0.01 * 2 * 4.0 * s / r for s in (1.0, 1.1) for r in range(1, 5)]
+    assert float(nc1["mean_drift_mean"]) == pytest.approx(sum(drift[:4]) / 8 + sum(drift[4:]) / 8)
+    sparse = by_label["sparse-s0.9-R2"]
+    mask = study_mask("least-sensitive", 0.9)
+    density = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
+    assert float(sparse["mask_density_mean"]) == pytest.approx(density), "the density of the run's mask"
+    # head + 2 calibration rounds + 4 sparse rounds (10 % of 4 MB each)
+    assert float(sparse["uploaded_gb_mean"]) == pytest.approx(0.010 + 0.040 + 4 * 0.0004)
+    central = by_label["central-cosine"]
+    assert central["kind"] == "centralized" and float(central["final_test_acc_mean"]) == pytest.approx(0.805)
+    assert central["uploaded_gb_mean"] == ""
+    md = result["markdown"].read_text()
+    assert "| noniid | noniid-nc1-J2 | Nc=1, J=2, rounds=4 | 2 | 11.00 ± 1.41 |" in md
+    assert "| central | central-cosine | cosine | 2 | 80.50 ± 0.71 |" in md
+    assert "noniid-nc1-J2-seed2" in md, "the unfinished run is named under the table"
+
+
+def test_the_summarize_command_prints_the_table_and_the_figures(
+    study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    out = tmp_path / "summary"
+    assert main(["summarize", str(study), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| noniid | noniid-iid-J4 |" in printed and f"figure: {out / 'figures' / 'heatmap-noniid.png'}" in printed
