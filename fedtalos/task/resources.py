@@ -18,8 +18,8 @@ from torch import nn
 from fedtalos.config import RunConfig
 from fedtalos.task.batches import ImageTransform, iterate_batches, to_device
 from fedtalos.task.cifar import Cifar100, load_cifar100
-from fedtalos.task.partition import make_partitions, split_train_val
 from fedtalos.task.model import autocast_dtype, build_model, resolve_device
+from fedtalos.task.partition import make_partitions, split_train_val
 from fedtalos.task.train import evaluate
 
 Batch = tuple[torch.Tensor, torch.Tensor]
