@@ -1,7 +1,7 @@
 """``fedtalos sweep``: run the planned runs of grid files one after another, through the real commands.
 
 Federated runs go through ``flwr run`` (after a local preflight of data and weights on the CPU), centralized runs
-through ``python -m fedtalos.cli.central --config <run>.toml``. Each run's overrides are written to
+through ``python -m fedtalos.cli central --config <run>.toml``. Each run's overrides are written to
 ``<output-root>/_sweeps/<family>/<run>.toml`` and its output to ``<run>.log`` beside it, so any single run can be
 repeated by hand with the command ``--dry-run`` prints.
 
@@ -117,14 +117,14 @@ class FederatedRunner:
 
 
 class CentralizedRunner:
-    """``python -m fedtalos.cli.central --config <run>.toml`` (the ``fedtalos-central`` command)."""
+    """``python -m fedtalos.cli central --config <run>.toml`` (the ``fedtalos central`` command)."""
 
     def __init__(self, python: str = sys.executable, env: Mapping[str, str] | None = None) -> None:
         self.python = python
         self.env = dict(env or {})
 
     def command(self, run: PlannedRun) -> list[str]:
-        return [self.python, "-m", "fedtalos.cli.central", "--config", str(run.toml_path)]
+        return [self.python, "-m", "fedtalos.cli", "central", "--config", str(run.toml_path)]
 
     def __call__(self, run: PlannedRun, log: IO[str]) -> RunOutcome:
         import os
@@ -390,7 +390,7 @@ def analyze_in_subprocess(run: PlannedRun, python: str = sys.executable) -> tupl
                 return True, f"mask agreement already in {out}"
         except ValueError:
             pass
-    command = [python, "-m", "fedtalos.cli.main", "analyze", "mask-agreement", str(run.run_dir)]
+    command = [python, "-m", "fedtalos.cli", "analyze", "mask-agreement", str(run.run_dir)]
     command += ["--clients", str(run.mask_agreement_clients)]
     with open(run.log_path, "a") as log:
         log.write(f"\n===== $ {' '.join(command)}\n")
