@@ -12,20 +12,11 @@ from fedtalos.federation.server import FederatedServer
 from fedtalos.task.lr_schedule import STATELESS
 from fedtalos.task.model import WeightsError
 from fedtalos.task.resources import get_resources
+from fedtalos.tracking.log_setup import log_through_flower
 from fedtalos.tracking.plots import plot_run
 from fedtalos.tracking.rundir import open_run_dir, validate_output_root
 
 app = ServerApp()
-
-
-def _route_logs_to_flower() -> None:
-    # Flower streams its own logger's output to `flwr run --stream` and `flwr log`: log through its handlers.
-    ours, flower = logging.getLogger("fedtalos"), logging.getLogger("flwr")
-    if not ours.handlers:
-        for handler in flower.handlers:
-            ours.addHandler(handler)
-        ours.setLevel(logging.INFO)
-        ours.propagate = False
 
 
 def preflight(config: RunConfig) -> None:
@@ -67,7 +58,7 @@ def preflight(config: RunConfig) -> None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run (or resume) the federated run described by the run config."""
-    _route_logs_to_flower()
+    log_through_flower()
     config = RunConfig.from_mapping(context.run_config)
     preflight(config)
     with open_run_dir(config, "federated") as run_dir:

@@ -1,1 +1,4 @@
-"""The ``fedtalos`` command line: one module per command; nothing in the app imports this package."""
+"""The ``fedtalos`` command line: one module per command, ``main`` the dispatcher, ``options`` what commands share.
+
+Nothing in the app imports this package.
+"""

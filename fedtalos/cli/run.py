@@ -9,22 +9,25 @@ exits with 0 only if Flower reports the run ``finished:completed``.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from flwr.common.config import parse_config_args
 
+from fedtalos.cli.options import fail
 from fedtalos.config import ConfigError
 from fedtalos.federation.launcher import default_federation_config, flwr_run, merged_config, stop_run
+from fedtalos.tracking.log_setup import log_to_stderr
+
+PROG = "fedtalos run"
+HELP = "one federated run: validate and preflight here, then `flwr run` it and wait for its final status"
 
 
-def main(argv: Sequence[str]) -> int:
-    """``fedtalos run APP [--run-config ...] [--federation-config ...]``."""
-    import argparse
-
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fedtalos run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("app", nargs="?", default=".", help="the Flower app directory (default: .)")
     parser.add_argument(
@@ -38,7 +41,13 @@ def main(argv: Sequence[str]) -> int:
         "--federation-config", default="", help="extra federation settings, e.g. 'client-resources-num-gpus=0.5'"
     )
     parser.add_argument("--check", action="store_true", help="only validate and preflight, do not run")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """``fedtalos run APP [--run-config ...] [--federation-config ...]``: 0 only if Flower completed the run."""
+    args = build_parser(prog).parse_args(argv)
+    log_to_stderr()
     try:
         overrides = parse_config_args(args.run_config)
         config = merged_config(overrides)
@@ -46,8 +55,7 @@ def main(argv: Sequence[str]) -> int:
 
         preflight(config)
     except (ConfigError, ValueError, OSError, RuntimeError) as e:
-        print(f"fedtalos run: {e}", file=sys.stderr)
-        return 2
+        return fail(prog, str(e))
     print(f"run directory: {config.run_dir()}", flush=True)
     if args.check:
         return 0
@@ -67,7 +75,7 @@ def main(argv: Sequence[str]) -> int:
         return 130
     if not result.ok:
         print(
-            f"fedtalos run: Flower run {result.run_id} ended as {result.status!r} ({result.details}); see the log "
+            f"{prog}: Flower run {result.run_id} ended as {result.status!r} ({result.details}); see the log "
             "above. Run the same command again to resume from the last checkpoint.",
             file=sys.stderr,
         )

@@ -17,7 +17,7 @@ import torch
 from flwr.app import RecordDict
 
 from fedtalos.config import RunConfig
-from fedtalos.editing.masks import keep_counts, keep_fraction, magnitude_mask, mask_stats, random_mask, update_mask
+from fedtalos.editing.masks import SENSITIVITY_RULES, calibration_step, magnitude_mask, mask_stats, random_mask
 from fedtalos.federation import protocol as P
 from fedtalos.federation.aggregate import ClientUpdate
 from fedtalos.federation.cohort import sample_cohort
@@ -28,8 +28,6 @@ from fedtalos.phases import Row, Unit
 from fedtalos.seeds import federated_random_mask_seed
 from fedtalos.task.model import HEAD_PREFIX
 from fedtalos.tracking.mask_report import mask_title, write_mask_report
-
-SENSITIVITY_RULES = ("least-sensitive", "most-sensitive")
 
 
 def calibration_rounds(config: RunConfig) -> int:
@@ -97,9 +95,16 @@ class Calibration:
         else:
             shapes = self._shapes(state)
             scores = sum_scores(updates, shapes)
-            counts = keep_counts(shapes, keep_fraction(c.sparsity, unit.index - 1, self.rounds), c.mask_scope)
-            keep = "lowest" if c.mask_rule == "least-sensitive" else "highest"
-            mask = update_mask(scores, state.mask, counts, keep=keep, scope=c.mask_scope)
+            mask = calibration_step(
+                scores,
+                state.mask,
+                shapes,
+                rule=c.mask_rule,  # type: ignore[arg-type]
+                sparsity=c.sparsity,
+                round_index=unit.index,
+                rounds=self.rounds,
+                scope=c.mask_scope,  # type: ignore[arg-type]
+            )
             row["fisher_samples"] = sum(u.num_examples for u in updates)
         state.mask = {k: m.cpu() for k, m in mask.items()}
         if unit.index == self.rounds:

@@ -341,7 +341,7 @@ def run_state(run: PlannedRun) -> tuple[str, str]:
             f"{stored.get('result_hash')}, planned {run.config.result_hash()}): move it away or change the grid"
         )
     summary_file = path / SUMMARY_FILE
-    done_steps = _steps_done(path, run.kind)
+    done_steps = steps_done(read_rows(path), run.kind)
     if not summary_file.is_file():
         return PARTIAL, f"{done_steps}/{run.total_steps} {'epochs' if run.kind == 'centralized' else 'rounds'}"
     if done_steps < run.total_steps:  # a finished shorter run extended by a larger num-server-rounds / epochs
@@ -349,8 +349,8 @@ def run_state(run: PlannedRun) -> tuple[str, str]:
     return DONE, ""
 
 
-def _steps_done(run_dir: Path, kind: str) -> int:
-    rows = read_rows(run_dir)
+def steps_done(rows: Sequence[dict[str, Any]], kind: str) -> int:
+    """Progress from a run's metric rows: fine-tuning epochs done (centralized) or rounds done over all phases."""
     if kind == "centralized":
         epochs = [r.get("epoch") for r in rows if r.get("phase") == "train" and r.get("epoch") is not None]
         return int(max(epochs, default=0))

@@ -1,6 +1,6 @@
-"""``fedtalos-central search``: hyper-parameter search with Optuna on the validation split (never the test split).
+"""Hyper-parameter search with Optuna on the validation split (never the test split); ``fedtalos search`` runs it.
 
-    fedtalos-central search SPACE.toml --trials N [--study-name NAME] [--config BASE.toml] [--<key> VALUE ...]
+    fedtalos search SPACE.toml --trials N [--study-name NAME] [--config BASE.toml] [--<key> VALUE ...]
 
 **Search space file** (TOML): a ``[key]`` table per searched run-config key (``type = "float" | "int"`` with
 ``low``, ``high`` and optional ``log`` / ``step``; ``type = "categorical"`` with ``choices``) and plain
@@ -28,15 +28,13 @@ search process per study at a time (a lock file enforces it).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io
 import json
 import logging
 import math
-import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -308,62 +306,3 @@ def search(
             write_outputs(study, space, base, study_dir)
         out = write_outputs(study, space, base, study_dir)
     return {"study_dir": study_dir, **out}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from fedtalos.cli.central import PROG, add_run_config_options
-
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} search",
-        description="Hyper-parameter search with Optuna on the validation split; running the same command again "
-        "continues the study. Each trial is a centralized run under <output-root>/search-<study>/.",
-        epilog="The space file format: configs/search/central.toml, README.md, fedtalos/search_space.py.",
-    )
-    parser.add_argument("space", help="search space TOML file (e.g. configs/search/central.toml)")
-    parser.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
-    parser.add_argument("--study-name", help="default: the space file's name without .toml")
-    parser.add_argument("--pruner-startup-trials", type=int, default=5, help="trials before pruning starts (default 5)")
-    parser.add_argument("--pruner-warmup-epochs", type=int, default=1, help="epochs never pruned (default 1)")
-    add_run_config_options(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``fedtalos-central search ...``."""
-    from fedtalos.cli.central import fail, overrides_from_args, setup_logging
-    from fedtalos.task.cifar import DatasetIntegrityError, DatasetNotFoundError
-    from fedtalos.task.model import WeightsError
-
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    if args.trials < 1:
-        return fail("--trials must be at least 1")
-    try:
-        base = overrides_from_args(args)
-        result = search(
-            base,
-            args.space,
-            args.trials,
-            args.study_name,
-            pruner_startup_trials=args.pruner_startup_trials,
-            pruner_warmup_epochs=args.pruner_warmup_epochs,
-        )
-    except (ConfigError, SearchError, DatasetNotFoundError, DatasetIntegrityError, WeightsError) as e:
-        return fail(str(e))
-    rows = result["trials"]
-    print(f"study: {result['study_dir']}  ({len(rows)} trials; ranking in {result['csv'].name})")
-    for row in rows[:5]:
-        params = ", ".join(
-            f"{k[6:]}={v:.4g}" if isinstance(v, float) else f"{k[6:]}={v}"
-            for k, v in row.items()
-            if k.startswith("param:")
-        )
-        acc = f"{row['val_acc']:.4f}" if row["val_acc"] is not None else "-"
-        print(f"  #{row['rank'] or '-'} trial {row['trial']} {row['state']:>8} val_acc {acc}  {params}")
-    if result["best"]:
-        print(f"best config: {result['best']}  (re-run: fedtalos-central --config {result['best']})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """``fedtalos sweep``: run the planned runs of grid files one after another, through the real commands.
 
 Federated runs go through ``flwr run`` (after a local preflight of data and weights on the CPU), centralized runs
-through ``python -m fedtalos.cli.central --config <run>.toml``. Each run's overrides are written to
+through ``python -m fedtalos.cli central --config <run>.toml``. Each run's overrides are written to
 ``<output-root>/_sweeps/<family>/<run>.toml`` and its output to ``<run>.log`` beside it, so any single run can be
 repeated by hand with the command ``--dry-run`` prints.
 
@@ -26,7 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
-from fedtalos.study.plan import CONFLICT, DONE, PlannedRun, phase_rounds, run_state, run_toml, write_manifest
+from fedtalos.study.plan import (
+    CONFLICT,
+    DONE,
+    PlannedRun,
+    phase_rounds,
+    run_state,
+    run_toml,
+    steps_done,
+    write_manifest,
+)
 from fedtalos.tracking.metrics import read_rows
 
 
@@ -117,14 +126,14 @@ class FederatedRunner:
 
 
 class CentralizedRunner:
-    """``python -m fedtalos.cli.central --config <run>.toml`` (the ``fedtalos-central`` command)."""
+    """``python -m fedtalos.cli central --config <run>.toml`` (the ``fedtalos central`` command)."""
 
     def __init__(self, python: str = sys.executable, env: Mapping[str, str] | None = None) -> None:
         self.python = python
         self.env = dict(env or {})
 
     def command(self, run: PlannedRun) -> list[str]:
-        return [self.python, "-m", "fedtalos.cli.central", "--config", str(run.toml_path)]
+        return [self.python, "-m", "fedtalos.cli", "central", "--config", str(run.toml_path)]
 
     def __call__(self, run: PlannedRun, log: IO[str]) -> RunOutcome:
         import os
@@ -166,8 +175,7 @@ def format_duration(seconds: float | None) -> str:
 def progress_of(run: PlannedRun, rows: Sequence[dict]) -> tuple[int, str]:
     """(steps done, text): the server's completed rounds over all phases (federated) or epochs (centralized)."""
     if run.kind == "centralized":
-        epochs = [r["epoch"] for r in rows if r.get("phase") in ("train", "epoch") and r.get("epoch") is not None]
-        done = int(max(epochs, default=0))
+        done = steps_done(rows, "centralized")
         return done, f"epoch {done}/{run.config.epochs}"
     if not rows:
         return 0, f"starting (0/{run.total_steps} rounds)"
@@ -365,7 +373,7 @@ class Sweep:
 
 
 def _result_line(run: PlannedRun) -> str:
-    rows = [r for r in read_rows(run.run_dir) if r.get("phase") in ("train", "epoch")]
+    rows = [r for r in read_rows(run.run_dir) if r.get("phase") == "train"]
     tested = [r for r in rows if r.get("test_acc") is not None]
     validated = [r for r in rows if r.get("val_acc") is not None]
     parts = []
@@ -390,7 +398,7 @@ def analyze_in_subprocess(run: PlannedRun, python: str = sys.executable) -> tupl
                 return True, f"mask agreement already in {out}"
         except ValueError:
             pass
-    command = [python, "-m", "fedtalos.cli.main", "analyze", "mask-agreement", str(run.run_dir)]
+    command = [python, "-m", "fedtalos.cli", "analyze", "mask-agreement", str(run.run_dir)]
     command += ["--clients", str(run.mask_agreement_clients)]
     with open(run.log_path, "a") as log:
         log.write(f"\n===== $ {' '.join(command)}\n")

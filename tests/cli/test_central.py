@@ -1,4 +1,4 @@
-"""The ``fedtalos-central`` command line: options from the run config, errors before compute, a real kill."""
+"""``fedtalos central``: options from the run config, errors before compute, resuming, a real kill."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from fedtalos.cli import central as centralized
 from fedtalos.cli import main as cli
-from fedtalos.config import RunConfig
 from fedtalos.testing.faults import ENV as KILL_ENV
 from tests.support.runs import assert_same_tensors, final_weights, rows
 
@@ -38,33 +35,6 @@ def tiny_args(fake_cifar_root: Path, *extra: str) -> list[str]:
     ]
 
 
-def parse(argv: list[str]) -> dict:
-    return centralized.overrides_from_args(centralized.build_parser().parse_args(argv))
-
-
-def test_every_run_config_key_is_an_option():
-    parser = centralized.build_parser()
-    options = {s for a in parser._actions for s in a.option_strings}
-    for key in RunConfig.keys():  # noqa: SIM118 (a classmethod, not a dict)
-        assert f"--{key}" in options
-        if isinstance(RunConfig.defaults()[key], bool):
-            assert f"--no-{key}" in options
-
-
-def test_config_file_then_options_with_types_and_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "base.toml").write_text('lr = 0.05\nepochs = 4\nlr-schedule = "step"\noutput-root = "from-file"\n')
-    values = parse(["--config", "base.toml", "--epochs", "7", "--no-progress", "--dataset-root", "data/cifar"])
-    assert values["lr"] == 0.05 and values["lr-schedule"] == "step", "from the file"
-    assert values["epochs"] == 7 and values["progress"] is False, "options override the file"
-    assert values["eval-every"] == 1, "the centralized default"
-    assert values["output-root"] == str(tmp_path / "from-file") and values["dataset-root"] == str(
-        tmp_path / "data" / "cifar"
-    ), "relative paths resolved against the current directory"
-    assert parse(["--eval-every", "3"])["eval-every"] == 3
-    assert RunConfig.from_mapping(values).epochs == 7
-
-
 def test_bad_input_is_one_error_before_any_compute(tmp_path: Path, monkeypatch, capsys, fake_cifar_root):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.toml").write_text("learning-rate = 0.1\n")
@@ -84,7 +54,7 @@ def test_bad_input_is_one_error_before_any_compute(tmp_path: Path, monkeypatch, 
         )
     )
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 2 and err.startswith("fedtalos central: ")
     assert "4 problem(s)" in err
     for fragment in ("--lr 'fast': must be a number", "epochs = 0", "'cosine-ish'", "unknown key 'learning-rate'"):
         assert fragment in err
@@ -115,7 +85,7 @@ def test_sigkill_during_a_checkpoint_write_then_the_same_command(tmp_path, fake_
     args = tiny_args(fake_cifar_root, "--epochs", "1", "--checkpoint-every-steps", "20", "--num-threads", "1")
     straight = tmp_path / "straight"
     assert centralized.main([*args, "--output-root", str(straight)]) == 0
-    command = [sys.executable, "-m", "fedtalos.cli.central", *args, "--output-root", str(tmp_path / "killed")]
+    command = [sys.executable, "-m", "fedtalos.cli", "central", *args, "--output-root", str(tmp_path / "killed")]
     env = dict(os.environ, PYTHONPATH=str(REPO), **{KILL_ENV: "checkpoint:after-tensors@2"})
     killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]

@@ -142,7 +142,8 @@ def test_centralized_runs_call_the_centralized_command(tmp_path: Path):
     assert CentralizedRunner(python="/venv/bin/python").command(run) == [
         "/venv/bin/python",
         "-m",
-        "fedtalos.cli.central",
+        "fedtalos.cli",
+        "central",
         "--config",
         str(tmp_path / "_sweeps" / "central" / "central-cosine-seed0.toml"),
     ]

@@ -1,0 +1,126 @@
+"""What several commands share: the exit-2 error line, and every run-config key as a command-line option.
+
+The options are those of ``fedtalos central`` and ``fedtalos search`` (whose trials are centralized runs): every
+run-config key (``python -m fedtalos.config`` lists them) is an option, ``--lr 0.03``; booleans are flags,
+``--progress`` / ``--no-progress``. ``--config`` reads a TOML file of the same keys; options override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedtalos.config import ConfigError, RunConfig, read_overrides
+
+# The exit status of every command on bad input, before any compute (argparse's own errors use it too).
+USAGE_ERROR = 2
+# Defaults that differ from the federated app's: the centralized run validates after every epoch.
+CENTRAL_DEFAULTS: dict[str, Any] = {"eval-every": 1}
+# Keys only the federated path reads; accepted (they are run-config keys) but listed apart in --help.
+FEDERATED_ONLY = frozenset(
+    {
+        "num-server-rounds",
+        "num-clients",
+        "partitioning",
+        "classes-per-client",
+        "fraction-train",
+        "min-train-clients",
+        "local-steps",
+        "strategy",
+        "server-lr",
+        "server-momentum",
+        "proximal-mu",
+        "server-beta1",
+        "server-beta2",
+        "server-tau",
+        "federated-eval-fraction",
+        "round-timeout",
+        "calibration-fraction",
+    }
+)
+
+
+def fail(prog: str, message: str) -> int:
+    """Print ``prog: message`` to stderr; returns :data:`USAGE_ERROR`, the command's exit status."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def add_run_config_options(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and one option per run-config key (values stay strings until :func:`overrides_from_args`)."""
+    parser.add_argument("--config", metavar="FILE.toml", help="run-config overrides (same keys); options win")
+    main = parser.add_argument_group("run config (every key of `python -m fedtalos.config`)")
+    federated = parser.add_argument_group("federated-only keys (accepted, not used by the centralized run)")
+    defaults = {**RunConfig.defaults(), **CENTRAL_DEFAULTS}
+    paths = RunConfig.path_keys()
+    for f in dataclasses.fields(RunConfig):
+        key = f.name.replace("_", "-")
+        group = federated if key in FEDERATED_ONLY else main
+        default = defaults[key]
+        shown = "true" if default is True else "false" if default is False else repr(default)
+        here = "; here a relative path resolves against the current directory" if key in paths else ""
+        help_text = f"{f.metadata['help']}{here} (default: {shown})".replace("%", "%%")
+        if isinstance(default, bool):
+            group.add_argument(f"--{key}", dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            metavar = {int: "INT", float: "X", str: "STR"}[type(default)]
+            group.add_argument(f"--{key}", dest=f.name, metavar=metavar, help=help_text)
+
+
+def _coerce(key: str, raw: Any, expected: type) -> tuple[Any, str | None]:
+    """A command-line string as the key's type (TOML values are typed already and pass through)."""
+    if not isinstance(raw, str) or expected is str:
+        return raw, None
+    try:
+        return (int(raw) if expected is int else float(raw)), None
+    except ValueError:
+        kind = "an integer" if expected is int else "a number"
+        return None, f"--{key} {raw!r}: must be {kind}"
+
+
+def resolve_paths(values: Mapping[str, Any], cwd: Path | None = None) -> dict[str, Any]:
+    """``values`` with relative path keys made absolute against ``cwd`` (default: the current directory)."""
+    cwd = cwd or Path.cwd()
+    out = dict(values)
+    for key in RunConfig.path_keys():
+        value = out.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            out[key] = str((cwd / value).resolve())
+    return out
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-config overrides of a parsed command line: the centralized defaults, the --config file, the options.
+
+    Raises:
+        ConfigError: every problem at once (unreadable file, values of the wrong type, unknown keys, ranges).
+    """
+    values: dict[str, Any] = dict(CENTRAL_DEFAULTS)
+    if args.config:
+        values.update(read_overrides(args.config, f"--config {str(args.config)!r}"))
+    problems = []
+    defaults = RunConfig.defaults()
+    for f in dataclasses.fields(RunConfig):
+        raw = getattr(args, f.name, None)
+        if raw is None:
+            continue
+        key = f.name.replace("_", "-")
+        value, problem = _coerce(key, raw, type(defaults[key]))
+        if problem:
+            problems.append(problem)
+            values.pop(key, None)
+        else:
+            values[key] = value
+    values = resolve_paths(values)
+    try:
+        RunConfig.from_mapping(values)
+    except ConfigError as e:
+        problems += e.problems
+    if problems:
+        raise ConfigError(problems)
+    return values

@@ -1,0 +1,130 @@
+"""``fedtalos sweep``: the planned runs of grid files, one after another (finished ones skipped, started resumed).
+
+    fedtalos sweep GRID.toml [...] [--seeds N | --seed-list S ...] [--only GLOB] [--dry-run] [--output-root DIR]
+
+The grid file format and the run names are :mod:`fedtalos.study.grid`; running them is :mod:`fedtalos.study.sweep`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedtalos.cli.options import fail
+from fedtalos.config import ConfigError
+from fedtalos.study import plan
+from fedtalos.study import sweep as sweeping
+from fedtalos.study.grid import parse_set
+from fedtalos.tracking.log_setup import log_to_stderr
+
+PROG = "fedtalos sweep"
+HELP = "run the runs of grid files one after another (skip finished, resume started)"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Expand grid files (configs/*.toml) into runs with stable names and run them one after another "
+        "through `flwr run` (federated) or `python -m fedtalos.cli central` (centralized). Finished runs are "
+        "skipped, started ones resumed; a failed run is reported and the sweep goes on. The grid file format is "
+        "described in fedtalos/study/grid.py and the README (Reproducing the study).",
+    )
+    parser.add_argument("grids", nargs="+", help="grid files; families run in this order")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 (default: the grid's [sweep] seeds)")
+    seeds.add_argument("--seed-list", type=int, nargs="+", metavar="S", help="run exactly these seeds")
+    parser.add_argument(
+        "--output-root",
+        help="where the runs go (default: the grid's output-root, else $FEDTALOS_OUTPUT_ROOT, else ~/fedtalos/runs)",
+    )
+    parser.add_argument(
+        "--base",
+        action="append",
+        metavar="FILE.toml",
+        help="run-config overrides under the grid's own values, e.g. the centralized search's best.toml",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a run-config key in every run (wins over the grid), e.g. --set image-size=32",
+    )
+    parser.add_argument("--only", action="append", metavar="GLOB", help="only runs whose name matches (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="print the planned runs, their state and commands")
+    parser.add_argument("--app", default=".", help="the Flower app directory for federated runs (default: .)")
+    parser.add_argument(
+        "--federation-config", default="", help="extra federation settings, e.g. 'client-resources-num-gpus=0.5'"
+    )
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="at most one progress line per run this often (default: 30)",
+    )
+    parser.add_argument("--no-analysis", action="store_true", help="skip the analyses the grid files ask for")
+    return parser
+
+
+def _seeds(args: argparse.Namespace) -> list[int] | None:
+    if args.seed_list is not None:
+        return args.seed_list
+    return list(range(args.seeds)) if args.seeds is not None else None
+
+
+def _print_plan(runs: list[plan.PlannedRun], runners: dict[str, sweeping.Runner]) -> None:
+    """Per family: its size and root, then each run's state, settings and the command that runs it."""
+    families: dict[str, list[plan.PlannedRun]] = {}
+    for run in runs:
+        families.setdefault(run.family, []).append(run)
+    for family, members in families.items():
+        configs = len({r.label for r in members})
+        seeds = sorted({r.seed for r in members})
+        print(
+            f"{family} ({members[0].kind}, {members[0].grid_file}): {configs} configurations × {len(seeds)} "
+            f"seeds {seeds} = {len(members)} runs under {members[0].config.resolved_output_root()}"
+        )
+        for i, run in enumerate(members, 1):
+            state, detail = plan.run_state(run)
+            status = state + (f" ({detail})" if detail else "")
+            print(f"  {i:3d}  {run.name:<40} {status:<12} {run.settings()}")
+            print(f"       $ {shlex.join(runners[run.kind].command(run))}")
+    print(f"{len(runs)} runs planned; nothing was run (--dry-run).")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Plan the grid files' runs and run them (or print them with ``--dry-run``); 1 if any run failed."""
+    args = build_parser(prog).parse_args(argv)
+    log_to_stderr()
+    try:
+        runs = plan.plan_files(
+            args.grids,
+            seeds=_seeds(args),
+            output_root=args.output_root,
+            base_files=args.base or (),
+            sets=parse_set(args.set or ()),
+        )
+    except ConfigError as e:
+        return fail(prog, str(e))
+    if args.only:
+        runs = [r for r in runs if any(fnmatch.fnmatchcase(r.name, pattern) for pattern in args.only)]
+        if not runs:
+            return fail(prog, f"no planned run matches {' '.join(args.only)}")
+    if "num-supernodes" in args.federation_config:
+        return fail(prog, "num-supernodes is set from each run's num-clients; leave it out")
+    runners = sweeping.default_runners(Path(args.app).resolve(), args.federation_config)
+    if args.dry_run:
+        _print_plan(runs, runners)
+        return 0
+    analyze = None if args.no_analysis else sweeping.analyze_in_subprocess
+    sweep = sweeping.Sweep(runs, runners, progress_every=args.progress_every, analyze=analyze)
+    try:
+        report = sweep.run()
+    except KeyboardInterrupt:
+        print("sweep interrupted; run the same command again to continue where it stopped.", file=sys.stderr)
+        return 130
+    return 0 if report.ok else 1
