@@ -401,6 +401,16 @@ class RunConfig:
         return max(1, round(self.fraction_train * self.num_clients))
 
     @property
+    def calibration_cohort_size(self) -> int:
+        """Clients sampled per calibration round: max(1, round(calibration-fraction · K))."""
+        return max(1, round(self.calibration_fraction * self.num_clients))
+
+    @property
+    def federated_eval_cohort_size(self) -> int:
+        """Clients sampled per federated evaluation: max(1, round(federated-eval-fraction · K))."""
+        return max(1, round(self.federated_eval_fraction * self.num_clients))
+
+    @property
     def editing(self) -> bool:
         """True when the run calibrates a mask and fine-tunes sparsely."""
         return self.mask_rule != "none"

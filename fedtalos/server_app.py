@@ -24,7 +24,7 @@ def preflight(config: RunConfig) -> None:
     if config.lr_schedule == "plateau":
         raise ConfigError(
             [
-                "lr-schedule = 'plateau': depends on per-epoch validation; use it with fedtalos-central "
+                "lr-schedule = 'plateau': depends on per-epoch validation; use it with fedtalos central "
                 f"(federated runs allow {', '.join(repr(s) for s in STATELESS)})"
             ]
         )

@@ -1,4 +1,4 @@
-"""The model-editing steps of a centralized run (spec §3–5): the step-0 ridge head and the mask calibration.
+"""The model-editing steps of a centralized run: the step-0 ridge head and the mask calibration (docs/editing.md).
 
 Both only read the data: the ridge statistics use the un-augmented train split (features of the frozen
 backbone), the temperature is fitted on the validation split, and the calibration draws ``fisher-samples``

@@ -39,12 +39,12 @@ from fedtalos.central.schedulers import Scheduler, after_evaluation, after_step,
 from fedtalos.central.state import TrainState, add_stats, capture_rng, empty_partial, restore_rng
 from fedtalos.config import RunConfig
 from fedtalos.editing import SparseSGDM
-from fedtalos.phases import Callbacks, Phase, PhaseMachine, Row, Unit, fault_injection
+from fedtalos.phases import Phase, PhaseMachine, Row, Unit
 from fedtalos.seeds import central_epoch_generator, central_start_seed
 from fedtalos.task.model import set_trainable
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.train import train_steps
-from fedtalos.tracking.callbacks import CheckpointCallback, MetricsCallback, TimingCallback
+from fedtalos.tracking.callbacks import run_callbacks
 from fedtalos.tracking.mask_report import MASK_FILE, mask_title, mask_totals, write_mask_report
 from fedtalos.tracking.metrics import format_row, summarize_rows
 from fedtalos.tracking.plots import plot_run
@@ -86,14 +86,8 @@ class CentralizedTrainer:
         self.metrics = run_dir.open_metrics()
         self.optimizer: torch.optim.Optimizer | None = None  # of the training phase in progress
         self.scheduler: Scheduler | None = None
-        self.callbacks = Callbacks(
-            [
-                TimingCallback(),
-                CheckpointCallback(self._save),
-                MetricsCallback(self.metrics, partial(format_row, index="epoch")),
-                *fault_injection(run_dir.checkpoints, prefix="central:"),
-            ]
-        )
+        line = partial(format_row, index="epoch")
+        self.callbacks = run_callbacks(self._save, self.metrics, line, run_dir.checkpoints, fault_prefix="central:")
         self.machine = PhaseMachine(
             self.phases(),
             self.callbacks,

@@ -1,4 +1,6 @@
-"""Sensitivity scores: the diagonal of the empirical-label-free Fisher, from per-sample gradients (spec §2).
+"""Sensitivity scores: the diagonal of the empirical-label-free Fisher, from per-sample gradients.
+
+See docs/editing.md, "The sensitivity score".
 
 For every calibration input x (its label, if given, is ignored) and each of ``repeats`` draws:
 

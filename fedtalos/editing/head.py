@@ -1,4 +1,6 @@
-"""Step 0: the frozen classifier head, by closed-form ridge regression on frozen backbone features (spec §5a).
+"""Step 0: the frozen classifier head, by closed-form ridge regression on frozen backbone features.
+
+See docs/editing.md, "Step 0".
 
 Each client sends ΦᵀΦ, ΦᵀY and its sample count (:class:`RidgeStats`, additive); the server sums them and
 solves (ΦᵀΦ + λI′)W = ΦᵀY, which is exactly the centralized ridge solution on the union of the clients' data,

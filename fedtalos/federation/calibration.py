@@ -78,8 +78,7 @@ class Calibration:
                     raise P.ReplyRejected(f"{key}: negative scores (sums of squares cannot be negative)")
             return ClientUpdate(pid, n, tensors, upload_bytes=upload_bytes)
 
-        size = max(1, round(c.calibration_fraction * c.num_clients))
-        cohort = sample_cohort(c.seed, "calibration", unit.index, c.num_clients, size)
+        cohort = sample_cohort(c.seed, "calibration", unit.index, c.num_clients, c.calibration_cohort_size)
         return Request(cohort, P.FISHER, lambda pid, force: content, accept, payload)
 
     def aggregate(self, unit: Unit, state: ServerState, updates: list[ClientUpdate]) -> Row:

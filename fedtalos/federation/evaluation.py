@@ -28,8 +28,7 @@ def federated_evaluation(
     """Loss and accuracy of ``weights`` on the shards of a ``federated-eval-fraction`` sample of clients, weighted
     by their example counts: ``fed_eval_loss``, ``fed_eval_acc``, ``fed_eval_clients_failed``. A reply that does
     not check out is logged and left out."""
-    size = max(1, round(config.federated_eval_fraction * config.num_clients))
-    cohort = sample_cohort(config.seed, "evaluate", step, config.num_clients, size)
+    cohort = sample_cohort(config.seed, "evaluate", step, config.num_clients, config.federated_eval_cohort_size)
     payload = f"evaluate-{step}"
     entries, delivery = messenger.transport.outbound(weights, payload)
     content = RecordDict({**entries, P.CONFIG: P.config_record(delivery)})

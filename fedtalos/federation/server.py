@@ -30,10 +30,10 @@ from fedtalos.federation.fedavg import FedAvgRounds
 from fedtalos.federation.head import RidgeHead
 from fedtalos.federation.messenger import Messenger, Request
 from fedtalos.federation.state import ServerState
-from fedtalos.phases import Callbacks, Phase, PhaseMachine, Row, Unit, fault_injection
+from fedtalos.phases import Phase, PhaseMachine, Row, Unit
 from fedtalos.strategies import make_strategy
 from fedtalos.task.resources import Resources, get_resources
-from fedtalos.tracking.callbacks import CheckpointCallback, MetricsCallback, TimingCallback
+from fedtalos.tracking.callbacks import run_callbacks
 from fedtalos.tracking.mask_report import MASK_FILE, mask_title, mask_totals, write_mask_report
 from fedtalos.tracking.metrics import format_row, summarize_rows
 from fedtalos.tracking.rundir import RunDir
@@ -66,14 +66,7 @@ class FederatedServer:
         self.resources: Resources = get_resources(config, pretrained=True)
         self.strategy = make_strategy(config)
         self.metrics = run_dir.open_metrics()
-        self.callbacks = Callbacks(
-            [
-                TimingCallback(),
-                CheckpointCallback(self._save),
-                MetricsCallback(self.metrics, format_row),
-                *fault_injection(run_dir.checkpoints),
-            ]
-        )
+        self.callbacks = run_callbacks(self._save, self.metrics, format_row, run_dir.checkpoints)
         self.messenger = Messenger(config, grid, self.callbacks)
         self.round_phases = self._round_phases()
         self.machine = PhaseMachine(

@@ -132,7 +132,7 @@ class Calibrator:
         from fedtalos.federation.cohort import sample_cohort
 
         c = self.config
-        size = max(1, round(c.calibration_fraction * c.num_clients))
+        size = c.calibration_cohort_size
         alive: Mask | None = None
         for r in range(1, self.rounds + 1):
             total = {k: torch.zeros(s, dtype=torch.float32) for k, s in self.shapes.items()}

@@ -3,7 +3,7 @@
 **Grid file** (one per run family, under ``configs/``)::
 
     [sweep]
-    kind = "federated"                 # "federated" (flwr run) or "centralized" (fedtalos-central)
+    kind = "federated"                 # "federated" (flwr run) or "centralized" (fedtalos central)
     family = "noniid"                  # first part of every run name: letters, digits, '_'
     seeds = [0, 1, 2]                  # `fedtalos sweep --seeds N` overrides
     description = "FedAvg under non-iid shards, J × rounds constant"

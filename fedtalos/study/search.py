@@ -15,7 +15,7 @@ accuracy; TPE proposes the next parameters.
 
 **Outputs** in ``<output-root>/search-<study>/``: ``study.db`` (Optuna, SQLite), ``trials.csv`` (every trial,
 ranked: complete by validation accuracy, then pruned by their last one, then failed), ``best.toml`` (the
-best complete trial as run-config overrides: ``fedtalos-central --config best.toml`` re-runs it, with a test
+best complete trial as run-config overrides: ``fedtalos central --config best.toml`` re-runs it, with a test
 evaluation) and ``trials.png`` (validation curves of the best trials).
 
 **Resuming.** Running the same command again continues the study (``load_if_exists``): ``--trials N`` is the
@@ -221,7 +221,7 @@ def write_best_toml(values: Mapping[str, Any], study: Any, path: Path) -> None:
     best = study.best_trial
     header = (
         f"# Best trial of study {study.study_name!r}: trial {best.number}, validation accuracy {best.value:.4f}.\n"
-        f"# Re-run it (also evaluated on the test split at the end): fedtalos-central --config {path.name}\n"
+        f"# Re-run it (also evaluated on the test split at the end): fedtalos central --config {path.name}\n"
     )
     atomic_write_bytes(path, (header + tomli_w.dumps(dict(values))).encode())
 

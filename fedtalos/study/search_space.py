@@ -1,4 +1,4 @@
-"""The search-space file of ``fedtalos-central search``: a TOML table per searched run-config key.
+"""The search-space file of ``fedtalos search``: a TOML table per searched run-config key.
 
 Format (see :mod:`fedtalos.study.search` for the whole command)::
 

@@ -6,7 +6,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from fedtalos.phases import Callback, Row, Unit
+from fedtalos.phases import Callback, Callbacks, Row, Unit, fault_injection
+from fedtalos.tracking.checkpoint import CheckpointStore
 from fedtalos.tracking.metrics import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -54,3 +55,22 @@ class MetricsCallback(Callback):
         if row is not None:
             self.metrics.append(row)
             log.info(self.format_line(row))
+
+
+def run_callbacks(
+    save: Callable[[int, float | None], None],
+    metrics: MetricsLog,
+    format_line: Callable[[Row], str],
+    store: CheckpointStore,
+    fault_prefix: str = "",
+) -> Callbacks:
+    """The callbacks of every run, in their order: timing (so rows carry ``wall_s`` before they are saved), the
+    checkpoint, the metric log, and fault injection when the environment asks for it (``phases.fault_injection``)."""
+    return Callbacks(
+        [
+            TimingCallback(),
+            CheckpointCallback(save),
+            MetricsCallback(metrics, format_line),
+            *fault_injection(store, fault_prefix),
+        ]
+    )

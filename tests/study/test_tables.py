@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from fedtalos.cli.main import main
 from fedtalos.study.results import mean_std
 from fedtalos.study.tables import format_mean_std, summarize
 from tests.support.fakeruns import study_mask, write_study
@@ -58,12 +57,3 @@ def test_table_has_one_row_per_configuration_with_mean_and_std(study: Path, tmp_
     assert "| noniid | noniid-nc1-J2 | Nc=1, J=2, rounds=4 | 2 | 11.00 ± 1.41 |" in md
     assert "| central | central-cosine | cosine | 2 | 80.50 ± 0.71 |" in md
     assert "noniid-nc1-J2-seed2" in md, "the unfinished run is named under the table"
-
-
-def test_the_summarize_command_prints_the_table_and_the_figures(
-    study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-):
-    out = tmp_path / "summary"
-    assert main(["summarize", str(study), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "| noniid | noniid-iid-J4 |" in printed and f"figure: {out / 'figures' / 'heatmap-noniid.png'}" in printed

@@ -14,10 +14,9 @@ import torch
 from torch import Tensor
 
 from fedtalos.config import RunConfig
-from fedtalos.editing.masks import mask_stats
 from fedtalos.study.grid import parse_grid
 from fedtalos.study.plan import plan, write_manifest
-from fedtalos.tracking.mask_report import write_mask_report
+from fedtalos.tracking.mask_report import mask_totals, write_mask_report
 from fedtalos.tracking.metrics import MetricsLog
 from fedtalos.tracking.rundir import open_run_dir
 
@@ -44,8 +43,7 @@ def write_run(
     if finished:
         summary: dict[str, Any] = {"kind": kind, "config_hash": config.result_hash(), "rounds": len(rows)}
         if mask is not None:
-            stats = mask_stats(mask)
-            summary["mask"] = {k: stats[k] for k in ("density", "sparsity", "trainable", "total")}
+            summary["mask"] = mask_totals(mask)
         run_dir.write_summary(summary)
     return run_dir.path
 
