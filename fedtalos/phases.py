@@ -17,17 +17,14 @@ Within one event, callbacks run in the order they were given.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from fedtalos.tracking.checkpoint import CheckpointStore
+from typing import Any
 
 Row = dict[str, Any]
 
-# ``FEDTALOS_KILL_AT="<point>@<step>"`` switches fault injection on (the kill-anywhere tests; fedtalos.testing.faults).
+# ``FEDTALOS_KILL_AT="<point>@<step>"`` switches fault injection on (the kill-anywhere tests; see
+# tracking.callbacks.fault_injection and fedtalos.testing.faults).
 FAULT_INJECTION_ENV = "FEDTALOS_KILL_AT"
 
 
@@ -114,18 +111,6 @@ class Callbacks(Callback):
     def after_checkpoint(self, step: int, row: Row | None) -> None:
         for c in self.callbacks:
             c.after_checkpoint(step, row)
-
-
-def fault_injection(store: CheckpointStore, prefix: str = "") -> list[Callback]:
-    """The fault-injection callback when ``FEDTALOS_KILL_AT`` is set (tests only), else nothing.
-
-    Only then is :mod:`fedtalos.testing` imported: the app itself never depends on test tooling.
-    """
-    if not os.environ.get(FAULT_INJECTION_ENV):
-        return []
-    from fedtalos.testing.faults import FaultInjection
-
-    return [FaultInjection(store, prefix)]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Deterministic fault injection for the kill-anywhere tests: ``FEDTALOS_KILL_AT="<point>@<step>"``.
 
-When that variable is set, a run adds :class:`FaultInjection` to its callbacks (``phases.fault_injection``); at
-the named round event and step the process SIGKILLs itself, exactly like a machine dying: no cleanup, no flush.
+When that variable is set, a run adds :class:`FaultInjection` to its callbacks
+(``tracking.callbacks.fault_injection``); at the named round event and step the process SIGKILLs itself, exactly
+like a machine dying: no cleanup, no flush.
 Points: ``round-start``, ``after-replies``, ``after-aggregate``, ``before-eval``, ``before-checkpoint``,
 ``after-checkpoint`` (at the step of the round or checkpoint), ``step`` (a centralized optimizer step), and
 ``checkpoint:before-tensors`` / ``checkpoint:after-tensors`` / ``checkpoint:after-json`` inside a checkpoint write.

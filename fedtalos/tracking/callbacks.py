@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
-from fedtalos.phases import Callback, Callbacks, Row, Unit, fault_injection
+from fedtalos.phases import FAULT_INJECTION_ENV, Callback, Callbacks, Row, Unit
 from fedtalos.tracking.checkpoint import CheckpointStore
 from fedtalos.tracking.metrics import MetricsLog
 
@@ -57,6 +58,18 @@ class MetricsCallback(Callback):
             log.info(self.format_line(row))
 
 
+def fault_injection(store: CheckpointStore, prefix: str = "") -> list[Callback]:
+    """The fault-injection callback when ``FEDTALOS_KILL_AT`` is set (tests only), else nothing.
+
+    Only then is :mod:`fedtalos.testing` imported: the app itself never depends on test tooling.
+    """
+    if not os.environ.get(FAULT_INJECTION_ENV):
+        return []
+    from fedtalos.testing.faults import FaultInjection
+
+    return [FaultInjection(store, prefix)]
+
+
 def run_callbacks(
     save: Callable[[int, float | None], None],
     metrics: MetricsLog,
@@ -65,7 +78,7 @@ def run_callbacks(
     fault_prefix: str = "",
 ) -> Callbacks:
     """The callbacks of every run, in their order: timing (so rows carry ``wall_s`` before they are saved), the
-    checkpoint, the metric log, and fault injection when the environment asks for it (``phases.fault_injection``)."""
+    checkpoint, the metric log, and fault injection when the environment asks for it (:func:`fault_injection`)."""
     return Callbacks(
         [
             TimingCallback(),

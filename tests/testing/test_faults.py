@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fedtalos.phases import FAULT_INJECTION_ENV, Unit, fault_injection
+from fedtalos.phases import FAULT_INJECTION_ENV, Unit
 from fedtalos.testing import faults
+from fedtalos.tracking.callbacks import fault_injection
 from fedtalos.tracking.checkpoint import CheckpointStore
 
 
