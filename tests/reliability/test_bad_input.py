@@ -18,7 +18,6 @@ from fedtalos.cli import run as run_command
 from fedtalos.config import ConfigError
 from fedtalos.task.model import DINO_VIT_S16, TINY_TEST_VIT, build_model
 from tests.support.fakegrid import FakeGrid, run_server
-from tests.support.reliability import run_main
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -116,7 +115,7 @@ def test_server_refuses_bad_input_before_any_compute(case: str, tiny_run_config:
     config = _overrides(case, tiny_run_config, tmp_path)
     grid = FakeGrid(10, config)
     with pytest.raises((ConfigError, OSError, RuntimeError)) as e:
-        run_main(config, grid)
+        run_server(config, grid)
     message = str(e.value)
     for fragment in CASES[case][1]:
         assert fragment in message, f"{fragment!r} not in: {message}"
@@ -158,6 +157,6 @@ def test_bad_input_leaves_an_existing_run_directory_untouched(
     before = _snapshot(run_dir.parent)
     bad = dict(_overrides(case, good, tmp_path), resume=False)
     with pytest.raises((ConfigError, OSError, RuntimeError)):
-        run_main(bad, FakeGrid(10, bad))
+        run_server(bad, FakeGrid(10, bad))
     assert _snapshot(run_dir.parent) == before
     assert [p.name for p in run_dir.parent.iterdir()] == ["tiny"], "nothing renamed aside"

@@ -26,7 +26,6 @@ from tests.support.reliability import (
     faulty,
     raises,
     run_dir_of,
-    run_main,
     silent,
     train_messages,
 )
@@ -90,7 +89,7 @@ def test_round_completes_without_the_failing_client(
     grid_kwargs, reason = FAILURES[failure]
     if failure == "node disconnected":
         grid = LeavingGrid(10, config, leaver=BAD)
-        run_dir, _ = run_main(config, grid)
+        run_dir, _ = run_server(config, grid)
     else:
         run_dir, grid = run_server(config, **grid_kwargs)
     logged = rows(run_dir)

@@ -97,8 +97,9 @@ class FakeGrid(Grid):
         raise NotImplementedError
 
 
-def run_server(run_config: dict[str, Any], **grid_kwargs: Any) -> tuple[Path, FakeGrid]:
-    grid = FakeGrid(run_config.get("num-clients", 10), run_config, **grid_kwargs)
+def run_server(run_config: dict[str, Any], grid: FakeGrid | None = None, **grid_kwargs: Any) -> tuple[Path, FakeGrid]:
+    """The ServerApp's ``main`` against ``grid`` (default: a FakeGrid of ``grid_kwargs``); (run directory, grid)."""
+    grid = grid if grid is not None else FakeGrid(run_config.get("num-clients", 10), run_config, **grid_kwargs)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
     main(grid, context)
     return Path(run_config["output-root"]) / run_config["run-name"], grid

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, Context, Error, Message, RecordDict
+from flwr.app import Array, Context, Error, Message
 
 from fedtalos.client_app import app as client_app
-from fedtalos.server_app import main
 from tests.support.fakegrid import FakeGrid, Handler
 
 Tamper = Callable[[Message, Message], Message | None]  # (incoming message, real reply) → what the server gets
@@ -70,9 +69,3 @@ def run_dir_of(config: dict[str, Any]) -> Path:
 def train_messages(grid: FakeGrid, message_type: str = "train") -> list[int]:
     """Partition ids the grid delivered ``message_type`` messages to, in order."""
     return [grid.pid_of[m.metadata.dst_node_id] for m in grid.sent if m.metadata.message_type == message_type]
-
-
-def run_main(config: dict[str, Any], grid: FakeGrid) -> tuple[Path, FakeGrid]:
-    """The ServerApp's ``main`` against ``grid`` (``run_server`` with a grid made by the caller)."""
-    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
-    return run_dir_of(config), grid
