@@ -117,7 +117,7 @@ class CentralizedTrainer:
         assert self.resources.initial_weights is not None, "get_resources(..., pretrained=True) keeps them"
         self.resources.load_weights(self.resources.initial_weights)
         torch.manual_seed(central_start_seed(self.config.seed))  # a fresh run never depends on the process's past
-        return TrainState(saves=0, phase=self.phases()[0].name)
+        return TrainState(saves=0, phase=self.machine.phases[0].name)
 
     def _checkpoint(self, row: Row | None, score: float | None) -> None:
         """End an epoch (``row``: its metric row) or save inside one (None), through the phase machine."""
