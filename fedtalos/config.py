@@ -28,6 +28,10 @@ MODELS = ("vit_small_patch16_224.dino", "vit-tiny-test")
 PARTITIONINGS = ("iid", "noniid")
 LR_SCHEDULES = ("constant", "cosine", "warmup-cosine", "step", "exponential", "plateau")
 STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+# server-lr when the key is left at 0: the defaults of Flower's classes (flwr.serverapp.strategy, 1.42). Adaptive
+# steps of 1.0 would move each weight by up to ~1 per round and wreck a pretrained model. fedavg and fedprox take
+# no server step; 1.0 is the value their configs have always hashed with (RunConfig.result_dict).
+SERVER_LR_DEFAULTS = {"fedavgm": 1.0, "fedadam": 0.1, "fedyogi": 0.01, "fedadagrad": 0.1}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 HEADS = ("train", "ridge", "probe")
@@ -242,11 +246,16 @@ class RunConfig:
     local_steps: int = _opt(4, "J: local SGD steps per client per round", _range(1))
     strategy: str = _opt("fedavg", "server strategy: " + ", ".join(STRATEGIES), _choice(*STRATEGIES))
     server_lr: float = _opt(
-        1.0, "fedavgm: server learning rate; fedadam/fedyogi/fedadagrad: eta", _range(0.0, lo_open=True)
+        0.0,
+        "fedavgm: server learning rate; fedadam/fedyogi/fedadagrad: eta; 0 = the strategy's default, Flower's: "
+        + ", ".join(f"{k} {v:g}" for k, v in SERVER_LR_DEFAULTS.items()),
+        _range(0.0),
     )
     server_momentum: float = _opt(0.9, "fedavgm: server momentum", _range(0.0, 1.0, hi_open=True))
     proximal_mu: float = _opt(0.01, "fedprox: weight of the proximal term", _range(0.0))
-    server_beta1: float = _opt(0.9, "fedadam/fedyogi: first-moment decay", _range(0.0, 1.0, hi_open=True))
+    server_beta1: float = _opt(
+        0.9, "fedadam/fedyogi: first-moment decay (fedadagrad: 0, as Flower's)", _range(0.0, 1.0, hi_open=True)
+    )
     server_beta2: float = _opt(0.99, "fedadam/fedyogi: second-moment decay", _range(0.0, 1.0, hi_open=True))
     server_tau: float = _opt(1e-3, "fedadam/fedyogi/fedadagrad: adaptivity tau", _range(0.0, lo_open=True))
     eval_every: int = _opt(5, "evaluate the global model on the validation split every N rounds/epochs", _range(1))
@@ -388,7 +397,11 @@ class RunConfig:
         """The keys that decide a run's numbers: everything but ``NON_RESULT_KEYS``, and the run length too when
         the learning-rate schedule depends on it (a cosine over 100 rounds differs from one over 200)."""
         horizon = {"num-server-rounds", "epochs"} if self.lr_schedule != "constant" else set()
-        return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_KEYS or k in horizon}
+        values = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_KEYS or k in horizon}
+        # the server lr in effect: an unset key and the same value set explicitly compute the same thing, and
+        # configs from before the per-strategy default (then 1.0 for every strategy) keep their hash
+        values["server-lr"] = self.resolved_server_lr
+        return values
 
     def result_hash(self) -> str:
         """A short hash of ``result_dict()``: two runs with equal hashes compute the same thing."""
@@ -409,6 +422,11 @@ class RunConfig:
     def federated_eval_cohort_size(self) -> int:
         """Clients sampled per federated evaluation: max(1, round(federated-eval-fraction · K))."""
         return max(1, round(self.federated_eval_fraction * self.num_clients))
+
+    @property
+    def resolved_server_lr(self) -> float:
+        """``server-lr``, or when it is 0 the strategy's default (``SERVER_LR_DEFAULTS``; 1.0 for the others)."""
+        return self.server_lr or SERVER_LR_DEFAULTS.get(self.strategy, 1.0)
 
     @property
     def editing(self) -> bool:

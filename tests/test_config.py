@@ -110,3 +110,21 @@ def test_read_overrides_accepts_flat_keys_and_refuses_tables(tmp_path: Path):
         "--base nested.toml: [grid] is a table; write run-config keys as `key = value` lines",
         "--base nested.toml: [base] is a table; write run-config keys as `key = value` lines",
     ]
+
+
+def test_an_unset_server_lr_is_the_strategys_default_and_hashes_as_that_value():
+    for strategy, lr in {"fedavgm": 1.0, "fedadam": 0.1, "fedyogi": 0.01, "fedadagrad": 0.1, "fedavg": 1.0}.items():
+        unset = RunConfig.from_mapping({"strategy": strategy})
+        explicit = RunConfig.from_mapping({"strategy": strategy, "server-lr": lr})
+        assert unset.resolved_server_lr == explicit.resolved_server_lr == lr
+        assert unset.result_hash() == explicit.result_hash(), "they compute the same thing"
+    # 1.0 was every strategy's default: configs that left the key unset keep their hash where that is still what
+    # they compute (fedavg, fedprox, fedavgm), and change it where it is not (the adaptive ones)
+    for strategy in ("fedavg", "fedprox", "fedavgm"):
+        old = RunConfig.from_mapping({"strategy": strategy, "server-lr": 1.0})
+        assert RunConfig.from_mapping({"strategy": strategy}).result_hash() == old.result_hash()
+    old_adam = RunConfig.from_mapping({"strategy": "fedadam", "server-lr": 1.0})
+    assert RunConfig.from_mapping({"strategy": "fedadam"}).result_hash() != old_adam.result_hash()
+    assert "fedadam 0.1" in RunConfig.help()["server-lr"]
+    with pytest.raises(ConfigError, match="server-lr"):
+        RunConfig.from_mapping({"server-lr": -0.1})

@@ -140,7 +140,7 @@ class FedAvgRounds:
             flat = average.pop(P.MASKED_VALUES)
             scattered = scatter_trainable(flat, pending.mask, state.weights)
             average.update({k: v for k, v in scattered.items() if k in pending.mask})
-        self.strategy.apply(state.weights, average, unit.step)
+        self.strategy.apply(state.weights, average, unit.index)  # the phase's rounds: FedAdam's bias correction
         return {
             "lr": pending.lr,
             "train_loss": result.metrics.get("train-loss"),

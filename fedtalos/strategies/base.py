@@ -18,10 +18,11 @@ class ServerStrategy:
         """Extra values sent to clients with every train message (e.g. FedProx's ``proximal-mu``)."""
         return {}
 
-    def apply(self, global_weights: Weights, average: Weights, server_round: int) -> None:
+    def apply(self, global_weights: Weights, average: Weights, phase_round: int) -> None:
         """Update ``global_weights`` in place from the clients' weighted ``average`` (same keys and shapes).
 
-        ``average`` may be modified. ``server_round`` is the true, 1-based round index (bias corrections use it).
+        ``average`` may be modified. ``phase_round`` is the 1-based index of the round within its phase (FedAdam's
+        bias correction counts it; rounds of other phases, which update other keys or none, do not count).
         """
         for key, value in average.items():
             global_weights[key].copy_(value)

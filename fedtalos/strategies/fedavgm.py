@@ -15,7 +15,7 @@ class FedAvgM(ServerStrategy):
         self.server_momentum = server_momentum
         self.momentum: Weights = {}
 
-    def apply(self, global_weights: Weights, average: Weights, server_round: int) -> None:
+    def apply(self, global_weights: Weights, average: Weights, phase_round: int) -> None:
         for key, avg in average.items():
             w = global_weights[key]
             pseudo_grad = w - avg

@@ -25,11 +25,11 @@ class FedProx(ServerStrategy):
 
 STRATEGIES: dict[str, Callable[[RunConfig], ServerStrategy]] = {
     "fedavg": lambda c: ServerStrategy(),
-    "fedavgm": lambda c: FedAvgM(c.server_lr, c.server_momentum),
+    "fedavgm": lambda c: FedAvgM(c.resolved_server_lr, c.server_momentum),
     "fedprox": lambda c: FedProx(c.proximal_mu),
-    "fedadam": lambda c: FedAdam(c.server_lr, c.server_beta1, c.server_beta2, c.server_tau),
-    "fedyogi": lambda c: FedYogi(c.server_lr, c.server_beta1, c.server_beta2, c.server_tau),
-    "fedadagrad": lambda c: FedAdagrad(c.server_lr, c.server_beta1, c.server_beta2, c.server_tau),
+    "fedadam": lambda c: FedAdam(c.resolved_server_lr, c.server_beta1, c.server_beta2, c.server_tau),
+    "fedyogi": lambda c: FedYogi(c.resolved_server_lr, c.server_beta1, c.server_beta2, c.server_tau),
+    "fedadagrad": lambda c: FedAdagrad(c.resolved_server_lr, c.server_tau),
 }
 
 
