@@ -12,7 +12,7 @@ import torch
 
 from fedtalos.central.trainer import run_centralized
 from fedtalos.config import RunConfig
-from fedtalos.task.resources import get_resources
+from fedtalos.task.resources import Resources, get_resources
 from tests.support.central import Killed, tiny_values
 from tests.support.runs import assert_same_tensors, final_weights, rows
 
@@ -91,29 +91,45 @@ def test_extending_a_constant_schedule_run_continues_it(central_config, tmp_path
     assert [first, *rest] == rows(straight_dir)
 
 
+def _validation_losses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A list the trainer's validation evaluations take their losses from, in turn (the accuracy stays the model's
+    own), so a test decides what the plateau scheduler sees instead of hoping training goes a certain way."""
+    losses: list[float] = []
+    real = Resources.evaluate
+
+    def evaluate(self: Resources, split: str) -> dict[str, float]:
+        result = real(self, split)
+        if split == "val":
+            result["val_loss"] = losses.pop(0)
+        return result
+
+    monkeypatch.setattr(Resources, "evaluate", evaluate)
+    return losses
+
+
 def test_plateau_halves_the_lr_after_an_epoch_without_improvement_and_resumes_exactly(
-    central_config, kill_at, tmp_path
+    central_config, kill_at, monkeypatch, tmp_path
 ):
-    values = dict(central_config, **{"lr-schedule": "plateau", "lr-patience": 0, "lr-gamma": 0.5, "epochs": 3})
-    values["lr"] = 0.5  # large enough that epoch 2 does not improve the validation loss (checked below)
+    values = dict(central_config, **{"lr-schedule": "plateau", "lr-patience": 0, "lr-gamma": 0.5, "epochs": 4})
+    # ReduceLROnPlateau(patience=0): an evaluation that is not a new best halves the lr. Epoch 2 is worse than
+    # epoch 1 (halved); epoch 3 is worse than the best (epoch 1) though it would be a first best to a scheduler
+    # that lost its state: the resume below happens inside epoch 3, so only a restored scheduler halves again.
+    losses = [1.0, 2.0, 3.0, 0.5]
+    reported = _validation_losses(monkeypatch)
+    reported[:] = losses
     straight_dir = run(dict(values, **{"output-root": str(tmp_path / "straight")}))
     got = rows(straight_dir)
-    # ReduceLROnPlateau(patience=0, threshold 1e-4 relative): an evaluation that is not a new best halves the lr
-    lr, best = 0.5, float("inf")
-    for row in got:
-        assert row["lr"] == pytest.approx(lr, rel=1e-12)
-        if row["val_loss"] < best * (1 - 1e-4):
-            best = row["val_loss"]
-        else:
-            lr *= 0.5
-    assert got[-1]["lr"] < 0.5, "the run saw a reduction"
+    assert [r["val_loss"] for r in got] == losses
+    assert [r["lr"] for r in got] == pytest.approx([0.1, 0.1, 0.05, 0.025], rel=1e-12)
+    assert not reported, "one validation per epoch"
+    reported[:] = losses  # the killed run evaluates epochs 1 and 2, the resumed run 3 and 4
     kill_at("central:step@130")  # in epoch 3: the scheduler's best and counters come from the checkpoint
     with pytest.raises(Killed):
         run(values)
     kill_at(None)
     resumed = run(values)
     assert_same_tensors(final_weights(resumed), final_weights(straight_dir))
-    assert rows(resumed) == got
+    assert rows(resumed) == got and not reported
 
 
 def test_freeze_backbone_trains_the_head_only(central_config):
