@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import sys
 import tempfile
 
 # Offline and quiet: set before anything imports timm, huggingface_hub or flwr.
@@ -28,6 +30,31 @@ pytest_plugins = ["tests.support.fixtures"]
 def fake_cifar_root(tmp_path_factory: pytest.TempPathFactory):
     """A generated CIFAR-100 folder in the real torchvision layout: 20 train / 5 test images per class."""
     return write_fake_cifar100(tmp_path_factory.mktemp("cifar"), train_per_class=20, test_per_class=5)
+
+
+class _CurrentStderr(io.TextIOBase):
+    """A stream that is whatever ``sys.stderr`` is when written to (cf. ``tracking.log_setup.CurrentStderrHandler``)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def flower_logs_to_the_current_stderr():
+    """Flower's console handler keeps the ``sys.stderr`` of the moment flwr was imported: in a test session, a
+    capture stream that pytest closes (after a test, or at the end), so every later record through it, Flower's or
+    fedtalos's (``log_through_flower`` routes the ``fedtalos`` logger to the same handler), printed "ValueError: I/O
+    operation on closed file". Point it at the current stderr instead."""
+    import flwr.supercore.logger as flower_logger
+
+    previous = flower_logger.console_handler.setStream(_CurrentStderr())
+    yield
+    flower_logger.console_handler.setStream(
+        previous if previous is not None and not previous.closed else sys.__stderr__
+    )
 
 
 @pytest.fixture

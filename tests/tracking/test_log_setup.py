@@ -59,3 +59,20 @@ def test_log_through_flower_uses_flowers_handlers(bare_logger):
     log_through_flower()
     assert bare_logger.handlers == flower.handlers and not bare_logger.propagate
     assert bare_logger.getEffectiveLevel() == logging.INFO
+
+
+def test_records_through_flowers_handler_reach_the_current_stderr_after_the_old_one_closed(monkeypatch):
+    # The suite's fixture (tests/conftest.py) keeps Flower's console handler off any closed capture stream; without
+    # it this printed "--- Logging error --- ... ValueError: I/O operation on closed file" instead of the record.
+    import flwr.supercore.logger as flower_logger
+
+    flower = logging.getLogger("flwr")
+    assert flower_logger.console_handler in flower.handlers
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    flower.info("while the first stderr is open")
+    assert "while the first stderr is open" in first.getvalue()
+    first.close()  # pytest closes a test's capture stream when the test is over
+    monkeypatch.setattr(sys, "stderr", second)
+    flower.info("after it was closed")
+    assert "after it was closed" in second.getvalue() and "Logging error" not in second.getvalue()
