@@ -10,10 +10,13 @@ exits with 0 only if Flower reports the run ``finished:completed``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import click
 from flwr.common.config import parse_config_args
 
 from fedtalos.cli.options import fail
@@ -22,6 +25,8 @@ from fedtalos.federation.launcher import default_federation_config, flwr_run, me
 from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos run"
+# One ``key=value`` pair of a run-config string: the pattern of flwr.common.config.parse_config_args.
+_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
 HELP = "one federated run: validate and preflight here, then `flwr run` it and wait for its final status"
 
 
@@ -44,12 +49,36 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_run_config(values: list[str] | None) -> dict[str, Any]:
+    """The ``--run-config`` overrides, as ``flwr run`` parses them (a later string's key wins over an earlier one's).
+
+    Raises ConfigError, naming the string, for what Flower's parser only answers with a traceback: a key given twice
+    in one string (``'lr=0.1 lr=0.2'``), or a string that is not ``key=value`` pairs of TOML values.
+    """
+    problems = []
+    for value in values or []:
+        seen: dict[str, str] = {}
+        for key, literal in _PAIR.findall(value):
+            if key in seen:
+                problems.append(
+                    f"--run-config {value!r}: {key} is given twice ({key}={seen[key]} and {key}={literal}); "
+                    "give each key once"
+                )
+            seen.setdefault(key, literal)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return parse_config_args(values)
+    except click.ClickException as e:
+        raise ConfigError([f"--run-config {' '.join(map(repr, values or []))}: {e.message}"]) from None
+
+
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """``fedtalos run APP [--run-config ...] [--federation-config ...]``: 0 only if Flower completed the run."""
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
     try:
-        overrides = parse_config_args(args.run_config)
+        overrides = parse_run_config(args.run_config)
         config = merged_config(overrides)
         from fedtalos.server_app import preflight
 
