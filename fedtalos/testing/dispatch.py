@@ -1,0 +1,28 @@
+"""Count the aten operators a piece of code dispatches (tests and benchmarks only)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class _Counting(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops[str(func.overloadpacket.__name__)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_aten_ops(fn: Callable[[], object]) -> Counter[str]:
+    """Operator name → number of calls during ``fn()``, counted where Python dispatch sees them: a
+    ``_foreach_*`` call counts once however many tensors it takes (on a GPU it is a few kernel launches, not one
+    per tensor), and the operators a kernel runs inside itself are not counted."""
+    with _Counting() as mode:
+        fn()
+    return mode.ops
