@@ -211,7 +211,9 @@ class RunConfig:
     image_size: int = _opt(224, "input resolution in pixels (CIFAR images are resized up; multiple of 16)", _image_size)
     device: str = _opt("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'", _device)
     precision: str = _opt(
-        "auto", "'auto' (bf16 autocast on CUDA, fp32 elsewhere), 'fp32' or 'bf16'", _choice(*PRECISIONS)
+        "auto",
+        "'auto' (bf16 autocast on CUDA from compute capability 8.0, fp32 elsewhere), 'fp32' or 'bf16'",
+        _choice(*PRECISIONS),
     )
     channels_last: bool = _opt(False, "use channels-last memory format for images (GPU)")
     num_threads: int = _opt(0, "torch CPU threads per process; 0 = the CPUs Ray gives the actor (or all)", _range(0))

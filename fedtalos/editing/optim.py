@@ -9,8 +9,10 @@ Spec §1. Per parameter θ with gradient g and mask M (True = trainable):
 5. ``θ ← θ − γg``.
 
 ``torch.where`` rather than ``g * M``: ``inf * 0`` is NaN and ``-x * 0`` is ``-0.0``, so a multiplied mask can
-poison a frozen weight or flip the sign bit of its buffer. Steps 1, 3 and 5 are the exact tensor operations of
-``torch.optim.SGD`` (its single-tensor path), so with an all-True mask the trajectory is bit-identical to it.
+poison a frozen weight or flip the sign bit of its buffer. Steps 1, 3 and 5 are the foreach calls of
+``torch.optim.SGD(foreach=True)``, which compute per element what its single-tensor path computes, so with an
+all-True mask (or none) the trajectory is bit-identical to SGD's either way. Only the masking is per tensor, for
+masked parameters alone: a dense step is SGD's handful of foreach calls, whatever the number of tensors.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class SparseSGDM(torch.optim.Optimizer):
         for p, m in pairs:
             if m is not None:
                 self.state[p]["mask"] = _checked_mask(p, m)
+        # Masked parameters whose momentum buffer may hold something other than +0.0 at a frozen entry (see step 4).
+        self._dirty_buffers: set[Tensor] = set()
 
     def mask_of(self, param: Tensor) -> Tensor | None:
         """The bool mask of ``param`` (True = trainable), or None if it is updated densely."""
@@ -96,13 +100,26 @@ class SparseSGDM(torch.optim.Optimizer):
             self.state[param].pop("mask", None)
         else:
             self.state[param]["mask"] = _checked_mask(param, mask)
+        self._note_buffer(param)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore state, masks included (the base class casts every state tensor to the parameter's float dtype)."""
         super().load_state_dict(state_dict)
-        for state in self.state.values():
+        self._dirty_buffers = set()
+        for param, state in self.state.items():
             if "mask" in state:
                 state["mask"] = state["mask"].to(torch.bool)
+            self._note_buffer(param)
+
+    def _note_buffer(self, param: Tensor) -> None:
+        """Record whether ``param``'s buffer is +0.0 at every frozen entry (one device sync; not done per step)."""
+        state = self.state[param]
+        mask, buf = state.get("mask"), state.get("momentum_buffer")
+        frozen = None if mask is None or buf is None else torch.where(mask, 0.0, buf)
+        if frozen is not None and bool(((frozen != 0) | frozen.signbit()).any()):  # NaN != 0 too
+            self._dirty_buffers.add(param)
+        else:
+            self._dirty_buffers.discard(param)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -112,34 +129,60 @@ class SparseSGDM(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
-            weight_decay, nesterov, maximize = group["weight_decay"], group["nesterov"], group["maximize"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("SparseSGDM does not support sparse gradients")
-                state = self.state[p]
-                mask = state.get("mask")
-                grad = p.grad if not maximize else -p.grad
-                if weight_decay != 0:
-                    grad = grad.add(p, alpha=weight_decay)
-                if mask is not None:
-                    grad = torch.where(mask, grad, 0.0)
-                if momentum != 0:
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = grad.detach().clone()
-                        state["momentum_buffer"] = buf
-                    else:
-                        buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-                    grad = grad.add(buf, alpha=momentum) if nesterov else buf
-                if mask is not None:
-                    # A new tensor: `grad` may alias the momentum buffer, which must keep its own values.
-                    grad = torch.where(mask, grad, 0.0)
-                # Frozen entries add -γ·(+0.0) = -0.0, which leaves every float (±0, NaN included) bit-identical.
-                p.add_(grad, alpha=-lr)
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("SparseSGDM does not support sparse gradients")
+            # foreach ops take one device and dtype per call, as torch.optim.SGD groups them.
+            by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+            for p in params:
+                by_kind.setdefault((p.device, p.dtype), []).append(p)
+            for same_kind in by_kind.values():
+                self._update(same_kind, group)
         return loss
+
+    def _update(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        """Steps 1-5 for ``params`` (one device and dtype), with ``torch.optim.SGD``'s foreach calls.
+
+        Every ``_foreach_*`` call computes per element what the single-tensor op computes, so the values are those
+        of the spec's per-tensor steps. Only the masking is per tensor (there is no foreach ``where``), and only for
+        masked parameters: dense FedAvg runs the foreach calls of ``torch.optim.SGD(foreach=True)`` and nothing else.
+        """
+        lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
+        masks = [self.state[p].get("mask") for p in params]
+        grads = [p.grad for p in params]
+        if group["maximize"]:
+            grads = list(torch._foreach_neg(grads))
+        if group["weight_decay"] != 0:
+            grads = list(torch._foreach_add(grads, params, alpha=group["weight_decay"]))
+        # One 0-dim zero on the device for all masked tensors: a Python 0.0 costs a scalar_tensor op per where().
+        zero = (
+            torch.zeros((), dtype=params[0].dtype, device=params[0].device)
+            if any(m is not None for m in masks)
+            else None
+        )
+        grads = [g if m is None else torch.where(m, g, zero) for g, m in zip(grads, masks, strict=True)]
+        if momentum != 0:
+            states = [self.state[p] for p in params]
+            existing = [(s["momentum_buffer"], g) for s, g in zip(states, grads, strict=True) if "momentum_buffer" in s]
+            if existing:
+                bufs, their_grads = map(list, zip(*existing, strict=True))
+                torch._foreach_mul_(bufs, momentum)
+                torch._foreach_add_(bufs, their_grads, alpha=1 - dampening)
+            for s, g in zip(states, grads, strict=True):
+                if "momentum_buffer" not in s:
+                    s["momentum_buffer"] = g.detach().clone()  # b ← g on the first step
+            bufs = [s["momentum_buffer"] for s in states]
+            # Out of place: `grads` may be the caller's p.grad (no maximize, no weight decay, no mask).
+            grads = list(torch._foreach_add(grads, bufs, alpha=momentum)) if group["nesterov"] else bufs
+            # Step 4, only where it can change a value: a frozen entry whose gradient went through step 2 and whose
+            # buffer is +0.0 stays +0.0 through step 3, and where() would return that same +0.0. So only a buffer
+            # that was there before its mask (set_mask, load_state_dict) can hold anything else there.
+            grads = [
+                torch.where(m, g, zero) if m is not None and p in self._dirty_buffers else g
+                for p, g, m in zip(params, grads, masks, strict=True)
+            ]
+        # Frozen entries add -γ·(+0.0) = -0.0, which leaves every float (±0, NaN included) bit-identical.
+        torch._foreach_add_(params, grads, alpha=-lr)
 
 
 def _checked_mask(param: Tensor, mask: Tensor) -> Tensor:

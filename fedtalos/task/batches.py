@@ -28,11 +28,15 @@ class ImageTransform:
     padding: int = 4
     channels_last: bool = False
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, *, draws: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Transform a batch; with ``train=True`` its crops and flips are ``draws`` (see :meth:`draw`, on any
+        device), or drawn here from ``generator``."""
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"expected a uint8 batch (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if self.train:
-            images = self._crop_and_flip(images, generator)
+            images = self._crop_and_flip(images, self.draw(len(images), generator) if draws is None else draws)
         x = images.float()
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
@@ -40,15 +44,21 @@ class ImageTransform:
         x = torch.addcmul(shift, x, scale)  # (x/255 − mean)/std in one pass: interpolation is linear, so order is free
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _crop_and_flip(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def draw(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
+        """The random part of a training batch, (3, B) int64 on the CPU: row offsets and column offsets of the
+        crops in [0, 2·padding], flips (0/1). Drawn from ``generator`` as offsets (2, B) then flips (B,)."""
+        offsets = torch.randint(0, 2 * self.padding + 1, (2, batch_size), generator=generator)
+        flips = torch.rand(batch_size, generator=generator) < 0.5
+        return torch.cat([offsets, flips[None].long()])
+
+    def _crop_and_flip(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         b, c, h, w = images.shape
         p = self.padding
-        offsets = torch.randint(0, 2 * p + 1, (2, b), generator=generator)
-        flips = torch.rand(b, generator=generator) < 0.5
         dev = images.device
-        rows = (offsets[0, :, None] + torch.arange(h)).to(dev)  # (B, H)
-        cols = offsets[1, :, None] + torch.arange(w)
-        cols = torch.where(flips[:, None], cols.flip(1), cols).to(dev)  # (B, W)
+        draws = draws.to(dev)  # no copy when already there (iterate_batches sends them ahead)
+        rows = draws[0, :, None] + torch.arange(h, device=dev)  # (B, H)
+        cols = draws[1, :, None] + torch.arange(w, device=dev)
+        cols = torch.where(draws[2, :, None].bool(), cols.flip(1), cols)  # (B, W)
         padded = F.pad(images, (p, p, p, p))
         batch_idx = torch.arange(b, device=dev)[:, None, None, None]
         chan_idx = torch.arange(c, device=dev)[None, :, None, None]
@@ -98,11 +108,20 @@ def iterate_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(inputs, labels) batches on the device that ``images`` live on; see :func:`index_batches`.
 
-    Augmentation randomness and the order both come from ``generator``, so the batches are reproducible.
+    Augmentation randomness and the order both come from ``generator``, so the batches are reproducible. All of
+    it is drawn up front, in the order a batch-by-batch loop draws it (the order as needed, then each batch's
+    crops and flips: the same values), and reaches the device in one pinned, asynchronous copy rather than in
+    blocking copies at every step.
     """
+    plan = []  # per batch: (1, B) indices, then (3, B) crops and flips when augmenting
     for idx in index_batches(len(labels), batch_size, generator=generator, num_steps=num_steps):
-        idx = idx.to(images.device, non_blocking=True)
-        yield transform(images[idx], generator), labels[idx]
+        plan.append(torch.cat([idx[None], transform.draw(len(idx), generator)]) if transform.train else idx[None])
+    if not plan:  # num_steps=0
+        return
+    sizes = [part.shape[1] for part in plan]
+    for part in to_device(torch.cat(plan, dim=1), images.device).split(sizes, dim=1):
+        idx = part[0]
+        yield transform(images[idx], draws=part[1:] if transform.train else None), labels[idx]
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -173,11 +173,41 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere and later have bf16 tensor cores; Volta and Turing (T4) emulate bf16
+
+
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``: bf16 for 'bf16' (and 'auto' on CUDA), else None."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    """The autocast dtype for ``precision`` on ``device`` (None = full fp32); see :func:`precision_choice`."""
+    return precision_choice(device, precision)[0]
+
+
+def precision_choice(device: torch.device, precision: str = "auto") -> tuple[torch.dtype | None, str]:
+    """(autocast dtype or None for fp32, the reason in words, for the log).
+
+    'bf16' and 'fp32' are taken as given. 'auto': bf16 autocast on CUDA cards of compute capability 8.0 or more,
+    fp32 everywhere else, older CUDA cards included. Not fp16 there: it needs a loss scaler whose scale is state,
+    and a federated client starts a fresh one every round, whose first steps overflow and are skipped, so clients
+    would run fewer than their J local steps, silently and unevenly (carrying the scale would put it into the
+    messages and checkpoints); bf16 would run, emulated, slower than fp32.
+    """
+    if precision in ("bf16", "fp32"):
+        return (torch.bfloat16 if precision == "bf16" else None), f"{precision} (precision = {precision!r})"
+    if device.type != "cuda":
+        return None, f"fp32: precision = 'auto' on {device.type}"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) >= BF16_MIN_CAPABILITY:
+        return torch.bfloat16, f"bf16 autocast: precision = 'auto' on a CUDA card of compute capability {major}.{minor}"
+    return None, (
+        f"fp32: precision = 'auto' on a CUDA card of compute capability {major}.{minor} < 8.0, which has no "
+        "bf16 tensor cores (and fp16 would need loss scaling); precision = 'bf16' forces emulated bf16"
+    )
+
+
+def set_matmul_precision(device: torch.device, deterministic: bool) -> None:
+    """TF32 tensor cores for the fp32 matrix products on CUDA (Fisher scores, ridge features, precision = 'fp32'):
+    ``torch.set_float32_matmul_precision('high')``, unless ``deterministic`` asks for results that do not depend
+    on the card. Everywhere else PyTorch's default, 'highest' (so CPU results never change)."""
+    torch.set_float32_matmul_precision("high" if device.type == "cuda" and not deterministic else "highest")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -8,6 +8,7 @@ the server sends them the global weights every round, so only the server ever ne
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -18,11 +19,12 @@ from torch import nn
 from fedtalos.config import RunConfig
 from fedtalos.task.batches import ImageTransform, iterate_batches, to_device
 from fedtalos.task.cifar import Cifar100, load_cifar100
-from fedtalos.task.model import autocast_dtype, build_model, resolve_device
+from fedtalos.task.model import build_model, precision_choice, resolve_device, set_matmul_precision
 from fedtalos.task.partition import make_partitions, split_train_val
 from fedtalos.task.train import evaluate
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -116,6 +118,10 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
+    dtype, precision = precision_choice(device, config.precision)
+    log.info("precision: %s", precision)
+    # `deterministic` is the run-config key of issue 17's determinism item (config.deterministic once merged).
+    set_matmul_precision(device, deterministic=bool(getattr(config, "deterministic", False)))
     data = load_cifar100(config.resolved_dataset_root(), config.dataset_download, config.dataset_verify)
     train_idx, val_idx = split_train_val(data.train_labels, config.val_fraction, config.seed)
     torch.manual_seed(config.seed)  # the new head's initialisation (seeds.py: head initialisation)
@@ -132,7 +138,7 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
     return Resources(
         config=config,
         device=device,
-        dtype=autocast_dtype(device, config.precision),
+        dtype=dtype,
         data=data,
         train_idx=train_idx,
         val_idx=val_idx,

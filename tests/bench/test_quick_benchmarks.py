@@ -41,3 +41,14 @@ def test_round_overhead_quick():
     assert len(report["flower_rounds_s"]) == 2 and len(report["pure_rounds_s"]) == 4  # before and after
     assert report["ratio"] == pytest.approx(report["flower_round_s"] / report["pure_round_s"])
     assert report["peak_rss_driver_gb"] > 0 and report["bytes_up_per_client"] > 0
+
+
+def test_optimizer_step_quick():
+    report = run_quick("optimizer_step.py")
+    assert report["benchmark"] == "optimizer_step" and report["threads"] == 1
+    (result,) = report["results"]
+    assert result["model"] == "vit-tiny-test" and result["bitwise_equal_to_sgd"]
+    ops = result["ops_per_step"]
+    assert ops["sparse_dense"] == ops["sgd_foreach"] < ops["sgd_single"]  # foreach calls, not one op per tensor
+    assert ops["sparse_dense"] < ops["sparse_masked"] < ops["sparse_dense"] + 2 * result["masked_tensors"]
+    assert all(ms > 0 and math.isfinite(ms) for ms in result["ms_per_step"].values())

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fedtalos.editing.optim import SparseSGDM
+from fedtalos.testing.dispatch import count_aten_ops
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -28,7 +29,7 @@ def _grads(step: int, params: list[torch.Tensor]) -> list[torch.Tensor]:
 def _run(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], steps: int, start: int = 0) -> None:
     for step in range(start, start + steps):
         for p, grad in zip(params, _grads(step, params), strict=True):
-            p.grad = grad
+            p.grad = grad.to(p.dtype)
         opt.step()
 
 
@@ -39,11 +40,14 @@ GRID = [
 ]
 
 
+@pytest.mark.parametrize("foreach", [False, True], ids=["sgd-single-tensor", "sgd-foreach"])
+@pytest.mark.parametrize("masked", [True, False], ids=["all-true-masks", "no-masks"])
 @pytest.mark.parametrize("opts", GRID, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
-def test_all_true_masks_are_bit_identical_to_sgd(opts):
+def test_all_true_masks_and_no_masks_are_bit_identical_to_sgd(opts, masked, foreach):
     ref, ours = _params(), _params()
-    sgd = torch.optim.SGD(ref, lr=0.1, foreach=False, **opts)
-    sparse = SparseSGDM(ours, [torch.ones_like(p, dtype=torch.bool) for p in ours], lr=0.1, **opts)
+    sgd = torch.optim.SGD(ref, lr=0.1, foreach=foreach, **opts)
+    masks = [torch.ones_like(p, dtype=torch.bool) for p in ours] if masked else None
+    sparse = SparseSGDM(ours, masks, lr=0.1, **opts)
     _run(sgd, ref, 6)
     _run(sparse, ours, 6)
     for a, b in zip(ref, ours, strict=True):
@@ -52,12 +56,32 @@ def test_all_true_masks_are_bit_identical_to_sgd(opts):
             assert torch.equal(_bits(sgd.state[a]["momentum_buffer"]), _bits(sparse.state[b]["momentum_buffer"]))
 
 
-def test_masks_none_is_dense_sgd():
-    ref, ours = _params(), _params()
-    sgd = torch.optim.SGD(ref, lr=0.05, momentum=0.9, weight_decay=0.01, foreach=False)
+def test_mixed_dtypes_in_one_group_are_bit_identical_to_sgd():
+    """foreach calls take one dtype each: the parameters are grouped by (device, dtype) as SGD groups them."""
+
+    def params() -> list[torch.nn.Parameter]:
+        return [
+            torch.nn.Parameter(p.detach().to(dtype))
+            for p, dtype in zip(_params(), [torch.float64, torch.float32, torch.float32], strict=True)
+        ]
+
+    ref, ours = params(), params()
+    assert {p.dtype for p in ours} == {torch.float32, torch.float64}
+    sgd = torch.optim.SGD(ref, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, foreach=True)
     _run(sgd, ref, 4)
-    _run(SparseSGDM(ours, None, lr=0.05, momentum=0.9, weight_decay=0.01), ours, 4)
-    assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(ref, ours, strict=True))
+    _run(SparseSGDM(ours, None, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01), ours, 4)
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(ref, ours, strict=True))
+
+
+def test_a_step_leaves_the_gradients_alone():
+    params = _params()
+    opt = SparseSGDM(params, None, lr=0.1, momentum=0.9, nesterov=True)
+    for step in range(2):
+        grads = _grads(step, params)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        opt.step()
+        assert all(torch.equal(p.grad, g) for p, g in zip(params, grads, strict=True))
 
 
 def _half_masks(params: list[torch.Tensor], seed: int = 3) -> list[torch.Tensor]:
@@ -190,3 +214,83 @@ def test_bad_masks_are_rejected():
         SparseSGDM(params, [None], lr=0.1)
     with pytest.raises(ValueError):
         SparseSGDM(params, {torch.nn.Parameter(torch.zeros(1)): torch.ones(1, dtype=torch.bool)}, lr=0.1)
+
+
+def _spec_step(params, masks, buffers, lr, momentum, weight_decay, nesterov):
+    """Spec §1 literally, tensor by tensor (what SparseSGDM computed before its foreach version)."""
+    for i, (p, m) in enumerate(zip(params, masks, strict=True)):
+        with torch.no_grad():
+            g = p.grad.add(p, alpha=weight_decay) if weight_decay else p.grad
+            g = torch.where(m, g, 0.0) if m is not None else g
+            if buffers[i] is None:
+                buffers[i] = g.clone()
+            else:
+                buffers[i].mul_(momentum).add_(g)
+            g = g.add(buffers[i], alpha=momentum) if nesterov else buffers[i]
+            g = torch.where(m, g, 0.0) if m is not None else g
+            p.add_(g, alpha=-lr)
+
+
+def _poisoned_grads(step, params, masks):
+    """Random gradients with inf, -inf and NaN at frozen entries."""
+    grads = _grads(step, params)
+    for g, m in zip(grads, masks, strict=True):
+        frozen = (~m).nonzero() if m is not None else []
+        for j, value in enumerate([float("inf"), float("-inf"), float("nan")][: len(frozen)]):
+            g[tuple(frozen[j])] = value
+    return grads
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_masks_changed_and_reloaded_follow_the_spec_bit_for_bit(nesterov):
+    """Masks set after momentum built up, and a checkpoint whose buffers are non-zero at entries its masks freeze
+    (the cases where step 4 matters), against the spec computed tensor by tensor."""
+    opts = dict(lr=0.3, momentum=0.9, weight_decay=0.05, nesterov=nesterov)
+    ref, ours = _params(), _params()
+    buffers = [None] * len(ref)
+    first, second = [None, *_half_masks(ref)[1:]], _half_masks(ref, seed=4)
+    opt = SparseSGDM(ours, first, **opts)
+
+    def steps(masks, start, count, opt):
+        for step in range(start, start + count):
+            for p, q, g in zip(ref, ours, _poisoned_grads(step, ref, masks), strict=True):
+                p.grad, q.grad = g.clone(), g.clone()
+            _spec_step(ref, masks, buffers, **opts)
+            opt.step()
+            assert all(torch.equal(_bits(p), _bits(q)) for p, q in zip(ref, ours, strict=True)), step
+
+    steps(first, 0, 3, opt)
+    for q, m in zip(ours, second, strict=True):
+        opt.set_mask(q, m)
+    steps(second, 3, 3, opt)
+    # A checkpoint from a dense run with masks added: buffers non-zero where those masks freeze.
+    dense = SparseSGDM(ours, None, **opts)
+    for i, q in enumerate(ours):
+        dense.state[q]["momentum_buffer"] = buffers[i].clone()
+    saved = dense.state_dict()
+    for i, m in enumerate(first):
+        if m is not None:
+            saved["state"][i]["mask"] = m
+    resumed = SparseSGDM(ours, None, **opts)
+    resumed.load_state_dict(saved)
+    before = [q.detach().clone() for q in ours]
+    steps(first, 6, 3, resumed)
+    assert all(torch.equal(_bits(q)[~m], _bits(b)[~m]) for q, b, m in zip(ours[1:], before[1:], first[1:], strict=True))
+
+
+def test_a_dense_step_is_a_few_foreach_calls_whatever_the_number_of_tensors():
+    def ops(n: int, masked: bool) -> dict[str, int]:
+        params = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(n)]
+        masks = [torch.rand(4, 3) < 0.5 for _ in params] if masked else None
+        opt = SparseSGDM(params, masks, lr=0.1, momentum=0.9, weight_decay=0.01)
+        for _ in range(2):  # the first step creates the buffers; count the second
+            for p in params:
+                p.grad = torch.randn(4, 3)
+            counted = count_aten_ops(opt.step)
+        return {k: v for k, v in counted.items() if not k.startswith("_record_function")}  # the profiler's hooks
+
+    dense = ops(3, masked=False)
+    assert dense == ops(40, masked=False)
+    assert dense == {"_foreach_add": 1, "_foreach_mul_": 1, "_foreach_add_": 2}  # decay, momentum ×2, update
+    # Masked: one where() per masked tensor (step 2) on top; step 4 is skipped while the buffers are clean.
+    assert ops(40, masked=True) == {**dense, "where": 40, "zeros": 1}

@@ -17,7 +17,9 @@ from fedtalos.task.model import (
     build_model,
     check_weights_file,
     head_parameter_names,
+    precision_choice,
     resolve_device,
+    set_matmul_precision,
     set_trainable,
 )
 
@@ -102,6 +104,40 @@ def test_devices_and_precision():
         assert resolve_device("auto").type in {"cpu", "mps"}
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             resolve_device("cuda")
-    assert autocast_dtype(torch.device("cuda"), "auto") is torch.bfloat16
     assert autocast_dtype(torch.device("cpu"), "auto") is None
     assert autocast_dtype(torch.device("cpu"), "bf16") is torch.bfloat16
+    assert autocast_dtype(torch.device("mps"), "auto") is None
+
+
+@pytest.mark.parametrize(
+    "capability, dtype",
+    [((7, 5), None), ((7, 0), None), ((8, 0), torch.bfloat16), ((8, 9), torch.bfloat16), ((9, 0), torch.bfloat16)],
+    ids=["turing-t4", "volta-v100", "ampere-a100", "ada-l4", "hopper-h100"],
+)
+def test_auto_precision_on_cuda_is_bf16_from_compute_capability_8(monkeypatch, capability, dtype):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    cuda = torch.device("cuda")
+    chosen, reason = precision_choice(cuda, "auto")
+    assert chosen is dtype and autocast_dtype(cuda, "auto") is dtype and asked == [cuda, cuda]
+    assert reason.startswith("bf16 autocast" if dtype else "fp32") and f"{capability[0]}.{capability[1]}" in reason
+    # Explicit choices are taken as given, whatever the card.
+    assert precision_choice(cuda, "bf16")[0] is torch.bfloat16 and precision_choice(cuda, "fp32")[0] is None
+    assert len(asked) == 2
+
+
+@pytest.fixture
+def matmul_precision():
+    saved = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(saved)
+
+
+@pytest.mark.parametrize(
+    "device, deterministic, expected",
+    [("cuda", False, "high"), ("cuda", True, "highest"), ("cpu", False, "highest"), ("mps", False, "highest")],
+)
+def test_tf32_matmuls_on_cuda_unless_deterministic(matmul_precision, device, deterministic, expected):
+    torch.set_float32_matmul_precision("medium")  # whatever an earlier run in this process left
+    set_matmul_precision(torch.device(device), deterministic)
+    assert torch.get_float32_matmul_precision() == expected
