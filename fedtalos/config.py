@@ -60,6 +60,8 @@ NON_RESULT_KEYS = frozenset(
         "dataset-download",
         "dataset-root",
         "progress",
+        "mask-save-path",
+        "mask-any-weights",
     }
 )
 
@@ -233,10 +235,14 @@ class RunConfig:
     freeze: str = _opt("none", "'none' = full fine-tuning, 'backbone' = train the head only", _choice(*FREEZE))
 
     # --- centralized baseline
-    epochs: int = _opt(10, "centralized: number of epochs", _range(1))
+    epochs: int = _opt(
+        10, "centralized: number of epochs (0 only with mask-save-path: a run that only edits)", _range(0)
+    )
 
     # --- federated
-    num_server_rounds: int = _opt(100, "number of FedAvg rounds (fine-tuning phase)", _range(1))
+    num_server_rounds: int = _opt(
+        100, "number of FedAvg rounds (fine-tuning phase; 0 only with mask-save-path: a run that only edits)", _range(0)
+    )
     fraction_train: float = _opt(0.1, "C: fraction of the K clients sampled each round", _range(0.0, 1.0, lo_open=True))
     min_train_clients: int = _opt(1, "fewest successful replies a round may be aggregated from", _range(1))
     local_steps: int = _opt(4, "J: local SGD steps per client per round", _range(1))
@@ -289,6 +295,17 @@ class RunConfig:
     fisher_target: str = _opt("logit", "'logit' (TaLoS) or 'log-prob' (textbook Fisher)", _choice(*FISHER_TARGETS))
     mask_scope: str = _opt(
         "global", "'global' (one threshold over all tensors) or 'local' (per tensor)", _choice(*MASK_SCOPES)
+    )
+    mask_path: str = _opt(
+        "",
+        "a mask file from `fedtalos edit`: skip step 0 and calibration, fine-tune with its mask and its (frozen) head",
+        _abs_path_or_empty,
+    )
+    mask_any_weights: bool = _opt(
+        False, "accept a mask-path file scored on other starting weights (same model and shapes, another hash)"
+    )
+    mask_save_path: str = _opt(
+        "", "write the calibrated mask, its head and their provenance to this mask file at the end", _abs_path_or_empty
     )
 
     # ------------------------------------------------------------------------------------------------------
@@ -368,10 +385,33 @@ class RunConfig:
                 f"freeze = 'backbone' with head = {self.head!r}: the head is frozen after step 0 and the backbone "
                 "by freeze, so nothing would be fine-tuned; use freeze = 'none' (or head = 'train' for a linear probe)"
             )
+        problems += self._mask_file_problems()
         if self.lr_min > self.lr:
             problems.append(f"lr-min = {self.lr_min}: must not exceed lr = {self.lr}")
         if problems:
             raise ConfigError(problems)
+
+    def _mask_file_problems(self) -> list[str]:
+        problems = []
+        if self.mask_path and (self.mask_rule != "none" or self.head != "train"):
+            problems.append(
+                f"mask-path with mask-rule = {self.mask_rule!r}, head = {self.head!r}: the mask file brings the mask "
+                "and the frozen head, so the run skips step 0 and calibration; leave mask-rule and head unset"
+            )
+        if self.mask_path and self.freeze == "backbone":
+            problems.append(
+                "mask-path with freeze = 'backbone': the mask file's head is frozen, so nothing would train"
+            )
+        if self.mask_save_path and not self.editing:
+            problems.append("mask-save-path needs a run that calibrates a mask: set mask-rule (and head)")
+        if self.mask_path and self.mask_save_path:
+            problems.append("mask-path and mask-save-path together: the run calibrates no mask of its own to save")
+        for key, value in (("num-server-rounds", self.num_server_rounds), ("epochs", self.epochs)):
+            if value == 0 and not self.mask_save_path:
+                problems.append(
+                    f"{key} = 0: only a run that edits and saves its mask (mask-save-path) may skip training"
+                )
+        return problems
 
     # ------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -415,6 +455,11 @@ class RunConfig:
         """True when the run calibrates a mask and fine-tunes sparsely."""
         return self.mask_rule != "none"
 
+    @property
+    def head_frozen(self) -> bool:
+        """True when the head comes from step 0 or a mask file and stays frozen while fine-tuning."""
+        return self.head != "train" or bool(self.mask_path)
+
     def resolved_output_root(self) -> Path:
         """The absolute output root (never dependent on the current directory)."""
         root = self.output_root or os.environ.get("FEDTALOS_OUTPUT_ROOT") or "~/fedtalos/runs"
@@ -431,6 +476,7 @@ class RunConfig:
             return self.run_name
         part = "iid" if self.partitioning == "iid" else f"nc{self.classes_per_client}"
         edit = "" if not self.editing else f"-{self.mask_rule}-s{self.sparsity:g}"
+        edit += "-maskfile" if self.mask_path else ""
         return f"{prefix}{self.strategy}-{part}-J{self.local_steps}{edit}-seed{self.seed}-{self.result_hash()[:6]}"
 
     def run_dir(self, prefix: str = "") -> Path:
