@@ -208,9 +208,8 @@ def check_fits(mask_file: MaskFile, model: str, weights: Mapping[str, Tensor], *
         )
     for k in HEAD_KEYS:
         if tuple(mask_file.head[k].shape) != tuple(weights[k].shape):
-            raise MaskFileError(
-                f"the mask file's {k} has shape {tuple(mask_file.head[k].shape)}, this model's {tuple(weights[k].shape)}"
-            )
+            got, want = tuple(mask_file.head[k].shape), tuple(weights[k].shape)
+            raise MaskFileError(f"the mask file's {k} has shape {got}, this model's {want} (another class count?)")
     if not any_weights and mask_file.weights_hash != weights_hash(weights):
         raise MaskFileError(
             "the mask was scored on other starting weights (backbone hash "
