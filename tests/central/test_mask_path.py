@@ -45,9 +45,11 @@ def test_the_run_fine_tunes_with_the_files_mask_and_head(runs):
     assert moved > 0.5 * sum(int(m.sum()) for m in found.mask.values()), "the trainable entries are fine-tuned"
     assert all(torch.equal(after[k], found.head[k]) for k in mf.HEAD_KEYS), "the file's head, frozen"
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["mask_file"]["hash"] == found.content_hash == json.loads((run_dir / "mask_source.json").read_text())[
-        "hash"
-    ]
+    assert (
+        summary["mask_file"]["hash"]
+        == found.content_hash
+        == json.loads((run_dir / "mask_source.json").read_text())["hash"]
+    )
     assert summary["mask_file"]["calibrated"] == "centralized"
     assert summary["mask"]["density"] == pytest.approx(found.density())
 
