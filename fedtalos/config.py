@@ -35,6 +35,8 @@ MASK_RULES = ("none", "least-sensitive", "most-sensitive", "lowest-magnitude", "
 FISHER_TARGETS = ("logit", "log-prob")
 MASK_SCOPES = ("global", "local")
 FREEZE = ("none", "backbone")
+# Fine-tuning lengths that may be 0 only in a run that only edits (step 0 + calibration, then mask-save-path).
+_EDIT_ONLY_ZERO = ("epochs", "num-server-rounds")
 _RUN_NAME = re.compile(r"[A-Za-z0-9._+=-]{1,128}")
 
 # Keys whose values do not change the numbers a run produces (its weights and metric values): a resumed run
@@ -353,6 +355,8 @@ class RunConfig:
                 continue
             check = f.metadata["check"]
             message = check(value) if check else None
+            if not message and key in _EDIT_ONLY_ZERO and value == 0 and not values.get("mask-save-path"):
+                message = "must be at least 1 (0 only in a run that edits and saves its mask: mask-save-path)"
             if message:
                 problems.append(f"{key} = {value!r}: {message}")
                 continue
@@ -406,11 +410,6 @@ class RunConfig:
             problems.append("mask-save-path needs a run that calibrates a mask: set mask-rule (and head)")
         if self.mask_path and self.mask_save_path:
             problems.append("mask-path and mask-save-path together: the run calibrates no mask of its own to save")
-        for key, value in (("num-server-rounds", self.num_server_rounds), ("epochs", self.epochs)):
-            if value == 0 and not self.mask_save_path:
-                problems.append(
-                    f"{key} = 0: only a run that edits and saves its mask (mask-save-path) may skip training"
-                )
         return problems
 
     # ------------------------------------------------------------------------------------------------------

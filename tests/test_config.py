@@ -110,3 +110,22 @@ def test_read_overrides_accepts_flat_keys_and_refuses_tables(tmp_path: Path):
         "--base nested.toml: [grid] is a table; write run-config keys as `key = value` lines",
         "--base nested.toml: [base] is a table; write run-config keys as `key = value` lines",
     ]
+
+
+def test_mask_file_keys_are_checked_together():
+    edit = {"head": "ridge", "mask-rule": "least-sensitive", "mask-save-path": "/tmp/m.safetensors"}
+    assert RunConfig.from_mapping({**edit, "epochs": 0, "num-server-rounds": 0}).mask_save_path == "/tmp/m.safetensors"
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_mapping({"epochs": 0, "num-server-rounds": 0})
+    assert [p.split(":")[0] for p in e.value.problems] == ["epochs = 0", "num-server-rounds = 0"]
+    cases = {
+        "mask-path with mask-rule": ({**edit, "mask-save-path": "", "mask-path": "/m"}, "leave mask-rule and head"),
+        "mask-path, frozen backbone": ({"mask-path": "/m", "freeze": "backbone"}, "nothing would train"),
+        "saving without calibrating": ({"mask-save-path": "/m"}, "needs a run that calibrates"),
+        "relative mask-path": ({"mask-path": "masks/m.safetensors"}, "must be an absolute path"),
+    }
+    for name, (values, message) in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            RunConfig.from_mapping(values)
+    config = RunConfig.from_mapping({"mask-path": "/m"})
+    assert config.head_frozen and not config.editing, "the file brings the frozen head; the run calibrates nothing"
