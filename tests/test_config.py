@@ -124,7 +124,7 @@ def test_mask_file_keys_are_checked_together():
         "saving without calibrating": ({"mask-save-path": "/m"}, "needs a run that calibrates"),
         "relative mask-path": ({"mask-path": "masks/m.safetensors"}, "must be an absolute path"),
     }
-    for name, (values, message) in cases.items():
+    for values, message in cases.values():
         with pytest.raises(ConfigError, match=message):
             RunConfig.from_mapping(values)
     config = RunConfig.from_mapping({"mask-path": "/m"})
