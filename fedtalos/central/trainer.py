@@ -10,6 +10,10 @@ Phases, in order (the federated server has the same ones, as rounds):
 - ``train``: ``epochs`` epochs of SGD with momentum — SparseSGDM with the mask when editing — with the head
   frozen when step 0 produced it, and only the head trained with ``freeze = backbone``.
 
+With ``mask-path`` the run has only ``train``: SparseSGDM with the mask file's mask, its head loaded and frozen
+(``tracking/mask_artifact.py``). ``mask-save-path`` writes an editing run's mask file at the end (``epochs = 0``:
+a run that only edits, ``fedtalos edit --central``).
+
 An epoch is one shuffled pass over the train split (train minus validation; the last batch may be smaller). Its
 order and augmentation come from ``seeds.central_epoch_generator(seed, phase, epoch)``, a pure function of those, so a
 run resumed in the middle of an epoch rebuilds that epoch's batches and skips the steps already done. After each
