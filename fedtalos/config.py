@@ -39,6 +39,8 @@ MASK_RULES = ("none", "least-sensitive", "most-sensitive", "lowest-magnitude", "
 FISHER_TARGETS = ("logit", "log-prob")
 MASK_SCOPES = ("global", "local")
 FREEZE = ("none", "backbone")
+# Fine-tuning lengths that may be 0 only in a run that only edits (step 0 + calibration, then mask-save-path).
+_EDIT_ONLY_ZERO = ("epochs", "num-server-rounds")
 _RUN_NAME = re.compile(r"[A-Za-z0-9._+=-]{1,128}")
 
 # Keys whose values do not change the numbers a run produces (its weights and metric values): a resumed run
@@ -64,6 +66,8 @@ NON_RESULT_KEYS = frozenset(
         "dataset-download",
         "dataset-root",
         "progress",
+        "mask-save-path",
+        "mask-any-weights",
     }
 )
 
@@ -239,10 +243,14 @@ class RunConfig:
     freeze: str = _opt("none", "'none' = full fine-tuning, 'backbone' = train the head only", _choice(*FREEZE))
 
     # --- centralized baseline
-    epochs: int = _opt(10, "centralized: number of epochs", _range(1))
+    epochs: int = _opt(
+        10, "centralized: number of epochs (0 only with mask-save-path: a run that only edits)", _range(0)
+    )
 
     # --- federated
-    num_server_rounds: int = _opt(100, "number of FedAvg rounds (fine-tuning phase)", _range(1))
+    num_server_rounds: int = _opt(
+        100, "number of FedAvg rounds (fine-tuning phase; 0 only with mask-save-path: a run that only edits)", _range(0)
+    )
     fraction_train: float = _opt(0.1, "C: fraction of the K clients sampled each round", _range(0.0, 1.0, lo_open=True))
     min_train_clients: int = _opt(1, "fewest successful replies a round may be aggregated from", _range(1))
     local_steps: int = _opt(4, "J: local SGD steps per client per round", _range(1))
@@ -301,6 +309,17 @@ class RunConfig:
     mask_scope: str = _opt(
         "global", "'global' (one threshold over all tensors) or 'local' (per tensor)", _choice(*MASK_SCOPES)
     )
+    mask_path: str = _opt(
+        "",
+        "a mask file from `fedtalos edit`: skip step 0 and calibration, fine-tune with its mask and its (frozen) head",
+        _abs_path_or_empty,
+    )
+    mask_any_weights: bool = _opt(
+        False, "accept a mask-path file scored on other starting weights (same model and shapes, another hash)"
+    )
+    mask_save_path: str = _opt(
+        "", "write the calibrated mask, its head and their provenance to this mask file at the end", _abs_path_or_empty
+    )
 
     # ------------------------------------------------------------------------------------------------------
     @classmethod
@@ -347,6 +366,8 @@ class RunConfig:
                 continue
             check = f.metadata["check"]
             message = check(value) if check else None
+            if not message and key in _EDIT_ONLY_ZERO and value == 0 and not values.get("mask-save-path"):
+                message = "must be at least 1 (0 only in a run that edits and saves its mask: mask-save-path)"
             if message:
                 problems.append(f"{key} = {value!r}: {message}")
                 continue
@@ -379,10 +400,28 @@ class RunConfig:
                 f"freeze = 'backbone' with head = {self.head!r}: the head is frozen after step 0 and the backbone "
                 "by freeze, so nothing would be fine-tuned; use freeze = 'none' (or head = 'train' for a linear probe)"
             )
+        problems += self._mask_file_problems()
         if self.lr_min > self.lr:
             problems.append(f"lr-min = {self.lr_min}: must not exceed lr = {self.lr}")
         if problems:
             raise ConfigError(problems)
+
+    def _mask_file_problems(self) -> list[str]:
+        problems = []
+        if self.mask_path and (self.mask_rule != "none" or self.head != "train"):
+            problems.append(
+                f"mask-path with mask-rule = {self.mask_rule!r}, head = {self.head!r}: the mask file brings the mask "
+                "and the frozen head, so the run skips step 0 and calibration; leave mask-rule and head unset"
+            )
+        if self.mask_path and self.freeze == "backbone":
+            problems.append(
+                "mask-path with freeze = 'backbone': the mask file's head is frozen, so nothing would train"
+            )
+        if self.mask_save_path and not self.editing:
+            problems.append("mask-save-path needs a run that calibrates a mask: set mask-rule (and head)")
+        if self.mask_path and self.mask_save_path:
+            problems.append("mask-path and mask-save-path together: the run calibrates no mask of its own to save")
+        return problems
 
     # ------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -435,6 +474,11 @@ class RunConfig:
         """True when the run calibrates a mask and fine-tunes sparsely."""
         return self.mask_rule != "none"
 
+    @property
+    def head_frozen(self) -> bool:
+        """True when the head comes from step 0 or a mask file and stays frozen while fine-tuning."""
+        return self.head != "train" or bool(self.mask_path)
+
     def resolved_output_root(self) -> Path:
         """The absolute output root (never dependent on the current directory)."""
         root = self.output_root or os.environ.get("FEDTALOS_OUTPUT_ROOT") or "~/fedtalos/runs"
@@ -451,6 +495,7 @@ class RunConfig:
             return self.run_name
         part = "iid" if self.partitioning == "iid" else f"nc{self.classes_per_client}"
         edit = "" if not self.editing else f"-{self.mask_rule}-s{self.sparsity:g}"
+        edit += "-maskfile" if self.mask_path else ""
         return f"{prefix}{self.strategy}-{part}-J{self.local_steps}{edit}-seed{self.seed}-{self.result_hash()[:6]}"
 
     def run_dir(self, prefix: str = "") -> Path:

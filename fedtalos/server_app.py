@@ -13,6 +13,7 @@ from fedtalos.task.lr_schedule import STATELESS
 from fedtalos.task.model import WeightsError
 from fedtalos.task.resources import get_resources
 from fedtalos.tracking.log_setup import log_through_flower
+from fedtalos.tracking.mask_artifact import check_mask_files
 from fedtalos.tracking.plots import plot_run
 from fedtalos.tracking.rundir import open_run_dir, validate_output_root
 
@@ -33,6 +34,8 @@ def preflight(config: RunConfig) -> None:
         resources = get_resources(config, pretrained=True)  # loads the data set and the DINO weights
     except WeightsError as e:
         raise ConfigError([f"weights-path = {config.weights_path!r}: {e}"]) from None
+    assert resources.initial_weights is not None, "get_resources(..., pretrained=True) keeps them"
+    check_mask_files(config, resources.initial_weights)  # mask-path fits this model and its starting weights
     # Values that are valid on their own but do not fit the data set would otherwise only fail in the clients
     # (every node refusing to identify itself) or at the first evaluation, after the run directory exists.
     train, val = len(resources.train_idx), len(resources.val_idx)

@@ -128,3 +128,22 @@ def test_an_unset_server_lr_is_the_strategys_default_and_hashes_as_that_value():
     assert "fedadam 0.1" in RunConfig.help()["server-lr"]
     with pytest.raises(ConfigError, match="server-lr"):
         RunConfig.from_mapping({"server-lr": -0.1})
+
+
+def test_mask_file_keys_are_checked_together():
+    edit = {"head": "ridge", "mask-rule": "least-sensitive", "mask-save-path": "/tmp/m.safetensors"}
+    assert RunConfig.from_mapping({**edit, "epochs": 0, "num-server-rounds": 0}).mask_save_path == "/tmp/m.safetensors"
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_mapping({"epochs": 0, "num-server-rounds": 0})
+    assert [p.split(":")[0] for p in e.value.problems] == ["epochs = 0", "num-server-rounds = 0"]
+    cases = {
+        "mask-path with mask-rule": ({**edit, "mask-save-path": "", "mask-path": "/m"}, "leave mask-rule and head"),
+        "mask-path, frozen backbone": ({"mask-path": "/m", "freeze": "backbone"}, "nothing would train"),
+        "saving without calibrating": ({"mask-save-path": "/m"}, "needs a run that calibrates"),
+        "relative mask-path": ({"mask-path": "masks/m.safetensors"}, "must be an absolute path"),
+    }
+    for values, message in cases.values():
+        with pytest.raises(ConfigError, match=message):
+            RunConfig.from_mapping(values)
+    config = RunConfig.from_mapping({"mask-path": "/m"})
+    assert config.head_frozen and not config.editing, "the file brings the frozen head; the run calibrates nothing"

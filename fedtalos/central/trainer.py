@@ -10,6 +10,10 @@ Phases, in order (the federated server has the same ones, as rounds):
 - ``train``: ``epochs`` epochs of SGD with momentum — SparseSGDM with the mask when editing — with the head
   frozen when step 0 produced it, and only the head trained with ``freeze = backbone``.
 
+With ``mask-path`` the run has only ``train``: SparseSGDM with the mask file's mask, its head loaded and frozen
+(``tracking/mask_artifact.py``). ``mask-save-path`` writes an editing run's mask file at the end (``epochs = 0``:
+a run that only edits, ``fedtalos edit --central``).
+
 An epoch is one shuffled pass over the train split (train minus validation; the last batch may be smaller). Its
 order and augmentation come from ``seeds.central_epoch_generator(seed, phase, epoch)``, a pure function of those, so a
 run resumed in the middle of an epoch rebuilds that epoch's batches and skips the steps already done. After each
@@ -45,6 +49,7 @@ from fedtalos.task.model import set_trainable
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.train import train_steps
 from fedtalos.tracking.callbacks import run_callbacks
+from fedtalos.tracking.mask_artifact import check_mask_files, open_mask_path, record_mask_source, save_run_mask
 from fedtalos.tracking.mask_report import MASK_FILE, mask_title, mask_totals, write_mask_report
 from fedtalos.tracking.metrics import format_row, summarize_rows
 from fedtalos.tracking.plots import plot_run
@@ -83,6 +88,9 @@ class CentralizedTrainer:
         self.evaluate_test = evaluate_test
         self.on_evaluation = on_evaluation
         self.resources: Resources = get_resources(config, pretrained=True)
+        assert self.resources.initial_weights is not None, "get_resources(..., pretrained=True) keeps them"
+        # mask-path: the mask and the frozen head come from the file (checked again: it may have changed since)
+        self.mask_file = open_mask_path(config, self.resources.initial_weights) if config.mask_path else None
         self.metrics = run_dir.open_metrics()
         self.optimizer: torch.optim.Optimizer | None = None  # of the training phase in progress
         self.scheduler: Scheduler | None = None
@@ -95,6 +103,7 @@ class CentralizedTrainer:
             enter=self._enter,
         )
         self.state = self._start_state()
+        self.mask_source = record_mask_source(run_dir.path, config, self.mask_file) if self.mask_file else None
         self.metrics.restore(self.state.rows)
 
     # ------------------------------------------------------------------------------------------------ state
@@ -115,9 +124,15 @@ class CentralizedTrainer:
             return state
         # The cached model may have been trained by an earlier run in this process: start from the built weights.
         assert self.resources.initial_weights is not None, "get_resources(..., pretrained=True) keeps them"
-        self.resources.load_weights(self.resources.initial_weights)
+        self.resources.load_weights(
+            {**self.resources.initial_weights, **(self.mask_file.head if self.mask_file else {})}
+        )
         torch.manual_seed(central_start_seed(self.config.seed))  # a fresh run never depends on the process's past
-        return TrainState(saves=0, phase=self.machine.phases[0].name)
+        state = TrainState(saves=0, phase=self.machine.phases[0].name)
+        if self.mask_file is not None:
+            state.mask = {k: m.clone() for k, m in self.mask_file.mask.items()}
+            state.extras["mask"] = mask_totals(state.mask)
+        return state
 
     def _checkpoint(self, row: Row | None, score: float | None) -> None:
         """End an epoch (``row``: its metric row) or save inside one (None), through the phase machine."""
@@ -203,8 +218,8 @@ class CentralizedTrainer:
         c, model = self.config, self.resources.model
         if phase == "head":
             frozen = "backbone"  # linear probing
-        elif c.head != "train":
-            frozen = "head"  # the step-0 head stays frozen
+        elif c.head_frozen:
+            frozen = "head"  # the step-0 head (or the mask file's) stays frozen
         else:
             frozen = c.freeze
         set_trainable(model, frozen)
@@ -337,7 +352,16 @@ class CentralizedTrainer:
         if self.state.mask is not None:
             summary["mask"] = self.state.extras.get("mask")
             if not (self.run_dir.path / MASK_FILE).is_file():  # e.g. deleted by hand: the checkpoint has it
-                write_mask_report(self.run_dir.path, self.state.mask, mask_title(self.config))
+                write_mask_report(self.run_dir.path, self.state.mask, mask_title(self.config, self.mask_file))
+        if self.mask_source is not None:
+            summary["mask_file"] = self.mask_source
+        if self.config.mask_save_path and self.state.mask is not None:
+            assert self.resources.initial_weights is not None
+            saved = save_run_mask(
+                self.config, self.state.mask, self.resources.weights(), self.resources.initial_weights, KIND
+            )
+            summary["mask_saved"] = {"path": self.config.mask_save_path, "hash": saved.content_hash}
+            log.info("mask file: %s (hash %s)", self.config.mask_save_path, saved.content_hash[:12])
         self.run_dir.write_summary(summary)
         plot_run(self.run_dir.path)
         return summary
@@ -350,11 +374,13 @@ def preflight(config: RunConfig) -> None:
     """Everything that can fail on bad input, before a run directory exists: output root, data, weights, device.
 
     Raises:
-        ConfigError: the output root is not writable.
+        ConfigError: the output root is not writable, or ``mask-path`` does not fit the run.
         DatasetNotFoundError, DatasetIntegrityError, WeightsError, RuntimeError: data, weights or device missing.
     """
     validate_output_root(config)
-    get_resources(config, pretrained=True)  # loads the data set and the weights (cached for the run)
+    resources = get_resources(config, pretrained=True)  # loads the data set and the weights (cached for the run)
+    assert resources.initial_weights is not None, "get_resources(..., pretrained=True) keeps them"
+    check_mask_files(config, resources.initial_weights)  # mask-path fits this model and its starting weights
 
 
 def default_run_name(config: RunConfig) -> str:
@@ -363,6 +389,8 @@ def default_run_name(config: RunConfig) -> str:
         return config.run_name
     if config.editing:
         what = f"{config.mask_rule}-s{config.sparsity:g}"
+    elif config.mask_path:
+        what = "maskfile"
     elif config.head != "train":
         what = f"{config.head}-head"
     else:

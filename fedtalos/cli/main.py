@@ -2,6 +2,7 @@
 
     fedtalos run [APP] [--run-config ...]                    one federated run (validated, then `flwr run`)
     fedtalos central [--config FILE.toml] [--<key> VALUE ...]  one centralized run (the baseline)
+    fedtalos edit --out MASK.safetensors [--central] [...]     calibrate a mask once, write it as a mask file
     fedtalos search SPACE.toml --trials N [...]                hyper-parameter search of centralized runs
     fedtalos sweep GRID.toml [...] [--seeds N] [--dry-run]     the runs of grid files, one after another
     fedtalos summarize RUNS_DIR                                table (CSV + Markdown, mean ± std) and figures
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from fedtalos.cli import analyze, central, plot, run, search, summarize, sweep
+from fedtalos.cli import analyze, central, edit, plot, run, search, summarize, sweep
 from fedtalos.cli.options import USAGE_ERROR
 
 PROG = "fedtalos"
@@ -27,6 +28,7 @@ PROG = "fedtalos"
 COMMANDS: dict[str, ModuleType] = {
     "run": run,
     "central": central,
+    "edit": edit,
     "search": search,
     "sweep": sweep,
     "summarize": summarize,

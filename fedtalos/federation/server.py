@@ -10,7 +10,7 @@ checkpoint and ends bit-identical to an uninterrupted run on the CPU (``tests/re
 Phases: ``head`` (step 0 of model editing: :class:`~fedtalos.federation.head.RidgeHead`, or linear probing),
 ``calibration`` (:class:`~fedtalos.federation.calibration.Calibration`: the mask), ``train``
 (:class:`~fedtalos.federation.fedavg.FedAvgRounds`, sparse when a mask exists). A dense FedAvg run has only
-``train``.
+``train``, and so has a run with ``mask-path``: its mask and frozen head come from the mask file.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from fedtalos.phases import Phase, PhaseMachine, Row, Unit
 from fedtalos.strategies import make_strategy
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.tracking.callbacks import run_callbacks
+from fedtalos.tracking.mask_artifact import open_mask_path, record_mask_source, save_run_mask
 from fedtalos.tracking.mask_report import MASK_FILE, mask_title, mask_totals, write_mask_report
 from fedtalos.tracking.metrics import format_row, summarize_rows
 from fedtalos.tracking.rundir import RunDir
@@ -64,6 +65,9 @@ class FederatedServer:
         self.config = config
         self.run_dir = run_dir
         self.resources: Resources = get_resources(config, pretrained=True)
+        assert self.resources.initial_weights is not None, "get_resources(..., pretrained=True) keeps them"
+        # mask-path: the mask and the frozen head come from the file (checked again: it may have changed since)
+        self.mask_file = open_mask_path(config, self.resources.initial_weights) if config.mask_path else None
         self.strategy = make_strategy(config)
         self.metrics = run_dir.open_metrics()
         self.callbacks = run_callbacks(self._save, self.metrics, format_row, run_dir.checkpoints)
@@ -76,6 +80,7 @@ class FederatedServer:
             enter=self._enter,
         )
         self.state = self._start_state()
+        self.mask_source = record_mask_source(run_dir.path, config, self.mask_file) if self.mask_file else None
         self.metrics.restore(self.state.rows)
 
     # ------------------------------------------------------------------------------------------------ state
@@ -89,7 +94,11 @@ class FederatedServer:
         # the built weights, not the cached model's: evaluation loads every round's global model into that one
         assert self.resources.initial_weights is not None, "get_resources(..., pretrained=True) keeps them"
         weights = {k: v.clone() for k, v in self.resources.initial_weights.items()}
-        return ServerState(step=0, phase=self.round_phases[0].name, phase_round=0, weights=weights)
+        state = ServerState(step=0, phase=self.round_phases[0].name, phase_round=0, weights=weights)
+        if self.mask_file is not None:  # step 0 and calibration were done elsewhere: their results, from the file
+            weights.update({k: v.clone() for k, v in self.mask_file.head.items()})
+            state.mask = {k: m.clone() for k, m in self.mask_file.mask.items()}
+        return state
 
     def _save(self, step: int, score: float | None) -> None:
         self.state.strategy = self.strategy.state_dict()
@@ -111,7 +120,7 @@ class FederatedServer:
             phases.append(fedavg("head", c.probe_rounds, stream="probe", trainable="head", sparse=False))
         if c.editing:
             phases.append(Calibration(c, m, self.run_dir.path))
-        trainable = "all" if c.head == "train" else "backbone"
+        trainable = "backbone" if c.head_frozen else "all"
         phases.append(fedavg("train", c.num_server_rounds, stream="train", trainable=trainable, sparse=True))
         return phases
 
@@ -173,7 +182,16 @@ class FederatedServer:
         if self.state.mask is not None:
             summary["mask"] = mask_totals(self.state.mask)
             if not (self.run_dir.path / MASK_FILE).is_file():  # e.g. deleted by hand: the checkpoint has it
-                write_mask_report(self.run_dir.path, self.state.mask, mask_title(self.config))
+                write_mask_report(self.run_dir.path, self.state.mask, mask_title(self.config, self.mask_file))
+        if self.mask_source is not None:
+            summary["mask_file"] = self.mask_source
+        if self.config.mask_save_path and self.state.mask is not None:
+            assert self.resources.initial_weights is not None
+            saved = save_run_mask(
+                self.config, self.state.mask, self.state.weights, self.resources.initial_weights, "federated"
+            )
+            summary["mask_saved"] = {"path": self.config.mask_save_path, "hash": saved.content_hash}
+            log.info("mask file: %s (hash %s)", self.config.mask_save_path, saved.content_hash[:12])
         self.run_dir.write_summary(summary)
         self.metrics.close()
         return summary

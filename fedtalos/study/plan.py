@@ -65,7 +65,10 @@ ABBREVIATIONS = {
     "head": "head-",
     "fisher-target": "",
     "mask-scope": "",
+    "mask-path": "mask-",
 }
+# Axes whose values are file paths: the run name shows the file's name without its directory and suffix.
+PATH_AXES = ("mask-path",)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SEED_SUFFIX = re.compile(r"-seed(\d+)$")
@@ -142,7 +145,10 @@ def format_value(value: Any) -> str:
 
 
 def name_part(key: str, value: Any) -> str:
-    """The run-name part of one axis value: ``nc5``, ``J8``, ``s0.9``, ``least-sensitive``."""
+    """The run-name part of one axis value: ``nc5``, ``J8``, ``s0.9``, ``least-sensitive``, ``mask-central-s0.9``
+    (for ``~/masks/central-s0.9.safetensors``)."""
+    if key in PATH_AXES and isinstance(value, str):
+        value = Path(value).name.split(".safetensors")[0]
     return ABBREVIATIONS.get(key, key) + format_value(value)
 
 

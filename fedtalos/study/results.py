@@ -23,6 +23,7 @@ from typing import Any
 
 from fedtalos.config import NON_RESULT_KEYS
 from fedtalos.study.plan import read_manifests, split_name
+from fedtalos.tracking.mask_artifact import read_mask_source
 from fedtalos.tracking.metrics import read_rows
 from fedtalos.tracking.rundir import CONFIG_FILE, SUMMARY_FILE
 
@@ -38,6 +39,7 @@ SETTING_NAMES = {
     "lr-schedule": "",
     "head": "head",
     "strategy": "",
+    "mask-path": "mask",
 }
 # Keys that never tell configurations apart in the table (run bookkeeping, evaluation cadence).
 _NOT_SETTINGS = (NON_RESULT_KEYS - {"num-server-rounds", "epochs"}) | {"seed"}
@@ -58,6 +60,7 @@ class RunData:
     finished: bool
     point: dict[str, Any] = field(default_factory=dict)
     agreement: dict[str, Any] | None = None
+    mask_source: dict[str, Any] | None = None  # ``mask_source.json``: the mask file a mask-path run fine-tuned with
     _metrics: dict[str, float | None] | None = field(default=None, repr=False, compare=False)
 
     def train_rows(self) -> list[dict[str, Any]]:
@@ -126,7 +129,19 @@ class Group:
     def setting(self, key: str) -> Any:
         if key == "partition":
             return partition_label(self.config)
+        if key == "mask-path":
+            return mask_source_label(self.runs[0])
         return self.config.get(key)
+
+
+def mask_source_label(run: RunData) -> str | None:
+    """``federated mask federated-s0.9 (1a2b3c4d)``: where a mask-path run's mask was calibrated, the file's name and
+    the start of its hash; None for a run that calibrated its own mask (or none)."""
+    source = run.mask_source
+    if not source:
+        return None
+    name = Path(str(source.get("path", ""))).name.split(".safetensors")[0]
+    return f"{source.get('calibrated')} mask {name} ({str(source.get('hash', ''))[:8]})"
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
@@ -182,6 +197,7 @@ def collect(root: str | Path) -> tuple[list[Group], list[RunData], list[str]]:
             finished=(path / SUMMARY_FILE).is_file(),
             point=entry.get("point", {}),
             agreement=json.loads(agreement_file.read_text()) if agreement_file.is_file() else None,
+            mask_source=read_mask_source(path),
         )
         (finished if run.finished else unfinished).append(run)
     groups: dict[tuple[str, str], Group] = {}
@@ -248,6 +264,8 @@ def settings_text(group: Group, keys: Sequence[str]) -> str:
             continue  # a dense run has no sparsity
         if key == "calibration-rounds" and rule not in ("least-sensitive", "most-sensitive"):
             continue  # only the sensitivity rules calibrate in rounds
+        if key == "mask-path" and value is None:
+            continue  # the run calibrated its own mask (or has none)
         text = value if isinstance(value, str) else _fmt_value(value)
         parts.append(f"{name}={text}" if name else str(text))
     return ", ".join(parts)

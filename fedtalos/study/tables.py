@@ -64,6 +64,7 @@ CSV_SETTINGS = (
     "calibration-rounds",
     "image-size",
     "model",
+    "mask-path",
 )
 
 
@@ -88,6 +89,7 @@ def table_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
         }
         for key in CSV_SETTINGS:
             row[key] = group.config.get(key)
+        row["mask_source"] = group.setting("mask-path")  # where a mask-path run's mask was calibrated, its hash
         for metric in METRICS:
             mean, std, n = group.stat(metric)
             row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_n"] = mean, std, n

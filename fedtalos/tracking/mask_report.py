@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 from torch import Tensor
 
 from fedtalos.config import RunConfig
+from fedtalos.editing.mask_file import MaskFile
 from fedtalos.editing.masks import mask_stats, save_mask
 from fedtalos.tracking.checkpoint import atomic_write_bytes
 
@@ -159,8 +160,14 @@ def write_mask_report(run_dir: Path, mask: Mapping[str, Tensor], title: str = ""
     return [run_dir / MASK_FILE, run_dir / DENSITY_FILE, plot]
 
 
-def mask_title(config: RunConfig) -> str:
-    """The report's title for a run's mask: rule, sparsity (fraction frozen) and threshold scope."""
+def mask_title(config: RunConfig, source: MaskFile | None = None) -> str:
+    """The report's title for a run's mask: rule, sparsity (fraction frozen) and threshold scope; ``source``: the
+    :class:`~fedtalos.editing.mask_file.MaskFile` of a run with ``mask-path`` (its values, not the config's)."""
+    if source is not None:
+        return (
+            f"{source.rule}, sparsity {source.sparsity:g} (fraction frozen), {source.scope} threshold, "
+            f"from a {source.calibrated} mask file,"
+        )
     return f"{config.mask_rule}, sparsity {config.sparsity:g} (fraction frozen), {config.mask_scope} threshold,"
 
 

@@ -13,7 +13,7 @@ import pytest
 from fedtalos.cli import central, main, search
 
 REPO = Path(__file__).resolve().parents[2]
-EXPECTED = ["run", "central", "search", "sweep", "summarize", "analyze", "plot"]
+EXPECTED = ["run", "central", "edit", "search", "sweep", "summarize", "analyze", "plot"]
 
 
 def help_text(capsys: pytest.CaptureFixture, call) -> str:
@@ -97,6 +97,7 @@ def test_python_dash_m_fedtalos_cli_is_the_fedtalos_command(tmp_path):
 BAD_INPUT = {
     "run": ["--run-config", "num-server-rounds=0", "--check"],
     "central": ["--epochs", "0"],
+    "edit": ["--out", "mask.safetensors", "--sparsity", "2"],
     "search": ["nowhere.toml", "--trials", "1"],
     "sweep": ["nowhere.toml"],
     "summarize": ["nowhere"],

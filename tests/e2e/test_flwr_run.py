@@ -39,3 +39,22 @@ def test_flwr_run_reports_a_failed_run(fake_cifar_root: Path, tmp_path: Path):
             APP, overrides, "num-supernodes=3 client-resources-num-cpus=1", env=env, echo=False, timeout=300
         )
     assert not result.ok and result.status == "finished:failed"
+
+
+def test_fedtalos_edit_writes_a_mask_file_through_flwr_run(fake_cifar_root: Path, tmp_path: Path, monkeypatch):
+    from fedtalos.cli import edit
+    from fedtalos.editing.mask_file import read
+    from tests.support.masks import argv
+
+    values = {"num-clients": 4, "calibration-fraction": 0.5, "calibration-rounds": 2, "fisher-samples": 8}
+    values = offline_tiny(fake_cifar_root, tmp_path / "runs", {**values, "sparsity": 0.9, "run-name": "edit-e2e"})
+    out = tmp_path / "fed.safetensors"
+    with isolated_flower(tmp_path) as env:
+        for key, value in env.items():  # `fedtalos edit` starts `flwr run` with this process's environment
+            monkeypatch.setenv(key, value)
+        assert edit.main(["--out", str(out), "--app", str(APP), *argv(values)]) == 0
+    found = read(out)
+    assert (found.calibrated, found.rule, found.rounds, found.head_kind) == ("federated", "least-sensitive", 2, "ridge")
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "edit-e2e" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["head", "calibration", "calibration"]
+    assert found.density() == rows[-1]["mask_density"]

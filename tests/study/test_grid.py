@@ -67,6 +67,7 @@ def test_name_parts():
     assert name_part("mask-rule", "least-sensitive") == "least-sensitive"
     assert name_part("lr", 1e-5) == "lr1e-05"
     assert name_part("test-every-eval", True) == "test-every-evalon"
+    assert name_part("mask-path", "~/masks/central-s0.9.safetensors") == "mask-central-s0.9"
     assert split_name("noniid-nc5-J8-seed12") == ("noniid-nc5-J8", 12)
     assert split_name("odd") == ("odd", None)
 
@@ -80,6 +81,7 @@ def test_every_experiment_of_the_brief_is_there(tmp_path: Path):
         "central": 18,
         "fedavg": 3,
         "maskagree": 30,
+        "masks": 33,
         "noniid": 45,
         "rules": 45,
         "sparse": 48,
@@ -107,6 +109,18 @@ def test_every_experiment_of_the_brief_is_there(tmp_path: Path):
     assert {s[2] for s in settings} == set(RULES)
     assert {(p, n if p == "noniid" else None) for p, n, _ in settings} == {("iid", None), ("noniid", 1), ("noniid", 5)}
     assert {r.config.sparsity for r in rules} == {0.9}, "rules compared at equal sparsity"
+    masks = by_family["masks"]
+    assert all(r.config.mask_path and r.config.mask_rule == "none" for r in masks), "fine-tuning with mask files"
+    sources = {(r.config.partitioning, r.config.local_steps, Path(r.config.mask_path).name) for r in masks}
+    assert {s for s in sources if s[0] == "iid"} == {
+        ("iid", 4, "central-s0.9.safetensors"),
+        ("iid", 4, "federated-s0.9.safetensors"),
+    }, "central vs federated calibration, the same fine-tuning"
+    noniid = {(r.config.classes_per_client, r.config.local_steps) for r in masks if r.config.partitioning == "noniid"}
+    assert noniid == {(n, j) for n in (1, 5, 10) for j in (4, 8, 16)}, "one mask, several Nc × J settings"
+    assert {Path(r.config.mask_path).name for r in masks if r.config.partitioning == "noniid"} == {
+        "federated-s0.9.safetensors"
+    }
     agree = by_family["maskagree"]
     assert all(r.mask_agreement_clients == 20 for r in agree)
     assert {r.config.classes_per_client for r in agree if r.config.partitioning == "noniid"} == {1, 5, 10, 50}

@@ -7,10 +7,14 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
+from fedtalos.config import RunConfig
+from fedtalos.editing import mask_file as mf
 from fedtalos.study.results import mean_std
 from fedtalos.study.tables import format_mean_std, summarize
-from tests.support.fakeruns import study_mask, write_study
+from fedtalos.tracking.mask_artifact import record_mask_source
+from tests.support.fakeruns import study_mask, train_rows, write_run, write_study
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +61,38 @@ def test_table_has_one_row_per_configuration_with_mean_and_std(study: Path, tmp_
     assert "| noniid | noniid-nc1-J2 | Nc=1, J=2, rounds=4 | 2 | 11.00 ± 1.41 |" in md
     assert "| central | central-cosine | cosine | 2 | 80.50 ± 0.71 |" in md
     assert "noniid-nc1-J2-seed2" in md, "the unfinished run is named under the table"
+
+
+def test_the_mask_source_of_mask_path_runs_tells_their_configurations_apart(tmp_path: Path):
+    hashes = {}
+    for where in ("centralized", "federated"):
+        path = tmp_path / f"{where}-s0.9.safetensors"
+        found = mf.write(
+            path,
+            mf.MaskFile(
+                {"w": torch.arange(10) < 1},
+                {"head.weight": torch.ones(2, 3), "head.bias": torch.zeros(2)},
+                "vit-tiny-test",
+                "0" * 64,
+                "least-sensitive",
+                0.9,
+                "global",
+                4,
+                64,
+                0,
+                "ridge",
+                where,
+            ),
+        )
+        hashes[where] = found.content_hash
+        for seed in (0, 1):
+            values = {"output-root": str(tmp_path / "runs"), "run-name": f"masks-mask-{where}-seed{seed}"}
+            run_dir = write_run({**values, "mask-path": str(path), "seed": seed}, train_rows(2, 0.5))
+            record_mask_source(run_dir, RunConfig.from_mapping({"mask-path": str(path)}), found)
+    result = summarize(tmp_path / "runs", tmp_path / "summary", figures=False)
+    with open(result["csv"]) as f:
+        rows = {r["configuration"]: r for r in csv.DictReader(f)}
+    assert rows["masks-mask-federated"]["mask_source"] == f"federated mask federated-s0.9 ({hashes['federated'][:8]})"
+    md = result["markdown"].read_text()
+    assert f"mask=centralized mask centralized-s0.9 ({hashes['centralized'][:8]}) | 2 |" in md
+    assert f"mask=federated mask federated-s0.9 ({hashes['federated'][:8]}) | 2 |" in md
