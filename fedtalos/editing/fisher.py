@@ -62,6 +62,23 @@ the same speed for chunks of 16 to 128 on ViT-S and faster with fewer, larger ch
 per pass). vmap (now the fallback) stays at 32: 64 is faster on the tiny ViT but doubles its memory at 224 px.
 See bench/fisher_scoring.py."""
 Batch = Tensor | tuple[Tensor, ...] | list[Tensor]
+MEMORY_HEADROOM = 0.8  # the share of the free device memory a chunk may fill (the allocator fragments)
+
+
+def fitting_chunk_size(device: torch.device, bytes_per_sample: float, method: str = "hooks") -> int | None:
+    """The chunk size for ``device``'s free memory: None (the method's default) when the default fits, else the
+    largest power of two of samples of ``bytes_per_sample`` that fits in 80 % of the free memory (at least 1).
+
+    Only CUDA reports free memory (``torch.cuda.mem_get_info``); other devices keep the default. Powers of two:
+    the chunk, which groups the float sums, changes only when the memory really runs short.
+    """
+    if device.type != "cuda" or bytes_per_sample <= 0:
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    fit = int(MEMORY_HEADROOM * free // bytes_per_sample)
+    if fit >= DEFAULT_CHUNK_SIZES[method]:
+        return None
+    return 1 << max(0, fit.bit_length() - 1) if fit >= 1 else 1
 
 
 def fisher_scores(

@@ -18,7 +18,7 @@ from torch import nn
 from fedtalos.config import RunConfig
 from fedtalos.task.batches import ImageTransform, iterate_batches, to_device
 from fedtalos.task.cifar import Cifar100, load_cifar100
-from fedtalos.task.model import autocast_dtype, build_model, resolve_device
+from fedtalos.task.model import autocast_dtype, build_model, resolve_device, set_deterministic
 from fedtalos.task.partition import make_partitions, split_train_val
 from fedtalos.task.train import evaluate
 
@@ -115,6 +115,7 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
     """
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    set_deterministic(config.deterministic)  # before any CUDA work: cuBLAS reads its workspace setting once
     device = resolve_device(config.device)
     data = load_cifar100(config.resolved_dataset_root(), config.dataset_download, config.dataset_verify)
     train_idx, val_idx = split_train_val(data.train_labels, config.val_fraction, config.seed)

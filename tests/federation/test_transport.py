@@ -90,9 +90,9 @@ def test_auto_uses_shared_memory_only_in_simulation():
     class InMemoryGrid:  # the class name Flower's simulation grid has
         pass
 
-    assert choose("auto", InMemoryGrid()) == "shared-memory"
-    assert choose("auto", object()) == "message"
-    assert choose("message", InMemoryGrid()) == "message"
+    assert choose("auto", InMemoryGrid())[0] == "shared-memory"
+    assert choose("auto", object()) == ("message", None)
+    assert choose("message", InMemoryGrid()) == ("message", None)
 
 
 def _dead_pid() -> int:
