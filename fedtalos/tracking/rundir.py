@@ -159,7 +159,7 @@ def _check_environment(path: Path, stored: dict[str, Any], current: dict[str, st
     )
     if not allow:
         raise EnvironmentChanged(
-            message + ".\nResume on the original hardware (or set device / precision explicitly), or set "
+            message + ".\nResume on the hardware the run started on, or set "
             "allow-device-change=true to continue anyway."
         )
     log.warning("%s (allow-device-change = true: continuing)", message)
