@@ -114,7 +114,7 @@ ROUND_BYTES = 4 * 86_500_000  # (cohort 3 + 1) × ViT-S/16
 
 
 def test_a_small_dev_shm_moves_the_files_to_the_temporary_directory(small_shm, fedtalos_log):
-    free, shm, tmp = small_shm
+    _, shm, tmp = small_shm
     assert choose("auto", InMemoryGrid(), ROUND_BYTES) == ("shared-memory", tmp)
     assert choose("shared-memory", InMemoryGrid(), ROUND_BYTES) == ("shared-memory", tmp)
     assert f"{shm} has 64 MB free, a round needs about 346 MB" in fedtalos_log.text
@@ -122,7 +122,7 @@ def test_a_small_dev_shm_moves_the_files_to_the_temporary_directory(small_shm, f
 
 
 def test_no_room_anywhere_falls_back_to_messages_or_refuses_an_explicit_setting(small_shm, fedtalos_log):
-    free, shm, tmp = small_shm
+    free, _, tmp = small_shm
     free[tmp] = 100_000_000
     assert choose("auto", InMemoryGrid(), ROUND_BYTES) == ("message", None)
     assert "the weights travel in messages" in fedtalos_log.text

@@ -3,10 +3,9 @@
 MPS has no float64 (``TypeError: Cannot convert a MPS Tensor to float64 dtype``) and lacks some selection
 kernels. Under :class:`EmulatedMps`, tensors on ``meta`` stand for tensors on that device: any op that produces a
 float64 tensor on it, or runs ``kthvalue`` on it, is recorded as a violation and raises, as MPS would. Meta tensors
-hold no data, so a copy to the CPU yields placeholder values (``0, 1, 2, ...`` for floats, the same modulo 10 for integers (valid
-labels), True for bools; a
-scalar read with ``.item()`` is 0 / False): the
-emulation checks *where* the code computes, never *what* it computes.
+hold no data, so a copy to the CPU yields placeholder values (``0, 1, 2, ...`` for floats, the same modulo 10 for
+integers, which makes valid labels, True for bools; a scalar read with ``.item()`` is 0 / False): the emulation
+checks *where* the code computes, never *what* it computes.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ def test_cuda_index_beyond_the_visible_gpus_is_refused_with_the_reason(monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # what every simulation actor sees
     assert resolve_device("cuda:0") == torch.device("cuda:0")
-    with pytest.raises(DeviceUnavailable, match="sees 1 GPU.*use device = 'cuda'"):
+    with pytest.raises(DeviceUnavailable, match=r"sees 1 GPU.*use device = 'cuda'"):
         resolve_device("cuda:1")
 
 
