@@ -49,7 +49,7 @@ def test_no_gpu_share_without_cuda_or_for_cpu_runs(cuda_machine, monkeypatch):
 def test_the_default_gpu_share_follows_the_cards_memory(cuda_machine, memory_gib, share):
     """ViT-S/16 at 224 px calibrating 64 samples: ≈ 6 GiB per actor (task/memory.py) beside a 2 GiB ServerApp."""
     cuda_machine.total_memory = memory_gib * GIB
-    config = RunConfig(mask_rule="least-sensitive")
+    config = RunConfig(mask_rule="least-sensitive", head="ridge")
     assert float(settings(default_federation_config(config))["client-resources-num-gpus"]) == share
 
 

@@ -134,7 +134,9 @@ def test_the_round_bytes_count_the_largest_cohort_and_the_model():
     from fedtalos.config import RunConfig
     from fedtalos.task.memory import model_bytes, shared_memory_bytes
 
-    vit = RunConfig(num_clients=100, fraction_train=0.03, mask_rule="least-sensitive", calibration_fraction=0.05)
+    vit = RunConfig(
+        num_clients=100, fraction_train=0.03, head="ridge", mask_rule="least-sensitive", calibration_fraction=0.05
+    )
     assert 86e6 < model_bytes(vit) < 88e6  # ViT-S/16 with a 100-class head, fp32
     assert shared_memory_bytes(vit) == 6 * model_bytes(vit)  # 5 calibrating clients + the global weights
 
