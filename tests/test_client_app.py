@@ -4,6 +4,7 @@ and the Fisher chunk sized from the device's free memory."""
 from __future__ import annotations
 
 import pytest
+
 from fedtalos import client_app
 from fedtalos.editing import scoring
 from tests.support.fakegrid import run_server

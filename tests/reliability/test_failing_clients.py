@@ -225,6 +225,6 @@ def test_a_client_without_its_device_stops_the_run_before_the_first_round(tiny_r
 
     monkeypatch.setattr(client_app, "get_resources", no_gpu)
     config = _config(tiny_run_config, tmp_path, **{"min-train-clients": 1})
-    with pytest.raises(ClientResourceError, match="identifying the nodes.*sees none"):
+    with pytest.raises(ClientResourceError, match=r"identifying the nodes.*sees none"):
         run_server(config)
     assert not list(run_dir_of(config).glob("checkpoints/ckpt-*"))
