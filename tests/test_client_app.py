@@ -23,7 +23,7 @@ def test_ridge_and_fisher_queries_empty_the_cache_and_size_the_chunk(fake_cifar_
         return real(*args, chunk_size=chunk_size, **kwargs)
 
     monkeypatch.setattr(scoring, "fisher_scores", recording)
-    monkeypatch.setattr(scoring, "fitting_chunk_size", lambda device, per_sample: 8)
+    monkeypatch.setattr(scoring, "fitting_chunk_size", lambda device, per_sample, stable: 8)
     config = {
         **offline_tiny(fake_cifar_root, tmp_path, TINY_FEDERATION),
         "run-name": "edited",

@@ -69,7 +69,7 @@ def calibrate(resources: Resources, config: RunConfig) -> Mask:
         seed=central_calibration_seed(config.seed),
         scope=config.mask_scope,  # type: ignore[arg-type]
         target=config.fisher_target,  # type: ignore[arg-type]
-        chunk_size=fitting_chunk_size(resources.device, fisher_bytes_per_sample(config)),
+        chunk_size=fitting_chunk_size(resources.device, fisher_bytes_per_sample(config), stable=config.deterministic),
     )
     empty_cache(resources.device)  # the per-sample hooks' blocks: fine-tuning needs them back
     return {n: m.to("cpu") for n, m in mask.items()}

@@ -42,7 +42,7 @@ def client_scores(
     generator = torch.Generator(device=resources.device).manual_seed(client_label_seed(config.seed, round_index, pid))
     mask = {k: m.to(resources.device) for k, m in soft_mask.items()} if soft_mask is not None else None
     batches = [x for x, _ in resources.eval_batches(images[take], labels[take])]
-    chunk = fitting_chunk_size(resources.device, fisher_bytes_per_sample(config))
+    chunk = fitting_chunk_size(resources.device, fisher_bytes_per_sample(config), stable=config.deterministic)
     scores = fisher_scores(
         resources.model, batches, target=config.fisher_target, soft_mask=mask, generator=generator, chunk_size=chunk
     )

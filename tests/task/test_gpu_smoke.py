@@ -70,3 +70,24 @@ def test_ridge_head(device):
     assert torch.allclose(stats.gram, reference.gram, rtol=1e-3, atol=1e-3)
     weight, bias = solve_ridge(stats, 1.0)
     assert torch.isfinite(weight).all() and torch.isfinite(bias).all()
+
+
+def test_deterministic_training_is_bit_identical_on_the_device(device):
+    """What ``deterministic = true`` promises on a GPU: the same steps from the same state give the same bits."""
+    from fedtalos.task.model import set_deterministic
+
+    if device.type != "cuda":
+        pytest.skip("deterministic = true targets CUDA's kernels")
+    saved = torch.are_deterministic_algorithms_enabled()
+    set_deterministic(True)
+    try:
+        x, y = _data(device)
+        results = []
+        for _ in range(2):
+            _, model = _models(device)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            train_steps(model, optimizer, [(x, y)] * 3, autocast_dtype=torch.bfloat16)
+            results.append({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+    finally:
+        torch.use_deterministic_algorithms(saved)

@@ -34,3 +34,10 @@ def test_the_fisher_chunk_shrinks_to_powers_of_two_that_fit_the_free_memory(monk
 def test_devices_that_report_no_free_memory_keep_the_default_chunk():
     assert fitting_chunk_size(torch.device("cpu"), 79e6) is None
     assert fitting_chunk_size(torch.device("mps"), 79e6) is None
+
+
+def test_a_deterministic_run_sizes_the_chunk_from_the_total_memory(monkeypatch):
+    per_sample = fisher_bytes_per_sample(RunConfig())
+    for free in (1 * GIB, 6 * GIB):  # whatever else holds memory at the time
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: (free, 16 * GIB))
+        assert fitting_chunk_size(torch.device("cuda"), per_sample, stable=True) == 64  # 8 GiB / 79 MB → 108 → 64
