@@ -381,7 +381,7 @@ def run_centralized(
     Call :func:`preflight` first to fail on bad input before a directory exists.
     """
     config = config if config.run_name else config.replace(run_name=default_run_name(config))
-    resources = get_resources(config, pretrained=True)  # preflight's, cached
+    resources = get_resources(config, pretrained=True)  # the trainer's own, cached for it
     with open_run_dir(config, KIND, environment=environment(resources.device, resources.dtype)) as run_dir:
         log.info("run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else "")
         trainer = CentralizedTrainer(config, run_dir, evaluate_test=evaluate_test, on_evaluation=on_evaluation)

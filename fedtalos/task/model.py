@@ -202,15 +202,17 @@ def out_of_memory(what: str, error: BaseException) -> ResourceError:
     )
 
 
-NVIDIA_DRIVER_GPUS = Path("/proc/driver/nvidia/gpus")  # one entry per card the driver sees (Linux)
+# One device node per NVIDIA card this process may open (Linux; a container started without GPUs has none).
+NVIDIA_DEVICE_NODES = (Path("/dev"), "nvidia[0-9]*")
 
 
 def gpus_hidden() -> bool:
-    """True when the machine has NVIDIA GPUs but this process sees none (CUDA_VISIBLE_DEVICES empty or wrong).
+    """True when this process could open NVIDIA GPUs but CUDA shows it none (CUDA_VISIBLE_DEVICES empty or wrong).
 
     Ray gives an actor without ``num_gpus`` an empty ``CUDA_VISIBLE_DEVICES``: the cards are there, CUDA is not.
     """
-    return not torch.cuda.is_available() and NVIDIA_DRIVER_GPUS.is_dir() and any(NVIDIA_DRIVER_GPUS.iterdir())
+    directory, pattern = NVIDIA_DEVICE_NODES
+    return not torch.cuda.is_available() and any(directory.glob(pattern))
 
 
 def resolve_device(name: str = "auto") -> torch.device:

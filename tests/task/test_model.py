@@ -113,13 +113,14 @@ def test_devices_and_precision():
 
 @pytest.fixture
 def machine_with_hidden_gpus(tmp_path, monkeypatch):
-    """A machine whose NVIDIA driver lists two cards that this process cannot see (Ray's CUDA_VISIBLE_DEVICES="")."""
+    """A machine with two NVIDIA cards (their device nodes) that CUDA hides (Ray's CUDA_VISIBLE_DEVICES="")."""
     from fedtalos.task import model
 
-    gpus = tmp_path / "gpus"
-    (gpus / "0000:01:00.0").mkdir(parents=True)
-    (gpus / "0000:02:00.0").mkdir()
-    monkeypatch.setattr(model, "NVIDIA_DRIVER_GPUS", gpus)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for name in ("nvidia0", "nvidia1", "nvidiactl"):
+        (dev / name).touch()
+    monkeypatch.setattr(model, "NVIDIA_DEVICE_NODES", (dev, "nvidia[0-9]*"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
@@ -133,6 +134,16 @@ def test_auto_never_falls_back_to_the_cpu_when_the_gpus_are_hidden(machine_with_
     with pytest.raises(DeviceUnavailable, match="hidden from this process"):
         resolve_device("cuda")
     assert resolve_device("cpu") == torch.device("cpu")  # the way to train on the CPU on purpose
+
+
+def test_auto_picks_the_cpu_where_no_gpu_can_be_opened(machine_with_hidden_gpus, tmp_path, monkeypatch):
+    from fedtalos.task import model
+
+    monkeypatch.setattr(model, "NVIDIA_DEVICE_NODES", (tmp_path / "dev", "nvidia[0-9]"))
+    (tmp_path / "dev" / "nvidia0").unlink()
+    (tmp_path / "dev" / "nvidia1").unlink()
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")  # a CPU-only container on a GPU host
 
 
 def test_cuda_index_beyond_the_visible_gpus_is_refused_with_the_reason(monkeypatch):
