@@ -56,10 +56,14 @@ def in_simulation(grid: Any) -> bool:
 
 
 def _free_bytes(path: Path) -> int:
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return 0
+    """Free bytes of the file system that holds ``path``, or that will hold it (its nearest existing parent)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return 0
+    return 0
 
 
 def choose(setting: str, grid: Any, need_bytes: int = 0) -> tuple[str, Path | None]:
