@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message
@@ -17,15 +18,32 @@ from fedtalos.federation import protocol as P
 from fedtalos.federation import transport
 from fedtalos.federation.mask_sync import MaskCache
 from fedtalos.seeds import client_generator
-from fedtalos.task.model import backbone_parameters, set_trainable
+from fedtalos.task.model import backbone_parameters, empty_cache, is_out_of_memory, out_of_memory, set_trainable
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.train import evaluate, train_steps
 
 app = ClientApp()
+Handler = Callable[[Message, Context], Message]
 masks = MaskCache()
 
 # What the server asks a client to train → which parameters are frozen (``set_trainable``'s argument).
 FROZEN = {"all": "none", "head": "backbone", "backbone": "head"}
+
+
+def fatal_resource_errors(handler: Handler) -> Handler:
+    """Turn an out-of-memory error of ``handler`` into a :class:`~fedtalos.task.model.ResourceError`, which the
+    server treats as fatal for the run (with what to lower) instead of a client dropout."""
+
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise out_of_memory(msg.metadata.message_type, e) from None
+            raise
+
+    return wrapped
 
 
 @functools.lru_cache(maxsize=4)
@@ -93,6 +111,7 @@ def identity(msg: Message, context: Context) -> Message:
 
 
 @app.train()
+@fatal_resource_errors
 def train(msg: Message, context: Context) -> Message:
     """J local steps of (Sparse)SGD with momentum, fresh optimizer, from the global weights.
 
@@ -140,6 +159,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@fatal_resource_errors
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Loss and accuracy of the global weights on this node's shard (federated evaluation)."""
     _, resources, pid = _setup(msg, context)
@@ -150,16 +170,19 @@ def evaluate_local(msg: Message, context: Context) -> Message:
 
 
 @app.query("ridge")
+@fatal_resource_errors
 def ridge(msg: Message, context: Context) -> Message:
     """Step 0: ΦᵀΦ, ΦᵀY (float64) and n over this shard's backbone features; no raw data leaves the node."""
     _, resources, pid = _setup(msg, context)
     images, labels = resources.client_data(pid)
     stats = ridge_statistics(resources.model, resources.eval_batches(images, labels), len(resources.data.classes))
     arrays = ArrayRecord({"gram": Array(stats.gram.numpy()), "cross": Array(stats.cross.numpy())})
+    empty_cache(resources.device)  # the feature passes' blocks: give them back before the next phase
     return Message(P.make_reply(arrays, {P.NUM_EXAMPLES: stats.count}), reply_to=msg)
 
 
 @app.query("fisher")
+@fatal_resource_errors
 def fisher(msg: Message, context: Context) -> Message:
     """Sums of squared per-sample gradients over ``fisher-samples`` of this shard, with the current soft mask."""
     config, resources, pid = _setup(msg, context)
@@ -169,4 +192,6 @@ def fisher(msg: Message, context: Context) -> Message:
         soft_mask = unpack_mask(msg.content[P.MASK][P.MASK_BITS].numpy(), _mask_shapes(resources))
     scores, count = client_scores(config, resources, pid, int(round_config["round"]), soft_mask)
     arrays = transport.send(scores, round_config, pid)
+    del scores
+    empty_cache(resources.device)  # the per-sample hooks' blocks (GBs at 224 px): training needs them back
     return Message(P.make_reply(arrays, {P.NUM_EXAMPLES: count}), reply_to=msg)

@@ -68,6 +68,9 @@ NON_RESULT_KEYS = frozenset(
         "progress",
         "mask-save-path",
         "mask-any-weights",
+        # Bit-level only: GPU summation orders (like `transport`); CPU results are the same either way.
+        "deterministic",
+        "allow-device-change",
     }
 )
 
@@ -221,6 +224,12 @@ class RunConfig:
     )
     channels_last: bool = _opt(False, "use channels-last memory format for images (GPU)")
     num_threads: int = _opt(0, "torch CPU threads per process; 0 = the CPUs Ray gives the actor (or all)", _range(0))
+    deterministic: bool = _opt(
+        False, "deterministic GPU kernels (math attention, fixed cuBLAS workspace): bit-identical GPU resumes, slower"
+    )
+    allow_device_change: bool = _opt(
+        False, "resume a run on another device, precision or GPU model than it started on (its numbers change)"
+    )
 
     # --- optimisation (client side in FL, the whole run centrally)
     lr: float = _opt(0.01, "learning rate of SGD with momentum", _range(0.0, lo_open=True))

@@ -8,9 +8,11 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedtalos.config import ConfigError, RunConfig
+from fedtalos.federation.launcher import simulation_problems
 from fedtalos.federation.server import FederatedServer
+from fedtalos.federation.transport import in_simulation
 from fedtalos.task.lr_schedule import STATELESS
-from fedtalos.task.model import WeightsError
+from fedtalos.task.model import WeightsError, environment
 from fedtalos.task.resources import get_resources
 from fedtalos.tracking.log_setup import log_through_flower
 from fedtalos.tracking.mask_artifact import check_mask_files
@@ -63,8 +65,11 @@ def main(grid: Grid, context: Context) -> None:
     """Run (or resume) the federated run described by the run config."""
     log_through_flower()
     config = RunConfig.from_mapping(context.run_config)
+    if in_simulation(grid) and (problems := simulation_problems(config)):
+        raise ConfigError(problems)
     preflight(config)
-    with open_run_dir(config, "federated") as run_dir:
+    resources = get_resources(config, pretrained=True)  # preflight's, cached
+    with open_run_dir(config, "federated", environment=environment(resources.device, resources.dtype)) as run_dir:
         logging.getLogger("fedtalos").info(
             "run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else ""
         )

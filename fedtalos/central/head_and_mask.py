@@ -14,8 +14,11 @@ import torch
 
 from fedtalos.config import RunConfig
 from fedtalos.editing import backbone_features, calibrate_mask, fit_logit_scale, ridge_statistics, set_head, solve_ridge
+from fedtalos.editing.fisher import fitting_chunk_size
 from fedtalos.editing.masks import Mask
 from fedtalos.seeds import central_calibration_generator, central_calibration_seed
+from fedtalos.task.memory import fisher_bytes_per_sample
+from fedtalos.task.model import empty_cache
 from fedtalos.task.resources import Batch, Resources
 
 
@@ -31,10 +34,11 @@ def fit_ridge_head(resources: Resources, config: RunConfig) -> float:
     model.eval()
     with torch.no_grad():
         features = torch.cat(
-            [backbone_features(model, x).double().cpu() for x, _ in resources.eval_batches(val_images, val_labels)]
+            [backbone_features(model, x).cpu().double() for x, _ in resources.eval_batches(val_images, val_labels)]
         )
     scale = fit_logit_scale(features @ weight.T + bias, val_labels.cpu())
     set_head(model, weight, bias, scale)
+    empty_cache(resources.device)
     return scale
 
 
@@ -65,5 +69,7 @@ def calibrate(resources: Resources, config: RunConfig) -> Mask:
         seed=central_calibration_seed(config.seed),
         scope=config.mask_scope,  # type: ignore[arg-type]
         target=config.fisher_target,  # type: ignore[arg-type]
+        chunk_size=fitting_chunk_size(resources.device, fisher_bytes_per_sample(config), stable=config.deterministic),
     )
+    empty_cache(resources.device)  # the per-sample hooks' blocks: fine-tuning needs them back
     return {n: m.to("cpu") for n, m in mask.items()}

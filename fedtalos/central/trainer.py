@@ -45,7 +45,7 @@ from fedtalos.config import RunConfig
 from fedtalos.editing import SparseSGDM
 from fedtalos.phases import Phase, PhaseMachine, Row, Unit
 from fedtalos.seeds import central_epoch_generator, central_start_seed
-from fedtalos.task.model import set_trainable
+from fedtalos.task.model import environment, set_trainable
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.train import train_steps
 from fedtalos.tracking.callbacks import run_callbacks
@@ -409,7 +409,8 @@ def run_centralized(
     Call :func:`preflight` first to fail on bad input before a directory exists.
     """
     config = config if config.run_name else config.replace(run_name=default_run_name(config))
-    with open_run_dir(config, KIND) as run_dir:
+    resources = get_resources(config, pretrained=True)  # the trainer's own, cached for it
+    with open_run_dir(config, KIND, environment=environment(resources.device, resources.dtype)) as run_dir:
         log.info("run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else "")
         trainer = CentralizedTrainer(config, run_dir, evaluate_test=evaluate_test, on_evaluation=on_evaluation)
         return run_dir, trainer.run()

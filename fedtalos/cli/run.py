@@ -20,8 +20,14 @@ import click
 from flwr.common.config import parse_config_args
 
 from fedtalos.cli.options import fail
-from fedtalos.config import ConfigError
-from fedtalos.federation.launcher import default_federation_config, flwr_run, merged_config, stop_run
+from fedtalos.config import ConfigError, RunConfig
+from fedtalos.federation.launcher import (
+    default_federation_config,
+    flwr_run,
+    merged_config,
+    simulation_problems,
+    stop_run,
+)
 from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos run"
@@ -73,6 +79,24 @@ def parse_run_config(values: list[str] | None) -> dict[str, Any]:
         raise ConfigError([f"--run-config {' '.join(map(repr, values or []))}: {e.message}"]) from None
 
 
+def preflight_locally(config: RunConfig) -> None:
+    """The server's preflight, on the CPU and without keeping what it loaded, plus the simulation's device rules.
+
+    The data and the model are built only to check them (on ``cuda:0`` they would hold 0.5-1 GB that Ray does
+    not count for the whole run); the device itself is only resolved, which allocates nothing.
+    """
+    from fedtalos.server_app import preflight
+    from fedtalos.task.model import resolve_device
+    from fedtalos.task.resources import get_resources
+
+    problems = simulation_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    resolve_device(config.device)
+    preflight(config.replace(device="cpu", num_threads=0))
+    get_resources.cache_clear()
+
+
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """``fedtalos run APP [--run-config ...] [--federation-config ...]``: 0 only if Flower completed the run."""
     args = build_parser(prog).parse_args(argv)
@@ -80,9 +104,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     try:
         overrides = parse_run_config(args.run_config)
         config = merged_config(overrides)
-        from fedtalos.server_app import preflight
-
-        preflight(config)
+        preflight_locally(config)
     except (ConfigError, ValueError, OSError, RuntimeError) as e:
         return fail(prog, str(e))
     print(f"run directory: {config.run_dir()}", flush=True)

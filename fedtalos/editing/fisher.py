@@ -62,6 +62,28 @@ the same speed for chunks of 16 to 128 on ViT-S and faster with fewer, larger ch
 per pass). vmap (now the fallback) stays at 32: 64 is faster on the tiny ViT but doubles its memory at 224 px.
 See bench/fisher_scoring.py."""
 Batch = Tensor | tuple[Tensor, ...] | list[Tensor]
+MEMORY_HEADROOM = 0.8  # the share of the free device memory a chunk may fill (the allocator fragments)
+STABLE_SHARE = 0.5  # with deterministic = true: the share of the card's total memory (the same at every resume)
+
+
+def fitting_chunk_size(
+    device: torch.device, bytes_per_sample: float, method: str = "hooks", *, stable: bool = False
+) -> int | None:
+    """The chunk size for ``device``'s memory: None (the method's default) when the default fits, else the
+    largest power of two of samples of ``bytes_per_sample`` that fits in the budget (at least 1).
+
+    Budget: 80 % of the free memory, or with ``stable`` (``deterministic = true``) half the card's total memory,
+    which does not change between a run and its resume: the chunk groups the float sums of the scores. Only CUDA
+    reports its memory; other devices keep the default. Powers of two: the chunk changes only in coarse steps.
+    """
+    if device.type != "cuda" or bytes_per_sample <= 0:
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    budget = STABLE_SHARE * total if stable else MEMORY_HEADROOM * free
+    fit = int(budget // bytes_per_sample)
+    if fit >= DEFAULT_CHUNK_SIZES[method]:
+        return None
+    return 1 << max(0, fit.bit_length() - 1) if fit >= 1 else 1
 
 
 def fisher_scores(

@@ -70,7 +70,7 @@ class RidgeStats:
 
 def feature_statistics(features: Tensor, labels: Tensor, num_classes: int) -> RidgeStats:
     """:class:`RidgeStats` of features (B, D) with int labels (B,) in [0, num_classes); computed on the CPU."""
-    phi = features.detach().to("cpu", torch.float64)
+    phi = features.detach().cpu().double()  # to the CPU first: MPS has no float64
     phi = torch.cat([phi, torch.ones(len(phi), 1, dtype=torch.float64)], dim=1)
     targets = F.one_hot(labels.detach().to("cpu", torch.long), num_classes).to(torch.float64)
     return RidgeStats(phi.T @ phi, phi.T @ targets, len(phi))
@@ -124,8 +124,8 @@ def fit_logit_scale(
     Golden-section search on log α within ``bounds``: CE(α·z) is convex in α, hence unimodal in log α. Separable
     data have their optimum at α → ∞; the upper bound is returned then. ``tol`` is the final width in log α.
     """
-    z = logits.detach().double()
-    y = labels.detach().long().to(z.device)
+    z = logits.detach().cpu().double()  # on the CPU: MPS has no float64
+    y = labels.detach().cpu().long()
 
     def loss(log_alpha: float) -> float:
         return float(F.cross_entropy(math.exp(log_alpha) * z, y))
@@ -155,5 +155,6 @@ def set_head(model: nn.Module, weight: Tensor, bias: Tensor, scale: float = 1.0)
             f"head expects weight {tuple(head.weight.shape)} and bias {tuple(head.bias.shape)}, "
             f"got {tuple(weight.shape)} and {tuple(bias.shape)}"
         )
-    head.weight.copy_(weight.double() * scale)
-    head.bias.copy_(bias.double() * scale)
+    # Scaled in float64 and cast on the CPU, then copied: no float64 tensor reaches the model's device (MPS).
+    head.weight.copy_((weight.cpu().double() * scale).to(head.weight.dtype))
+    head.bias.copy_((bias.cpu().double() * scale).to(head.bias.dtype))

@@ -115,18 +115,23 @@ def update_mask(
 
 
 def _threshold(scores: Mapping[str, Tensor], alive: Mapping[str, Tensor], k: int, keep: Keep) -> Mask:
+    # Selected and compared on the CPU, then moved back: MPS lacks kthvalue for some dtypes and sizes, and the
+    # k-th value (an exact selection) and the comparisons are the same on every device.
     device = next(iter(scores.values())).device
-    alive = {n: a.to(device) for n, a in alive.items()}
-    candidates = torch.cat([scores[n].to(device).flatten()[alive[n].flatten()] for n in scores])
+    cpu_scores = {n: s.detach().cpu() for n, s in scores.items()}
+    alive = {n: a.cpu() for n, a in alive.items()}
+    candidates = torch.cat([cpu_scores[n].flatten()[alive[n].flatten()] for n in scores])
     if k >= candidates.numel():
-        return {n: a.clone() for n, a in alive.items()}
-    if k < 1:
-        return {n: torch.zeros_like(a) for n, a in alive.items()}
-    if keep == "lowest":
+        kept = {n: a.clone() for n, a in alive.items()}
+    elif k < 1:
+        kept = {n: torch.zeros_like(a) for n, a in alive.items()}
+    elif keep == "lowest":
         t = torch.kthvalue(candidates, k).values
-        return {n: alive[n] & (scores[n].to(device) <= t) for n in scores}
-    t = torch.kthvalue(candidates, candidates.numel() - k + 1).values  # the k-th largest
-    return {n: alive[n] & (scores[n].to(device) >= t) for n in scores}
+        kept = {n: alive[n] & (cpu_scores[n] <= t) for n in scores}
+    else:
+        t = torch.kthvalue(candidates, candidates.numel() - k + 1).values  # the k-th largest
+        kept = {n: alive[n] & (cpu_scores[n] >= t) for n in scores}
+    return {n: m.to(device) for n, m in kept.items()}
 
 
 def calibration_step(

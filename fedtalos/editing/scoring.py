@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from fedtalos.config import RunConfig
-from fedtalos.editing.fisher import fisher_scores
+from fedtalos.editing.fisher import fisher_scores, fitting_chunk_size
 from fedtalos.seeds import client_generator, client_label_seed
+from fedtalos.task.memory import fisher_bytes_per_sample
 from fedtalos.task.resources import Resources
 
 
@@ -41,5 +42,8 @@ def client_scores(
     generator = torch.Generator(device=resources.device).manual_seed(client_label_seed(config.seed, round_index, pid))
     mask = {k: m.to(resources.device) for k, m in soft_mask.items()} if soft_mask is not None else None
     batches = [x for x, _ in resources.eval_batches(images[take], labels[take])]
-    scores = fisher_scores(resources.model, batches, target=config.fisher_target, soft_mask=mask, generator=generator)
+    chunk = fitting_chunk_size(resources.device, fisher_bytes_per_sample(config), stable=config.deterministic)
+    scores = fisher_scores(
+        resources.model, batches, target=config.fisher_target, soft_mask=mask, generator=generator, chunk_size=chunk
+    )
     return scores, len(take)

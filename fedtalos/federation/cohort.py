@@ -91,6 +91,7 @@ class NodeRegistry:
         for reply in replies:
             nid = reply.metadata.src_node_id
             if reply.has_error():
+                P.check_error_reply(reply.error.reason, "identifying the nodes", f"node {nid}")
                 if nid not in self._failed:
                     log.warning("node %d did not identify itself (asked again every 30 s): %s", nid, reply.error.reason)
                 self._failed[nid] = time.monotonic()

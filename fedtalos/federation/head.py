@@ -77,6 +77,6 @@ class RidgeHead:
         images, labels = resources.split("val")
         logits = []
         for x, _ in resources.eval_batches(images, labels):
-            features = backbone_features(resources.model.eval(), x).double().cpu()
+            features = backbone_features(resources.model.eval(), x).cpu().double()  # MPS has no float64
             logits.append(features @ weight.T + bias)
         return fit_logit_scale(torch.cat(logits).float(), labels.cpu())

@@ -53,17 +53,37 @@ def merged_config(overrides: Mapping[str, Any]) -> RunConfig:
 
 
 def default_federation_config(config: RunConfig, extra: str = "") -> str:
-    """``num-supernodes`` = num-clients, plus client resources suited to this machine unless ``extra`` sets them."""
+    """``num-supernodes`` = num-clients, plus each client resource that ``extra`` does not set, on its own.
+
+    ``client-resources-num-cpus`` = 1 (two 1-CPU actors beat one 2-CPU actor for small per-client work, measured,
+    see README). ``client-resources-num-gpus``, when the run may use CUDA (``device`` is not 'cpu' or 'mps') and
+    this machine has it: the share of the first card from its memory (:func:`~fedtalos.task.memory.gpu_fraction`).
+    A key left out would be 0 for Ray, which then hides every GPU from the actors (``CUDA_VISIBLE_DEVICES=""``).
+    """
     parts = [f"num-supernodes={config.num_clients}"]
-    if "client-resources-num-cpus" not in extra and "client-resources-num-gpus" not in extra:
+    if "client-resources-num-cpus" not in extra:
+        parts.append("client-resources-num-cpus=1")
+    if "client-resources-num-gpus" not in extra and config.device.partition(":")[0] in ("auto", "cuda"):
         import torch
 
         if torch.cuda.is_available():
-            parts.append("client-resources-num-cpus=1 client-resources-num-gpus=0.25")
-        else:
-            # two 1-CPU actors beat one 2-CPU actor for small per-client work (measured, see README)
-            parts.append("client-resources-num-cpus=1")
+            from fedtalos.task.memory import gpu_fraction
+
+            total = torch.cuda.get_device_properties(0).total_memory
+            parts.append(f"client-resources-num-gpus={gpu_fraction(total, config):g}")
     return " ".join([*parts, extra]).strip()
+
+
+def simulation_problems(config: RunConfig) -> list[str]:
+    """Why ``config`` cannot run on Flower's simulation engine as it is (empty: it can)."""
+    base, _, index = config.device.partition(":")
+    if base == "cuda" and index and int(index) >= 1:
+        return [
+            f"device = {config.device!r}: in Flower's simulation every client actor sees only the GPU Ray assigned "
+            "to it, as cuda:0, so cuda:N with N >= 1 fails in every client; use device = 'cuda' (to choose the "
+            "cards, set CUDA_VISIBLE_DEVICES for the whole run)"
+        ]
+    return []
 
 
 def flwr_command(app: Path, run_config_file: Path, federation_config: str) -> list[str]:

@@ -21,6 +21,7 @@ from fedtalos.federation.cohort import NodeRegistry
 from fedtalos.federation.mask_sync import MASK_MISSING
 from fedtalos.federation.transport import ServerTransport, choose, in_simulation
 from fedtalos.phases import Callback, Unit
+from fedtalos.task.memory import shared_memory_bytes
 
 log = logging.getLogger(__name__)
 SIMULATION_PULL_INTERVAL_S = 0.01  # seconds between looks for replies on the in-memory grid (Flower: 0.1)
@@ -59,7 +60,8 @@ class Messenger:
             # several % of a GPU round. Its poll is a dictionary look-up in this process: poll at 100 Hz.
             grid.pull_interval = SIMULATION_PULL_INTERVAL_S
         self.registry = NodeRegistry(config.num_clients, config.round_timeout)
-        self.transport = ServerTransport(choose(config.transport, grid), run_key=config.result_hash())
+        mode, base = choose(config.transport, grid, shared_memory_bytes(config))
+        self.transport = ServerTransport(mode, run_key=config.result_hash(), base=base)
 
     def connect(self) -> None:
         """Wait until every partition's node is registered (see :meth:`NodeRegistry.refresh`)."""
@@ -100,6 +102,7 @@ class Messenger:
                 if pid is None:
                     continue
                 if reply.has_error():
+                    P.check_error_reply(reply.error.reason, f"{message_type} message", f"client {pid}")
                     failed[pid] = f"error: {reply.error.reason}"
                 else:
                     ok[pid] = reply.content

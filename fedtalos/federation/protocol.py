@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedtalos.task.model import RESOURCE_ERROR
+
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
@@ -37,6 +39,24 @@ FISHER = "query.fisher"
 
 class ReplyRejected(ValueError):
     """A client's reply is malformed or implausible; ``reason`` says how."""
+
+
+class ClientResourceError(RuntimeError):
+    """A client lacks memory or its device (:class:`~fedtalos.task.model.ResourceError`): fatal for the run.
+
+    Never counted as a dropout: with ``min-train-clients = 1`` rounds and Fisher sums would quietly use fewer
+    clients, with numbers that depend on which clients happened to fit.
+    """
+
+
+def check_error_reply(reason: str, where: str, who: str) -> None:
+    """Raise :class:`ClientResourceError` if an error reply's ``reason`` is a client's resource error."""
+    if RESOURCE_ERROR in reason:
+        detail = reason[reason.index(RESOURCE_ERROR) + len(RESOURCE_ERROR) :].strip().rstrip("'>")
+        raise ClientResourceError(
+            f"{where}: {who} failed for lack of resources, which stops the run (it would otherwise go on with "
+            f"fewer clients): {detail}. The last checkpoint is intact: fix it and run the same command to resume."
+        )
 
 
 def tensor_to_array(tensor: torch.Tensor) -> Array:

@@ -6,6 +6,8 @@ aggregates them into the :class:`ServerState` (in partition-id order) → evalua
 checkpoint. The round events (:mod:`fedtalos.phases`) carry checkpointing, timing, the metric log and, in tests,
 fault injection. Killing the process at any point and starting the same command again continues after the last
 checkpoint and ends bit-identical to an uninterrupted run on the CPU (``tests/reliability/test_kill_resume.py``).
+On CUDA only to float tolerance (fused attention backwards and split reductions are nondeterministic), unless
+``deterministic = true`` (README, "GPUs"); ``config.json`` records the device a run started on.
 
 Phases: ``head`` (step 0 of model editing: :class:`~fedtalos.federation.head.RidgeHead`, or linear probing),
 ``calibration`` (:class:`~fedtalos.federation.calibration.Calibration`: the mask), ``train``

@@ -55,11 +55,45 @@ def in_simulation(grid: Any) -> bool:
     return type(grid).__name__ == "InMemoryGrid"
 
 
-def choose(setting: str, grid: Any) -> str:
-    """'message' or 'shared-memory' for the run-config value ``transport`` and the server's grid."""
-    if setting != "auto":
-        return setting
-    return "shared-memory" if in_simulation(grid) else "message"
+def _free_bytes(path: Path) -> int:
+    """Free bytes of the file system that holds ``path``, or that will hold it (its nearest existing parent)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return 0
+    return 0
+
+
+def choose(setting: str, grid: Any, need_bytes: int = 0) -> tuple[str, Path | None]:
+    """(mode, directory) for the run-config value ``transport``, the server's grid and a round's file bytes.
+
+    'message' → ('message', None). 'auto' → messages outside the simulation; in it, and for 'shared-memory', the
+    files go to ``/dev/shm`` (or ``$FEDTALOS_TRANSPORT_DIR``) when it has ``need_bytes`` free. Docker and
+    Kubernetes give containers a 64 MB ``/dev/shm``, less than one ViT-S/16 round: then the files go to the
+    temporary directory if it has the space (logged), else 'auto' falls back to messages (logged) and
+    'shared-memory' raises :class:`TransportUnavailable`, before the first round, saying what to change.
+    """
+    if setting == "message" or (setting == "auto" and not in_simulation(grid)):
+        return "message", None
+    base = _base_dir()
+    free = _free_bytes(base)
+    if free >= need_bytes:
+        return "shared-memory", base
+    mb = 1e6
+    short = f"{base} has {free / mb:.0f} MB free, a round needs about {need_bytes / mb:.0f} MB ((cohort + 1) × model)"
+    fallback = Path(tempfile.gettempdir())
+    if not os.environ.get("FEDTALOS_TRANSPORT_DIR") and fallback != base and _free_bytes(fallback) >= need_bytes:
+        log.warning("%s: the shared-memory transport writes its files to %s instead", short, fallback)
+        return "shared-memory", fallback
+    if setting == "shared-memory":
+        raise TransportUnavailable(
+            f"transport = 'shared-memory': {short}. Enlarge it (docker run --shm-size=2g), set "
+            'FEDTALOS_TRANSPORT_DIR to a directory with the space, or set transport = "message"'
+        )
+    log.warning("%s, and so has no other directory: the weights travel in messages (transport = 'message')", short)
+    return "message", None
 
 
 def _write(path: Path, tensors: Mapping[str, torch.Tensor]) -> int:
@@ -112,12 +146,12 @@ def remove_stale_directories(base: Path, run_key: str) -> list[Path]:
 class ServerTransport:
     """The server's side: what to put into a message instead of (or as) the tensors, and how to read uploads."""
 
-    def __init__(self, mode: str, run_key: str) -> None:
+    def __init__(self, mode: str, run_key: str, base: Path | None = None) -> None:
         self.mode = mode
         self.sizes: dict[str, int] = {}  # file → bytes, for the byte metrics
         self.directory: Path | None = None
         if mode == "shared-memory":
-            base = _base_dir()
+            base = base or _base_dir()
             for path in remove_stale_directories(base, run_key):
                 log.info("removed %s, left behind by a server that was killed", path)
             self.directory = base / f"fedtalos-{os.getuid()}-{run_key}-{os.getpid()}"

@@ -84,7 +84,12 @@ class FederatedRunner:
         return flwr_command(self.app, run.toml_path, self.federation_config(run))
 
     def preflight(self, run: PlannedRun) -> None:
+        from fedtalos.config import ConfigError
+        from fedtalos.federation.launcher import simulation_problems
+
         c = run.config
+        if problems := simulation_problems(c):
+            raise ConfigError(problems)
         key = (c.resolved_dataset_root(), c.dataset_download, c.dataset_verify, c.model, c.pretrained, c.weights_path)
         if key in self._checked:
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,19 +158,99 @@ def set_trainable(model: nn.Module, freeze: str) -> None:
 # Device and precision.
 
 
+RESOURCE_ERROR = "resource error:"  # leads the message of every ResourceError (the server looks for it)
+
+
+class ResourceError(RuntimeError):
+    """This process lacks a resource the run needs (memory, a device): fatal for the run, never a dropout.
+
+    The message starts with :data:`RESOURCE_ERROR`, so that it survives Flower's error replies (which carry only
+    ``str(exception)``) and the server can stop the whole run with it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{RESOURCE_ERROR} {message}")
+
+
+class DeviceUnavailable(ResourceError):
+    """The device the run asked for is not usable in this process."""
+
+
+# What to lower when a query runs out of memory, by Flower message type.
+MEMORY_ADVICE = {
+    "train": "batch-size",
+    "evaluate": "eval-batch-size",
+    "query.ridge": "eval-batch-size",
+    "query.fisher": "fisher-samples (its chunks already shrink to the free memory) or eval-batch-size",
+}
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for CUDA's ``torch.OutOfMemoryError`` and MPS's "MPS backend out of memory" RuntimeError."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error)
+    )
+
+
+def out_of_memory(what: str, error: BaseException) -> ResourceError:
+    """The fatal :class:`ResourceError` for an out-of-memory ``error`` in ``what`` (a Flower message type)."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ResourceError(
+        f"out of memory in {what} ({first[:300]}). Lower {MEMORY_ADVICE.get(what, 'batch-size')} or image-size, "
+        "or run fewer clients per GPU (a larger client-resources-num-gpus in the federation config); see the "
+        "README's GPU section for the memory each needs"
+    )
+
+
+# One device node per NVIDIA card this process may open (Linux; a container started without GPUs has none).
+NVIDIA_DEVICE_NODES = (Path("/dev"), "nvidia[0-9]*")
+
+
+def gpus_hidden() -> bool:
+    """True when this process could open NVIDIA GPUs but CUDA shows it none (CUDA_VISIBLE_DEVICES empty or wrong).
+
+    Ray gives an actor without ``num_gpus`` an empty ``CUDA_VISIBLE_DEVICES``: the cards are there, CUDA is not.
+    """
+    directory, pattern = NVIDIA_DEVICE_NODES
+    return not torch.cuda.is_available() and any(directory.glob(pattern))
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``'auto'`` → cuda if available, else mps, else cpu; anything else is checked to exist."""
+    """``'auto'`` → cuda if available, else mps, else cpu; anything else is checked to exist.
+
+    Never falls back silently: ``'auto'`` on a machine whose GPUs this process cannot see (a Flower client
+    actor that Ray gave no GPU) raises instead of training on the CPU, and ``'cuda:N'`` needs N GPUs visible.
+
+    Raises:
+        DeviceUnavailable: the device is missing, hidden from this process, or ``cuda:N`` beyond the visible GPUs.
+    """
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
+        if gpus_hidden():
+            raise DeviceUnavailable(
+                "device = 'auto': this machine has NVIDIA GPUs but this process sees none "
+                f"(CUDA_VISIBLE_DEVICES = {os.environ.get('CUDA_VISIBLE_DEVICES')!r}); a Flower client needs "
+                "client-resources-num-gpus > 0 in the federation config (fedtalos run sets it), or set "
+                "device = 'cpu' to train on the CPU on purpose"
+            )
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device = {name!r} but CUDA is not available on this machine")
+        hidden = " (the machine has GPUs, hidden from this process: client-resources-num-gpus = 0?)"
+        raise DeviceUnavailable(
+            f"device = {name!r} but CUDA is not available in this process{hidden if gpus_hidden() else ''}"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceUnavailable(
+            f"device = {name!r} but this process sees {torch.cuda.device_count()} GPU(s), cuda:0 and up. In "
+            "Flower's simulation every client actor sees only the GPU Ray assigned to it, as cuda:0: use "
+            "device = 'cuda' (choose the cards with CUDA_VISIBLE_DEVICES)"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"device = {name!r} but MPS is not available on this machine")
+        raise DeviceUnavailable(f"device = {name!r} but MPS is not available on this machine")
     return device
 
 
@@ -215,3 +296,37 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def empty_cache(device: torch.device) -> None:
+    """Hand the caching allocator's free blocks back to the driver (after a query's large, one-off tensors)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def environment(device: torch.device, dtype: torch.dtype | None) -> dict[str, str]:
+    """What a run resolved ``device`` / ``precision`` to here: device, autocast dtype and GPU name (config.json)."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    return {"device": device.type, "dtype": str(dtype or torch.float32).removeprefix("torch."), "gpu": gpu}
+
+
+def set_deterministic(on: bool) -> None:
+    """With ``on``: deterministic kernels everywhere (``deterministic = true``), at a speed cost on GPUs.
+
+    ``torch.use_deterministic_algorithms`` (ops without a deterministic kernel raise), cuBLAS's fixed workspace
+    (``CUBLAS_WORKSPACE_CONFIG``, read when cuBLAS starts: call this before any CUDA work), cuDNN without
+    benchmarking, and the math attention kernel (the fused flash / memory-efficient backwards use atomics).
+    Off: nothing is changed (PyTorch's defaults).
+    """
+    if not on:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.enable_flash_sdp(False)
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    torch.backends.cuda.enable_math_sdp(True)

@@ -19,7 +19,13 @@ from torch import nn
 from fedtalos.config import RunConfig
 from fedtalos.task.batches import ImageTransform, iterate_batches, to_device
 from fedtalos.task.cifar import Cifar100, load_cifar100
-from fedtalos.task.model import build_model, precision_choice, resolve_device, set_matmul_precision
+from fedtalos.task.model import (
+    build_model,
+    precision_choice,
+    resolve_device,
+    set_deterministic,
+    set_matmul_precision,
+)
 from fedtalos.task.partition import make_partitions, split_train_val
 from fedtalos.task.train import evaluate
 
@@ -117,11 +123,11 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
     """
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    set_deterministic(config.deterministic)  # before any CUDA work: cuBLAS reads its workspace setting once
     device = resolve_device(config.device)
     dtype, precision = precision_choice(device, config.precision)
     log.info("precision: %s", precision)
-    # `deterministic` is the run-config key of issue 17's determinism item (config.deterministic once merged).
-    set_matmul_precision(device, deterministic=bool(getattr(config, "deterministic", False)))
+    set_matmul_precision(device, deterministic=config.deterministic)
     data = load_cifar100(config.resolved_dataset_root(), config.dataset_download, config.dataset_verify)
     train_idx, val_idx = split_train_val(data.train_labels, config.val_fraction, config.seed)
     torch.manual_seed(config.seed)  # the new head's initialisation (seeds.py: head initialisation)

@@ -54,14 +54,16 @@ def train_steps(
         after_step: called with the 1-based step index after each optimizer step (per-step schedulers,
             progress bars, mid-epoch checkpoints).
 
-    Loss and accuracy are accumulated on the device and read once at the end: no host sync per step.
+    Loss and accuracy are kept on the device and read once at the end: no host sync per step (see
+    :func:`_host_sums` for the float64 sums).
     """
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     model.train()
     device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    count = steps = 0
+    losses: list[torch.Tensor] = []
+    corrects: list[torch.Tensor] = []
+    sizes: list[int] = []
+    steps = 0
     for inputs, labels in batches:
         with autocast(device, autocast_dtype):
             logits = model(inputs)
@@ -70,13 +72,14 @@ def train_steps(
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        loss_sum += loss.detach().double() * len(labels)
-        correct += (logits.detach().argmax(-1) == labels).sum()
-        count += len(labels)
+        losses.append(loss.detach())
+        corrects.append((logits.detach().argmax(-1) == labels).sum())
+        sizes.append(len(labels))
         steps += 1
         if after_step is not None:
             after_step(steps)
-    return LoopStats(float(loss_sum), int(correct), count, steps)
+    loss_sum, correct = _host_sums(losses, corrects, sizes, weighted=True)
+    return LoopStats(loss_sum, correct, sum(sizes), steps)
 
 
 @torch.no_grad()
@@ -90,14 +93,32 @@ def evaluate(
     model.eval()
     device = next(model.parameters()).device
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    count = steps = 0
+    losses: list[torch.Tensor] = []
+    corrects: list[torch.Tensor] = []
+    sizes: list[int] = []
     for inputs, labels in batches:
         with autocast(device, autocast_dtype):
             logits = model(inputs)
-        loss_sum += loss_fn(logits.float(), labels).double()
-        correct += (logits.argmax(-1) == labels).sum()
-        count += len(labels)
-        steps += 1
-    return LoopStats(float(loss_sum), int(correct), count, steps)
+        losses.append(loss_fn(logits.float(), labels))
+        corrects.append((logits.argmax(-1) == labels).sum())
+        sizes.append(len(labels))
+    loss_sum, correct = _host_sums(losses, corrects, sizes, weighted=False)
+    return LoopStats(loss_sum, correct, sum(sizes), len(sizes))
+
+
+def _host_sums(
+    losses: list[torch.Tensor], corrects: list[torch.Tensor], sizes: list[int], *, weighted: bool
+) -> tuple[float, int]:
+    """(Σ loss·size or Σ loss, Σ correct) of per-step device scalars, summed in float64 on the host.
+
+    Apple's MPS has no float64, so the sums are never kept on the device: the float32 scalars come to the CPU in
+    one copy (the loop's only sync) and are added as Python floats (IEEE float64) in step order, which is the
+    same arithmetic, bit for bit, as the float64 device accumulator this replaced.
+    """
+    if not losses:
+        return 0.0, 0
+    values = torch.stack(losses).float().cpu().tolist()
+    total = 0.0
+    for value, size in zip(values, sizes, strict=True):
+        total += value * size if weighted else value
+    return total, int(torch.stack(corrects).cpu().sum())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -21,6 +22,7 @@ from fedtalos.tracking.checkpoint import CheckpointStore, atomic_write_bytes
 from fedtalos.tracking.metrics import MetricsLog, make_sinks
 
 CONFIG_FILE = "config.json"
+log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 
 
@@ -142,13 +144,36 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     ]
 
 
-def open_run_dir(config: RunConfig, kind: str, prefix: str = "") -> RunDir:
+class EnvironmentChanged(RunConfigMismatch):
+    """A resume would continue on another device, autocast dtype or GPU model than the run started on."""
+
+
+def _check_environment(path: Path, stored: dict[str, Any], current: dict[str, str], allow: bool) -> None:
+    before = stored.get("environment")
+    if not before or before == current:
+        return
+    diff = "; ".join(f"{k}: {before.get(k)!r} → {current.get(k)!r}" for k in current if before.get(k) != current[k])
+    message = (
+        f"{path} was run with {diff}: resuming here continues its numbers on other hardware (another precision, "
+        "another random-number generator for the device's draws), so it will not match an uninterrupted run"
+    )
+    if not allow:
+        raise EnvironmentChanged(
+            message + ".\nResume on the hardware the run started on, or set "
+            "allow-device-change=true to continue anyway."
+        )
+    log.warning("%s (allow-device-change = true: continuing)", message)
+
+
+def open_run_dir(config: RunConfig, kind: str, prefix: str = "", environment: dict[str, str] | None = None) -> RunDir:
     """Create or reopen the run directory of ``config``.
 
     ``kind`` is ``'federated'`` or ``'centralized'``. If the directory holds a run of the same configuration
     (equal result hash) it is reopened for resuming; if ``resume = false`` it is renamed to
     ``<name>.old-<timestamp>`` and a fresh one made; a different configuration is refused with the keys that
-    differ and the two ways out.
+    differ and the two ways out. ``environment``: what ``device`` / ``precision`` resolved to in this process
+    (:func:`fedtalos.task.model.environment`), recorded in ``config.json``; a resume whose environment differs
+    from the recorded one raises :class:`EnvironmentChanged` unless ``allow-device-change`` (then a warning).
     """
     validate_output_root(config)
     path = config.run_dir(prefix)
@@ -175,6 +200,8 @@ def open_run_dir(config: RunConfig, kind: str, prefix: str = "") -> RunDir:
                         + "\nTo keep both, choose another run-name; to start this run over there, set resume=false "
                         "(the old directory is kept, renamed)."
                     )
+                if environment is not None:
+                    _check_environment(path, stored, environment, config.allow_device_change)
                 resumed = True
         except BaseException:
             if lock is not None:
@@ -190,6 +217,7 @@ def open_run_dir(config: RunConfig, kind: str, prefix: str = "") -> RunDir:
         "config": config.to_dict(),
         "result_config": config.result_dict(),
         "versions": package_versions(),
+        **({"environment": dict(environment)} if environment is not None else {}),
         "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if resumed:

@@ -87,12 +87,58 @@ def test_a_client_that_cannot_reach_the_files_says_what_to_do(tiny_run_config, t
 
 
 def test_auto_uses_shared_memory_only_in_simulation():
-    class InMemoryGrid:  # the class name Flower's simulation grid has
-        pass
+    assert choose("auto", InMemoryGrid())[0] == "shared-memory"
+    assert choose("auto", object()) == ("message", None)
+    assert choose("message", InMemoryGrid()) == ("message", None)
 
-    assert choose("auto", InMemoryGrid()) == "shared-memory"
-    assert choose("auto", object()) == "message"
-    assert choose("message", InMemoryGrid()) == "message"
+
+class InMemoryGrid:  # the class name Flower's simulation grid has
+    pass
+
+
+@pytest.fixture
+def small_shm(tmp_path, monkeypatch):
+    """A 64 MB /dev/shm (Docker's default) and a temporary directory with ``free[tmp]`` bytes (default 10 GB)."""
+    shm, tmp = tmp_path / "shm", tmp_path / "tmp"
+    shm.mkdir()
+    tmp.mkdir()
+    free = {shm: 64_000_000, tmp: 10_000_000_000}
+    monkeypatch.delenv("FEDTALOS_TRANSPORT_DIR", raising=False)
+    monkeypatch.setattr(transport, "_base_dir", lambda: shm)
+    monkeypatch.setattr(transport.tempfile, "gettempdir", lambda: str(tmp))
+    monkeypatch.setattr(transport, "_free_bytes", lambda path: free[Path(path)])
+    return free, shm, tmp
+
+
+ROUND_BYTES = 4 * 86_500_000  # (cohort 3 + 1) × ViT-S/16
+
+
+def test_a_small_dev_shm_moves_the_files_to_the_temporary_directory(small_shm, fedtalos_log):
+    _, shm, tmp = small_shm
+    assert choose("auto", InMemoryGrid(), ROUND_BYTES) == ("shared-memory", tmp)
+    assert choose("shared-memory", InMemoryGrid(), ROUND_BYTES) == ("shared-memory", tmp)
+    assert f"{shm} has 64 MB free, a round needs about 346 MB" in fedtalos_log.text
+    assert choose("auto", InMemoryGrid(), 1_000_000) == ("shared-memory", shm)  # enough room: /dev/shm
+
+
+def test_no_room_anywhere_falls_back_to_messages_or_refuses_an_explicit_setting(small_shm, fedtalos_log):
+    free, _, tmp = small_shm
+    free[tmp] = 100_000_000
+    assert choose("auto", InMemoryGrid(), ROUND_BYTES) == ("message", None)
+    assert "the weights travel in messages" in fedtalos_log.text
+    with pytest.raises(transport.TransportUnavailable, match=r"--shm-size.*transport = \"message\""):
+        choose("shared-memory", InMemoryGrid(), ROUND_BYTES)
+
+
+def test_the_round_bytes_count_the_largest_cohort_and_the_model():
+    from fedtalos.config import RunConfig
+    from fedtalos.task.memory import model_bytes, shared_memory_bytes
+
+    vit = RunConfig(
+        num_clients=100, fraction_train=0.03, head="ridge", mask_rule="least-sensitive", calibration_fraction=0.05
+    )
+    assert 86e6 < model_bytes(vit) < 88e6  # ViT-S/16 with a 100-class head, fp32
+    assert shared_memory_bytes(vit) == 6 * model_bytes(vit)  # 5 calibrating clients + the global weights
 
 
 def _dead_pid() -> int:

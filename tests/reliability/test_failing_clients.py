@@ -186,3 +186,45 @@ def test_failures_in_the_editing_phases_are_counted_and_left_out(tiny_run_config
     assert (calibration["clients_ok"], calibration["clients_failed"]) == (2, 1)
     assert calibration["fisher_samples"] == 2 * 8
     assert train["clients_failed"] == 0 and train["val_acc"] is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resource errors (out of memory, no device) stop the run: never a silent dropout, even with min-train-clients = 1.
+
+
+def test_a_client_out_of_memory_stops_the_run_with_what_to_lower(tiny_run_config, tmp_path, monkeypatch):
+    import torch
+
+    from fedtalos import client_app
+    from fedtalos.federation.protocol import ClientResourceError
+
+    calls = []
+    real = client_app.train_steps
+
+    def first_client_runs_out_of_memory(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(client_app, "train_steps", first_client_runs_out_of_memory)
+    config = _config(tiny_run_config, tmp_path, **{"min-train-clients": 1})
+    with pytest.raises(ClientResourceError, match=r"(?s)out of memory in train.*Lower batch-size.*num-gpus"):
+        run_server(config)
+    assert len(calls) == 3  # the first round's cohort, not retried: the others' replies were not aggregated
+    assert not list(run_dir_of(config).glob("checkpoints/ckpt-*"))
+
+
+def test_a_client_without_its_device_stops_the_run_before_the_first_round(tiny_run_config, tmp_path, monkeypatch):
+    from fedtalos import client_app
+    from fedtalos.federation.protocol import ClientResourceError
+    from fedtalos.task.model import DeviceUnavailable
+
+    def no_gpu(config, pretrained=False):
+        raise DeviceUnavailable("device = 'auto': this machine has NVIDIA GPUs but this process sees none")
+
+    monkeypatch.setattr(client_app, "get_resources", no_gpu)
+    config = _config(tiny_run_config, tmp_path, **{"min-train-clients": 1})
+    with pytest.raises(ClientResourceError, match=r"identifying the nodes.*sees none"):
+        run_server(config)
+    assert not list(run_dir_of(config).glob("checkpoints/ckpt-*"))

@@ -52,3 +52,34 @@ def test_a_killed_writer_releases_the_directory(tmp_path: Path):
     time.sleep(0.1)
     with open_run_dir(config, "federated") as resumed:
         assert resumed.resumed
+
+
+GPU_RUN = {"device": "cuda", "dtype": "bfloat16", "gpu": "NVIDIA L4"}
+CPU_HERE = {"device": "cpu", "dtype": "float32", "gpu": ""}
+
+
+def test_config_json_records_the_resolved_environment_and_a_resume_elsewhere_is_refused(tmp_path: Path):
+    import json
+
+    from fedtalos.tracking.rundir import EnvironmentChanged
+
+    config = _config(tmp_path)  # device = precision = 'auto': the hash cannot tell a GPU run from a CPU one
+    with open_run_dir(config, "federated", environment=GPU_RUN) as run_dir:
+        assert json.loads((run_dir.path / "config.json").read_text())["environment"] == GPU_RUN
+    stored = (tmp_path / "r" / "config.json").read_bytes()
+    with pytest.raises(EnvironmentChanged, match=r"(?s)device: 'cuda' → 'cpu'.*allow-device-change=true"):
+        open_run_dir(config, "federated", environment=CPU_HERE)
+    assert (tmp_path / "r" / "config.json").read_bytes() == stored  # nothing written by the refusal
+    with open_run_dir(config, "federated", environment=GPU_RUN) as again:  # the same hardware resumes
+        assert again.resumed
+
+
+def test_allow_device_change_resumes_with_a_warning(tmp_path: Path, fedtalos_log):
+    import json
+
+    config = _config(tmp_path)
+    open_run_dir(config, "federated", environment=GPU_RUN).close()
+    with open_run_dir(config.replace(allow_device_change=True), "federated", environment=CPU_HERE) as run_dir:
+        assert run_dir.resumed
+        assert json.loads((run_dir.path / "config.json").read_text())["environment"] == CPU_HERE
+    assert "gpu: 'NVIDIA L4' → ''" in fedtalos_log.text and "continuing" in fedtalos_log.text
