@@ -129,14 +129,12 @@ class Calibrator:
 
     def federated_mask(self) -> Mask:
         """The federated calibration again: per round the sampled cohort's summed scores (server order)."""
-        from fedtalos.federation.cohort import sample_cohort
+        from fedtalos.federation.cohort import calibration_cohort
 
-        c = self.config
-        size = c.calibration_cohort_size
         alive: Mask | None = None
         for r in range(1, self.rounds + 1):
             total = {k: torch.zeros(s, dtype=torch.float32) for k, s in self.shapes.items()}
-            for pid in sample_cohort(c.seed, "calibration", r, c.num_clients, size):
+            for pid in calibration_cohort(self.config, r):
                 for k, v in self.scores(pid, r, alive).items():
                     total[k] += v
             alive = self._update(total, alive, r)

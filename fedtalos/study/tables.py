@@ -143,7 +143,8 @@ def summarize(root: str | Path, out: str | Path | None = None, figures: bool = T
     notes = [
         f"{len(groups)} configurations, {n_runs} finished runs under `{root}`. Metrics: mean ± sample std (ddof = 1) "
         "over seeds; accuracies in %; uploaded = bytes sent by clients over all phases; drift = weighted RMS "
-        "distance of client updates from their mean, averaged over training rounds; trainable = mask density "
+        "distance of client updates from their mean per weight of the whole model (frozen weights count, so dense and "
+        "sparse runs compare), averaged over training rounds; trainable = mask density "
         "(1 − sparsity); time in rounds = the rounds' own wall time (start-up not included)."
     ]
     if unfinished:

@@ -17,7 +17,7 @@ from fedtalos.editing.masks import load_mask
 from fedtalos.editing.optim import SparseSGDM
 from fedtalos.editing.scoring import calibration_samples
 from fedtalos.federation.calibration import sum_scores
-from fedtalos.federation.cohort import sample_cohort
+from fedtalos.federation.cohort import calibration_cohort, sample_cohort
 from fedtalos.federation.server import FederatedServer
 from fedtalos.phases import Unit
 from fedtalos.seeds import FEDERATED_STREAMS, make_generator
@@ -161,7 +161,8 @@ def test_federated_scores_are_the_scores_of_the_union(editing_config: dict[str, 
     unit = Unit("calibration", 1, 1)
     updates, _ = server.messenger.collect(unit, calibration.configure(unit, server.state))
     federated = sum_scores(updates, shapes)
-    cohort = sample_cohort(rc.seed, "calibration", 1, rc.num_clients, 2)
+    cohort = calibration_cohort(rc, 1)
+    assert len(cohort) == 2
     res = get_resources(rc)
     res.load_weights(weights)
     union = []

@@ -22,7 +22,8 @@ T = torch.tensor
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Client drift = sqrt(Σ p_i ‖u_i − ū‖²), u_i = x_i − reference, p_i = n_i / Σ n, ū = Σ p_i u_i.
+# Client drift = sqrt(Σ p_i ‖u_i − ū‖² / D), u_i = x_i − reference, p_i = n_i / Σ n, ū = Σ p_i u_i, D = the
+# number of weights the drift is per (the whole model in a run).
 
 
 def test_drift_of_two_clients_by_hand():
@@ -30,8 +31,8 @@ def test_drift_of_two_clients_by_hand():
     # Σ p‖u − ū‖² = 1/4 · (0.75² + 1.5²) + 3/4 · (0.25² + 0.5²) = 0.703125 + 0.234375 = 0.9375
     reference = {"w": T([0.0, 0.0])}
     updates = [ClientUpdate(7, 1, {"w": T([1.0, 0.0])}), ClientUpdate(3, 3, {"w": T([0.0, 2.0])})]
-    result = aggregate(updates, reference)
-    assert result.drift == pytest.approx(math.sqrt(0.9375), rel=1e-6)
+    result = aggregate(updates, reference, coordinates=2)
+    assert result.drift == pytest.approx(math.sqrt(0.9375 / 2), rel=1e-6)
     assert torch.allclose(result.average["w"], T([0.25, 1.5]))
 
 
@@ -41,14 +42,14 @@ def test_drift_over_several_tensors_from_a_nonzero_reference():
     uploads = [({"a": T([2.0, 1.0]), "b": T([5.0])}), ({"a": T([1.0, 1.0]), "b": T([8.0])}), (dict(reference))]
     updates = [ClientUpdate(i, 10, u) for i, u in enumerate(uploads)]
     # u = (1,0,0), (0,0,3), (0,0,0); ū = (1/3, 0, 1); Σ p‖u − ū‖² = (1/3)[(4/9 + 1) + (1/9 + 4) + (1/9 + 1)] = 20/9
-    assert aggregate(updates, reference).drift == pytest.approx(math.sqrt(20 / 9), rel=1e-6)
+    assert aggregate(updates, reference, coordinates=3).drift == pytest.approx(math.sqrt(20 / 9 / 3), rel=1e-6)
 
 
 def test_identical_clients_have_no_drift():
     reference = {"w": T([0.5, -1.0, 2.0])}
     same = {"w": T([1.5, 0.0, 0.0])}
     updates = [ClientUpdate(i, n, dict(same)) for i, n in enumerate((3, 5, 11))]
-    assert aggregate(updates, reference).drift == pytest.approx(0.0, abs=1e-6)
+    assert aggregate(updates, reference, coordinates=3).drift == pytest.approx(0.0, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------------
