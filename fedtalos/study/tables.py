@@ -27,6 +27,7 @@ METRICS: dict[str, tuple[str, float, int]] = {
     "mean_drift": ("mean drift", 1.0, 4),
     "mask_density": ("trainable (%)", 100.0, 1),
     "mask_jaccard": ("client–aggregate Jaccard", 1.0, 3),
+    "mask_jaccard_floor": ("iid-subset–aggregate Jaccard (noise floor)", 1.0, 3),
     "wall_min": ("time in rounds (min)", 1.0, 1),
 }
 # Smaller units for the Markdown table when every value is below 1 of the default one (e.g. a test sweep).
@@ -44,6 +45,7 @@ MARKDOWN_METRICS = (
     "mean_drift",
     "mask_density",
     "mask_jaccard",
+    "mask_jaccard_floor",
     "wall_min",
 )
 # Settings in the CSV, one column each (the Markdown table shows only those that vary, see results.SETTING_NAMES).
