@@ -301,7 +301,13 @@ class RunConfig:
         "'probe' (federated linear probing, then frozen)",
         _choice(*HEADS),
     )
-    ridge_lambda: float = _opt(1.0, "ridge regularisation lambda", _range(0.0, lo_open=True))
+    ridge_lambda: float = _opt(
+        1e-4,
+        "head='ridge': regularisation relative to the number of samples n: (ΦᵀΦ + λ·n·I)W = ΦᵀY (the bias is not "
+        "penalised). The head is then scaled by a temperature fitted on the server's validation split (labelled "
+        "data the server holds); the head phase's val_loss is measured on that same split",
+        _range(0.0, lo_open=True),
+    )
     probe_rounds: int = _opt(10, "head='probe': FedAvg rounds on the head alone (centrally: epochs)", _range(1))
     mask_rule: str = _opt(
         "none", "'none' = dense FedAvg, else the calibration rule: " + ", ".join(MASK_RULES[1:]), _choice(*MASK_RULES)
@@ -313,7 +319,19 @@ class RunConfig:
     calibration_fraction: float = _opt(
         0.1, "fraction of clients that score in each calibration round", _range(0.0, 1.0, lo_open=True)
     )
-    fisher_samples: int = _opt(64, "calibration samples per client per calibration round", _range(1))
+    calibration_redraw: bool = _opt(
+        False,
+        "false (TaLoS): one calibration cohort and one sample set per client, drawn once (seeded) and re-scored in "
+        "every calibration round; true: a new cohort and new samples each round. Fisher labels are re-sampled "
+        "every round either way",
+    )
+    fisher_samples: int = _opt(
+        64,
+        "calibration samples per client (federated: each client of the calibration cohort scores min(this, its "
+        "shard); centralized: this × the calibration cohort size, round(calibration-fraction · num-clients), "
+        "train images, the same total as a federated run of the same config); the metrics record the total scored",
+        _range(1),
+    )
     fisher_target: str = _opt("logit", "'logit' (TaLoS) or 'log-prob' (textbook Fisher)", _choice(*FISHER_TARGETS))
     mask_scope: str = _opt(
         "global", "'global' (one threshold over all tensors) or 'local' (per tensor)", _choice(*MASK_SCOPES)

@@ -13,11 +13,14 @@ depends on it; add new streams with new tags instead.
 | cohort of a federated round | seed, stream code, round, ``COHORT`` | ``federation.cohort.sample_cohort`` |
 | a client's batches (order, augmentation) | seed, stream code, round, client | ``client_app.train`` |
 | a client's calibration samples | seed, calibration code, round, client | ``editing.scoring`` |
+| fixed calibration: cohort, samples | seed, ``FIXED_CALIBRATION`` (, client) | ``federation.cohort``, ``scoring`` |
 | a client's sampled Fisher labels | seed, calibration code, round, client, ``LABELS`` | ``editing.scoring`` |
 | federated random mask rule | seed | ``federation.calibration`` |
 | centralized torch RNG at a fresh start | seed, ``CENTRAL`` | ``central.trainer`` |
 | centralized epoch (order, augmentation) | seed, ``CENTRAL``, phase code, epoch | ``central.trainer`` |
 | centralized calibration samples | seed, ``CENTRAL``, calibration code, round | ``central.head_and_mask`` |
+| centralized samples of a fixed calibration | seed, ``CENTRAL``, ``FIXED_CALIBRATION`` | ``central.head_and_mask`` |
+| mask-agreement iid subsets (noise floor) | seed, ``AGREEMENT``, subset (, round, ``LABELS``) | ``study.agreement`` |
 | centralized labels / random mask rule | seed, ``CENTRAL``, calibration code | ``central.head_and_mask`` |
 | search proposals (Optuna TPE) | seed, trials so far | ``study.search`` |
 """
@@ -39,6 +42,10 @@ LABELS = 1
 FEDERATED_STREAMS = {"head": 1, "calibration": 2, "train": 3, "probe": 4, "evaluate": 5}
 # Phase codes of the centralized streams.
 CENTRAL_PHASES = {"head": 1, "calibration": 2, "train": 3}
+# The one draw of a calibration that scores the same cohort and samples in every round (``calibration-redraw =
+# false``): a code of its own, distinct from the stream and phase codes above, so it shares no seed with a round's.
+FIXED_CALIBRATION = 6
+AGREEMENT = 0xA64EE
 
 
 def derive_seed(*parts: int) -> int:
@@ -79,6 +86,22 @@ def client_generator(seed: int, stream: str, round_index: int, pid: int) -> torc
     return make_generator(seed, FEDERATED_STREAMS[stream], round_index, pid)
 
 
+def calibration_cohort_rng(seed: int, round_index: int | None) -> np.random.Generator:
+    """The calibration cohort: of round ``round_index`` when every round redraws it, or (None) the one cohort of a
+    fixed calibration."""
+    if round_index is not None:
+        return cohort_rng(seed, "calibration", round_index)
+    return np.random.default_rng(derive_seed(seed, FIXED_CALIBRATION, 0, COHORT))
+
+
+def calibration_sample_generator(seed: int, round_index: int | None, pid: int) -> torch.Generator:
+    """Client ``pid``'s calibration samples: of round ``round_index`` when every round redraws them, or (None) the
+    one sample set of a fixed calibration."""
+    if round_index is not None:
+        return client_generator(seed, "calibration", round_index, pid)
+    return make_generator(seed, FIXED_CALIBRATION, 0, pid)
+
+
 def client_label_seed(seed: int, round_index: int, pid: int) -> int:
     """Client ``pid``'s sampled Fisher labels in calibration round ``round_index`` (a generator on its device)."""
     return derive_seed(seed, FEDERATED_STREAMS["calibration"], round_index, pid, LABELS)
@@ -100,8 +123,11 @@ def central_epoch_generator(seed: int, phase: str, epoch: int) -> torch.Generato
     return make_generator(seed, CENTRAL, CENTRAL_PHASES[phase], epoch)
 
 
-def central_calibration_generator(seed: int, round_index: int) -> torch.Generator:
-    """The train images scored in centralized calibration round ``round_index``."""
+def central_calibration_generator(seed: int, round_index: int | None) -> torch.Generator:
+    """The train images scored in centralized calibration round ``round_index`` (0-based), or (None) the one sample
+    set of a fixed calibration."""
+    if round_index is None:
+        return make_generator(seed, CENTRAL, FIXED_CALIBRATION)
     return make_generator(seed, CENTRAL, CENTRAL_PHASES["calibration"], round_index)
 
 
@@ -111,6 +137,16 @@ def central_calibration_seed(seed: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ study
+def agreement_subset_generator(seed: int, subset: int) -> torch.Generator:
+    """Which pooled calibration samples iid subset ``subset`` of the mask-agreement noise floor holds."""
+    return make_generator(seed, AGREEMENT, subset)
+
+
+def agreement_label_seed(seed: int, subset: int, round_index: int) -> int:
+    """The sampled Fisher labels of iid subset ``subset`` in calibration round ``round_index``."""
+    return derive_seed(seed, AGREEMENT, subset, round_index, LABELS)
+
+
 def search_sampler_seed(seed: int, trials_so_far: int) -> int:
     """Optuna's TPE sampler of a search continued after ``trials_so_far`` trials (32 bits)."""
     return derive_seed(seed, trials_so_far) % 2**32

@@ -1,8 +1,9 @@
 """The model-editing steps of a centralized run: the step-0 ridge head and the mask calibration (docs/editing.md).
 
 Both only read the data: the ridge statistics use the un-augmented train split (features of the frozen
-backbone), the temperature is fitted on the validation split, and the calibration draws ``fisher-samples``
-un-augmented train images per round from a seeded generator. The linear-probe head is a training phase and runs
+backbone), the temperature is fitted on the validation split, and the calibration scores ``fisher-samples`` ×
+the calibration cohort size un-augmented train images from a seeded generator (the same ones every round unless
+``calibration-redraw``). The linear-probe head is a training phase and runs
 in :mod:`fedtalos.central.trainer`.
 """
 
@@ -42,16 +43,27 @@ def fit_ridge_head(resources: Resources, config: RunConfig) -> float:
     return scale
 
 
-def calibration_batches(resources: Resources, config: RunConfig) -> Callable[[int], list[Batch]]:
-    """Round r → ``fisher-samples`` train images (un-augmented; labels are not used), fresh per round, seeded."""
-    images, labels = resources.split("train")
+def calibration_sample_count(config: RunConfig, train_size: int) -> int:
+    """Train images a centralized calibration scores: ``fisher-samples`` × the calibration cohort size (the total a
+    federated run of the same config scores when every client holds that many), at most the train split."""
+    return min(config.fisher_samples * config.calibration_cohort_size, train_size)
 
-    def batches(round_index: int) -> list[Batch]:
+
+def calibration_batches(resources: Resources, config: RunConfig) -> Callable[[int], list[Batch]]:
+    """Round r (0-based) → :func:`calibration_sample_count` un-augmented train images (labels are not used), seeded:
+    the same images in every round, or a fresh draw per round with ``calibration-redraw``."""
+    images, labels = resources.split("train")
+    count = calibration_sample_count(config, len(labels))
+
+    def draw(round_index: int | None) -> list[Batch]:
         generator = central_calibration_generator(config.seed, round_index)
-        idx = torch.randperm(len(labels), generator=generator)[: config.fisher_samples].to(images.device)
+        idx = torch.randperm(len(labels), generator=generator)[:count].to(images.device)
         return list(resources.eval_batches(images[idx], labels[idx]))
 
-    return batches
+    if config.calibration_redraw:
+        return draw
+    fixed = draw(None)
+    return lambda round_index: fixed
 
 
 def calibrate(resources: Resources, config: RunConfig) -> Mask:

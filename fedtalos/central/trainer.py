@@ -38,11 +38,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fedtalos.central.head_and_mask import calibrate, fit_ridge_head
+from fedtalos.central.head_and_mask import calibrate, calibration_sample_count, fit_ridge_head
 from fedtalos.central.schedulers import Scheduler, after_evaluation, after_step, current_lr, make_scheduler
 from fedtalos.central.state import TrainState, add_stats, capture_rng, empty_partial, restore_rng
 from fedtalos.config import RunConfig
 from fedtalos.editing import SparseSGDM
+from fedtalos.editing.masks import SENSITIVITY_RULES
 from fedtalos.phases import Phase, PhaseMachine, Row, Unit
 from fedtalos.seeds import central_epoch_generator, central_start_seed
 from fedtalos.task.model import environment, set_trainable
@@ -205,6 +206,8 @@ class CentralizedTrainer:
         self.state.extras["mask"] = mask_totals(mask)
         write_mask_report(self.run_dir.path, mask, mask_title(self.config))
         row = {"phase": "calibration", "epoch": index, "step": self.state.global_step, **self.state.extras["mask"]}
+        if self.config.mask_rule in SENSITIVITY_RULES:  # what each calibration round scored (the same count each)
+            row["fisher_samples"] = calibration_sample_count(self.config, len(self.resources.train_idx))
         self.state.epoch = index
         self._checkpoint(row, None)
 

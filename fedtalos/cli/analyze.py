@@ -1,9 +1,10 @@
 """``fedtalos analyze ANALYSIS RUN_DIR ...``: analyses of finished runs, written into each run directory.
 
-    fedtalos analyze mask-agreement RUN_DIR [...] [--clients N|all] [--device DEVICE] [--no-check]
+    fedtalos analyze mask-agreement RUN_DIR [...] [--clients N|all] [--subsets M] [--device DEVICE] [--no-check]
 
 ``mask-agreement`` (:mod:`fedtalos.study.agreement`): calibrate a mask on each of N single clients and measure
-its overlap (Jaccard) with the aggregated mask of the run.
+its overlap (Jaccard) with the aggregated mask of the run, against the noise floor of M iid subsets of the pooled
+calibration samples, each as large as one client's.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ def _client_count(text: str) -> int | None:
     return int(text)
 
 
+def _count(text: str) -> int:
+    """``--subsets``: a number >= 0."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: must be an integer >= 0")
+    return int(text)
+
+
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=HELP)
     analyses = parser.add_subparsers(dest="analysis", required=True)
@@ -41,6 +49,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     agreement.add_argument("runs", nargs="+", help="run directories of editing runs (holding mask.npz)")
     agreement.add_argument(
         "--clients", type=_client_count, default=10, help="how many clients (partition ids 0..N-1), or 'all'"
+    )
+    agreement.add_argument(
+        "--subsets",
+        type=_count,
+        default=5,
+        help="iid subsets of the pooled calibration samples, each as large as one client's, for the noise floor "
+        "(0 = none)",
     )
     agreement.add_argument("--device", help="override the run's device, e.g. cpu")
     agreement.add_argument(
@@ -58,7 +73,9 @@ def _mask_agreement(args: argparse.Namespace, prog: str) -> int:
     status = 0
     for run_dir in map(Path, args.runs):
         try:
-            record = mask_agreement(run_dir, clients=args.clients, device=args.device, check=not args.no_check)
+            record = mask_agreement(
+                run_dir, clients=args.clients, device=args.device, check=not args.no_check, subsets=args.subsets
+            )
         except (OSError, ValueError, KeyError) as e:
             print(f"{prog}: {run_dir}: {e}", file=sys.stderr)
             status = 1
@@ -78,6 +95,12 @@ def _mask_agreement(args: argparse.Namespace, prog: str) -> int:
             + (f"{pairwise:.3f}" if pairwise is not None else "—")
             + f"; random masks {record['chance_jaccard']:.3f}{check}"
         )
+        if record["noise_floor_jaccard"] is not None:
+            floor, std, size = record["noise_floor_jaccard"], record["noise_floor_std"], record["noise_floor"][0]
+            print(
+                f"  noise floor: iid subsets of {size['samples']} pooled calibration samples vs the aggregated mask "
+                f"= {floor:.3f}" + (f" ± {std:.3f}" if std is not None else "") + f" over {len(record['noise_floor'])}"
+            )
         print(f"  {run_dir / OUTPUT_JSON}, {run_dir / OUTPUT_PNG}")
     return status
 

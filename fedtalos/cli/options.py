@@ -22,10 +22,10 @@ USAGE_ERROR = 2
 # Defaults that differ from the federated app's: the centralized run validates after every epoch.
 CENTRAL_DEFAULTS: dict[str, Any] = {"eval-every": 1}
 # Keys only the federated path reads; accepted (they are run-config keys) but listed apart in --help.
+# (num-clients and calibration-fraction are not: they size a centralized calibration, fisher-samples × cohort.)
 FEDERATED_ONLY = frozenset(
     {
         "num-server-rounds",
-        "num-clients",
         "partitioning",
         "classes-per-client",
         "fraction-train",
@@ -40,7 +40,6 @@ FEDERATED_ONLY = frozenset(
         "server-tau",
         "federated-eval-fraction",
         "round-timeout",
-        "calibration-fraction",
     }
 )
 

@@ -2,9 +2,10 @@
 
 See docs/editing.md, "Step 0".
 
-Each client sends ΦᵀΦ, ΦᵀY and its sample count (:class:`RidgeStats`, additive); the server sums them and
-solves (ΦᵀΦ + λI′)W = ΦᵀY, which is exactly the centralized ridge solution on the union of the clients' data,
-without raw data leaving a client. Φ = [features, 1] (the constant column carries the bias), Y = one-hot labels.
+Each client sends ΦᵀΦ, ΦᵀY and its sample count (:class:`RidgeStats`, additive); the server sums them and solves
+(ΦᵀΦ + λ·n·I′)W = ΦᵀY (n = the total count), which is exactly the centralized ridge solution on the union of the
+clients' data, without raw data leaving a client. Φ = [features, 1] (the constant column carries the bias), Y =
+one-hot labels.
 
 Least-squares outputs of one-hot targets lie roughly in [0, 1], which under a softmax over 100 classes is almost
 uniform: cross-entropy fine-tuning starts with tiny, uninformative gradients, and Fisher label sampling draws
@@ -95,12 +96,15 @@ def ridge_statistics(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
 
 
 def solve_ridge(stats: RidgeStats, lam: float) -> tuple[Tensor, Tensor]:
-    """Solve (ΦᵀΦ + λI′)W = ΦᵀY in float64; returns (weight C×D, bias C), float64 on the CPU.
+    """Solve (ΦᵀΦ + λ·n·I′)W = ΦᵀY in float64, n = ``stats.count``; returns (weight C×D, bias C), float64 on the CPU.
 
-    I′ is the identity with a 0 for the bias: the bias is not regularised, so it stays the (least-squares) class
-    offset, e.g. the class frequencies when λ → ∞, instead of being shrunk towards 0; the solution also does not
-    depend on whether the features are centred. The system is positive definite for λ > 0 and count > 0
-    (Cholesky); λ = 0 falls back to a general solver, which fails on rank-deficient features.
+    λ is relative to the number of samples: ΦᵀΦ grows with n (ΦᵀΦ/n is the features' second moment), so an
+    absolute penalty would all but vanish on the 45k-sample union and be strong on one client's shard; λ·n
+    regularises both alike (the solution minimises the *mean* squared error + λ‖W‖²). I′ is the identity with a 0
+    for the bias: the bias is not regularised, so it stays the (least-squares) class offset, e.g. the class
+    frequencies when λ → ∞, instead of being shrunk towards 0; the solution also does not depend on whether the
+    features are centred. The system is positive definite for λ > 0 and count > 0 (Cholesky); λ = 0 falls back to
+    a general solver, which fails on rank-deficient features.
     """
     if lam < 0:
         raise ValueError(f"ridge lambda must be >= 0, got {lam}")
@@ -108,7 +112,7 @@ def solve_ridge(stats: RidgeStats, lam: float) -> tuple[Tensor, Tensor]:
         raise ValueError("cannot fit a head on zero samples")
     gram, cross = stats.gram.double(), stats.cross.double()
     dim = gram.shape[0] - 1
-    penalty = torch.full((dim + 1,), float(lam), dtype=torch.float64)
+    penalty = torch.full((dim + 1,), float(lam) * stats.count, dtype=torch.float64)
     penalty[dim] = 0.0
     system = gram + torch.diag(penalty)
     factor, info = torch.linalg.cholesky_ex(system)

@@ -31,15 +31,20 @@ class Aggregate:
     num_examples: int
 
 
-def aggregate(updates: Sequence[ClientUpdate], reference: Mapping[str, torch.Tensor]) -> Aggregate:
+def aggregate(updates: Sequence[ClientUpdate], reference: Mapping[str, torch.Tensor], *, coordinates: int) -> Aggregate:
     """Average ``updates`` with weights p_i = n_i / Σn, accumulating in partition-id order (deterministic).
 
     ``reference`` holds, for every uploaded key, the values the clients started from (the global model, or for
     masked values the global trainable entries). The drift is the weighted RMS distance of the client updates
-    u_i = x_i − reference from their weighted mean ū: sqrt(Σ p_i ‖u_i − ū‖²) = sqrt(Σ p_i ‖u_i‖² − ‖ū‖²), from
-    each update's ‖u_i‖² (``ClientUpdate.squared_distance``, measured when the reply was checked) without keeping
-    any update. It grows when clients pull in different directions (large J under non-iid data).
+    u_i = x_i − reference from their weighted mean ū, per weight of a fixed set of ``coordinates`` weights:
+    sqrt(Σ p_i ‖u_i − ū‖² / D), D = ``coordinates``; Σ p_i ‖u_i − ū‖² = Σ p_i ‖u_i‖² − ‖ū‖² comes from each
+    update's ‖u_i‖² (``ClientUpdate.squared_distance``, measured when the reply was checked) without keeping any
+    update. Weights a client did not upload did not move (frozen tensors and mask entries): they add 0 to the
+    norms but count in D, so with D = the whole model a sparse and a dense round are on one scale. It grows when
+    clients pull in different directions (large J under non-iid data).
     """
+    if coordinates < 1:
+        raise ValueError(f"coordinates must be >= 1, got {coordinates}")
     if not updates:
         raise ValueError("nothing to aggregate")
     updates = sorted(updates, key=lambda u: u.pid)
@@ -60,4 +65,4 @@ def aggregate(updates: Sequence[ClientUpdate], reference: Mapping[str, torch.Ten
     mean_sq = sum(float(torch.dist(avg, reference[key])) ** 2 for key, avg in average.items())
     metric_keys = set.intersection(*(set(u.metrics) for u in updates))
     metrics = {k: sum(u.metrics[k] * u.num_examples for u in updates) / total for k in sorted(metric_keys)}
-    return Aggregate(average, math.sqrt(max(spread - mean_sq, 0.0)), metrics, total)
+    return Aggregate(average, math.sqrt(max(spread - mean_sq, 0.0) / coordinates), metrics, total)

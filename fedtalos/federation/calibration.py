@@ -1,10 +1,11 @@
 """Mask calibration, federated: rounds of ``query.fisher`` whose score sums the server adds up.
 
-Configure (sensitivity rules): a ``calibration-fraction`` cohort, sent the global weights and the current mask,
-which each client applies as soft zeroing while it scores its samples. Aggregate: the score sums of the replies,
-added in partition-id order — the centralized score over the union of their samples — then the alive entries with
-the least (most) sensitive ⌊(1−s)^(r/R')·N⌋ scores are kept (round r of R', 1-based). The magnitude and random
-rules need no clients: one round that only computes the mask. After the last round the mask and its report
+Configure (sensitivity rules): a ``calibration-fraction`` cohort (by default the same clients in every round, and
+each re-scores the same samples; ``calibration-redraw`` draws both afresh per round), sent the global weights and
+the current mask, which each client applies as soft zeroing while it scores its samples. Aggregate: the score sums
+of the replies, added in partition-id order — the centralized score over the union of their samples — then the alive
+entries with the least (most) sensitive ⌊(1−s)^(r/R')·N⌋ scores are kept (round r of R', 1-based). The magnitude and
+random rules need no clients: one round that only computes the mask. After the last round the mask and its report
 (``mask.npz``, ``mask_density.csv``, ``plots/mask_density.png``) go into the run directory.
 """
 
@@ -20,7 +21,7 @@ from fedtalos.config import RunConfig
 from fedtalos.editing.masks import SENSITIVITY_RULES, calibration_step, magnitude_mask, mask_stats, random_mask
 from fedtalos.federation import protocol as P
 from fedtalos.federation.aggregate import ClientUpdate
-from fedtalos.federation.cohort import sample_cohort
+from fedtalos.federation.cohort import calibration_cohort
 from fedtalos.federation.mask_sync import pack
 from fedtalos.federation.messenger import Messenger, Request
 from fedtalos.federation.state import ServerState
@@ -78,7 +79,7 @@ class Calibration:
                     raise P.ReplyRejected(f"{key}: negative scores (sums of squares cannot be negative)")
             return ClientUpdate(pid, n, tensors, upload_bytes=upload_bytes)
 
-        cohort = sample_cohort(c.seed, "calibration", unit.index, c.num_clients, c.calibration_cohort_size)
+        cohort = calibration_cohort(c, unit.index)
         return Request(cohort, P.FISHER, lambda pid, force: content, accept, payload)
 
     def aggregate(self, unit: Unit, state: ServerState, updates: list[ClientUpdate]) -> Row:

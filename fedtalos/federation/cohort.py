@@ -12,20 +12,32 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedtalos.config import RunConfig
 from fedtalos.federation import protocol as P
-from fedtalos.seeds import cohort_rng
+from fedtalos.seeds import calibration_cohort_rng, cohort_rng
 
 log = logging.getLogger(__name__)
 
 
 def sample_cohort(seed: int, stream: str, round_index: int, num_clients: int, size: int) -> list[int]:
     """``size`` distinct partition ids out of ``num_clients``, sorted; a pure function of its arguments."""
+    return _choose(cohort_rng(seed, stream, round_index), num_clients, size)
+
+
+def calibration_cohort(config: RunConfig, round_index: int) -> list[int]:
+    """The partition ids that score in calibration round ``round_index``, sorted: one cohort for every round of the
+    calibration (TaLoS re-scores the same data), or a fresh one per round with ``calibration-redraw``."""
+    rng = calibration_cohort_rng(config.seed, round_index if config.calibration_redraw else None)
+    return _choose(rng, config.num_clients, config.calibration_cohort_size)
+
+
+def _choose(rng: np.random.Generator, num_clients: int, size: int) -> list[int]:
     if not 1 <= size <= num_clients:
         raise ValueError(f"cohort size {size} must be in [1, {num_clients}]")
-    rng = cohort_rng(seed, stream, round_index)
     return sorted(int(p) for p in rng.choice(num_clients, size=size, replace=False))
 
 

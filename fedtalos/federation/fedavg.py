@@ -134,7 +134,8 @@ class FedAvgRounds:
     def aggregate(self, unit: Unit, state: ServerState, updates: list[ClientUpdate]) -> Row:
         assert self._pending is not None, "configure comes first"
         pending, self._pending = self._pending, None
-        result = aggregate(updates, pending.reference)
+        # the drift is per weight of the whole model, uploaded or not: dense and sparse rounds on one scale
+        result = aggregate(updates, pending.reference, coordinates=sum(v.numel() for v in state.weights.values()))
         average = result.average
         if pending.mask is not None:
             flat = average.pop(P.MASKED_VALUES)

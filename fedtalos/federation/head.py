@@ -12,6 +12,7 @@ Fisher labels (sampled from that softmax) random. Linear probing, the other step
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from flwr.app import RecordDict
 
 from fedtalos.config import RunConfig
@@ -64,14 +65,17 @@ class RidgeHead:
         weights = state.weights
         total = RidgeStats.sum(RidgeStats(u.tensors["gram"], u.tensors["cross"], u.num_examples) for u in updates)
         weight, bias = solve_ridge(total, self.config.ridge_lambda)
-        scale = self._validation_scale(state, weight, bias)
+        scale, fitted_loss = self._validation_scale(state, weight, bias)
         weights["head.weight"].copy_((scale * weight).to(weights["head.weight"].dtype))
         weights["head.bias"].copy_((scale * bias).to(weights["head.bias"].dtype))
         state.extras["ridge_scale"] = scale
-        return {"ridge_scale": scale, "ridge_examples": total.count}
+        # ridge_val_loss: the cross-entropy the temperature was fitted to, on the server's validation split (the
+        # head phase's val_loss is measured on that split too: in-sample for α, not a held-out estimate)
+        return {"ridge_scale": scale, "ridge_examples": total.count, "ridge_val_loss": fitted_loss}
 
     @torch.no_grad()
-    def _validation_scale(self, state: ServerState, weight: torch.Tensor, bias: torch.Tensor) -> float:
+    def _validation_scale(self, state: ServerState, weight: torch.Tensor, bias: torch.Tensor) -> tuple[float, float]:
+        """(α fitted on the server's validation split, the mean cross-entropy of α·logits there)."""
         resources = self.resources
         resources.load_weights(state.weights)
         images, labels = resources.split("val")
@@ -79,4 +83,6 @@ class RidgeHead:
         for x, _ in resources.eval_batches(images, labels):
             features = backbone_features(resources.model.eval(), x).cpu().double()  # MPS has no float64
             logits.append(features @ weight.T + bias)
-        return fit_logit_scale(torch.cat(logits).float(), labels.cpu())
+        z, y = torch.cat(logits).float(), labels.cpu()
+        scale = fit_logit_scale(z, y)
+        return scale, float(F.cross_entropy(scale * z.double(), y.long()))

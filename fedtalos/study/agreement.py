@@ -8,7 +8,12 @@ aggregated mask M of the run by the Jaccard index |M_i ∧ M| / |M_i ∨ M| (1 =
 
 Reference levels: two independent random masks of densities a and b have Jaccard ≈ ab / (a + b − ab) (for many
 entries), 0.053 at 10 % density; the mean pairwise Jaccard between clients says whether clients agree among
-themselves even where they disagree with the aggregate.
+themselves even where they disagree with the aggregate. The **noise floor** separates heterogeneity from sampling
+noise: a client's mask comes from its ``fisher-samples`` samples, the aggregated one from the whole cohort's (10×
+as many by default), so even a client holding iid data would not reproduce it. Each of ``subsets`` iid subsets
+draws as many samples as one client scores, uniformly from the samples the federated calibration scored (the
+cohort's, pooled), calibrates a mask on them alone in the same way, and is compared with the aggregated mask:
+client masks at that level disagree only as much as any equally small sample would.
 
 The calibration weights are the global weights during calibration (which does not change them): taken from a kept
 checkpoint of the calibration phase when there is one, else rebuilt as the run's initial backbone (the backbone is
@@ -35,6 +40,7 @@ from fedtalos.tracking.checkpoint import CheckpointStore, atomic_write_bytes
 
 OUTPUT_JSON = "analysis/mask_agreement.json"
 OUTPUT_CSV = "analysis/mask_agreement.csv"
+OUTPUT_FLOOR_CSV = "analysis/mask_agreement_noise_floor.csv"
 OUTPUT_PNG = "plots/mask_agreement.png"
 
 
@@ -119,6 +125,33 @@ class Calibrator:
             scope=c.mask_scope,
         )
 
+    def pooled_samples(self, round_index: int) -> torch.Tensor:
+        """The images the federated calibration scored in round ``round_index``, its cohort's in partition order."""
+        from fedtalos.editing.scoring import calibration_samples
+        from fedtalos.federation.cohort import calibration_cohort
+
+        pool = []
+        for pid in calibration_cohort(self.config, round_index):
+            images, labels = self.resources.client_data(pid)
+            pool.append(images[calibration_samples(self.config, len(labels), round_index, pid).to(images.device)])
+        return torch.cat(pool)
+
+    def subset_mask(self, subset: int, size: int) -> Mask:
+        """The mask of iid subset ``subset``: ``size`` of the pooled calibration samples (the same positions in
+        every round's pool), calibrated alone with their own label draws."""
+        from fedtalos.editing.scoring import sample_scores
+        from fedtalos.seeds import agreement_label_seed, agreement_subset_generator
+
+        alive: Mask | None = None
+        for r in range(1, self.rounds + 1):
+            pool = self.pooled_samples(r)
+            pick = torch.randperm(len(pool), generator=agreement_subset_generator(self.config.seed, subset))[:size]
+            label_seed = agreement_label_seed(self.config.seed, subset, r)
+            scores = sample_scores(self.config, self.resources, pool[pick.to(pool.device)], label_seed, alive)
+            alive = self._update({k: v.cpu() for k, v in scores.items()}, alive, r)
+        assert alive is not None
+        return alive
+
     def client_mask(self, pid: int) -> Mask:
         """The mask client ``pid`` would calibrate alone: every round on its own samples, with its own mask."""
         alive: Mask | None = None
@@ -129,14 +162,12 @@ class Calibrator:
 
     def federated_mask(self) -> Mask:
         """The federated calibration again: per round the sampled cohort's summed scores (server order)."""
-        from fedtalos.federation.cohort import sample_cohort
+        from fedtalos.federation.cohort import calibration_cohort
 
-        c = self.config
-        size = c.calibration_cohort_size
         alive: Mask | None = None
         for r in range(1, self.rounds + 1):
             total = {k: torch.zeros(s, dtype=torch.float32) for k, s in self.shapes.items()}
-            for pid in sample_cohort(c.seed, "calibration", r, c.num_clients, size):
+            for pid in calibration_cohort(self.config, r):
                 for k, v in self.scores(pid, r, alive).items():
                     total[k] += v
             alive = self._update(total, alive, r)
@@ -167,16 +198,31 @@ def calibration_weights(run_dir: Path, config: RunConfig) -> tuple[dict[str, tor
     return weights, f"initial backbone + frozen head of checkpoint {latest.step}"
 
 
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return mean, std
+
+
 def mask_agreement(
-    run_dir: str | Path, clients: int | None = 10, device: str | None = None, check: bool = True
+    run_dir: str | Path,
+    clients: int | None = 10,
+    device: str | None = None,
+    check: bool = True,
+    subsets: int = 5,
 ) -> dict[str, Any]:
-    """Jaccard of single-client masks with the run's aggregated mask; writes JSON, CSV and a figure.
+    """Jaccard of single-client masks with the run's aggregated mask, and the noise floor; writes JSON, CSV and a
+    figure.
 
     Args:
         run_dir: a run directory with ``config.json`` and ``mask.npz`` (least- or most-sensitive rule).
         clients: how many clients to analyse (partition ids 0..clients−1); None = all of them.
         device: override the run's device (e.g. 'cpu'); None = the run's own setting.
         check: also repeat the federated calibration and compare it with ``mask.npz``.
+        subsets: how many iid subsets of the pooled calibration samples, each as large as one client's, give the
+            noise floor (0 = none).
 
     Returns:
         The record written to ``analysis/mask_agreement.json``.
@@ -210,9 +256,15 @@ def mask_agreement(
                 "jaccard": jaccard(mask, aggregated),
             }
         )
-    values_j = [r["jaccard"] for r in rows]
-    mean = sum(values_j) / len(values_j)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values_j) / (len(values_j) - 1)) if len(values_j) > 1 else None
+    mean, std = _mean_std([r["jaccard"] for r in rows])
+    size = min(config.fisher_samples, len(calibrator.pooled_samples(1)))
+    floor = []
+    for subset in range(subsets):
+        mask = calibrator.subset_mask(subset, size)
+        floor.append(
+            {"subset": subset, "samples": size, "density": density(mask), "jaccard": jaccard(mask, aggregated)}
+        )
+    floor_mean, floor_std = _mean_std([r["jaccard"] for r in floor])
     record: dict[str, Any] = {
         "run": run_dir.name,
         "mask_rule": config.mask_rule,
@@ -227,7 +279,10 @@ def mask_agreement(
         "std_jaccard": std,
         "pairwise_jaccard": mean_pairwise_jaccard(masks),
         "chance_jaccard": chance_jaccard(density(aggregated), density(aggregated)),
+        "noise_floor_jaccard": floor_mean,
+        "noise_floor_std": floor_std,
         "clients": rows,
+        "noise_floor": floor,
     }
     if check:
         reproduced = calibrator.federated_mask()
@@ -245,6 +300,12 @@ def _write_outputs(run_dir: Path, record: dict[str, Any]) -> None:
     writer.writeheader()
     writer.writerows(record["clients"])
     atomic_write_bytes(run_dir / OUTPUT_CSV, buffer.getvalue().encode())
+    if record["noise_floor"]:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(record["noise_floor"][0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(record["noise_floor"])
+        atomic_write_bytes(run_dir / OUTPUT_FLOOR_CSV, buffer.getvalue().encode())
     from fedtalos.study.mask_figures import plot_client_agreement
 
     plot_client_agreement(record, run_dir / OUTPUT_PNG)

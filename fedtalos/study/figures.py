@@ -44,7 +44,7 @@ from fedtalos.study.mask_figures import (
 )
 from fedtalos.study.results import Group, partition_label, partition_order, settings_text, varied_settings
 
-DRIFT_LABEL = "client drift (weighted RMS L2 distance\nof client updates from their mean)"
+DRIFT_LABEL = "client drift (weighted RMS distance of client\nupdates from their mean, per model weight)"
 
 
 def study_figures(groups: Sequence[Group], out: Path) -> list[Path]:
@@ -180,16 +180,21 @@ def _partition_j_families(groups: Sequence[Group]) -> dict[str, list[Group]]:
     }
 
 
+def _j_row(g: Group) -> tuple[int, str]:
+    """(J, step-0 head) of a dense configuration: the brief's frozen ridge head is an arm of its own."""
+    return g.config.get("local-steps"), g.config.get("head", "train")
+
+
 def nc_j_heatmap(groups: Sequence[Group], out: Path) -> list[Path]:
     """``heatmap-<family>.png``: final test accuracy for every (partition, J), mean with ± std in each cell."""
     written = []
     for family, members in _partition_j_families(groups).items():
         parts = sorted({partition_label(g.config) for g in members}, key=partition_order)
-        steps = sorted({g.config.get("local-steps") for g in members})
+        steps = sorted({_j_row(g) for g in members}, key=lambda row: (row[1] != "train", row))  # (J, head)
         grid = np.full((len(steps), len(parts)), np.nan)
         text = [["—"] * len(parts) for _ in steps]
         for g in members:
-            i, j = steps.index(g.config.get("local-steps")), parts.index(partition_label(g.config))
+            i, j = steps.index(_j_row(g)), parts.index(partition_label(g.config))
             mean, std, _ = g.stat("final_test_acc")
             if mean is not None:
                 grid[i, j] = 100 * mean
@@ -203,7 +208,7 @@ def nc_j_heatmap(groups: Sequence[Group], out: Path) -> list[Path]:
                 dark = np.isfinite(grid[i, j]) and grid[i, j] < middle
                 ax.text(j, i, text[i][j], ha="center", va="center", fontsize=9, color="white" if dark else "black")
         ax.set_xticks(range(len(parts)), [p.replace("Nc=", "Nc = ") for p in parts])
-        ax.set_yticks(range(len(steps)), [f"J = {s}" for s in steps])
+        ax.set_yticks(range(len(steps)), [f"J = {s}" + ("" if h == "train" else f", {h} head") for s, h in steps])
         ax.set_xlabel("client data: classes per client (Nc), or iid")
         ax.set_ylabel("local steps per round (J)")
         rounds = {g.config.get("local-steps"): g.config.get("num-server-rounds") for g in members}
@@ -254,14 +259,16 @@ def client_drift(groups: Sequence[Group], out: Path) -> list[Path]:
             style_axes(ax, "communication round", DRIFT_LABEL if j == steps[0] else "", f"J = {j} local steps", True)
             ax.legend(fontsize=7, frameon=False)
         ax = axes[0][-1]
-        for j, color in zip(steps, palette(len(steps)), strict=True):
-            at_j = [m for m in members if m.config.get("local-steps") == j]
+        arms = sorted({_j_row(g) for g in members}, key=lambda row: (row[1] != "train", row))
+        for (j, head), color in zip(arms, palette(len(arms)), strict=True):
+            at_j = [m for m in members if _j_row(m) == (j, head)]
             xs, ys, es = error_points(
                 (i, g.stat("mean_drift"))
                 for i, part in enumerate(parts)
                 if (g := next((m for m in at_j if partition_label(m.config) == part), None)) is not None
             )
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color, label=f"J = {j}")
+            label = f"J = {j}" + ("" if head == "train" else f", {head} head")
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color, label=label)
         ax.set_xticks(range(len(parts)), parts)
         ax.set_yscale("log")
         style_axes(ax, "client data", "mean drift over training rounds", "mean drift vs heterogeneity")

@@ -292,7 +292,8 @@ def _density_figure(
 
 def mask_agreement(groups: Sequence[Group], out: Path) -> list[Path]:
     """``mask-agreement.png``: Jaccard of single-client masks with the aggregated mask vs the partition (and
-    the mean Jaccard between clients, and the level of independent random masks)."""
+    the mean Jaccard between clients, the noise floor of iid subsets as large as one client's samples, and the
+    level of independent random masks)."""
     with_records = [g for g in groups if any(r.agreement for r in g.runs)]
     if not with_records:
         return []
@@ -308,9 +309,10 @@ def mask_agreement(groups: Sequence[Group], out: Path) -> list[Path]:
         for metric, style, what in (
             ("mean_jaccard", "-", "client vs aggregated mask"),
             ("pairwise_jaccard", ":", "client vs client"),
+            ("noise_floor_jaccard", "-.", "iid subset of a client's size vs aggregated mask (noise floor)"),
         ):
             xs, ys, es = error_points(
-                (i, mean_std([r.agreement.get(metric) for r in g.runs if r.agreement]))
+                (i, mean_std([r.agreement.get(metric) for r in g.runs if r.agreement.get(metric) is not None]))
                 for i, part in enumerate(parts)
                 if (g := next((m for m in members if partition_label(m.config) == part), None)) is not None
             )
@@ -351,6 +353,14 @@ def plot_client_agreement(record: dict[str, Any], out: Path) -> Path:
     ax.axhline(record["chance_jaccard"], color="gray", ls="--", lw=1, label="independent random masks")
     if record.get("pairwise_jaccard") is not None:
         ax.axhline(record["pairwise_jaccard"], color="black", ls=":", lw=1, label="mean client vs client")
+    floor = record.get("noise_floor_jaccard")
+    if floor is not None:
+        size = record["noise_floor"][0]["samples"]
+        label = f"noise floor: iid subsets of {size} pooled samples ({len(record['noise_floor'])})"
+        ax.axhline(floor, color="#d62728", ls="-.", lw=1.2, label=label)
+        if record.get("noise_floor_std") is not None:
+            std = record["noise_floor_std"]
+            ax.axhspan(floor - std, floor + std, color="#d62728", alpha=0.12, lw=0)
     ax.set_xticks(range(len(rows)), [str(r["client"]) for r in rows], fontsize=7)
     ax.set_ylim(0, 1.05)
     part = "iid" if record["partitioning"] == "iid" else f"Nc = {record['classes_per_client']}"

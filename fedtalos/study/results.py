@@ -91,6 +91,7 @@ class RunData:
             "mean_drift": sum(drifts) / len(drifts) if drifts else None,
             "mask_density": mask,
             "mask_jaccard": self.agreement.get("mean_jaccard") if self.agreement else None,
+            "mask_jaccard_floor": self.agreement.get("noise_floor_jaccard") if self.agreement else None,
             "wall_min": sum(r.get("wall_s") or 0.0 for r in self.rows) / 60.0,
         }
 

@@ -399,7 +399,9 @@ def analyze_in_subprocess(run: PlannedRun, python: str = sys.executable) -> tupl
     out = run.run_dir / OUTPUT_JSON
     if out.is_file():
         try:
-            if json.loads(out.read_text()).get("clients_requested") == run.mask_agreement_clients:
+            done = json.loads(out.read_text())
+            # an analysis from before the noise floor existed is run again
+            if done.get("clients_requested") == run.mask_agreement_clients and "noise_floor" in done:
                 return True, f"mask agreement already in {out}"
         except ValueError:
             pass

@@ -27,6 +27,7 @@ METRICS: dict[str, tuple[str, float, int]] = {
     "mean_drift": ("mean drift", 1.0, 4),
     "mask_density": ("trainable (%)", 100.0, 1),
     "mask_jaccard": ("client–aggregate Jaccard", 1.0, 3),
+    "mask_jaccard_floor": ("iid-subset–aggregate Jaccard (noise floor)", 1.0, 3),
     "wall_min": ("time in rounds (min)", 1.0, 1),
 }
 # Smaller units for the Markdown table when every value is below 1 of the default one (e.g. a test sweep).
@@ -44,6 +45,7 @@ MARKDOWN_METRICS = (
     "mean_drift",
     "mask_density",
     "mask_jaccard",
+    "mask_jaccard_floor",
     "wall_min",
 )
 # Settings in the CSV, one column each (the Markdown table shows only those that vary, see results.SETTING_NAMES).
@@ -145,7 +147,8 @@ def summarize(root: str | Path, out: str | Path | None = None, figures: bool = T
     notes = [
         f"{len(groups)} configurations, {n_runs} finished runs under `{root}`. Metrics: mean ± sample std (ddof = 1) "
         "over seeds; accuracies in %; uploaded = bytes sent by clients over all phases; drift = weighted RMS "
-        "distance of client updates from their mean, averaged over training rounds; trainable = mask density "
+        "distance of client updates from their mean per weight of the whole model (frozen weights count, so dense and "
+        "sparse runs compare), averaged over training rounds; trainable = mask density "
         "(1 − sparsity); time in rounds = the rounds' own wall time (start-up not included)."
     ]
     if unfinished:

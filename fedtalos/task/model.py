@@ -33,7 +33,8 @@ def build_model(
     Args:
         name: ``'vit_small_patch16_224.dino'`` (DINO ViT-S/16 from timm, 21.7M backbone parameters) or
             ``'vit-tiny-test'`` (2 blocks, width 32, patch 8, random init: for tests and CPU benchmarks only).
-        num_classes: size of the new linear head (zero-initialised weights, as timm does for new heads).
+        num_classes: size of the new linear head, initialised as timm initialises ViT heads: weights from a
+            truncated normal with std 0.02, bias 0, drawn from torch's global RNG (``task.resources`` seeds it).
         image_size: input resolution in pixels; the pretrained 14×14 position embeddings are resampled when
             it is not 224.
         pretrained: load the DINO backbone weights (ignored for the tiny test model).

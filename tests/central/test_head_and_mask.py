@@ -121,3 +121,24 @@ def test_probe_head_then_magnitude_mask(central_config):
     assert not torch.equal(start["head.weight"], torch.zeros_like(start["head.weight"]))
     for name, m in mask.items():
         assert torch.equal(after_probe[name][~m], probed[name][~m])
+
+
+def test_centralized_calibration_scores_per_client_times_cohort(edited: Path, fake_cifar_root, tmp_path: Path):
+    # fisher-samples means per client in both kinds of run: a centralized calibration scores fisher-samples × the
+    # calibration cohort (round(0.1 · 100) = 10 by default), the total of a federated run of the same config
+    from fedtalos.central.head_and_mask import calibration_batches
+    from fedtalos.task.resources import get_resources
+
+    assert rows(edited)[1]["fisher_samples"] == 32 * 10
+    values = dict(tiny_values(fake_cifar_root, tmp_path), **EDIT)
+    values.update({"fisher-samples": 7, "num-clients": 20, "calibration-fraction": 0.15})  # cohort of 3 → 21
+    fixed = RunConfig.from_mapping(values)
+    drawn = {}
+    for config in (fixed, fixed.replace(calibration_redraw=True)):
+        batches = calibration_batches(get_resources(config), config)
+        drawn[config.calibration_redraw] = [torch.cat([x for x, _ in batches(r)]) for r in range(3)]
+    assert all(len(x) == 21 for images in drawn.values() for x in images)
+    first, *later = drawn[False]
+    assert all(torch.equal(first, x) for x in later), "the default scores the same images every round"
+    first, *later = drawn[True]
+    assert not any(torch.equal(first, x) for x in later), "calibration-redraw draws fresh images each round"

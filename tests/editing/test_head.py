@@ -55,10 +55,11 @@ def test_solution_equals_the_augmented_least_squares_problem(vit, batches):
     features = torch.cat([backbone_features(vit, x) for x, _ in batches]).double()
     targets = F.one_hot(union_labels(batches), C).double()
     weight, bias = solve_ridge(ridge_statistics(vit, batches, C), lam)
-    # min ‖ΦW − Y‖² + λ‖W_features‖²  ⇔  least squares on [Φ; √λ·(I 0)] W = [Y; 0]  (the bias unpenalised).
-    d = features.shape[1]
-    phi = torch.cat([features, torch.ones(len(features), 1, dtype=torch.float64)], 1)
-    penalty = torch.cat([lam**0.5 * torch.eye(d, dtype=torch.float64), torch.zeros(d, 1, dtype=torch.float64)], 1)
+    # λ is relative to n: min ‖ΦW − Y‖² + λn‖W_features‖²  ⇔  least squares on [Φ; √(λn)·(I 0)] W = [Y; 0]
+    # (the bias unpenalised)
+    d, n = features.shape[1], len(features)
+    phi = torch.cat([features, torch.ones(n, 1, dtype=torch.float64)], 1)
+    penalty = torch.cat([(lam * n) ** 0.5 * torch.eye(d, dtype=torch.float64), torch.zeros(d, 1).double()], 1)
     solution = torch.linalg.lstsq(torch.cat([phi, penalty]), torch.cat([targets, torch.zeros(d, C).double()])).solution
     assert torch.allclose(weight, solution[:d].T, atol=1e-9)
     assert torch.allclose(bias, solution[d], atol=1e-9)
@@ -85,9 +86,24 @@ def test_ridge_head_classifies_separable_features():
     test_x, test_y = sample(500)
     shards = zip(train_x.split(300), train_y.split(300), strict=True)  # 7 clients
     stats = RidgeStats.sum(feature_statistics(x, y, 10) for x, y in shards)
-    weight, bias = solve_ridge(stats, lam=1.0)
+    weight, bias = solve_ridge(stats, lam=1e-3)
     accuracy = ((test_x.double() @ weight.T + bias).argmax(1) == test_y).double().mean()
     assert accuracy > 0.95
+
+
+def test_lambda_is_relative_to_the_number_of_samples():
+    # the same data repeated k times: ΦᵀΦ and ΦᵀY grow k-fold, and so does the penalty λ·n, so the head is the same
+    # (an absolute λ would regularise the 45k-sample union far less than one client's shard)
+    g = torch.Generator().manual_seed(5)
+    features, labels = torch.randn(40, 6, generator=g), torch.randint(0, 4, (40,), generator=g)
+    once = feature_statistics(features, labels, 4)
+    many = RidgeStats.sum([once] * 50)
+    for a, b in zip(solve_ridge(once, 0.5), solve_ridge(many, 0.5), strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+    gram = once.gram.clone()
+    gram[:-1, :-1] += 0.5 * 40 * torch.eye(6, dtype=torch.float64)
+    expected = torch.linalg.solve(gram, once.cross)
+    assert torch.allclose(solve_ridge(once, 0.5)[0], expected[:-1].T, atol=1e-10)
 
 
 def test_fit_logit_scale_recovers_a_known_temperature():

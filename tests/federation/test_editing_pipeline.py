@@ -17,7 +17,7 @@ from fedtalos.editing.masks import load_mask
 from fedtalos.editing.optim import SparseSGDM
 from fedtalos.editing.scoring import calibration_samples
 from fedtalos.federation.calibration import sum_scores
-from fedtalos.federation.cohort import sample_cohort
+from fedtalos.federation.cohort import calibration_cohort, sample_cohort
 from fedtalos.federation.server import FederatedServer
 from fedtalos.phases import Unit
 from fedtalos.seeds import FEDERATED_STREAMS, make_generator
@@ -143,6 +143,14 @@ def test_federated_ridge_equals_ridge_on_the_union(editing_config: dict[str, Any
     assert torch.allclose(head["head.weight"], (scale * weight).float(), rtol=1e-4, atol=1e-5)
     assert torch.allclose(head["head.bias"], (scale * bias).float(), rtol=1e-4, atol=1e-5)
     assert sum(len(p) for p in res.partitions) == stats.count
+    # the head row reports the loss the temperature was fitted to, on the server's validation split, and the
+    # phase's val_loss is measured on that same split (README, the ridge-lambda help)
+    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["phase"] == "head" and row["ridge_scale"] == pytest.approx(scale, rel=1e-5)
+    logits = scale * (features.double() @ weight.T + bias)
+    fitted = float(torch.nn.functional.cross_entropy(logits, val_labels.long()))
+    assert row["ridge_val_loss"] == pytest.approx(fitted, rel=1e-4)
+    assert row["val_loss"] == pytest.approx(row["ridge_val_loss"], rel=1e-3)
 
 
 def test_federated_scores_are_the_scores_of_the_union(editing_config: dict[str, Any], tmp_path: Path):
@@ -161,7 +169,8 @@ def test_federated_scores_are_the_scores_of_the_union(editing_config: dict[str, 
     unit = Unit("calibration", 1, 1)
     updates, _ = server.messenger.collect(unit, calibration.configure(unit, server.state))
     federated = sum_scores(updates, shapes)
-    cohort = sample_cohort(rc.seed, "calibration", 1, rc.num_clients, 2)
+    cohort = calibration_cohort(rc, 1)
+    assert len(cohort) == 2
     res = get_resources(rc)
     res.load_weights(weights)
     union = []

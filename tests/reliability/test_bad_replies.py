@@ -2,7 +2,7 @@
 
 In every case client 6 runs the real ClientApp and then damages its reply; the run must end bit-identical to the
 same run in which client 6 simply did not reply, with ``clients_failed`` counting it and the log naming the
-problem. Client 6 is in the first train cohort ([2, 4, 6]), the first calibration cohort ([6, 7, 9] at
+problem. Client 6 is in the first train cohort ([2, 4, 6]), the calibration cohort ([2, 4, 6] at
 calibration-fraction 0.3) and the first federated-evaluation cohort ([1, 4, 6]).
 """
 

@@ -16,7 +16,7 @@ import pytest
 from flwr.app import Message
 
 from fedtalos.config import RunConfig
-from fedtalos.federation.cohort import sample_cohort
+from fedtalos.federation.cohort import calibration_cohort, sample_cohort
 from fedtalos.federation.messenger import RoundFailed
 from fedtalos.task.resources import get_resources
 from fedtalos.tracking.checkpoint import CheckpointStore
@@ -164,7 +164,7 @@ def test_a_round_nobody_answers_is_never_aggregated(tiny_run_config_module, tmp_
 
 
 def test_failures_in_the_editing_phases_are_counted_and_left_out(tiny_run_config_module, tmp_path: Path):
-    # head = ridge asks every client; calibration-fraction 0.3 samples [6, 7, 9]
+    # head = ridge asks every client; calibration-fraction 0.3 samples [2, 4, 6]
     config = _config(
         tiny_run_config_module,
         tmp_path / "runs",
@@ -177,7 +177,7 @@ def test_failures_in_the_editing_phases_are_counted_and_left_out(tiny_run_config
             "num-server-rounds": 1,
         },
     )
-    assert BAD in sample_cohort(0, "calibration", 1, 10, 3)
+    assert BAD in calibration_cohort(RunConfig.from_mapping(config), 1)
     run_dir, _ = run_server(config, faulty={BAD: faulty({"query.ridge", "query.fisher"}, raises)})
     head, calibration, train = rows(run_dir)
     assert (head["clients_ok"], head["clients_failed"]) == (9, 1)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fedtalos.cli.main import main
+from fedtalos.config import RunConfig
 from fedtalos.editing.masks import load_mask
 from fedtalos.federation.aggregate import ClientUpdate, aggregate
 from fedtalos.study.agreement import chance_jaccard, jaccard, mask_agreement, mean_pairwise_jaccard
@@ -22,7 +23,8 @@ T = torch.tensor
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Client drift = sqrt(Σ p_i ‖u_i − ū‖²), u_i = x_i − reference, p_i = n_i / Σ n, ū = Σ p_i u_i.
+# Client drift = sqrt(Σ p_i ‖u_i − ū‖² / D), u_i = x_i − reference, p_i = n_i / Σ n, ū = Σ p_i u_i, D = the
+# number of weights the drift is per (the whole model in a run).
 
 
 def test_drift_of_two_clients_by_hand():
@@ -30,8 +32,8 @@ def test_drift_of_two_clients_by_hand():
     # Σ p‖u − ū‖² = 1/4 · (0.75² + 1.5²) + 3/4 · (0.25² + 0.5²) = 0.703125 + 0.234375 = 0.9375
     reference = {"w": T([0.0, 0.0])}
     updates = [ClientUpdate(7, 1, {"w": T([1.0, 0.0])}), ClientUpdate(3, 3, {"w": T([0.0, 2.0])})]
-    result = aggregate(updates, reference)
-    assert result.drift == pytest.approx(math.sqrt(0.9375), rel=1e-6)
+    result = aggregate(updates, reference, coordinates=2)
+    assert result.drift == pytest.approx(math.sqrt(0.9375 / 2), rel=1e-6)
     assert torch.allclose(result.average["w"], T([0.25, 1.5]))
 
 
@@ -41,14 +43,14 @@ def test_drift_over_several_tensors_from_a_nonzero_reference():
     uploads = [({"a": T([2.0, 1.0]), "b": T([5.0])}), ({"a": T([1.0, 1.0]), "b": T([8.0])}), (dict(reference))]
     updates = [ClientUpdate(i, 10, u) for i, u in enumerate(uploads)]
     # u = (1,0,0), (0,0,3), (0,0,0); ū = (1/3, 0, 1); Σ p‖u − ū‖² = (1/3)[(4/9 + 1) + (1/9 + 4) + (1/9 + 1)] = 20/9
-    assert aggregate(updates, reference).drift == pytest.approx(math.sqrt(20 / 9), rel=1e-6)
+    assert aggregate(updates, reference, coordinates=3).drift == pytest.approx(math.sqrt(20 / 9 / 3), rel=1e-6)
 
 
 def test_identical_clients_have_no_drift():
     reference = {"w": T([0.5, -1.0, 2.0])}
     same = {"w": T([1.5, 0.0, 0.0])}
     updates = [ClientUpdate(i, n, dict(same)) for i, n in enumerate((3, 5, 11))]
-    assert aggregate(updates, reference).drift == pytest.approx(0.0, abs=1e-6)
+    assert aggregate(updates, reference, coordinates=3).drift == pytest.approx(0.0, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -157,3 +159,63 @@ def test_mask_agreement_of_a_federated_run(fake_cifar_root: Path, tmp_path: Path
     assert record["chance_jaccard"] == pytest.approx(chance_jaccard(0.2, 0.2), abs=1e-3)
     assert (run_dir / "analysis" / "mask_agreement.csv").read_text().startswith("client,examples,classes")
     assert (run_dir / "plots" / "mask_agreement.png").stat().st_size > 10_000
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_the_noise_floor_calibrates_iid_subsets_of_the_pooled_samples(
+    fake_cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    # 4 noniid clients, a calibration cohort of 2 × 8 samples (the same in both rounds): each subset scores 8 of
+    # those 16 pooled samples, the size of one client's, in both rounds, and calibrates a mask on them alone
+    from fedtalos.editing import scoring
+    from fedtalos.editing.scoring import calibration_samples
+    from fedtalos.federation.cohort import calibration_cohort
+    from fedtalos.task.resources import get_resources
+
+    run_dir = _editing_run(
+        tmp_path,
+        fake_cifar_root,
+        **{
+            "run-name": "floor",
+            "num-clients": 4,
+            "fraction-train": 0.5,
+            "calibration-fraction": 0.5,
+            "partitioning": "noniid",
+            "classes-per-client": 25,
+        },
+    )
+    scored: list[torch.Tensor] = []
+    score = scoring.sample_scores
+
+    def recording(config, resources, images, label_seed, soft_mask=None):
+        scored.append(images.clone())
+        return score(config, resources, images, label_seed, soft_mask)
+
+    monkeypatch.setattr(scoring, "sample_scores", recording)
+    assert main(["analyze", "mask-agreement", str(run_dir), "--clients", "1", "--subsets", "3", "--no-check"]) == 0
+    assert "noise floor: iid subsets of 8 pooled calibration samples" in capsys.readouterr().out
+    record = json.loads((run_dir / "analysis" / "mask_agreement.json").read_text())
+    config = RunConfig.from_mapping(json.loads((run_dir / "config.json").read_text())["config"])
+    resources = get_resources(config)
+    pool = []
+    for pid in calibration_cohort(config, 1):
+        images, labels = resources.client_data(pid)
+        pool.append(images[calibration_samples(config, len(labels), 1, pid)])
+    pool_rows = {tuple(x.flatten().tolist()) for x in torch.cat(pool)}
+    assert len(pool_rows) == 16
+    subsets = scored[-3 * 2 :]  # 3 subsets × 2 rounds, after the client's 2 rounds
+    assert [len(x) for x in subsets] == [8] * 6
+    for x in subsets:
+        rows_ = [tuple(r.flatten().tolist()) for r in x]
+        assert len(set(rows_)) == 8 and set(rows_) <= pool_rows, "8 distinct samples of the pooled calibration data"
+    assert all(torch.equal(subsets[2 * i], subsets[2 * i + 1]) for i in range(3)), "fixed calibration: same samples"
+    assert not torch.equal(subsets[0], subsets[2]), "subsets are different draws"
+    floor = record["noise_floor"]
+    assert [r["subset"] for r in floor] == [0, 1, 2] and all(r["samples"] == 8 for r in floor)
+    for r in floor:
+        assert r["density"] == pytest.approx(0.2, abs=0.002)
+        assert record["chance_jaccard"] < r["jaccard"] <= 1.0
+    values = [r["jaccard"] for r in floor]
+    assert record["noise_floor_jaccard"] == pytest.approx(sum(values) / 3)
+    lines = (run_dir / "analysis" / "mask_agreement_noise_floor.csv").read_text().splitlines()
+    assert lines[0] == "subset,samples,density,jaccard" and len(lines) == 4

@@ -36,8 +36,14 @@ RULES = ["least-sensitive", "most-sensitive", "lowest-magnitude", "highest-magni
 def test_noniid_grid_expands_exactly(tmp_path: Path):
     runs = plan(load_grid(CONFIGS / "noniid.toml"), output_root=tmp_path)
     parts = ["nc1", "nc5", "nc10", "nc50", "iid"]
-    expected = [f"noniid-{p}-J{j}-seed{s}" for s in (0, 1, 2) for p in parts for j in (4, 8, 16)]
+    expected = [
+        name
+        for s in (0, 1, 2)
+        for name in [f"noniid-{p}-J{j}-seed{s}" for p in parts for j in (4, 8, 16)]
+        + [f"noniid-{p}-J4-head-ridge-seed{s}" for p in parts]  # the brief's step 0: frozen ridge head, dense
+    ]
     assert [r.name for r in runs] == expected, "seed-major, then the blocks in file order, first axis slowest"
+    assert len({r.name for r in runs}) == len(runs) == 60
     for run in runs:
         c = run.config
         assert (c.num_clients, c.fraction_train, c.cohort_size) == (100, 0.1, 10)
@@ -48,9 +54,14 @@ def test_noniid_grid_expands_exactly(tmp_path: Path):
             assert c.partitioning == "iid"
         else:
             assert c.partitioning == "noniid" and run.name.startswith(f"noniid-nc{c.classes_per_client}-")
+        ridge = run.name.endswith(f"-head-ridge-seed{run.seed}")
+        assert (c.head, c.mask_rule, c.freeze) == ("ridge" if ridge else "train", "none", "none")
+        assert not ridge or c.local_steps == 4
     rounds = {r.config.local_steps: r.config.num_server_rounds for r in runs}
     assert rounds == {4: 400, 8: 200, 16: 100}
-    assert {r.label for r in runs} == {f"noniid-{p}-J{j}" for p in parts for j in (4, 8, 16)}
+    assert {r.label for r in runs} == {f"noniid-{p}-J{j}" for p in parts for j in (4, 8, 16)} | {
+        f"noniid-{p}-J4-head-ridge" for p in parts
+    }
 
 
 def test_seeds_from_the_command_line(tmp_path: Path):
@@ -82,7 +93,7 @@ def test_every_experiment_of_the_brief_is_there(tmp_path: Path):
         "fedavg": 3,
         "maskagree": 30,
         "masks": 33,
-        "noniid": 45,
+        "noniid": 60,
         "rules": 45,
         "sparse": 48,
     }
@@ -180,13 +191,15 @@ def test_dry_run_lists_the_brief_grid(tmp_path: Path, capsys: pytest.CaptureFixt
     code = main(["sweep", str(CONFIGS / "noniid.toml"), "--seeds", "3", "--dry-run", "--output-root", str(root)])
     out = capsys.readouterr().out
     assert code == 0
-    assert "noniid (federated" in out and "15 configurations × 3 seeds [0, 1, 2] = 45 runs" in out
+    assert "noniid (federated" in out and "20 configurations × 3 seeds [0, 1, 2] = 60 runs" in out
     for nc in (1, 5, 10, 50):
         for j, rounds in ((4, 400), (8, 200), (16, 100)):
             assert f"noniid-nc{nc}-J{j}-seed2" in out
             assert f"classes-per-client={nc} local-steps={j} num-server-rounds={rounds}" in out
-    assert out.count(" flwr run ") + out.count("/flwr run ") == 45
-    assert "45 runs planned; nothing was run" in out
+    for part in ("nc1", "nc5", "nc10", "nc50", "iid"):
+        assert f"noniid-{part}-J4-head-ridge-seed2" in out
+    assert out.count(" flwr run ") + out.count("/flwr run ") == 60
+    assert "60 runs planned; nothing was run" in out
     assert not root.exists(), "a dry run writes nothing"
 
 

@@ -128,4 +128,8 @@ def test_analysis_subprocess_reports_a_failure_and_skips_what_exists(tmp_path: P
     assert "analyze mask-agreement" in run.log_path.read_text()
     (run.run_dir / "analysis").mkdir(parents=True)
     (run.run_dir / "analysis" / "mask_agreement.json").write_text(json.dumps({"clients_requested": 3}))
+    assert not analyze_in_subprocess(run)[0], "an analysis from before the noise floor is run again"
+    (run.run_dir / "analysis" / "mask_agreement.json").write_text(
+        json.dumps({"clients_requested": 3, "noise_floor": []})
+    )
     assert analyze_in_subprocess(run) == (True, f"mask agreement already in {run.run_dir}/analysis/mask_agreement.json")

@@ -60,6 +60,22 @@ def test_local_weights_are_loaded_and_position_embeddings_resampled(dino_weights
     assert loaded["head.weight"].shape == (100, 384)
 
 
+def test_the_new_head_is_initialised_as_timm_does_not_zero(dino_weights_file):
+    # build_model's docstring: truncated normal with std 0.02, bias 0, from torch's global RNG (the DINO file has
+    # no head, so the loaded model keeps the fresh head)
+    path, _ = dino_weights_file
+    heads = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        heads.append(build_model(DINO_VIT_S16, image_size=32, weights_path=path).head)
+    weight = heads[0].weight.detach()
+    assert torch.count_nonzero(heads[0].bias) == 0
+    assert 0.019 < float(weight.std()) < 0.021 and float(weight.mean().abs()) < 1e-3  # 38,400 draws
+    assert torch.equal(weight, heads[1].weight) and not torch.equal(weight, heads[2].weight)
+    torch.manual_seed(0)
+    assert 0.019 < float(build_model(TINY_TEST_VIT, image_size=16).head.weight.std()) < 0.021  # 3,200 draws
+
+
 def test_torch_checkpoint_is_accepted(dino_weights_file, tmp_path: Path):
     _, state = dino_weights_file
     path = tmp_path / "dino_deitsmall16_pretrain.pth"
