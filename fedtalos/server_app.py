@@ -8,9 +8,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedtalos.config import ConfigError, RunConfig
+from fedtalos.editing.scoring import describe_model, model_record
 from fedtalos.federation.server import FederatedServer
 from fedtalos.task.lr_schedule import STATELESS
-from fedtalos.task.model import WeightsError
+from fedtalos.task.model import ModelError, WeightsError
 from fedtalos.task.resources import get_resources
 from fedtalos.tracking.log_setup import log_through_flower
 from fedtalos.tracking.plots import plot_run
@@ -33,6 +34,8 @@ def preflight(config: RunConfig) -> None:
         resources = get_resources(config, pretrained=True)  # loads the data set and the DINO weights
     except WeightsError as e:
         raise ConfigError([f"weights-path = {config.weights_path!r}: {e}"]) from None
+    except ModelError as e:
+        raise ConfigError([f"model = {config.model!r}: {e}"]) from None
     # Values that are valid on their own but do not fit the data set would otherwise only fail in the clients
     # (every node refusing to identify itself) or at the first evaluation, after the run directory exists.
     train, val = len(resources.train_idx), len(resources.val_idx)
@@ -61,10 +64,11 @@ def main(grid: Grid, context: Context) -> None:
     log_through_flower()
     config = RunConfig.from_mapping(context.run_config)
     preflight(config)
-    with open_run_dir(config, "federated") as run_dir:
-        logging.getLogger("fedtalos").info(
-            "run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else ""
-        )
+    model = model_record(config, get_resources(config, pretrained=True).model)  # cached by preflight
+    with open_run_dir(config, "federated", model=model) as run_dir:
+        log = logging.getLogger("fedtalos")
+        log.info("run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else "")
+        log.info("%s", describe_model(model))
         summary = FederatedServer(config, grid, run_dir).run()
         plot_run(run_dir.path)
     logging.getLogger("fedtalos").info("done: %s", summary["final"])

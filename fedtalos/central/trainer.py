@@ -39,6 +39,7 @@ from fedtalos.central.schedulers import Scheduler, after_evaluation, after_step,
 from fedtalos.central.state import TrainState, add_stats, capture_rng, empty_partial, restore_rng
 from fedtalos.config import RunConfig
 from fedtalos.editing import SparseSGDM
+from fedtalos.editing.scoring import describe_model, model_record
 from fedtalos.phases import Phase, PhaseMachine, Row, Unit
 from fedtalos.seeds import central_epoch_generator, central_start_seed
 from fedtalos.task.model import set_trainable
@@ -351,7 +352,7 @@ def preflight(config: RunConfig) -> None:
 
     Raises:
         ConfigError: the output root is not writable.
-        DatasetNotFoundError, DatasetIntegrityError, WeightsError, RuntimeError: data, weights or device missing.
+        DatasetNotFoundError, DatasetIntegrityError, ModelError, RuntimeError: data, model, weights or device missing.
     """
     validate_output_root(config)
     get_resources(config, pretrained=True)  # loads the data set and the weights (cached for the run)
@@ -381,7 +382,9 @@ def run_centralized(
     Call :func:`preflight` first to fail on bad input before a directory exists.
     """
     config = config if config.run_name else config.replace(run_name=default_run_name(config))
-    with open_run_dir(config, KIND) as run_dir:
+    model = model_record(config, get_resources(config, pretrained=True).model)
+    with open_run_dir(config, KIND, model=model) as run_dir:
         log.info("run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else "")
+        log.info("%s", describe_model(model))
         trainer = CentralizedTrainer(config, run_dir, evaluate_test=evaluate_test, on_evaluation=on_evaluation)
         return run_dir, trainer.run()

@@ -18,7 +18,7 @@ from torch import nn
 from fedtalos.config import RunConfig
 from fedtalos.task.batches import ImageTransform, iterate_batches, to_device
 from fedtalos.task.cifar import Cifar100, load_cifar100
-from fedtalos.task.model import autocast_dtype, build_model, resolve_device
+from fedtalos.task.model import autocast_dtype, build_model, input_normalisation, resolve_device
 from fedtalos.task.partition import make_partitions, split_train_val
 from fedtalos.task.train import evaluate
 
@@ -129,6 +129,10 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if pretrained else None
+    mean, std = input_normalisation(config.model)
+    transform = functools.partial(
+        ImageTransform, config.image_size, channels_last=config.channels_last, mean=mean, std=std
+    )
     return Resources(
         config=config,
         device=device,
@@ -137,7 +141,7 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
         train_idx=train_idx,
         val_idx=val_idx,
         model=model,
-        train_transform=ImageTransform(config.image_size, train=True, channels_last=config.channels_last),
-        eval_transform=ImageTransform(config.image_size, train=False, channels_last=config.channels_last),
+        train_transform=transform(train=True),
+        eval_transform=transform(train=False),
         initial_weights=initial,
     )

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -142,13 +143,14 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     ]
 
 
-def open_run_dir(config: RunConfig, kind: str, prefix: str = "") -> RunDir:
+def open_run_dir(config: RunConfig, kind: str, prefix: str = "", model: Mapping[str, Any] | None = None) -> RunDir:
     """Create or reopen the run directory of ``config``.
 
     ``kind`` is ``'federated'`` or ``'centralized'``. If the directory holds a run of the same configuration
     (equal result hash) it is reopened for resuming; if ``resume = false`` it is renamed to
     ``<name>.old-<timestamp>`` and a fresh one made; a different configuration is refused with the keys that
-    differ and the two ways out.
+    differ and the two ways out. ``model``: what to record about the backbone under the key ``model``
+    (:func:`fedtalos.editing.scoring.model_record`).
     """
     validate_output_root(config)
     path = config.run_dir(prefix)
@@ -190,6 +192,7 @@ def open_run_dir(config: RunConfig, kind: str, prefix: str = "") -> RunDir:
         "config": config.to_dict(),
         "result_config": config.result_dict(),
         "versions": package_versions(),
+        **({"model": dict(model)} if model is not None else {}),
         "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if resumed:
