@@ -44,6 +44,7 @@ def test_learns_above_chance_and_writes_the_run_directory(central_config):
     assert summary["best"]["val_acc"] == max(r["val_acc"] for r in got if "val_acc" in r)
     stored = json.loads((run_dir / "config.json").read_text())
     assert stored["kind"] == "centralized" and stored["config"]["lr"] == 0.2
+    assert stored["model"]["patch_size"] == 8 and stored["model"]["fisher_method"] == "hooks"
     assert (run_dir / "metrics.csv").read_text().startswith("phase,step,epoch,lr,train_loss,train_acc,val_loss")
     assert (run_dir / "plots" / "curves.png").stat().st_size > 10_000
     assert len(list((run_dir / "checkpoints").glob("ckpt-*.json"))) <= 3, "checkpoint-keep = 2, plus the best"

@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 from fedtalos.editing import persample
-from fedtalos.editing.fisher import fisher_scores, per_sample_loop_scores
+from fedtalos.editing.fisher import fisher_scores, per_sample_loop_scores, scoring_method
+from fedtalos.editing.masks import calibrate_mask, floor_count
 from fedtalos.editing.persample import UnsupportedParameterError, sum_sq_outer, unsupported_parameters
-from fedtalos.task.model import DINO_VIT_S16, build_model
+from fedtalos.task.backbones import BACKBONES, get_backbone
+from fedtalos.task.model import DINO_VIT_S16, TINY_TEST_VIT, backbone_parameters, build_model
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -172,3 +174,37 @@ def test_what_the_hooks_method_refuses():
         "pos_embed",
         "cls_token",
     }
+
+
+# The per-sample gradient method of each supported backbone (fisher_scores' "auto"): hooks where every backbone
+# tensor has a per-layer rule, else the vmap fallback.
+BACKBONE_METHODS = {
+    "vit_small_patch16_224.dino": "hooks",
+    "vit_base_patch16_224.dino": "hooks",
+    "vit_small_patch14_dinov2.lvd142m": "hooks",  # LayerScale
+    "vit_small_patch16_dinov3.lvd1689m": "vmap",  # Eva: its own _pos_embed, EvaBlock's raw gamma_1 / gamma_2
+    "vit_small_patch16_224.augreg_in21k_ft_in1k": "hooks",
+    TINY_TEST_VIT: "hooks",
+}
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_every_backbone_scores_as_the_loop_and_gets_a_mask_of_its_shapes(name):
+    """Each supported backbone (random init, one block of its own type, 2×2 patches): the automatic method's scores
+    equal the per-sample loop's on 3 samples, and a least-sensitive mask covers exactly its backbone tensors."""
+    torch.manual_seed(0)
+    size = 2 * get_backbone(name).patch_size
+    model = _with_head(build_model(name, num_classes=10, image_size=size, pretrained=False, depth=1))
+    method, unsupported = scoring_method(model)
+    assert method == BACKBONE_METHODS[name], unsupported
+    assert (method == "hooks") == (unsupported == {})
+    x = torch.randn(3, 3, size, size, generator=_gen(2))
+    auto = fisher_scores(model, [x[:2], x[2:]], generator=_gen(), chunk_size=2, target="log-prob")
+    loop = per_sample_loop_scores(model, [x[:2], x[2:]], generator=_gen(), target="log-prob")
+    _assert_close(auto, loop)
+    mask = calibrate_mask(model, [x], sparsity=0.9, rounds=1, rule="least-sensitive")
+    backbone = dict(backbone_parameters(model))
+    assert {n: m.shape for n, m in mask.items()} == {n: p.shape for n, p in backbone.items()}
+    assert all(m.dtype == torch.bool for m in mask.values())
+    kept = sum(int(m.sum()) for m in mask.values())
+    assert kept == floor_count(0.1, sum(p.numel() for p in backbone.values()))

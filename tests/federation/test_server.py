@@ -51,6 +51,7 @@ def test_fedavg_runs_logs_and_learns(tiny_run_config: dict[str, Any]):
     assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("phase,round,step,lr,train_loss")
     stored = json.loads((run_dir / "config.json").read_text())
     assert stored["config"]["local-steps"] == 10 and "torch" in stored["versions"]
+    assert stored["model"]["name"] == "vit-tiny-test" and stored["model"]["fisher_method"] == "hooks"
     train_messages = [m for m in grid.sent if m.metadata.message_type == "train"]
     cohorts = [
         sorted(grid.pid_of[m.metadata.dst_node_id] for m in train_messages[i * 5 : i * 5 + 5]) for i in range(20)
