@@ -12,7 +12,7 @@ from fedtalos.editing.fisher import fisher_scores, per_sample_loop_scores, scori
 from fedtalos.editing.masks import calibrate_mask, floor_count
 from fedtalos.editing.persample import UnsupportedParameterError, sum_sq_outer, unsupported_parameters
 from fedtalos.task.backbones import BACKBONES, get_backbone
-from fedtalos.task.model import DINO_VIT_S16, TINY_TEST_VIT, backbone_parameters, build_model
+from fedtalos.task.model import DINO_VIT_S16, backbone_parameters, build_model
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -177,15 +177,9 @@ def test_what_the_hooks_method_refuses():
 
 
 # The per-sample gradient method of each supported backbone (fisher_scores' "auto"): hooks where every backbone
-# tensor has a per-layer rule, else the vmap fallback.
-BACKBONE_METHODS = {
-    "vit_small_patch16_224.dino": "hooks",
-    "vit_base_patch16_224.dino": "hooks",
-    "vit_small_patch14_dinov2.lvd142m": "hooks",  # LayerScale
-    "vit_small_patch16_dinov3.lvd1689m": "vmap",  # Eva: its own _pos_embed, EvaBlock's raw gamma_1 / gamma_2
-    "vit_small_patch16_224.augreg_in21k_ft_in1k": "hooks",
-    TINY_TEST_VIT: "hooks",
-}
+# tensor has a per-layer rule, else the vmap fallback. All of them have the rules: DINOv2 through LayerScale, DINOv3
+# (timm's Eva) through its own _pos_embed (cls + 4 register tokens, rotary embeddings) and EvaBlock's gamma_1/2.
+BACKBONE_METHODS = dict.fromkeys(BACKBONES, "hooks")
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
@@ -199,8 +193,9 @@ def test_every_backbone_scores_as_the_loop_and_gets_a_mask_of_its_shapes(name):
     assert method == BACKBONE_METHODS[name], unsupported
     assert (method == "hooks") == (unsupported == {})
     x = torch.randn(3, 3, size, size, generator=_gen(2))
-    auto = fisher_scores(model, [x[:2], x[2:]], generator=_gen(), chunk_size=2, target="log-prob")
-    loop = per_sample_loop_scores(model, [x[:2], x[2:]], generator=_gen(), target="log-prob")
+    kwargs = dict(soft_mask=_soft_mask(model, list(dict(backbone_parameters(model)))), target="log-prob")
+    auto = fisher_scores(model, [x[:2], x[2:]], generator=_gen(), chunk_size=2, **kwargs)
+    loop = per_sample_loop_scores(model, [x[:2], x[2:]], generator=_gen(), **kwargs)
     _assert_close(auto, loop)
     mask = calibrate_mask(model, [x], sparsity=0.9, rounds=1, rule="least-sensitive")
     backbone = dict(backbone_parameters(model))
@@ -208,3 +203,17 @@ def test_every_backbone_scores_as_the_loop_and_gets_a_mask_of_its_shapes(name):
     assert all(m.dtype == torch.bool for m in mask.values())
     kept = sum(int(m.sum()) for m in mask.values())
     assert kept == floor_count(0.1, sum(p.numel() for p in backbone.values()))
+
+
+def test_eva_outside_the_per_layer_rules_falls_back_to_vmap():
+    """timm's own DINOv3 settings (dynamic_img_size=True: the rotary embedding follows each input) and an EvaBlock
+    whose drop path is not the identity are refused by the hooks method with the reason; auto then uses vmap."""
+    kwargs = dict(pretrained=False, num_classes=10, img_size=32, depth=1)
+    dynamic = _with_head(timm.create_model("vit_small_patch16_dinov3.lvd1689m", **kwargs))
+    method, unsupported = scoring_method(dynamic)
+    assert method == "vmap" and unsupported["cls_token"].startswith("dynamic_img_size=True")
+    fixed = build_model("vit_small_patch16_dinov3.lvd1689m", num_classes=10, image_size=32, pretrained=False, depth=1)
+    fixed.blocks[0].drop_path2 = nn.Dropout(0.0)
+    assert "followed by a Dropout" in unsupported_parameters(fixed, ["blocks.0.gamma_2"])["blocks.0.gamma_2"]
+    with pytest.raises(UnsupportedParameterError, match="gamma_2"):
+        fisher_scores(fixed, [torch.zeros(1, 3, 32, 32)], method="hooks")
