@@ -44,7 +44,6 @@ def test_learns_above_chance_and_writes_the_run_directory(central_config):
     assert summary["best"]["val_acc"] == max(r["val_acc"] for r in got if "val_acc" in r)
     stored = json.loads((run_dir / "config.json").read_text())
     assert stored["kind"] == "centralized" and stored["config"]["lr"] == 0.2
-    assert stored["model"]["patch_size"] == 8 and stored["model"]["fisher_method"] == "hooks"
     assert (run_dir / "metrics.csv").read_text().startswith("phase,step,epoch,lr,train_loss,train_acc,val_loss")
     assert (run_dir / "plots" / "curves.png").stat().st_size > 10_000
     assert len(list((run_dir / "checkpoints").glob("ckpt-*.json"))) <= 3, "checkpoint-keep = 2, plus the best"
@@ -125,3 +124,10 @@ def test_freeze_backbone_trains_the_head_only(central_config):
     assert start.initial_weights is not None
     moved = sorted(k for k in after if not torch.equal(after[k], start.initial_weights[k]))
     assert moved == ["head.bias", "head.weight"]
+
+
+def test_the_run_records_and_logs_its_backbone(central_config, fedtalos_log):
+    run_dir = run(dict(central_config, epochs=1))
+    model = json.loads((run_dir / "config.json").read_text())["model"]
+    assert model["name"] == "vit-tiny-test" and model["image_size"] == 32 and model["fisher_method"] == "hooks"
+    assert any("Fisher scores per sample by hooks" in r.getMessage() for r in fedtalos_log.records)

@@ -51,7 +51,6 @@ def test_fedavg_runs_logs_and_learns(tiny_run_config: dict[str, Any]):
     assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("phase,round,step,lr,train_loss")
     stored = json.loads((run_dir / "config.json").read_text())
     assert stored["config"]["local-steps"] == 10 and "torch" in stored["versions"]
-    assert stored["model"]["name"] == "vit-tiny-test" and stored["model"]["fisher_method"] == "hooks"
     train_messages = [m for m in grid.sent if m.metadata.message_type == "train"]
     cohorts = [
         sorted(grid.pid_of[m.metadata.dst_node_id] for m in train_messages[i * 5 : i * 5 + 5]) for i in range(20)
@@ -91,3 +90,11 @@ def test_a_federated_run_emits_the_round_events_in_order(tiny_run_config: dict[s
     assert names == one_round + checkpoint + one_round + ["before_evaluate"] + checkpoint, "evaluation at round 2"
     units = [u for name, u in recorder.events if name == "round_start"]
     assert [(u.phase, u.index, u.step) for u in units] == [("train", 1, 1), ("train", 2, 2)]
+
+
+def test_the_run_records_and_logs_its_backbone(tiny_run_config: dict[str, Any], fedtalos_log):
+    run_dir, _ = run_server(dict(tiny_run_config, **{"num-server-rounds": 1}))
+    model = json.loads((run_dir / "config.json").read_text())["model"]
+    assert model["name"] == "vit-tiny-test" and model["patch_size"] == 8 and model["fisher_method"] == "hooks"
+    assert model["mean"] == [0.485, 0.456, 0.406]
+    assert any("Fisher scores per sample by hooks" in r.getMessage() for r in fedtalos_log.records)

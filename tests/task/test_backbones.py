@@ -64,7 +64,9 @@ def test_forward_shapes_and_a_train_step(name: str):
     assert len(model.blocks) == DEPTH
     x = torch.randn(3, 3, size, size)
     tokens, width = TOKENS_AND_WIDTH[name]
-    assert model.forward_features(x).shape == (3, tokens, width)
+    features = model.forward_features(x)
+    assert features.shape == (3, tokens, width)
+    assert model.forward_head(features, pre_logits=True).shape == (3, width)  # what the ridge head reads
     assert model(x).shape == (3, 100)
     assert head_parameter_names(model) == ["head.weight", "head.bias"]
     # One SGD step on the whole model: every backbone tensor gets a gradient and moves.
