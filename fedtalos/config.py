@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedtalos.task.backbones import BACKBONES, DEFAULT_BACKBONE, image_size_problem
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-MODELS = ("vit_small_patch16_224.dino", "vit-tiny-test")
+MODELS = tuple(BACKBONES)
 PARTITIONINGS = ("iid", "noniid")
 LR_SCHEDULES = ("constant", "cosine", "warmup-cosine", "step", "exponential", "plateau")
 STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad")
@@ -131,7 +133,7 @@ def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
 
 
 def _image_size(v: int) -> str | None:
-    return None if v >= 16 and v % 16 == 0 else "must be a positive multiple of 16 (the ViT patch size)"
+    return None if v >= 1 else "must be a positive number of pixels (a multiple of the model's patch size)"
 
 
 def _abs_path_or_empty(v: str) -> str | None:
@@ -206,16 +208,24 @@ class RunConfig:
 
     # --- model and compute
     model: str = _opt(
-        "vit_small_patch16_224.dino",
-        "'vit_small_patch16_224.dino' (DINO ViT-S/16) or "
-        "'vit-tiny-test' (a 2-block random-init ViT for tests and CPU benchmarks)",
+        DEFAULT_BACKBONE,
+        "backbone: "
+        + ", ".join(f"'{b.name}' ({b.label})" for b in BACKBONES.values() if b.name != "vit-tiny-test")
+        + ", or 'vit-tiny-test' (a 2-block random-init ViT for tests and CPU benchmarks)",
         _choice(*MODELS),
     )
-    pretrained: bool = _opt(True, "start from the DINO weights (false = random init)")
+    pretrained: bool = _opt(True, "start from the model's pretrained weights (false = random init)")
     weights_path: str = _opt(
-        "", "local DINO weights file (.safetensors or .pth); empty = download via timm", _abs_path_or_empty
+        "",
+        "local weights file of the chosen model (.safetensors or .pth); empty = download via timm",
+        _abs_path_or_empty,
     )
-    image_size: int = _opt(224, "input resolution in pixels (CIFAR images are resized up; multiple of 16)", _image_size)
+    image_size: int = _opt(
+        224,
+        "input resolution in pixels (CIFAR images are resized up; a multiple of the model's patch size: 16, or 14 "
+        "for DINOv2)",
+        _image_size,
+    )
     device: str = _opt("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'", _device)
     precision: str = _opt(
         "auto",
@@ -407,6 +417,9 @@ class RunConfig:
 
     def _check_combinations(self) -> None:
         problems = []
+        size_problem = image_size_problem(self.model, self.image_size)
+        if size_problem:
+            problems.append(f"image-size = {self.image_size} with model = {self.model!r}: {size_problem}")
         if self.partitioning == "noniid" and self.classes_per_client * self.num_clients < 100:
             problems.append(
                 f"classes-per-client = {self.classes_per_client} with num-clients = {self.num_clients}: "

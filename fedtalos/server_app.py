@@ -8,11 +8,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedtalos.config import ConfigError, RunConfig
+from fedtalos.editing.scoring import describe_model, model_record
 from fedtalos.federation.launcher import simulation_problems
 from fedtalos.federation.server import FederatedServer
 from fedtalos.federation.transport import in_simulation
 from fedtalos.task.lr_schedule import STATELESS
-from fedtalos.task.model import WeightsError, environment
+from fedtalos.task.model import ModelError, WeightsError, environment
 from fedtalos.task.resources import get_resources
 from fedtalos.tracking.log_setup import log_through_flower
 from fedtalos.tracking.mask_artifact import check_mask_files
@@ -36,6 +37,8 @@ def preflight(config: RunConfig) -> None:
         resources = get_resources(config, pretrained=True)  # loads the data set and the DINO weights
     except WeightsError as e:
         raise ConfigError([f"weights-path = {config.weights_path!r}: {e}"]) from None
+    except ModelError as e:
+        raise ConfigError([f"model = {config.model!r}: {e}"]) from None
     assert resources.initial_weights is not None, "get_resources(..., pretrained=True) keeps them"
     check_mask_files(config, resources.initial_weights)  # mask-path fits this model and its starting weights
     # Values that are valid on their own but do not fit the data set would otherwise only fail in the clients
@@ -69,10 +72,12 @@ def main(grid: Grid, context: Context) -> None:
         raise ConfigError(problems)
     preflight(config)
     resources = get_resources(config, pretrained=True)  # preflight's, cached
-    with open_run_dir(config, "federated", environment=environment(resources.device, resources.dtype)) as run_dir:
-        logging.getLogger("fedtalos").info(
-            "run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else ""
-        )
+    model = model_record(config, resources.model)
+    environment_record = environment(resources.device, resources.dtype)
+    with open_run_dir(config, "federated", environment=environment_record, model=model) as run_dir:
+        log = logging.getLogger("fedtalos")
+        log.info("run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else "")
+        log.info("%s", describe_model(model))
         summary = FederatedServer(config, grid, run_dir).run()
         plot_run(run_dir.path)
     logging.getLogger("fedtalos").info("done: %s", summary["final"])

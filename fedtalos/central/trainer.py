@@ -44,6 +44,7 @@ from fedtalos.central.state import TrainState, add_stats, capture_rng, empty_par
 from fedtalos.config import RunConfig
 from fedtalos.editing import SparseSGDM
 from fedtalos.editing.masks import SENSITIVITY_RULES
+from fedtalos.editing.scoring import describe_model, model_record
 from fedtalos.phases import Phase, PhaseMachine, Row, Unit
 from fedtalos.seeds import central_epoch_generator, central_start_seed
 from fedtalos.task.model import environment, set_trainable
@@ -378,7 +379,7 @@ def preflight(config: RunConfig) -> None:
 
     Raises:
         ConfigError: the output root is not writable, or ``mask-path`` does not fit the run.
-        DatasetNotFoundError, DatasetIntegrityError, WeightsError, RuntimeError: data, weights or device missing.
+        DatasetNotFoundError, DatasetIntegrityError, ModelError, RuntimeError: data, model, weights or device missing.
     """
     validate_output_root(config)
     resources = get_resources(config, pretrained=True)  # loads the data set and the weights (cached for the run)
@@ -413,7 +414,10 @@ def run_centralized(
     """
     config = config if config.run_name else config.replace(run_name=default_run_name(config))
     resources = get_resources(config, pretrained=True)  # the trainer's own, cached for it
-    with open_run_dir(config, KIND, environment=environment(resources.device, resources.dtype)) as run_dir:
+    model = model_record(config, resources.model)
+    environment_record = environment(resources.device, resources.dtype)
+    with open_run_dir(config, KIND, environment=environment_record, model=model) as run_dir:
         log.info("run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else "")
+        log.info("%s", describe_model(model))
         trainer = CentralizedTrainer(config, run_dir, evaluate_test=evaluate_test, on_evaluation=on_evaluation)
         return run_dir, trainer.run()

@@ -52,14 +52,14 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
     from fedtalos.task.cifar import DatasetIntegrityError, DatasetNotFoundError
-    from fedtalos.task.model import WeightsError
+    from fedtalos.task.model import ModelError
 
     try:
         config = RunConfig.from_mapping(overrides_from_args(args))
         from fedtalos.central.trainer import preflight
 
         preflight(config)
-    except (ConfigError, DatasetNotFoundError, DatasetIntegrityError, WeightsError) as e:
+    except (ConfigError, DatasetNotFoundError, DatasetIntegrityError, ModelError) as e:
         return fail(prog, str(e))
     except RuntimeError as e:  # e.g. device = 'cuda' without CUDA
         return fail(prog, str(e))

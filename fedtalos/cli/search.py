@@ -39,7 +39,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Run (or continue) a study; print the best trials and where ``best.toml`` is."""
     from fedtalos.task.cifar import DatasetIntegrityError, DatasetNotFoundError
-    from fedtalos.task.model import WeightsError
+    from fedtalos.task.model import ModelError
 
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
             pruner_startup_trials=args.pruner_startup_trials,
             pruner_warmup_epochs=args.pruner_warmup_epochs,
         )
-    except (ConfigError, SearchError, DatasetNotFoundError, DatasetIntegrityError, WeightsError) as e:
+    except (ConfigError, SearchError, DatasetNotFoundError, DatasetIntegrityError, ModelError) as e:
         return fail(prog, str(e))
     rows = result["trials"]
     print(f"study: {result['study_dir']}  ({len(rows)} trials; ranking in {result['csv'].name})")

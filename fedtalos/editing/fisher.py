@@ -131,7 +131,7 @@ def fisher_scores(
     with eval_mode(model):
         scorer = _Scorer(model, params, target, soft_mask, soft_value)
         if method == "auto":
-            method = "vmap" if unsupported_parameters(model, list(scorer.scored)) else "hooks"
+            method = scoring_method(model, list(scorer.scored))[0]
         chunk_size = chunk_size or DEFAULT_CHUNK_SIZES[method]
         if method == "hooks":
             return _hooks_scores(scorer, batches, repeats, generator, chunk_size)
@@ -146,6 +146,17 @@ def fisher_scores(
                     # Not square_(): gradients can share storage (cls_token's is a view into pos_embed's).
                     scores[name] += g.float().square().sum(0)
     return scores
+
+
+def scoring_method(
+    model: nn.Module, params: Iterable[str] | None = None
+) -> tuple[Literal["hooks", "vmap"], dict[str, str]]:
+    """The method that ``method="auto"`` uses for ``params`` of ``model`` (None = every parameter not starting with
+    ``head.``), and, when it is vmap, why not hooks: name → reason for each parameter hooks cannot score."""
+    named = [n for n, _ in model.named_parameters()]
+    names = [n for n in named if not n.startswith(HEAD_PREFIX)] if params is None else list(params)
+    unsupported = unsupported_parameters(model, names)
+    return ("vmap" if unsupported else "hooks"), unsupported
 
 
 def per_sample_loop_scores(

@@ -20,9 +20,13 @@ flattened to (tokens, features)):
 - ``nn.Conv2d`` with stride = kernel size, no padding, dilation 1 and one group (the ViT patch embedding): a Linear
   on the non-overlapping patches (unfolded by a reshape), so the Linear rule over patches;
 - timm ``LayerScale`` (not in-place): dγ_i = Σ_t g_{i,t} ⊙ x_{i,t};
-- the raw parameters of a timm ``VisionTransformer``: ``cls_token``, ``reg_token`` and ``pos_embed`` enter the token
-  sequence in ``_pos_embed`` (concatenated, then added, or added, then concatenated with ``no_embed_class``),
-  whose output goes through the module ``pos_drop``. So with g = the gradient of ``pos_drop``'s output (B, T, D):
+- the layer scales ``gamma_1`` / ``gamma_2`` of timm's ``EvaBlock`` (DINOv3), raw parameters in
+  ``drop_path1(gamma_1 * attn(...))`` / ``drop_path2(gamma_2 * mlp(...))``: the same rule, with x = the output of
+  ``attn`` / ``mlp`` and g = the output gradient of the drop path (the identity in eval mode);
+- the raw parameters of a timm ``VisionTransformer`` or ``Eva`` (DINOv3: rotary embeddings, no ``pos_embed``):
+  ``cls_token``, ``reg_token`` and ``pos_embed`` enter the token sequence in ``_pos_embed`` (concatenated, then
+  added, or added, then concatenated with ``no_embed_class``), whose output goes through the module ``pos_drop``.
+  So with g = the gradient of ``pos_drop``'s output (B, T, D):
   dpos_embed_i = g_i (or its patch tokens with ``no_embed_class``), dcls_i = g_{i,0}, dreg_i = g_{i,1:1+R}.
 
 Σ_i dW_i² of a Linear (and of the patch embedding) is computed in one of two ways, whichever is cheaper:
@@ -33,8 +37,9 @@ sample at a time for the large layers of ViT-S).
 
 What is not supported (see :func:`unsupported_parameters`) raises :class:`UnsupportedParameterError`:
 parameters of other module types, parameters shared by several modules, a Linear inside ``nn.MultiheadAttention``
-(it uses the weight without calling the module), timm ViTs with ``dynamic_img_size`` or without a position
-embedding. Checked while running: each hooked module runs exactly once per forward pass, with the batch as the
+(it uses the weight without calling the module), timm ViTs with ``dynamic_img_size`` or (a VisionTransformer) without
+a position embedding, an Eva with patch dropout, an EvaBlock whose drop path is neither the identity nor timm's
+DropPath. Checked while running: each hooked module runs exactly once per forward pass, with the batch as the
 first dimension of its input and output, and its input is not modified in place afterwards. What cannot be
 checked: that the samples do not interact. A model that mixes samples (batch statistics, a module applied across
 the batch dimension) would get wrong scores; use ``method="vmap"`` there.
@@ -59,6 +64,8 @@ BLOCK_ELEMENTS = 1 << 17
 """Per-sample weight gradients formed at once, in entries (512 KiB of float32): about the size of an L2 cache."""
 
 VIT_TOKEN_PARAMETERS = ("cls_token", "reg_token", "pos_embed")
+EVA_GAMMAS = {"gamma_1": ("attn", "drop_path1"), "gamma_2": ("mlp", "drop_path2")}
+"""EvaBlock's layer scale → (the branch whose output it scales, the drop path that output then goes through)."""
 
 
 class UnsupportedParameterError(ValueError):
@@ -77,17 +84,22 @@ def _layer_norm_types() -> tuple[type, ...]:
     return tuple(types)
 
 
+_TIMM_CLASSES = {
+    "VisionTransformer": "timm.models.vision_transformer",
+    "Eva": "timm.models.eva",
+    "EvaBlock": "timm.models.eva",
+    "LayerScale": "timm.layers",
+    "DropPath": "timm.layers",
+}
+
+
 @cache
 def _timm_class(name: str) -> type | None:
+    import importlib
+
     try:
-        if name == "VisionTransformer":
-            from timm.models.vision_transformer import VisionTransformer
-
-            return VisionTransformer
-        from timm.layers import LayerScale
-
-        return LayerScale
-    except ImportError:  # pragma: no cover - timm is a dependency
+        return getattr(importlib.import_module(_TIMM_CLASSES[name]), name)
+    except (ImportError, AttributeError):  # pragma: no cover - timm is a dependency; an older one may lack Eva
         return None
 
 
@@ -102,15 +114,31 @@ def _is_patchify_conv(m: nn.Module) -> bool:
 
 
 def _vit_reason(m: nn.Module, attr: str) -> str | None:
-    vit = _timm_class("VisionTransformer")
-    if vit is None or not isinstance(m, vit) or type(m)._pos_embed is not vit._pos_embed:
-        return f"{type(m).__name__}.{attr} (only timm VisionTransformer's own _pos_embed is supported)"
+    classes = [_timm_class("VisionTransformer"), _timm_class("Eva")]
+    owner = next(
+        (c for c in classes if c is not None and isinstance(m, c) and type(m)._pos_embed is c._pos_embed), None
+    )
+    if owner is None:
+        return f"{type(m).__name__}.{attr} (only the own _pos_embed of timm's VisionTransformer and Eva is supported)"
     if m.dynamic_img_size:
         return "dynamic_img_size=True (the position embedding is resampled per input)"
-    if m.pos_embed is None:
+    is_eva = owner is classes[1]
+    if m.pos_embed is None and not is_eva:
         return "a ViT without a position embedding (its tokens bypass pos_drop)"
+    if is_eva and m.patch_drop is not None:
+        return "an Eva with patch dropout (it drops tokens after pos_drop)"
     if not isinstance(m.pos_drop, nn.Dropout):
         return f"pos_drop is a {type(m.pos_drop).__name__}, not nn.Dropout"
+    return None
+
+
+def _eva_gamma_reason(m: nn.Module, attr: str) -> str | None:
+    block, drop_path = _timm_class("EvaBlock"), _timm_class("DropPath")
+    if block is None or type(m) is not block:
+        return f"parameter {attr!r} of a {type(m).__name__}"
+    drop = getattr(m, EVA_GAMMAS[attr][1])
+    if type(drop) is not nn.Identity and (drop_path is None or type(drop) is not drop_path):
+        return f"EvaBlock.{attr} followed by a {type(drop).__name__}, not the identity or timm's DropPath"
     return None
 
 
@@ -131,6 +159,9 @@ def _kind(modules: dict[str, nn.Module], module_name: str, attr: str) -> tuple[s
     if attr in VIT_TOKEN_PARAMETERS:
         reason = _vit_reason(m, attr)
         return ("vit_tokens", "") if reason is None else (None, reason)
+    if attr in EVA_GAMMAS:
+        reason = _eva_gamma_reason(m, attr)
+        return ("eva_gamma", "") if reason is None else (None, reason)
     if isinstance(m, nn.Conv2d):
         return None, "a Conv2d other than a patchify one (stride = kernel, no padding, dilation 1, groups 1)"
     return None, f"parameter {attr!r} of a {type(m).__name__}"
@@ -236,6 +267,13 @@ def _layer_scale(m: nn.Module, attrs: set[str], x: Tensor, g: Tensor) -> dict[st
     return {"gamma": _tokens(g * x, d).sum(1).square().sum(0).reshape(m.gamma.shape)}
 
 
+def _eva_gamma(m: nn.Module, attrs: set[str], x: Tensor, g: Tensor) -> dict[str, Tensor]:
+    """x: the output of the block's attn / mlp; g: the gradient of gamma ⊙ x (the drop path's output)."""
+    (attr,) = attrs  # one site per layer scale
+    gamma = getattr(m, attr)
+    return {attr: _tokens(g * x, gamma.shape[-1]).sum(1).square().sum(0).reshape(gamma.shape)}
+
+
 def _vit_tokens(m: nn.Module, attrs: set[str], x: Tensor, g: Tensor) -> dict[str, Tensor]:
     """g: the gradient of the token sequence (B, T, D) after ``_pos_embed`` (pos_drop's output)."""
     out = {}
@@ -258,6 +296,7 @@ RULES: dict[str, Rule] = {
     "layer_norm": _layer_norm,
     "patchify_conv": _patchify_conv,
     "layer_scale": _layer_scale,
+    "eva_gamma": _eva_gamma,
     "vit_tokens": _vit_tokens,
 }
 
@@ -276,6 +315,9 @@ class _Site:
     params: dict[str, str]
     calls: int = 0
     captured: list[tuple[Tensor, int]] = field(default_factory=list)  # the input and its version
+    # eva_gamma: the branch (attn / mlp) whose output is the rule's x, captured by its own forward hook
+    source: nn.Module | None = None
+    source_output: Tensor | None = None
 
 
 class SquaredGradients:
@@ -307,8 +349,13 @@ class SquaredGradients:
         sites: dict[str, _Site] = {}
         for name, (module_name, attr, kind, _) in plan.items():
             module = modules[module_name]
-            hooked = module.pos_drop if kind == "vit_tokens" else module
-            site = sites.setdefault(module_name, _Site(module_name, module, hooked, kind, {}))  # type: ignore[arg-type]
+            key, hooked, source = module_name, module, None
+            if kind == "vit_tokens":
+                hooked = module.pos_drop
+            elif kind == "eva_gamma":  # one site per layer scale: each has its own branch and drop path
+                branch, drop = EVA_GAMMAS[attr]
+                key, hooked, source = name, getattr(module, drop), getattr(module, branch)
+            site = sites.setdefault(key, _Site(key, module, hooked, kind, {}, source=source))  # type: ignore[arg-type]
             site.params[attr] = name
         self.sites = list(sites.values())
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -319,6 +366,8 @@ class SquaredGradients:
         for site in self.sites:
             hook = self._forward_hook(site)
             self._handles.append(site.hooked.register_forward_hook(hook, with_kwargs=True))
+            if site.source is not None:
+                self._handles.append(site.source.register_forward_hook(self._source_hook(site)))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -333,6 +382,7 @@ class SquaredGradients:
         for site in self.sites:
             site.calls = 0
             site.captured.clear()
+            site.source_output = None
         self._roots.clear()
         try:
             yield
@@ -341,6 +391,7 @@ class SquaredGradients:
             self._roots.clear()
             for site in self.sites:
                 site.captured.clear()
+                site.source_output = None
 
     def check_forward(self) -> None:
         """Call between the forward and the backward pass: every hooked module ran once, its input is unchanged.
@@ -386,10 +437,21 @@ class SquaredGradients:
                 root = output.detach().requires_grad_(True)
                 self._roots.append(root)
                 output = replaced = root.clone()  # not the leaf itself, which later in-place ops could not change
+            if site.source is not None:  # eva_gamma: x is the branch's output, not the drop path's input
+                inp, site.source_output = site.source_output, None
+                if inp is None:
+                    raise UnsupportedParameterError(f"{site.name}: its branch did not run before its drop path")
             x = inp.detach()
             site.captured.append((inp, inp._version))
             output.register_hook(lambda g: self._accumulate(site, x, g))
             return replaced
+
+        return hook
+
+    def _source_hook(self, site: _Site) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if self._batch_size is not None and isinstance(output, Tensor):
+                site.source_output = output
 
         return hook
 

@@ -7,14 +7,17 @@ clients' calibrations: both must score exactly the same samples with exactly the
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fedtalos.config import RunConfig
-from fedtalos.editing.fisher import fisher_scores, fitting_chunk_size
+from fedtalos.editing.fisher import fisher_scores, fitting_chunk_size, scoring_method
 from fedtalos.seeds import calibration_sample_generator, client_label_seed
+from fedtalos.task.backbones import get_backbone
 from fedtalos.task.memory import fisher_bytes_per_sample
+from fedtalos.task.model import backbone_parameters, input_normalisation
 from fedtalos.task.resources import Resources
 
 
@@ -61,4 +64,41 @@ def sample_scores(
     chunk = fitting_chunk_size(resources.device, fisher_bytes_per_sample(config), stable=config.deterministic)
     return fisher_scores(
         resources.model, batches, target=config.fisher_target, soft_mask=mask, generator=generator, chunk_size=chunk
+    )
+
+
+def model_record(config: RunConfig, model: nn.Module) -> dict[str, Any]:
+    """What a run directory's ``config.json`` records about the backbone (key ``model``): its name and label, patch
+    size (px), input normalisation (mean/std per RGB channel in [0, 1] units), the number of backbone (= scored)
+    tensors and entries, and the per-sample gradient method Fisher scoring uses on it (``hooks``, or the ``vmap``
+    fallback with the reasons hooks cannot score some tensors)."""
+    backbone = get_backbone(config.model)
+    mean, std = input_normalisation(config.model)
+    params = list(backbone_parameters(model))
+    method, unsupported = scoring_method(model, [n for n, _ in params])
+    reasons = sorted(set(unsupported.values()))
+    return {
+        "name": backbone.name,
+        "label": backbone.label,
+        "architecture": type(model).__name__,
+        "patch_size": backbone.patch_size,
+        "image_size": config.image_size,
+        "mean": list(mean),
+        "std": list(std),
+        "backbone_tensors": len(params),
+        "backbone_entries": sum(p.numel() for _, p in params),
+        "fisher_method": method,
+        "fisher_method_reason": "every backbone tensor is supported by the per-layer rules"
+        if method == "hooks"
+        else f"{len(unsupported)} tensors unsupported by the per-layer rules: " + "; ".join(reasons[:3]),
+    }
+
+
+def describe_model(record: Mapping[str, Any]) -> str:
+    """One log line from :func:`model_record`."""
+    return (
+        f"model {record['name']} ({record['label']}, {record['architecture']}): patch {record['patch_size']} px at "
+        f"{record['image_size']} px, mean {tuple(record['mean'])}, std {tuple(record['std'])}; "
+        f"{record['backbone_tensors']} backbone tensors ({record['backbone_entries']:,} entries), Fisher scores per "
+        f"sample by {record['fisher_method']} ({record['fisher_method_reason']})"
     )

@@ -1,5 +1,5 @@
 """Batches on the model's device: cut, augmented (random crop with 4-pixel zero padding + horizontal flip), resized
-to the model's resolution and normalised with ImageNet statistics on whole tensors; all randomness comes from an
+to the model's resolution and normalised with the model's statistics on whole tensors; all randomness comes from an
 explicit ``torch.Generator``, so a client's batches are a pure function of (seed, round, client)."""
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ImageTransform:
-    """Batched preprocessing on the images' device: (B,3,32,32) uint8 → (B,3,S,S) float, ImageNet-normalised.
+    """Batched preprocessing on the images' device: (B,3,32,32) uint8 → (B,3,S,S) float, (x/255 − mean)/std.
+
+    ``mean`` / ``std``: per RGB channel in [0, 1] units, those the model was pretrained with
+    (:func:`fedtalos.task.model.input_normalisation`; ImageNet's by default).
 
     With ``train=True`` each image gets a random crop from its 4-pixel zero-padded version and a random
     horizontal flip (probability 1/2), drawn from the given CPU generator so results do not depend on the device.
@@ -27,6 +30,8 @@ class ImageTransform:
     train: bool
     padding: int = 4
     channels_last: bool = False
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
     def __call__(
         self, images: torch.Tensor, generator: torch.Generator | None = None, *, draws: torch.Tensor | None = None
@@ -40,7 +45,7 @@ class ImageTransform:
         x = images.float()
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        scale, shift = _normalisation(x.device)
+        scale, shift = _normalisation(x.device, self.mean, self.std)
         x = torch.addcmul(shift, x, scale)  # (x/255 − mean)/std in one pass: interpolation is linear, so order is free
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -66,10 +71,12 @@ class ImageTransform:
 
 
 @functools.lru_cache(maxsize=8)
-def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _normalisation(
+    device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) with x·scale + shift = (x/255 − mean)/std, per channel, as (1, 3, 1, 1) tensors on ``device``."""
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     return 1.0 / (255.0 * std), -mean / std
 
 

@@ -1,8 +1,9 @@
-"""The model: timm's DINO ViT-S/16 with a 100-class head, a tiny test ViT, devices and precision."""
+"""The model: a supported timm ViT (:mod:`fedtalos.task.backbones`) with a 100-class head, devices and precision."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,14 +11,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-DINO_VIT_S16 = "vit_small_patch16_224.dino"
-TINY_TEST_VIT = "vit-tiny-test"
-HF_HUB_ID = "timm/vit_small_patch16_224.dino"
+from fedtalos.task.backbones import DEFAULT_BACKBONE, TINY_TEST_VIT, Backbone, get_backbone, image_size_problem
+from fedtalos.task.batches import IMAGENET_MEAN, IMAGENET_STD
+
+DINO_VIT_S16 = DEFAULT_BACKBONE
 HEAD_PREFIX = "head."
 
 
-class WeightsError(RuntimeError):
+class ModelError(RuntimeError):
+    """The model cannot be built as configured."""
+
+
+class WeightsError(ModelError):
     """Pretrained weights could not be obtained or do not fit the architecture."""
+
+
+class UnsupportedArchitectureError(ModelError):
+    """The architecture lacks something that training or model editing needs (e.g. a linear ``head``)."""
 
 
 def build_model(
@@ -27,68 +37,134 @@ def build_model(
     image_size: int = 224,
     pretrained: bool = True,
     weights_path: str | Path | None = None,
+    depth: int | None = None,
 ) -> nn.Module:
     """Build a ViT classifier.
 
     Args:
-        name: ``'vit_small_patch16_224.dino'`` (DINO ViT-S/16 from timm, 21.7M backbone parameters) or
-            ``'vit-tiny-test'`` (2 blocks, width 32, patch 8, random init: for tests and CPU benchmarks only).
+        name: a supported backbone (:data:`fedtalos.task.backbones.BACKBONES`), e.g. ``'vit_small_patch16_224.dino'``
+            (DINO ViT-S/16, 21.7M backbone parameters), or ``'vit-tiny-test'`` (2 blocks, width 32, patch 8,
+            random init: for tests and CPU benchmarks only).
         num_classes: size of the new linear head, initialised as timm initialises ViT heads: weights from a
             truncated normal with std 0.02, bias 0, drawn from torch's global RNG (``task.resources`` seeds it).
-        image_size: input resolution in pixels; the pretrained 14×14 position embeddings are resampled when
-            it is not 224.
-        pretrained: load the DINO backbone weights (ignored for the tiny test model).
-        weights_path: a local ``.safetensors`` / ``.pth`` file with the DINO backbone; without it timm
-            downloads ``timm/vit_small_patch16_224.dino`` from the Hugging Face hub.
+        image_size: input resolution in pixels, a multiple of the model's patch size; timm resamples pretrained
+            absolute position embeddings to it (rotary ones are computed for it).
+        pretrained: load the backbone weights (ignored for the tiny test model).
+        weights_path: a local ``.safetensors`` / ``.pth`` file with the backbone; without it timm downloads the
+            model's file from the Hugging Face hub.
+        depth: build only this many transformer blocks (same block type; for tests). None = the model's own.
 
     Raises:
+        ValueError: unknown name, or an image size that is not a multiple of the patch size.
         WeightsError: offline without a weights file, or a file that does not fit the architecture.
+        UnsupportedArchitectureError: a model that training or editing cannot handle (:func:`check_architecture`).
     """
     import timm
 
+    backbone = get_backbone(name)
+    problem = image_size_problem(name, image_size)
+    if problem:
+        raise ValueError(f"image size {image_size}: {problem}")
+    kwargs = dict(backbone.create_kwargs, num_classes=num_classes, img_size=image_size)
+    if depth is not None:
+        kwargs["depth"] = depth
     if name == TINY_TEST_VIT:
-        return timm.models.VisionTransformer(
+        model = timm.models.VisionTransformer(
             img_size=image_size,
-            patch_size=8,
+            patch_size=backbone.patch_size,
             embed_dim=32,
-            depth=2,
+            depth=depth or 2,
             num_heads=2,
             mlp_ratio=2.0,
             num_classes=num_classes,
         )
-    if name != DINO_VIT_S16:
-        raise ValueError(f"unknown model {name!r}; use {DINO_VIT_S16!r} or {TINY_TEST_VIT!r}")
-    if not pretrained:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=image_size)
-    if weights_path:
-        check_weights_file(weights_path)
+    elif not pretrained:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    elif weights_path:
+        check_weights_file(weights_path, name, depth=depth)
         overlay = {"file": str(Path(weights_path).expanduser())}
         try:
-            return timm.create_model(
-                name, pretrained=True, num_classes=num_classes, img_size=image_size, pretrained_cfg_overlay=overlay
-            )
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
         except (RuntimeError, KeyError, ValueError) as e:
-            raise WeightsError(f"could not load DINO ViT-S/16 weights from {weights_path}: {e}") from None
+            raise WeightsError(f"could not load {backbone.label} weights from {weights_path}: {e}") from None
+    else:
+        model = _from_hub(backbone, kwargs)
+    check_architecture(model)
+    return model
+
+
+def _from_hub(backbone: Backbone, kwargs: dict) -> nn.Module:
+    import timm
+
+    hub_id = timm.models.get_pretrained_cfg(backbone.name).hf_hub_id or f"timm/{backbone.name}"
     try:
-        return timm.create_model(name, pretrained=True, num_classes=num_classes, img_size=image_size)
+        return timm.create_model(backbone.name, pretrained=True, **kwargs)
     except Exception as e:  # hub errors come in many types (OSError, HTTP errors, LocalEntryNotFoundError)
+        extra = (
+            " The original DINO checkpoint dino_deitsmall16_pretrain.pth works too."
+            if backbone.name == DINO_VIT_S16
+            else ""
+        )
         raise WeightsError(
-            "could not download the DINO ViT-S/16 weights from the Hugging Face hub "
-            f"({HF_HUB_ID}): {type(e).__name__}.\n"
-            f"Offline? Download https://huggingface.co/{HF_HUB_ID}/resolve/main/model.safetensors on a "
+            f"could not download the {backbone.label} weights from the Hugging Face hub "
+            f"({hub_id}): {type(e).__name__}.\n"
+            f"Offline? Download https://huggingface.co/{hub_id}/resolve/main/model.safetensors on a "
             "machine with internet, copy it here and set weights-path=/abs/path/model.safetensors "
-            "(centralized: --weights-path). The original DINO checkpoint "
-            "dino_deitsmall16_pretrain.pth works too."
+            f"(centralized: --weights-path).{extra}"
         ) from None
 
 
-def expected_backbone_shapes(name: str = DINO_VIT_S16) -> dict[str, tuple[int, ...]]:
-    """Parameter name → shape of the pretrained backbone at 224 px, built on the meta device (no memory)."""
+def check_architecture(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedArchitectureError`, with the reason, unless ``model`` has what the app relies on.
+
+    A linear classifier at ``head`` (step 0 fits or trains it alone; masks cover everything else, the backbone),
+    ``forward_features`` / ``forward_head(..., pre_logits=True)`` (the ridge head's features), and no parameter
+    shared between the head and the backbone (one could not be frozen without the other).
+    """
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Linear):
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__}: the classifier `head` is a {type(head).__name__}, not an nn.Linear; the "
+            "head step (ridge / probe) and the backbone masks need a linear head named `head`"
+        )
+    for method in ("forward_features", "forward_head"):
+        if not callable(getattr(model, method, None)):
+            raise UnsupportedArchitectureError(
+                f"{type(model).__name__} has no {method}(); the ridge head reads the backbone's features with it"
+            )
+    head_ids = {id(p) for p in head.parameters()}
+    shared = [n for n, p in backbone_parameters(model) if id(p) in head_ids]
+    if shared:
+        raise UnsupportedArchitectureError(f"{type(model).__name__}: the head shares parameters with {shared[:3]}")
+
+
+def input_normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per RGB channel, in [0, 1] units, that model ``name`` was pretrained with (timm's pretrained
+    config, read without downloading anything); ImageNet's for the tiny test model."""
     import timm
 
+    if get_backbone(name).name == TINY_TEST_VIT:
+        return IMAGENET_MEAN, IMAGENET_STD
+    cfg = timm.models.get_pretrained_cfg(name)
+    return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+
+
+def expected_backbone_shapes(name: str = DINO_VIT_S16, depth: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape of model ``name``'s pretrained backbone at its own resolution (as in timm's hub file),
+    built on the meta device (no memory). ``depth``: as in :func:`build_model`."""
+    return dict(_backbone_shapes(name, depth))
+
+
+@functools.cache
+def _backbone_shapes(name: str, depth: int | None) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    import timm
+
+    kwargs = dict(get_backbone(name).create_kwargs)
+    if depth is not None:
+        kwargs["depth"] = depth
     with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
 
 
 def _read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -105,11 +181,12 @@ def _read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def check_weights_file(path: str | Path, name: str = DINO_VIT_S16) -> None:
-    """Fail fast, without loading weights into a model, if ``path`` is missing or is not a ViT-S/16 backbone.
+def check_weights_file(path: str | Path, name: str = DINO_VIT_S16, depth: int | None = None) -> None:
+    """Fail fast, without loading weights into a model, if ``path`` is missing or is not model ``name``'s backbone.
 
     Reads only tensor names and shapes (safetensors header, or a memory-mapped ``torch.load`` with
-    ``weights_only=True``, which runs no code).
+    ``weights_only=True``, which runs no code) and compares them with :func:`expected_backbone_shapes` (the
+    position embedding may have another grid: timm resamples it).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -120,7 +197,7 @@ def check_weights_file(path: str | Path, name: str = DINO_VIT_S16) -> None:
         raise
     except Exception as e:
         raise WeightsError(f"{path} is not a readable .safetensors or torch checkpoint: {e}") from None
-    expected = expected_backbone_shapes(name)
+    expected = expected_backbone_shapes(name, depth)
     shapes = {k: v for k, v in shapes.items() if not k.startswith(HEAD_PREFIX)}
     missing = sorted(set(expected) - set(shapes))
     wrong = sorted(k for k in set(expected) & set(shapes) if shapes[k] != expected[k] and k != "pos_embed")
@@ -131,7 +208,8 @@ def check_weights_file(path: str | Path, name: str = DINO_VIT_S16) -> None:
         if wrong:
             k = wrong[0]
             details.append(f"{len(wrong)} with other shapes (e.g. {k}: {shapes[k]} instead of {expected[k]})")
-        raise WeightsError(f"{path} does not hold DINO ViT-S/16 ({name}) weights: {'; '.join(details)}")
+        label = get_backbone(name).label
+        raise WeightsError(f"{path} does not hold {label} ({name}) weights: {'; '.join(details)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from fedtalos.task.batches import ImageTransform, iterate_batches, to_device
 from fedtalos.task.cifar import Cifar100, load_cifar100
 from fedtalos.task.model import (
     build_model,
+    input_normalisation,
     precision_choice,
     resolve_device,
     set_deterministic,
@@ -141,6 +142,10 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if pretrained else None
+    mean, std = input_normalisation(config.model)
+    transform = functools.partial(
+        ImageTransform, config.image_size, channels_last=config.channels_last, mean=mean, std=std
+    )
     return Resources(
         config=config,
         device=device,
@@ -149,7 +154,7 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
         train_idx=train_idx,
         val_idx=val_idx,
         model=model,
-        train_transform=ImageTransform(config.image_size, train=True, channels_last=config.channels_last),
-        eval_transform=ImageTransform(config.image_size, train=False, channels_last=config.channels_last),
+        train_transform=transform(train=True),
+        eval_transform=transform(train=False),
         initial_weights=initial,
     )

@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -165,7 +166,13 @@ def _check_environment(path: Path, stored: dict[str, Any], current: dict[str, st
     log.warning("%s (allow-device-change = true: continuing)", message)
 
 
-def open_run_dir(config: RunConfig, kind: str, prefix: str = "", environment: dict[str, str] | None = None) -> RunDir:
+def open_run_dir(
+    config: RunConfig,
+    kind: str,
+    prefix: str = "",
+    environment: dict[str, str] | None = None,
+    model: Mapping[str, Any] | None = None,
+) -> RunDir:
     """Create or reopen the run directory of ``config``.
 
     ``kind`` is ``'federated'`` or ``'centralized'``. If the directory holds a run of the same configuration
@@ -174,6 +181,8 @@ def open_run_dir(config: RunConfig, kind: str, prefix: str = "", environment: di
     differ and the two ways out. ``environment``: what ``device`` / ``precision`` resolved to in this process
     (:func:`fedtalos.task.model.environment`), recorded in ``config.json``; a resume whose environment differs
     from the recorded one raises :class:`EnvironmentChanged` unless ``allow-device-change`` (then a warning).
+    differ and the two ways out. ``model``: what to record about the backbone under the key ``model``
+    (:func:`fedtalos.editing.scoring.model_record`).
     """
     validate_output_root(config)
     path = config.run_dir(prefix)
@@ -218,6 +227,7 @@ def open_run_dir(config: RunConfig, kind: str, prefix: str = "", environment: di
         "result_config": config.result_dict(),
         "versions": package_versions(),
         **({"environment": dict(environment)} if environment is not None else {}),
+        **({"model": dict(model)} if model is not None else {}),
         "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if resumed:

@@ -140,3 +140,10 @@ def test_freeze_backbone_trains_the_head_only(central_config):
     assert start.initial_weights is not None
     moved = sorted(k for k in after if not torch.equal(after[k], start.initial_weights[k]))
     assert moved == ["head.bias", "head.weight"]
+
+
+def test_the_run_records_and_logs_its_backbone(central_config, fedtalos_log):
+    run_dir = run(dict(central_config, epochs=1))
+    model = json.loads((run_dir / "config.json").read_text())["model"]
+    assert model["name"] == "vit-tiny-test" and model["image_size"] == 32 and model["fisher_method"] == "hooks"
+    assert any("Fisher scores per sample by hooks" in r.getMessage() for r in fedtalos_log.records)

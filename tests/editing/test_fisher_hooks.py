@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 from fedtalos.editing import persample
-from fedtalos.editing.fisher import fisher_scores, per_sample_loop_scores
+from fedtalos.editing.fisher import fisher_scores, per_sample_loop_scores, scoring_method
+from fedtalos.editing.masks import calibrate_mask, floor_count
 from fedtalos.editing.persample import UnsupportedParameterError, sum_sq_outer, unsupported_parameters
-from fedtalos.task.model import DINO_VIT_S16, build_model
+from fedtalos.task.backbones import BACKBONES, get_backbone
+from fedtalos.task.model import DINO_VIT_S16, backbone_parameters, build_model
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -172,3 +174,46 @@ def test_what_the_hooks_method_refuses():
         "pos_embed",
         "cls_token",
     }
+
+
+# The per-sample gradient method of each supported backbone (fisher_scores' "auto"): hooks where every backbone
+# tensor has a per-layer rule, else the vmap fallback. All of them have the rules: DINOv2 through LayerScale, DINOv3
+# (timm's Eva) through its own _pos_embed (cls + 4 register tokens, rotary embeddings) and EvaBlock's gamma_1/2.
+BACKBONE_METHODS = dict.fromkeys(BACKBONES, "hooks")
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_every_backbone_scores_as_the_loop_and_gets_a_mask_of_its_shapes(name):
+    """Each supported backbone (random init, one block of its own type, 2×2 patches): the automatic method's scores
+    equal the per-sample loop's on 3 samples, and a least-sensitive mask covers exactly its backbone tensors."""
+    torch.manual_seed(0)
+    size = 2 * get_backbone(name).patch_size
+    model = _with_head(build_model(name, num_classes=10, image_size=size, pretrained=False, depth=1))
+    method, unsupported = scoring_method(model)
+    assert method == BACKBONE_METHODS[name], unsupported
+    assert (method == "hooks") == (unsupported == {})
+    x = torch.randn(3, 3, size, size, generator=_gen(2))
+    kwargs = dict(soft_mask=_soft_mask(model, list(dict(backbone_parameters(model)))), target="log-prob")
+    auto = fisher_scores(model, [x[:2], x[2:]], generator=_gen(), chunk_size=2, **kwargs)
+    loop = per_sample_loop_scores(model, [x[:2], x[2:]], generator=_gen(), **kwargs)
+    _assert_close(auto, loop)
+    mask = calibrate_mask(model, [x], sparsity=0.9, rounds=1, rule="least-sensitive")
+    backbone = dict(backbone_parameters(model))
+    assert {n: m.shape for n, m in mask.items()} == {n: p.shape for n, p in backbone.items()}
+    assert all(m.dtype == torch.bool for m in mask.values())
+    kept = sum(int(m.sum()) for m in mask.values())
+    assert kept == floor_count(0.1, sum(p.numel() for p in backbone.values()))
+
+
+def test_eva_outside_the_per_layer_rules_falls_back_to_vmap():
+    """timm's own DINOv3 settings (dynamic_img_size=True: the rotary embedding follows each input) and an EvaBlock
+    whose drop path is not the identity are refused by the hooks method with the reason; auto then uses vmap."""
+    kwargs = dict(pretrained=False, num_classes=10, img_size=32, depth=1)
+    dynamic = _with_head(timm.create_model("vit_small_patch16_dinov3.lvd1689m", **kwargs))
+    method, unsupported = scoring_method(dynamic)
+    assert method == "vmap" and unsupported["cls_token"].startswith("dynamic_img_size=True")
+    fixed = build_model("vit_small_patch16_dinov3.lvd1689m", num_classes=10, image_size=32, pretrained=False, depth=1)
+    fixed.blocks[0].drop_path2 = nn.Dropout(0.0)
+    assert "followed by a Dropout" in unsupported_parameters(fixed, ["blocks.0.gamma_2"])["blocks.0.gamma_2"]
+    with pytest.raises(UnsupportedParameterError, match="gamma_2"):
+        fisher_scores(fixed, [torch.zeros(1, 3, 32, 32)], method="hooks")

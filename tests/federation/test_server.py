@@ -90,3 +90,11 @@ def test_a_federated_run_emits_the_round_events_in_order(tiny_run_config: dict[s
     assert names == one_round + checkpoint + one_round + ["before_evaluate"] + checkpoint, "evaluation at round 2"
     units = [u for name, u in recorder.events if name == "round_start"]
     assert [(u.phase, u.index, u.step) for u in units] == [("train", 1, 1), ("train", 2, 2)]
+
+
+def test_the_run_records_and_logs_its_backbone(tiny_run_config: dict[str, Any], fedtalos_log):
+    run_dir, _ = run_server(dict(tiny_run_config, **{"num-server-rounds": 1}))
+    model = json.loads((run_dir / "config.json").read_text())["model"]
+    assert model["name"] == "vit-tiny-test" and model["patch_size"] == 8 and model["fisher_method"] == "hooks"
+    assert model["mean"] == [0.485, 0.456, 0.406]
+    assert any("Fisher scores per sample by hooks" in r.getMessage() for r in fedtalos_log.records)

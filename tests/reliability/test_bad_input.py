@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from fedtalos.cli import run as run_command
 from fedtalos.config import ConfigError
-from fedtalos.task.model import DINO_VIT_S16, TINY_TEST_VIT, build_model
+from fedtalos.task.model import DINO_VIT_S16, TINY_TEST_VIT, build_model, expected_backbone_shapes
 from tests.support.fakegrid import FakeGrid, run_server
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -25,6 +25,13 @@ pytestmark = pytest.mark.usefixtures("flower_task_identity")
 def _tiny_weights(tmp: Path) -> Path:
     path = tmp / "tiny-vit.safetensors"
     save_file({k: v.contiguous() for k, v in build_model(TINY_TEST_VIT).state_dict().items()}, str(path))
+    return path
+
+
+def _dino_vit_s16_shapes(tmp: Path) -> Path:
+    """A .pth with DINO ViT-S/16's tensor names and shapes (meta tensors: nothing to write but the header)."""
+    path = tmp / "dino-vit-s16.pth"
+    torch.save({k: torch.empty(s, device="meta") for k, s in expected_backbone_shapes(DINO_VIT_S16).items()}, path)
     return path
 
 
@@ -73,6 +80,14 @@ CASES: dict[str, tuple[Overrides, list[str]]] = {
         lambda tmp: {"model": DINO_VIT_S16, "image-size": 32, "weights-path": str(_tiny_weights(tmp))},
         ["weights-path = ", "tiny-vit.safetensors'", "does not hold DINO ViT-S/16", "tensors missing"],
     ),
+    "weights of another backbone": (
+        lambda tmp: {
+            "model": "vit_small_patch14_dinov2.lvd142m",
+            "image-size": 28,
+            "weights-path": str(_dino_vit_s16_shapes(tmp)),
+        },
+        ["weights-path = ", "does not hold DINOv2 ViT-S/14 (vit_small_patch14_dinov2.lvd142m)", "24 tensors missing"],
+    ),
     "weights file missing": (
         lambda tmp: {"model": DINO_VIT_S16, "image-size": 32, "weights-path": str(tmp / "nope.pth")},
         ["weights-path = ", "nope.pth'", "does not exist"],
@@ -86,7 +101,18 @@ CASES: dict[str, tuple[Overrides, list[str]]] = {
         {"num-clients": 20, "partitioning": "noniid", "classes-per-client": 100},
         ["num-clients = 20", "classes-per-client = 100", "can only form", "lower num-clients or classes-per-client"],
     ),
-    "image size not a multiple of 16": ({"image-size": 20}, ["image-size = 20", "multiple of 16"]),
+    "image size not a multiple of the patch size": (
+        {"image-size": 20},
+        ["image-size = 20", "multiple of vit-tiny-test's patch size 8", "e.g. 16 or 24"],
+    ),
+    "image size not a multiple of DINOv2's patch 14": (
+        {"model": "vit_small_patch14_dinov2.lvd142m", "image-size": 32},
+        ["image-size = 32", "patch size 14", "e.g. 28 or 42"],
+    ),
+    "unknown model": (
+        {"model": "vit_large_patch16_224"},
+        ["model = 'vit_large_patch16_224'", "vit_base_patch16_224.dino"],
+    ),
     "CUDA requested without CUDA": ({"device": "cuda"}, ["device = 'cuda'", "CUDA is not available"]),
 }
 
