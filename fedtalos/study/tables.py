@@ -28,12 +28,14 @@ METRICS: dict[str, tuple[str, float, int]] = {
     "mask_density": ("trainable (%)", 100.0, 1),
     "mask_jaccard": ("client–aggregate Jaccard", 1.0, 3),
     "wall_min": ("time in rounds (min)", 1.0, 1),
+    "run_min": ("run time (min)", 1.0, 1),
 }
 # Smaller units for the Markdown table when every value is below 1 of the default one (e.g. a test sweep).
 SMALL_UNITS: dict[str, tuple[str, float, int]] = {
     "uploaded_gb": ("uploaded (MB)", 1e3, 2),
     "downloaded_gb": ("downloaded (MB)", 1e3, 2),
     "wall_min": ("time in rounds (s)", 60.0, 1),
+    "run_min": ("run time (s)", 60.0, 1),
 }
 # Columns of the Markdown table, in order; those no configuration has are left out.
 MARKDOWN_METRICS = (
@@ -45,6 +47,7 @@ MARKDOWN_METRICS = (
     "mask_density",
     "mask_jaccard",
     "wall_min",
+    "run_min",
 )
 # Settings in the CSV, one column each (the Markdown table shows only those that vary, see results.SETTING_NAMES).
 CSV_SETTINGS = (
@@ -144,7 +147,8 @@ def summarize(root: str | Path, out: str | Path | None = None, figures: bool = T
         f"{len(groups)} configurations, {n_runs} finished runs under `{root}`. Metrics: mean ± sample std (ddof = 1) "
         "over seeds; accuracies in %; uploaded = bytes sent by clients over all phases; drift = weighted RMS "
         "distance of client updates from their mean, averaged over training rounds; trainable = mask density "
-        "(1 − sparsity); time in rounds = the rounds' own wall time (start-up not included)."
+        "(1 − sparsity); time in rounds = the rounds' own wall time (start-up not included); run time = the "
+        "whole wall time of the launch that finished the run, from `flwr run` to its end (start-up included)."
     ]
     if unfinished:
         notes.append(f"Left out, unfinished: {', '.join(r.name for r in unfinished)}.")

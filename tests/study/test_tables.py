@@ -57,3 +57,24 @@ def test_table_has_one_row_per_configuration_with_mean_and_std(study: Path, tmp_
     assert "| noniid | noniid-nc1-J2 | Nc=1, J=2, rounds=4 | 2 | 11.00 ± 1.41 |" in md
     assert "| central | central-cosine | cosine | 2 | 80.50 ± 0.71 |" in md
     assert "noniid-nc1-J2-seed2" in md, "the unfinished run is named under the table"
+
+
+def test_run_time_with_start_up_stands_beside_time_in_rounds(tmp_path: Path):
+    import json
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(write_study(tmp_path / "src"), root)
+    timed = []
+    for summary_file in sorted(root.glob("noniid-nc1-J2-seed*/summary.json")):
+        summary = json.loads(summary_file.read_text())
+        summary["run_wall_s"] = 90.0 + 30.0 * len(timed)  # 4 rounds of 6 s: 24 s in rounds
+        summary_file.write_text(json.dumps(summary))
+        timed.append(summary["run_wall_s"])
+    result = summarize(root, tmp_path / "summary", figures=False)
+    rows = list(csv.DictReader(result["csv"].read_text().splitlines()))
+    row = next(r for r in rows if r["configuration"] == "noniid-nc1-J2")
+    assert float(row["run_min_mean"]) == pytest.approx(sum(timed) / len(timed) / 60)
+    assert float(row["wall_min_mean"]) == pytest.approx(24 / 60)
+    header = result["markdown"].read_text().splitlines()[2]
+    assert header.index("time in rounds") < header.index("run time (min)")
