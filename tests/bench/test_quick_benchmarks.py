@@ -5,6 +5,7 @@ The figures themselves are never asserted against targets (they depend on the ma
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -41,3 +42,21 @@ def test_round_overhead_quick():
     assert len(report["flower_rounds_s"]) == 2 and len(report["pure_rounds_s"]) == 4  # before and after
     assert report["ratio"] == pytest.approx(report["flower_round_s"] / report["pure_round_s"])
     assert report["peak_rss_driver_gb"] > 0 and report["bytes_up_per_client"] > 0
+
+
+def test_gpu_benchmark_quick_runs_on_the_cpu():
+    import subprocess
+
+    from tests.support.bench import ROOT
+
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu.sh"), "--quick"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)  # one JSON object
+    assert report["benchmark"] == "gpu" and report["device"] == "cpu" and report["model"] == "vit-tiny-test"
+    for dtype in ("fp32", "bf16"):
+        assert report["train"][dtype]["images_per_s"] > 0 and math.isfinite(report["train"][dtype]["step_ms"])
+    fisher = report["fisher"]
+    assert fisher["hooks_s"] > 0 and fisher["loop_s"] > 0 and fisher["max_rel_diff"] < 1e-3, "the same scores"
+    assert report["rounds"] == {}, "no federated rounds in --quick"
