@@ -6,7 +6,16 @@
 
 Both sides run the same cohorts (sampled from (seed, round)) on the same generated CIFAR-format data. The pure
 side loads the global weights into one model and runs each client's J SGD steps on its batches, accumulating the
-weighted average, in one plain PyTorch process with all cores, before and after the Flower run. The Flower side is
+weighted average, in one plain PyTorch process with all cores, before and after the Flower run; a second pure side
+runs with the actors' parallelism (P processes × T threads, P = cores ÷ cpus-per-client, each taking the next
+client as it frees up, as actors do).
+
+Per-client overhead, two ways: (a) ``per_client_overhead_ms``, instrumented: the median over the steady rounds of
+the time a client update spends outside its J optimizer steps (``fedtalos.federation.timing``: delivery, set-up,
+reply, accept) plus its share of the aggregation; (b) ``per_client_overhead_vs_pure_ms``: (steady round − the
+same-parallelism pure round) ÷ cohort. ``weights_copy_ms`` is one ``copy_`` of the model's weights on this machine,
+the scale of the limit. ``server_ms_per_round``: the server's own time per round (configure, accept, aggregate,
+checkpoint hand-off). The Flower side is
 the real app through the local SuperLink and the Ray simulation engine; its steady-state round time is the median
 of the server's per-round wall time over the rounds after the first (actors warming up) and before the last (test
 evaluation). Ray start-up is excluded. Peak resident memory of the whole process tree and of the simulation driver
@@ -98,6 +107,64 @@ def pure_compute(config: RunConfig, rounds: list[int]) -> list[float]:
     return times
 
 
+_WORKER: dict = {}
+
+
+def _worker_init(values: dict, threads: int) -> None:
+    torch.set_num_threads(threads)
+    config = RunConfig.from_mapping(values)
+    res = get_resources(config)
+    _WORKER.update(config=config, res=res, start=res.weights())
+
+
+def _worker_client(job: tuple[int, int]) -> float:
+    """One client's weights in and J steps (as an actor does), in a pool worker; returns its seconds."""
+    r, pid = job
+    config, res = _WORKER["config"], _WORKER["res"]
+    t0 = time.perf_counter()
+    res.model.load_state_dict(_WORKER["start"])
+    opt = torch.optim.SGD(res.model.parameters(), lr=config.lr, momentum=config.momentum)
+    images, labels = res.client_data(pid)
+    batches = res.train_batches(
+        images, labels, make_generator(config.seed, FEDERATED_STREAMS["train"], r, pid), config.local_steps
+    )
+    train_steps(res.model, opt, batches)
+    return time.perf_counter() - t0
+
+
+def pure_parallel(values: dict, config: RunConfig, rounds: list[int], processes: int, threads: int) -> list[float]:
+    """Seconds per round for the cohort's clients spread over ``processes`` workers of ``threads`` threads each."""
+    import multiprocessing
+
+    times = []
+    with multiprocessing.get_context("spawn").Pool(processes, _worker_init, (values, threads)) as pool:
+        pool.map(_worker_client, [(1, p) for p in range(processes)], chunksize=1)  # warm every worker
+        for r in rounds:
+            cohort = sample_cohort(config.seed, "train", r, config.num_clients, config.cohort_size)
+            t0 = time.perf_counter()
+            list(pool.imap_unordered(_worker_client, [(r, p) for p in cohort], chunksize=1))
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def weights_copy_ms(config: RunConfig, repeats: int = 15) -> float:
+    """Median milliseconds of one ``copy_`` of the model's weights (one flat buffer of their size)."""
+    numel = sum(v.numel() for v in get_resources(config).model.state_dict().values())
+    src, dst = torch.randn(numel), torch.empty(numel)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def _median(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model, K=10, 4 rounds")
@@ -109,6 +176,8 @@ def main() -> None:
     parser.add_argument("--model", default="vit_small_patch16_224.dino")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--cpus-per-client", type=int, default=1)
+    parser.add_argument("--gpus-per-client", type=float, default=0.0, help="GPU fraction per actor (with --device)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps: the clients', server's and pure side's")
     parser.add_argument("--per-class", type=int, default=400, help="generated train images per class")
     parser.add_argument("--extra", default="", help="extra run-config overrides, TOML 'k=v' pairs")
     args = parser.parse_args()
@@ -132,7 +201,7 @@ def main() -> None:
         "batch-size": 32,
         "num-server-rounds": args.rounds,
         "eval-every": args.rounds,
-        "device": "cpu",
+        "device": args.device,
         "lr-schedule": "constant",
         "eval-batch-size": 500,
     }
@@ -146,6 +215,11 @@ def main() -> None:
     # The pure side runs before and after the Flower run (round 1 warms up and is not counted), so a slow phase of
     # a shared machine weighs on both sides alike.
     pure = pure_compute(config, [1, *steady])[1:]
+    processes = max(1, (os.cpu_count() or 1) // args.cpus_per_client)
+    if args.gpus_per_client:  # as many actors as the GPU fractions allow, if the cores do
+        processes = min(processes, int(1 / args.gpus_per_client + 1e-9))
+    same = pure_parallel(overrides, config, steady, processes, args.cpus_per_client)
+    copy_ms = weights_copy_ms(config)
 
     home = work / "flwr-home"
     with private_simulation_superlink(home) as env:
@@ -154,21 +228,43 @@ def main() -> None:
         sampler.start()
         started = time.perf_counter()
         federation = f"num-supernodes={args.clients} client-resources-num-cpus={args.cpus_per_client}"
+        if args.gpus_per_client:
+            federation += f" client-resources-num-gpus={args.gpus_per_client}"
         try:
             result = flwr_run(ROOT, overrides, federation, env=env, echo=False)
         finally:
             sampler.stopped.set()
     total_s = time.perf_counter() - started
     pure += pure_compute(config, steady)
+    same += pure_parallel(overrides, config, steady, processes, args.cpus_per_client)
     if not result.ok:
         print(json.dumps({"benchmark": "round_overhead", "status": result.status, "tail": result.tail}))
         sys.exit(1)
     rows = [json.loads(line) for line in (work / "runs" / "bench" / "metrics.jsonl").read_text().splitlines()]
     flower = [r["wall_s"] for r in rows if r["round"] in steady]
+    steady_rows = [r for r in rows if r["round"] in steady]
     breakdown = {
-        k: statistics.median(r.get(k, 0.0) for r in rows if r["round"] in steady)
-        for k in ("clients_s", "aggregate_s", "eval_s", "checkpoint_s")
+        k: statistics.median(r.get(k, 0.0) for r in steady_rows)
+        for k in ("configure_s", "clients_s", "aggregate_s", "eval_s", "checkpoint_s")
     }
+    cohort = config.cohort_size
+    per_client = {  # ms per client update, medians over the steady rounds
+        k.removeprefix("client_").removesuffix("_s") + "_ms": 1000 * v
+        for k in ("client_delivery_s", "client_setup_s", "client_reply_s", "client_accept_s", "client_steps_s")
+        if (v := _median(steady_rows, k)) is not None
+    }
+    per_client["accumulate_ms"] = 1000 * breakdown["aggregate_s"] / cohort
+    overhead_a = [
+        1000 * (r["client_overhead_s"] + r.get("aggregate_s", 0.0) / cohort)
+        for r in steady_rows
+        if r.get("client_overhead_s") is not None
+    ]
+    server = [
+        1000
+        * (r.get("configure_s", 0) + cohort * r.get("client_accept_s", 0) + r["aggregate_s"] + r.get("checkpoint_s", 0))
+        for r in steady_rows
+    ]
+    summary = json.loads((work / "runs" / "bench" / "summary.json").read_text())
     report = {
         "benchmark": "round_overhead",
         "status": result.status,
@@ -184,6 +280,20 @@ def main() -> None:
         "flower_round_s": statistics.median(flower) if flower else None,
         "pure_round_s": statistics.median(pure),
         "ratio": statistics.median(flower) / statistics.median(pure) if flower else None,
+        "pure_same_parallelism_round_s": statistics.median(same),
+        "pure_same_parallelism": f"{processes} processes x {args.cpus_per_client} threads",
+        "pure_same_parallelism_rounds_s": same,
+        "per_client_overhead_ms": statistics.median(overhead_a) if overhead_a else None,
+        "per_client_overhead_vs_pure_ms": (
+            1000 * (statistics.median(flower) - statistics.median(same)) / cohort if flower else None
+        ),
+        "weights_copy_ms": copy_ms,
+        "per_client_breakdown_ms": per_client,
+        "server_ms_per_round": statistics.median(server) if server else None,
+        "server_target_ms_per_round": 5 * cohort + 50,
+        "run_wall_s": summary.get("run_wall_s"),
+        "startup_s": summary.get("startup_s"),
+        "startup_breakdown_s": summary.get("startup"),
         "flower_round_breakdown_s": breakdown,
         "flower_rounds_s": flower,
         "pure_rounds_s": pure,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 
 import torch
@@ -17,14 +18,17 @@ from fedtalos.editing.scoring import client_scores
 from fedtalos.federation import protocol as P
 from fedtalos.federation import transport
 from fedtalos.federation.mask_sync import MaskCache
+from fedtalos.federation.timing import client_stamps
 from fedtalos.seeds import client_generator
 from fedtalos.task.model import backbone_parameters, empty_cache, is_out_of_memory, out_of_memory, set_trainable
 from fedtalos.task.resources import Resources, get_resources
+from fedtalos.task.staging import WeightStaging
 from fedtalos.task.train import evaluate, train_steps
 
 app = ClientApp()
 Handler = Callable[[Message, Context], Message]
 masks = MaskCache()
+staging = WeightStaging()  # weights in and out of the model: one pinned copy each way on CUDA
 
 # What the server asks a client to train → which parameters are frozen (``set_trainable``'s argument).
 FROZEN = {"all": "none", "head": "backbone", "backbone": "head"}
@@ -76,7 +80,7 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, Resources, int]:
     pid = partition_id(context, config)
     weights = transport.receive(msg.content, msg.content.config_records.get(P.CONFIG, {}))
     if weights is not None:
-        resources.load_weights(weights)
+        staging.load(resources.model, weights)
     return config, resources, pid
 
 
@@ -85,12 +89,13 @@ def _mask_shapes(resources: Resources) -> dict[str, tuple[int, ...]]:
 
 
 def _message_mask(msg: Message, resources: Resources, wanted_id: str) -> dict[str, torch.Tensor] | None:
-    """The mask a message refers to: from its bits (then cached) or from the cache (else MaskMissing)."""
+    """The mask a message refers to, on the model's device: from its bits (then cached) or from the cache (else
+    MaskMissing). Unpacked and moved once per mask id, not every round."""
     if not wanted_id:
         return None
     if P.MASK in msg.content.array_records:
         masks.put(msg.content[P.MASK][P.MASK_BITS].numpy(), wanted_id)
-    return masks.get(wanted_id, _mask_shapes(resources))
+    return masks.get_on(wanted_id, _mask_shapes(resources), resources.device)
 
 
 @app.query("identity")
@@ -115,15 +120,17 @@ def identity(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """J local steps of (Sparse)SGD with momentum, fresh optimizer, from the global weights.
 
-    Uploads only what could change: trainable tensors, and for masked tensors only their trainable entries.
+    Uploads only what could change: trainable tensors, and for masked tensors only their trainable entries. The
+    reply's metrics carry the handler's timing (:mod:`fedtalos.federation.timing`).
     """
+    started = time.time()
     config, resources, pid = _setup(msg, context)
     round_config = msg.content[P.CONFIG]
     model = resources.model
     set_trainable(model, FROZEN[str(round_config.get("trainable", "all"))])
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     mask = _message_mask(msg, resources, str(round_config.get("mask-id", "")))
-    mask = {n: m.to(resources.device) for n, m in mask.items() if n in params} if mask else {}
+    mask = {n: m for n, m in mask.items() if n in params} if mask else {}
     optimizer = SparseSGDM(
         list(params.values()),
         masks=[mask.get(n) for n in params],
@@ -143,6 +150,7 @@ def train(msg: Message, context: Context) -> Message:
     stream, round_index = str(round_config["stream"]), int(round_config["round"])
     generator = client_generator(config.seed, stream, round_index, pid)
     batches = resources.train_batches(images, labels, generator, num_steps=int(round_config["local-steps"]))
+    stepping = time.perf_counter()
     stats = train_steps(
         model,
         optimizer,
@@ -151,11 +159,14 @@ def train(msg: Message, context: Context) -> Message:
         autocast_dtype=resources.dtype,
         regularizer=regularizer,
     )
+    steps_s = time.perf_counter() - stepping  # includes the loss read-back (train_steps syncs once at its end)
     upload = {n: p.detach() for n, p in params.items() if n not in mask}
     if mask:
         upload[P.MASKED_VALUES] = gather_trainable(params, mask)
+    arrays = transport.send(staging.read(upload), round_config, pid)
     metrics = {P.NUM_EXAMPLES: len(labels), "train-loss": stats.loss, "train-acc": stats.accuracy}
-    return Message(P.make_reply(transport.send(upload, round_config, pid), metrics), reply_to=msg)
+    metrics.update(client_stamps(started, steps_s))
+    return Message(P.make_reply(arrays, metrics), reply_to=msg)
 
 
 @app.evaluate()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -63,9 +66,20 @@ def preflight(config: RunConfig) -> None:
         ) from None
 
 
+def _process_started() -> dict[str, float]:
+    """``{"process_started": time.time() of this process's start}`` where /proc tells it (Linux), else ``{}``."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+        boot = next(float(x.split()[1]) for x in Path("/proc/stat").read_text().splitlines() if x.startswith("btime"))
+        return {"process_started": boot + ticks / os.sysconf("SC_CLK_TCK")}
+    except (OSError, ValueError, IndexError, StopIteration):
+        return {}
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run (or resume) the federated run described by the run config."""
+    started = time.time()
     log_through_flower()
     config = RunConfig.from_mapping(context.run_config)
     if in_simulation(grid) and (problems := simulation_problems(config)):
@@ -78,6 +92,8 @@ def main(grid: Grid, context: Context) -> None:
         log = logging.getLogger("fedtalos")
         log.info("run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else "")
         log.info("%s", describe_model(model))
-        summary = FederatedServer(config, grid, run_dir).run()
+        server = FederatedServer(config, grid, run_dir)
+        server.timeline.update(_process_started(), main_started=started)
+        summary = server.run()
         plot_run(run_dir.path)
     logging.getLogger("fedtalos").info("done: %s", summary["final"])

@@ -7,6 +7,7 @@ Used by ``fedtalos run`` and ``fedtalos sweep``: one way to start a run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +24,8 @@ from typing import Any
 
 import tomli_w
 
-from fedtalos.config import RunConfig
+from fedtalos.config import ConfigError, RunConfig
+from fedtalos.tracking.rundir import record_launch
 
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 
@@ -114,6 +117,8 @@ def flwr_run(
 ) -> LaunchResult:
     """Run ``flwr run`` with ``overrides`` (written to a TOML file) and return Flower's final status.
 
+    A completed run's ``summary.json`` gets the launch's whole wall time and start-up (``record_launch``).
+
     ``on_line`` receives every output line of ``flwr run`` (e.g. for a log file), ``on_start`` Flower's run id as
     soon as it is known (e.g. to ``flwr stop`` it on an interrupt). ``run_config_file``: an existing TOML file that
     holds ``overrides`` (e.g. one a sweep keeps), passed to ``flwr run`` as it is; None = a temporary file.
@@ -132,6 +137,7 @@ def flwr_run(
         print("$ " + shlex.join(command), flush=True)
     run_id = None
     tail: deque[str] = deque(maxlen=40)
+    launched_at = time.time()
     try:
         process = subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert process.stdout is not None
@@ -155,7 +161,11 @@ def flwr_run(
     finally:
         if run_config_file is None:
             os.unlink(toml_path)
+    ended_at = time.time()
     status, details = wait_finished(run_id, full_env) if run_id else ("not started", "flwr run did not start a run")
+    if status == "finished:completed":
+        with contextlib.suppress(ConfigError):  # overrides that flwr accepted but we cannot place: no summary
+            record_launch(merged_config(overrides).run_dir(), launched_at, ended_at)
     return LaunchResult(run_id, status, details, returncode, list(tail))
 
 
@@ -165,8 +175,6 @@ def wait_finished(run_id: str, env: Mapping[str, str], wait_s: float = 60.0) -> 
     ``flwr run --stream`` can return while the SuperLink still lists the run as running (seen here: the log
     stream ended a moment before the run's status changed), so a status read at once may not be the final one.
     """
-    import time
-
     deadline = time.monotonic() + wait_s
     while True:
         status, details = run_status(run_id, env)

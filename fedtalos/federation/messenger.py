@@ -7,6 +7,7 @@ phase's round uses; phases only say what to send (:class:`Request`) and what to 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from fedtalos.federation import protocol as P
 from fedtalos.federation.aggregate import ClientUpdate
 from fedtalos.federation.cohort import NodeRegistry
 from fedtalos.federation.mask_sync import MASK_MISSING
+from fedtalos.federation.timing import Delivery, overhead
 from fedtalos.federation.transport import ServerTransport, choose, in_simulation
 from fedtalos.phases import Callback, Unit
 from fedtalos.task.memory import shared_memory_bytes
@@ -62,6 +64,9 @@ class Messenger:
         self.registry = NodeRegistry(config.num_clients, config.round_timeout)
         mode, base = choose(config.transport, grid, shared_memory_bytes(config))
         self.transport = ServerTransport(mode, run_key=config.result_hash(), base=base)
+        self.simulation = in_simulation(grid)
+        self.arrived: dict[int, float] = {}  # pid → when its last reply was seen (time.time())
+        self.pushed_at = 0.0  # when the last messages were handed over (time.time())
 
     def connect(self) -> None:
         """Wait until every partition's node is registered (see :meth:`NodeRegistry.refresh`)."""
@@ -96,11 +101,13 @@ class Messenger:
                 bytes_down += self.transport.payload_bytes(content)
                 node_to_pid[info.node_id] = pid
                 messages.append(Message(content, dst_node_id=info.node_id, message_type=message_type))
-            replies = self.grid.send_and_receive(messages, timeout=self.config.round_timeout) if messages else []
-            for reply in replies:
+            if with_mask is False:
+                self.pushed_at = time.time()
+            for reply, arrived in self._exchange(messages) if messages else []:
                 pid = node_to_pid.get(reply.metadata.src_node_id)
                 if pid is None:
                     continue
+                self.arrived[pid] = arrived
                 if reply.has_error():
                     P.check_error_reply(reply.error.reason, f"{message_type} message", f"client {pid}")
                     failed[pid] = f"error: {reply.error.reason}"
@@ -116,6 +123,29 @@ class Messenger:
             with_mask = True
         return ok, failed, bytes_down
 
+    def _exchange(self, messages: list[Message]) -> list[tuple[Message, float]]:
+        """``grid.send_and_receive``, with when each reply was seen (``time.time()``).
+
+        On the in-memory grid this is the same push-then-poll loop as Flower's, written out so that each reply is
+        stamped when it arrives (for the per-client timing, :mod:`fedtalos.federation.timing`); elsewhere all
+        replies carry the time ``send_and_receive`` returned.
+        """
+        timeout = self.config.round_timeout
+        if not self.simulation:
+            replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+            now = time.time()
+            return [(r, now) for r in replies]
+        waiting = set(self.grid.push_messages(messages))
+        deadline = time.time() + timeout if timeout is not None else None
+        out: list[tuple[Message, float]] = []
+        while waiting and (deadline is None or time.time() < deadline):
+            for reply in self.grid.pull_messages(waiting):
+                out.append((reply, time.time()))
+                waiting.discard(reply.metadata.reply_to_message_id)
+            if waiting:
+                time.sleep(self.grid.pull_interval)
+        return out
+
     def collect(self, unit: Unit, request: Request) -> tuple[list[ClientUpdate], dict[str, Any]]:
         """One round trip: replies checked by ``request.accept``, one retry, failure counts; ``after_replies``.
 
@@ -129,18 +159,24 @@ class Messenger:
         updates: dict[int, ClientUpdate] = {}
         failures: dict[int, str] = {}
         bytes_down = bytes_up = 0
+        deliveries: dict[int, Delivery] = {}
         needed = min(self.config.min_train_clients, len(cohort))
         for attempt in range(2):
             todo = [p for p in cohort if p not in updates]
             ok, failures, sent = self.send(todo, request.content_for, request.message_type)
             bytes_down += sent
+            pushed_at = self.pushed_at
             for pid, reply in sorted(ok.items()):
+                accept_started = time.perf_counter()
                 try:
                     updates[pid] = request.accept(pid, reply)
                 except P.ReplyRejected as e:
                     failures[pid] = f"rejected: {e}"
                     bytes_up += P.message_bytes(reply)
                     continue
+                stamps = reply.metric_records.get(P.METRICS, {})
+                accept_s = time.perf_counter() - accept_started
+                deliveries[pid] = Delivery(dict(stamps), self.arrived.get(pid, 0.0), accept_s)
                 sizes = updates[pid].upload_bytes
                 bytes_up += sizes if sizes is not None else P.message_bytes(reply)
             for pid, reason in sorted(failures.items()):
@@ -168,6 +204,7 @@ class Messenger:
             "clients_failed": len(cohort) - len(updates),
             "bytes_down": bytes_down,
             "bytes_up": bytes_up,
+            **overhead(pushed_at, deliveries, clocks_shared=self.simulation),
         }
         self.events.after_replies(unit)
         return [updates[p] for p in sorted(updates)], stats

@@ -84,6 +84,8 @@ class FederatedServer:
         self.state = self._start_state()
         self.mask_source = record_mask_source(run_dir.path, config, self.mask_file) if self.mask_file else None
         self.metrics.restore(self.state.rows)
+        # time.time() stamps of this session's start-up, in summary.json (and, via record_launch, start-up_s)
+        self.timeline: dict[str, float] = {"server_ready": time.time()}
 
     # ------------------------------------------------------------------------------------------------ state
     def _start_state(self) -> ServerState:
@@ -130,6 +132,7 @@ class FederatedServer:
         """Run (or continue) every phase; returns the summary written to ``summary.json``."""
         try:
             self.messenger.connect()
+            self.timeline["nodes_connected"] = time.time()
             self.machine.run()
             return self._finish()
         finally:
@@ -140,7 +143,9 @@ class FederatedServer:
         unit = Unit(phase.name, index, self.state.step + 1)
         self.callbacks.on_round_start(unit)
         row: Row = {"phase": phase.name, "round": index, "step": unit.step}
+        configured_at = time.perf_counter()
         request = phase.configure(unit, self.state)
+        row["configure_s"] = time.perf_counter() - configured_at
         updates: list[ClientUpdate] = []
         if request is not None:
             sent_at = time.perf_counter()
@@ -165,6 +170,7 @@ class FederatedServer:
         self.state.step, self.state.phase_round = unit.step, index
         self.state.rows.append(row)
         self.machine.checkpoint(unit.step, row, score)
+        self.timeline.setdefault("first_round_done", time.time())
 
     # ------------------------------------------------------------------------------------------------ end
     def _finish(self) -> dict[str, Any]:
@@ -180,6 +186,7 @@ class FederatedServer:
             "wall_s": sum(r.get("wall_s", 0.0) for r in rows),
             "bytes_up": sum(r.get("bytes_up", 0) for r in rows),
             "bytes_down": sum(r.get("bytes_down", 0) for r in rows),
+            "timeline": self.timeline,
         }
         if self.state.mask is not None:
             summary["mask"] = mask_totals(self.state.mask)

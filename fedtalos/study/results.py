@@ -93,7 +93,19 @@ class RunData:
             "mask_jaccard": self.agreement.get("mean_jaccard") if self.agreement else None,
             "mask_jaccard_floor": self.agreement.get("noise_floor_jaccard") if self.agreement else None,
             "wall_min": sum(r.get("wall_s") or 0.0 for r in self.rows) / 60.0,
+            "run_min": _run_minutes(self),
         }
+
+
+def _run_minutes(run: RunData) -> float | None:
+    """The whole wall time of the launch that finished the run, start-up included (``summary.json``'s
+    ``run_wall_s``, written by the launcher); None for runs started otherwise (e.g. a plain ``flwr run``)."""
+    summary_file = run.path / SUMMARY_FILE
+    if summary_file.is_file():
+        seconds = json.loads(summary_file.read_text()).get("run_wall_s")
+        if isinstance(seconds, int | float):
+            return float(seconds) / 60.0
+    return None
 
 
 def _mask_density(run: RunData) -> float | None:

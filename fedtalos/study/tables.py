@@ -29,12 +29,14 @@ METRICS: dict[str, tuple[str, float, int]] = {
     "mask_jaccard": ("client–aggregate Jaccard", 1.0, 3),
     "mask_jaccard_floor": ("iid-subset–aggregate Jaccard (noise floor)", 1.0, 3),
     "wall_min": ("time in rounds (min)", 1.0, 1),
+    "run_min": ("run time (min)", 1.0, 1),
 }
 # Smaller units for the Markdown table when every value is below 1 of the default one (e.g. a test sweep).
 SMALL_UNITS: dict[str, tuple[str, float, int]] = {
     "uploaded_gb": ("uploaded (MB)", 1e3, 2),
     "downloaded_gb": ("downloaded (MB)", 1e3, 2),
     "wall_min": ("time in rounds (s)", 60.0, 1),
+    "run_min": ("run time (s)", 60.0, 1),
 }
 # Columns of the Markdown table, in order; those no configuration has are left out.
 MARKDOWN_METRICS = (
@@ -47,6 +49,7 @@ MARKDOWN_METRICS = (
     "mask_jaccard",
     "mask_jaccard_floor",
     "wall_min",
+    "run_min",
 )
 # Settings in the CSV, one column each (the Markdown table shows only those that vary, see results.SETTING_NAMES).
 CSV_SETTINGS = (
@@ -149,7 +152,8 @@ def summarize(root: str | Path, out: str | Path | None = None, figures: bool = T
         "over seeds; accuracies in %; uploaded = bytes sent by clients over all phases; drift = weighted RMS "
         "distance of client updates from their mean per weight of the whole model (frozen weights count, so dense and "
         "sparse runs compare), averaged over training rounds; trainable = mask density "
-        "(1 − sparsity); time in rounds = the rounds' own wall time (start-up not included)."
+        "(1 − sparsity); time in rounds = the rounds' own wall time (start-up not included); run time = the "
+        "whole wall time of the launch that finished the run, from `flwr run` to its end (start-up included)."
     ]
     if unfinished:
         notes.append(f"Left out, unfinished: {', '.join(r.name for r in unfinished)}.")

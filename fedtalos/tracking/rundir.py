@@ -100,6 +100,29 @@ class RunDir:
         atomic_write_bytes(self.path / SUMMARY_FILE, json.dumps(summary, indent=1).encode())
 
 
+def record_launch(run_path: Path, launched_at: float, ended_at: float) -> dict[str, Any] | None:
+    """Add the whole wall time of the launch that ended the run to its ``summary.json``; returns the summary.
+
+    ``launched_at`` / ``ended_at``: ``time.time()`` when ``flwr run`` started and returned. Adds ``run_wall_s``
+    (start-up, rounds and shutdown of that launch; the rows' ``wall_s`` count only the rounds) and, when the
+    server's ``timeline`` is from this launch, ``startup_s`` (from ``flwr run`` to the first round's checkpoint) and
+    its parts (``startup`` : seconds from the launch to each stamp of the timeline). None without a summary.
+    """
+    path = run_path / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    summary["run_wall_s"] = ended_at - launched_at
+    timeline = summary.get("timeline") or {}
+    if timeline.get("main_started", 0.0) >= launched_at:
+        summary["startup"] = {k: v - launched_at for k, v in timeline.items()}
+        if "first_round_done" in timeline:
+            summary["startup_s"] = timeline["first_round_done"] - launched_at
+    atomic_write_bytes(path, json.dumps(summary, indent=1).encode())
+    return summary
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages that decide a run's numbers, plus Python and the platform."""
     versions = {"python": platform.python_version(), "platform": platform.platform()}

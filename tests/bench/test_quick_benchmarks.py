@@ -5,6 +5,7 @@ The figures themselves are never asserted against targets (they depend on the ma
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -52,3 +53,21 @@ def test_optimizer_step_quick():
     assert ops["sparse_dense"] == ops["sgd_foreach"] < ops["sgd_single"]  # foreach calls, not one op per tensor
     assert ops["sparse_dense"] < ops["sparse_masked"] < ops["sparse_dense"] + 2 * result["masked_tensors"]
     assert all(ms > 0 and math.isfinite(ms) for ms in result["ms_per_step"].values())
+
+
+def test_gpu_benchmark_quick_runs_on_the_cpu():
+    import subprocess
+
+    from tests.support.bench import ROOT
+
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu.sh"), "--quick"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)  # one JSON object
+    assert report["benchmark"] == "gpu" and report["device"] == "cpu" and report["model"] == "vit-tiny-test"
+    for dtype in ("fp32", "bf16"):
+        assert report["train"][dtype]["images_per_s"] > 0 and math.isfinite(report["train"][dtype]["step_ms"])
+    fisher = report["fisher"]
+    assert fisher["hooks_s"] > 0 and fisher["loop_s"] > 0 and fisher["max_rel_diff"] < 1e-3, "the same scores"
+    assert report["rounds"] == {}, "no federated rounds in --quick"

@@ -173,3 +173,24 @@ def test_directories_left_by_killed_servers_are_removed(tmp_path: Path, monkeypa
     finally:
         server.close()
     assert not server.directory.exists()
+
+
+def test_staged_weights_equal_the_plain_load(tiny_run_config: dict[str, Any], tmp_path: Path, monkeypatch):
+    """The CUDA path (one staging buffer each way, device masks cached per mask id), forced on the CPU: the same
+    weights and metrics as load_state_dict; train rows carry the per-client timing."""
+    from fedtalos import client_app
+    from fedtalos.task.staging import WeightStaging
+
+    extra = {"head": "ridge", "mask-rule": "least-sensitive", "fisher-samples": 8, "calibration-fraction": 0.2}
+    runs = {}
+    for staged in (False, True):
+        monkeypatch.setattr(client_app, "staging", WeightStaging(staged=staged))
+        config = dict(tiny_run_config, **extra, **{"output-root": str(tmp_path / str(staged))})
+        run_dir, _ = run_server(config)
+        runs[staged] = _final(run_dir)
+    (weights_p, rows_p), (weights_s, rows_s) = runs[False], runs[True]
+    assert client_app.staging._host, "the staged run went through the buffers"
+    assert weights_p.keys() == weights_s.keys() and all(torch.equal(weights_p[k], weights_s[k]) for k in weights_p)
+    assert _results(rows_p) == _results(rows_s)
+    train = [r for r in rows_s if r["phase"] == "train"]
+    assert train and all(r["client_overhead_s"] > 0 and r["client_steps_s"] > 0 for r in train)

@@ -90,7 +90,7 @@ def _outcome(run_dir: Path) -> tuple[dict, list, dict]:
         for x in (run_dir / "metrics.jsonl").read_text().splitlines()
     ]
     summary = json.loads((run_dir / "summary.json").read_text())
-    summary.pop("wall_s")
+    summary.pop("wall_s"), summary.pop("timeline")  # timings differ run to run
     return weights, rows, summary
 
 

@@ -96,3 +96,24 @@ def test_the_mask_source_of_mask_path_runs_tells_their_configurations_apart(tmp_
     md = result["markdown"].read_text()
     assert f"mask=centralized mask centralized-s0.9 ({hashes['centralized'][:8]}) | 2 |" in md
     assert f"mask=federated mask federated-s0.9 ({hashes['federated'][:8]}) | 2 |" in md
+
+
+def test_run_time_with_start_up_stands_beside_time_in_rounds(tmp_path: Path):
+    import json
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(write_study(tmp_path / "src"), root)
+    timed = []
+    for summary_file in sorted(root.glob("noniid-nc1-J2-seed*/summary.json")):
+        summary = json.loads(summary_file.read_text())
+        summary["run_wall_s"] = 90.0 + 30.0 * len(timed)  # 4 rounds of 6 s: 24 s in rounds
+        summary_file.write_text(json.dumps(summary))
+        timed.append(summary["run_wall_s"])
+    result = summarize(root, tmp_path / "summary", figures=False)
+    rows = list(csv.DictReader(result["csv"].read_text().splitlines()))
+    row = next(r for r in rows if r["configuration"] == "noniid-nc1-J2")
+    assert float(row["run_min_mean"]) == pytest.approx(sum(timed) / len(timed) / 60)
+    assert float(row["wall_min_mean"]) == pytest.approx(24 / 60)
+    header = result["markdown"].read_text().splitlines()[2]
+    assert header.index("time in rounds") < header.index("run time (min)")

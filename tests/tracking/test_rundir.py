@@ -83,3 +83,20 @@ def test_allow_device_change_resumes_with_a_warning(tmp_path: Path, fedtalos_log
         assert run_dir.resumed
         assert json.loads((run_dir.path / "config.json").read_text())["environment"] == CPU_HERE
     assert "gpu: 'NVIDIA L4' → ''" in fedtalos_log.text and "continuing" in fedtalos_log.text
+
+
+def test_record_launch_adds_the_whole_wall_time_and_start_up(tmp_path):
+    import json
+
+    from fedtalos.tracking.rundir import SUMMARY_FILE, record_launch
+
+    assert record_launch(tmp_path, 100.0, 200.0) is None, "no summary: nothing to add to"
+    timeline = {"main_started": 130.0, "nodes_connected": 140.0, "first_round_done": 142.5}
+    (tmp_path / SUMMARY_FILE).write_text(json.dumps({"rounds": 3, "wall_s": 9.0, "timeline": timeline}))
+    record_launch(tmp_path, 100.0, 200.0)
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["run_wall_s"] == 100.0 and summary["startup_s"] == 42.5 and summary["rounds"] == 3
+    assert summary["startup"] == {"main_started": 30.0, "nodes_connected": 40.0, "first_round_done": 42.5}
+    record_launch(tmp_path, 150.0, 160.0)  # a later launch (e.g. one that found the run finished): no old timeline
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["run_wall_s"] == 10.0 and summary["startup_s"] == 42.5, "start-up only from its own timeline"

@@ -1,0 +1,48 @@
+"""Weights through one staging buffer: the model ends bit for bit as load_state_dict leaves it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fedtalos.task.staging import WeightStaging
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 2), nn.Flatten(), nn.LazyLinear(5), nn.BatchNorm1d(5))
+    model(torch.zeros(2, 3, 4, 4))  # materialize; BatchNorm's num_batches_tracked is int64 (a second dtype)
+    return model.to(memory_format=torch.channels_last)  # a non-contiguous conv weight, as with channels-last=true
+
+
+def test_staged_load_and_read_equal_the_plain_path():
+    source = {
+        k: torch.randn_like(v.float()).to(v.dtype) if v.is_floating_point() else v + 3
+        for k, v in _model().state_dict().items()
+    }
+    plain, staged = _model(), _model()
+    plain.load_state_dict(source)
+    stager = WeightStaging(staged=True)
+    for _ in range(2):  # the second round reuses the buffers
+        stager.load(staged, source)
+    for k, v in plain.state_dict().items():
+        assert torch.equal(staged.state_dict()[k], v) and staged.state_dict()[k].dtype == v.dtype, k
+    read = stager.read(dict(staged.named_parameters()))
+    assert list(read) == [n for n, _ in staged.named_parameters()]
+    assert all(torch.equal(read[n], p) for n, p in staged.named_parameters())
+
+
+def test_a_wrong_state_dict_is_refused_as_load_state_dict_does():
+    source = _model().state_dict()
+    source.pop("2.bias")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        WeightStaging(staged=True).load(_model(), source)
+
+
+def test_the_cpu_path_uses_no_buffers():
+    stager, model = WeightStaging(), _model()
+    stager.load(model, _model().state_dict())
+    read = stager.read(dict(model.named_parameters()))
+    assert not stager._host and not stager._device  # nothing staged on the CPU
+    assert all(read[n].data_ptr() == p.data_ptr() for n, p in model.named_parameters())
