@@ -32,8 +32,9 @@ HELP = "run the runs of grid files, one or N at a time (skip finished, resume st
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Expand grid files (configs/*.toml) into runs with stable names and run them one after another "
-        "through `flwr run` (federated) or `python -m fedtalos.cli central` (centralized). Finished runs are "
+        description="Expand grid files (configs/*.toml) into runs with stable names and run them (one after another, "
+        "or N at a time with --parallel) through `flwr run` (federated) or `python -m fedtalos.cli central` "
+        "(centralized). Finished runs are "
         "skipped, started ones resumed; a failed run is reported and the sweep goes on. The grid file format is "
         "described in fedtalos/study/grid.py and the README (Reproducing the study).",
     )
