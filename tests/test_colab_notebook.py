@@ -59,7 +59,6 @@ def test_the_colab_notebook_runs_a_family_and_resumes_with_the_same_cells(
 ):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the kernel and the sweep import this checkout
     monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
     grid = tmp_path / "colab.toml"
     grid.write_text(GRID)
     drive = tmp_path / "drive"  # stands for the mounted Drive folder

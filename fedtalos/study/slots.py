@@ -113,7 +113,8 @@ class Slot:
 
                 home = Path(tempfile.mkdtemp(prefix=f"fedtalos-slot{self.index + 1}-"))
                 self._stack.callback(shutil.rmtree, home, True)
-                self._env = self._stack.enter_context(private_superlink(home / "flwr-home", self.process_env()))
+                link = private_superlink(home / "flwr-home", self.process_env(), timeout=180.0)  # a loaded machine
+                self._env = self._stack.enter_context(link)
             return self._env
 
     def close(self) -> None:

@@ -96,7 +96,7 @@ def test_parallel_slots_and_two_workers_with_a_kill_end_bit_identical(
 ):
     grid = tmp_path / "par.toml"
     grid.write_text(GRID.format(cifar=fake_cifar_root))
-    env = {"HF_HUB_OFFLINE": "1", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "TMPDIR": str(tmp_path)}
+    env = {"HF_HUB_OFFLINE": "1", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
 
