@@ -116,3 +116,50 @@ def test_two_sweeps_on_one_root_split_the_runs_and_slots_overlap(tmp_path: Path)
     text = outs["a"].getvalue() + outs["b"].getvalue()
     assert "on slot 2" in text and "held by" not in text
     assert all(f"done {n} " in text for n in names)
+
+
+class Blocking:
+    """A stand-in runner whose run goes on until ``stop()`` is called (as ``flwr stop`` ends a Flower run)."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self.started = threading.Event()
+
+    def command(self, run) -> list[str]:
+        return ["stand-in", run.name]
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def __call__(self, run, log: IO[str]) -> RunOutcome:
+        write_run(run.overrides, train_rows(1, 0.5), finished=False)
+        self.started.set()
+        self.stopped.wait(30)
+        return RunOutcome(False, "Flower run 1 ended as 'finished:stopped'")
+
+
+def test_ctrl_c_stops_every_slots_run_releases_the_claims_and_the_same_sweep_resumes(tmp_path: Path):
+    import _thread
+
+    runs = plan(parse_grid(GRID), output_root=tmp_path)[:2]
+    runners = [Blocking(), Blocking()]
+    sweep = Sweep(runs, [{"federated": r} for r in runners], out=io.StringIO(), claims=Claims(), slots=make_slots(2))
+
+    def interrupt() -> None:
+        for r in runners:
+            r.started.wait(30)
+        _thread.interrupt_main()  # what Ctrl-C does to the sweep's main thread
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run()
+    assert all(r.stopped.is_set() for r in runners), "every slot's run was stopped"
+    assert "interrupted: stopping 2 run(s)" in sweep.out.getvalue()
+    for run in runs:
+        assert not Claims.path(run).exists()
+        events = [json.loads(line) for line in (run.sweep_dir / f"{run.name}.claims.jsonl").open()]
+        assert events[-1]["event"] == "release" and events[-1]["outcome"] == "interrupted"
+    out = io.StringIO()
+    again = Sweep(runs, [{"federated": Recorder(f"s{i}", [], 0.0)} for i in range(2)], out=out, claims=Claims())
+    assert sorted(again.run().ran) == sorted(r.name for r in runs)
+    assert "2 to resume" in out.getvalue()
