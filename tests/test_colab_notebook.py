@@ -77,7 +77,7 @@ def test_the_colab_notebook_runs_a_family_and_resumes_with_the_same_cells(
     first = _execute(settings, tmp_path)
     run_dir = drive / "runs" / "colab-J1-seed0"
     assert "sweep: 1 runs under" in first and "0 finished, 0 to resume, 1 new" in first, first
-    assert "[1/1] done colab-J1-seed0" in first and "sweep exit status: 0" in first
+    assert "[1/1] done colab-J1-seed0" in first and "sweep exit status: 0" in first, first
     assert json.loads((run_dir / "summary.json").read_text())["final"]["test_acc"] is not None
     assert (drive / "runs" / "summary" / "summary.csv").is_file() and "| colab |" in first
     # a new session after a disconnect: the same cells, nothing left to run
