@@ -27,7 +27,7 @@ from fedtalos.study.plan import plan
 from tests.support.runs import assert_same_tensors, final_weights, rows
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # 9 real runs: over the suite's 600 s on a loaded box
 
 GRID = """
 [sweep]
