@@ -4,8 +4,8 @@
     fedtalos central [--config FILE.toml] [--<key> VALUE ...]  one centralized run (the baseline)
     fedtalos edit --out MASK.safetensors [--central] [...]     calibrate a mask once, write it as a mask file
     fedtalos search SPACE.toml --trials N [...]                hyper-parameter search of centralized runs
-    fedtalos sweep GRID.toml [...] [--seeds N] [--dry-run]     the runs of grid files, one after another
-    fedtalos summarize RUNS_DIR                                table (CSV + Markdown, mean ± std) and figures
+    fedtalos sweep GRID.toml [...] [--seeds N] [--dry-run]     the runs of grid files, one or N at a time
+    fedtalos summarize RUNS_DIR [...]                          table (CSV + Markdown, mean ± std) and figures
     fedtalos analyze mask-agreement RUN_DIR [...]              single-client masks vs the aggregated mask
     fedtalos plot RUN_DIR [...]                                loss/accuracy curves of some runs
 

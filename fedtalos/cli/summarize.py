@@ -1,4 +1,6 @@
-"""``fedtalos summarize RUNS_DIR``: one table of a runs directory (CSV + Markdown, mean ± std over seeds) and figures.
+"""``fedtalos summarize RUNS_DIR [RUNS_DIR ...]``: one table of one or more runs directories (CSV + Markdown, mean ±
+std over seeds) and figures. Several directories (e.g. output roots copied from machines that each ran a
+``fedtalos sweep --shard k/N``) are pooled into one table.
 
 What the table and the figures hold is :mod:`fedtalos.study.tables`.
 """
@@ -14,13 +16,17 @@ from fedtalos.study.tables import summarize
 from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos summarize"
-HELP = "one table (mean ± std over seeds) and the figures of a runs directory"
+HELP = "one table (mean ± std over seeds) and the figures of one or more runs directories"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=HELP)
-    parser.add_argument("runs_dir", help="the output root holding the run directories")
-    parser.add_argument("--out", help="where to write summary.csv, summary.md, figures/ (default: RUNS_DIR/summary)")
+    parser.add_argument(
+        "runs_dir", nargs="+", help="output roots holding the run directories (several: pooled into one table)"
+    )
+    parser.add_argument(
+        "--out", help="where to write summary.csv, summary.md, figures/ (default: the first RUNS_DIR/summary)"
+    )
     parser.add_argument("--no-figures", action="store_true", help="only the table")
     return parser
 
@@ -29,12 +35,13 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Write the table (and figures) of the finished runs under RUNS_DIR; print the table and the paths."""
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
-    root = Path(args.runs_dir)
-    if not root.is_dir():
-        return fail(prog, f"{root} is not a directory")
-    result = summarize(root, args.out, figures=not args.no_figures)
+    roots = [Path(d) for d in args.runs_dir]
+    for root in roots:
+        if not root.is_dir():
+            return fail(prog, f"{root} is not a directory")
+    result = summarize(roots, args.out, figures=not args.no_figures)
     if not result["groups"]:
-        return fail(prog, f"no finished run under {root}")
+        return fail(prog, f"no finished run under {' '.join(map(str, roots))}")
     print(result["table"])
     for warning in result["warnings"]:
         print(f"note: {warning}")

@@ -1,8 +1,10 @@
-"""``fedtalos sweep``: the planned runs of grid files, one after another (finished ones skipped, started resumed).
+"""``fedtalos sweep``: the planned runs of grid files, one or N at a time (finished ones skipped, started resumed).
 
     fedtalos sweep GRID.toml [...] [--seeds N | --seed-list S ...] [--only GLOB] [--dry-run] [--output-root DIR]
+                   [--parallel N] [--gpus 0,1,...] [--shard k/N]
 
-The grid file format and the run names are :mod:`fedtalos.study.grid`; running them is :mod:`fedtalos.study.sweep`.
+The grid file format and the run names are :mod:`fedtalos.study.grid`; running them is :mod:`fedtalos.study.sweep`;
+slots and shards are :mod:`fedtalos.study.slots`, claims :mod:`fedtalos.study.claims`.
 """
 
 from __future__ import annotations
@@ -18,18 +20,21 @@ from fedtalos.cli.options import fail
 from fedtalos.config import ConfigError
 from fedtalos.study import plan
 from fedtalos.study import sweep as sweeping
+from fedtalos.study.claims import Claims
 from fedtalos.study.grid import parse_set
+from fedtalos.study.slots import make_slots, parse_gpus, parse_shard, shard
 from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos sweep"
-HELP = "run the runs of grid files one after another (skip finished, resume started)"
+HELP = "run the runs of grid files, one or N at a time (skip finished, resume started)"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Expand grid files (configs/*.toml) into runs with stable names and run them one after another "
-        "through `flwr run` (federated) or `python -m fedtalos.cli central` (centralized). Finished runs are "
+        description="Expand grid files (configs/*.toml) into runs with stable names and run them (one after another, "
+        "or N at a time with --parallel) through `flwr run` (federated) or `python -m fedtalos.cli central` "
+        "(centralized). Finished runs are "
         "skipped, started ones resumed; a failed run is reported and the sweep goes on. The grid file format is "
         "described in fedtalos/study/grid.py and the README (Reproducing the study).",
     )
@@ -67,6 +72,33 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="at most one progress line per run this often (default: 30)",
     )
     parser.add_argument("--no-analysis", action="store_true", help="skip the analyses the grid files ask for")
+    scale = parser.add_argument_group("scaling out (README: Scaling out)")
+    scale.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N runs at once, each on its own SuperLink and Ray with 1/N of the cores (default: 1)",
+    )
+    scale.add_argument(
+        "--gpus",
+        metavar="0,1,...",
+        help="slot i runs on GPU gpus[i %% len(gpus)] (CUDA_VISIBLE_DEVICES); default: every slot sees every GPU",
+    )
+    scale.add_argument(
+        "--shard",
+        metavar="k/N",
+        help="only shard k of N of the planned runs (every N-th, from the k-th), for machines without a shared "
+        "file system; give every machine the same grid files, seeds and --only",
+    )
+    scale.add_argument(
+        "--stale-after",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="a claim held from another host without a heartbeat for this long is taken over (default: 600; "
+        "heartbeats come every 30 s)",
+    )
     return parser
 
 
@@ -96,10 +128,22 @@ def _print_plan(runs: list[plan.PlannedRun], runners: dict[str, sweeping.Runner]
     print(f"{len(runs)} runs planned; nothing was run (--dry-run).")
 
 
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Plan the grid files' runs and run them (or print them with ``--dry-run``); 1 if any run failed."""
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
+    try:  # every scaling option is checked before anything is planned or run
+        slots = make_slots(args.parallel, parse_gpus(args.gpus, _visible_gpus()) if args.gpus is not None else None)
+        part = parse_shard(args.shard) if args.shard is not None else None
+        claims = Claims(stale_after=args.stale_after)
+    except ValueError as e:
+        return fail(prog, str(e))
     try:
         runs = plan.plan_files(
             args.grids,
@@ -114,17 +158,27 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         runs = [r for r in runs if any(fnmatch.fnmatchcase(r.name, pattern) for pattern in args.only)]
         if not runs:
             return fail(prog, f"no planned run matches {' '.join(args.only)}")
+    if part is not None:
+        planned, runs = len(runs), shard(runs, *part)
+        if not runs:
+            return fail(prog, f"shard {args.shard} of the {planned} planned runs is empty")
     if "num-supernodes" in args.federation_config:
         return fail(prog, "num-supernodes is set from each run's num-clients; leave it out")
-    runners = sweeping.default_runners(Path(args.app).resolve(), args.federation_config)
+    app = Path(args.app).resolve()
+    runners = [sweeping.default_runners(app, args.federation_config, slot=slot) for slot in slots]
     if args.dry_run:
-        _print_plan(runs, runners)
+        _print_plan(runs, runners[0])
         return 0
     analyze = None if args.no_analysis else sweeping.analyze_in_subprocess
-    sweep = sweeping.Sweep(runs, runners, progress_every=args.progress_every, analyze=analyze)
+    sweep = sweeping.Sweep(
+        runs, runners, progress_every=args.progress_every, analyze=analyze, claims=claims, slots=slots
+    )
     try:
         report = sweep.run()
     except KeyboardInterrupt:
         print("sweep interrupted; run the same command again to continue where it stopped.", file=sys.stderr)
         return 130
+    finally:
+        for slot in slots:
+            slot.close()
     return 0 if report.ok else 1

@@ -28,6 +28,8 @@ from fedtalos.config import ConfigError, RunConfig
 from fedtalos.tracking.rundir import record_launch
 
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
+# `flwr ls --format json` colours its JSON where its environment asks for colour (seen under a Jupyter kernel)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 ENV_DEFAULTS = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # else Flower `uv sync`s torch into a fresh env per run
@@ -187,8 +189,13 @@ def run_status(run_id: str, env: Mapping[str, str]) -> tuple[str, str]:
     """Flower's status of ``run_id`` (e.g. ``finished:completed``) and its details."""
     flwr = str(Path(sys.executable).parent / "flwr")
     out = subprocess.run(
-        [flwr, "ls", "--run-id", run_id, "--format", "json"], env=dict(env), capture_output=True, text=True, check=False
+        [flwr, "ls", "--run-id", run_id, "--format", "json"],
+        env={**env, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout
+    out = _ANSI.sub("", out)
     try:
         runs = json.loads(out).get("runs", [])
     except ValueError:

@@ -180,16 +180,30 @@ def partition_order(label: str) -> tuple[int, int]:
     return (0, int(m.group(1))) if m else (1, 0)
 
 
-def collect(root: str | Path) -> tuple[list[Group], list[RunData], list[str]]:
-    """(configurations with at least one finished run, unfinished runs, warnings) under ``root``."""
-    root = Path(root)
-    manifests = read_manifests(root)
+def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[RunData], list[str]]:
+    """(configurations with at least one finished run, unfinished runs, warnings) under ``root``.
+
+    ``root`` may be several output roots (e.g. copies from machines that each ran a ``--shard``): their runs are
+    pooled; a run found in more than one root counts once (the first finished copy, in the order given).
+    """
+    roots = [Path(root)] if isinstance(root, (str, Path)) else [Path(r) for r in root]
+    manifests: dict[str, dict[str, Any]] = {}
+    for r in reversed(roots):  # the first root's entry wins
+        manifests.update(read_manifests(r))
     finished: list[RunData] = []
     unfinished: list[RunData] = []
     warnings: list[str] = []
-    for path in sorted(p for p in root.iterdir() if p.is_dir() and (p / CONFIG_FILE).is_file()):
+    seen: dict[str, Path] = {}
+    paths = [p for r in roots for p in sorted(p for p in r.iterdir() if p.is_dir() and (p / CONFIG_FILE).is_file())]
+    finished_names = {p.name for p in paths if (p / SUMMARY_FILE).is_file()}
+    for path in paths:
         if ".old-" in path.name:
             continue  # a run set aside by resume=false
+        if path.name in seen or (path.name in finished_names and not (path / SUMMARY_FILE).is_file()):
+            if path.name in seen:
+                warnings.append(f"{path.name}: also in {path.parent}, counted once (from {seen[path.name]})")
+            continue
+        seen[path.name] = path.parent
         try:
             stored = json.loads((path / CONFIG_FILE).read_text())
         except ValueError:

@@ -1,4 +1,4 @@
-"""``fedtalos sweep``: run the planned runs of grid files one after another, through the real commands.
+"""``fedtalos sweep``: run the planned runs of grid files through the real commands, one or N at a time.
 
 Federated runs go through ``flwr run`` (after a local preflight of data and weights on the CPU), centralized runs
 through ``python -m fedtalos.cli central --config <run>.toml``. Each run's overrides are written to
@@ -11,12 +11,19 @@ reported and the sweep goes on; the exit status is 1 if any run failed. Ctrl-C s
 federated run also inside the SuperLink, with ``flwr stop``), and the same command later continues where it was.
 
 Progress: one line per run start and end with runs done / total and the sweep's ETA (mean time of the runs run so
-far × runs left), and in between, at most every ``progress_every`` seconds, the current run's phase and round
-(read from its ``metrics.jsonl``) with its own ETA.
+far × runs left / slots), and in between, at most every ``progress_every`` seconds, each running run's phase and
+round (read from its ``metrics.jsonl``) with its own ETA.
+
+**Slots** (``--parallel N``, :mod:`fedtalos.study.slots`): N runs at once, each slot with its own runners (its own
+SuperLink, GPU and CPU share); a run is handed to the first free slot. **Claims** (:mod:`fedtalos.study.claims`):
+before a run starts, the sweep claims it; a run claimed by a live worker of another sweep is left to it, a claim
+whose holder is gone is taken over (the run resumes from its checkpoint), and a sweep ends when nothing it may run
+is left. Ctrl-C stops every slot's run (``flwr stop``) and releases the claims; the same command resumes them.
 """
 
 from __future__ import annotations
 
+import queue
 import subprocess
 import sys
 import threading
@@ -26,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+from fedtalos.study.claims import Claims
 from fedtalos.study.plan import (
     CONFLICT,
     DONE,
@@ -36,6 +44,7 @@ from fedtalos.study.plan import (
     steps_done,
     write_manifest,
 )
+from fedtalos.study.slots import Slot
 from fedtalos.tracking.metrics import read_rows
 
 
@@ -55,6 +64,13 @@ class Runner(Protocol):
     def __call__(self, run: PlannedRun, log: IO[str]) -> RunOutcome: ...
 
 
+def stop_runner(runner: Runner) -> None:
+    """Ask ``runner`` to stop its current run (from another thread); runners without ``stop()`` are left to end."""
+    stop = getattr(runner, "stop", None)
+    if stop is not None:
+        stop()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Runners.
 
@@ -67,16 +83,41 @@ class FederatedRunner:
     Ray's start, and this process never holds GPU memory while Flower trains.
     """
 
-    def __init__(self, app: Path, federation_config: str = "", env: Mapping[str, str] | None = None) -> None:
+    _preflight_lock = threading.Lock()  # slots preflight one at a time (the data set is downloaded once)
+
+    def __init__(
+        self, app: Path, federation_config: str = "", env: Mapping[str, str] | None = None, slot: Slot | None = None
+    ) -> None:
         self.app = Path(app)
         self.extra = federation_config
         self.env = dict(env or {})
+        self.slot = slot
         self._checked: set[tuple] = set()
+        self._current: list[str] = []  # Flower's id of the run going on now (set from the streaming thread)
+        self._stopping = threading.Event()
 
     def federation_config(self, run: PlannedRun) -> str:
         from fedtalos.federation.launcher import default_federation_config
 
-        return default_federation_config(run.config, self.extra)
+        extra = self.slot.federation_extra(self.extra) if self.slot is not None else self.extra
+        return default_federation_config(run.config, extra)
+
+    def flwr_env(self) -> dict[str, str]:
+        """``env``, on the slot's own SuperLink when there is a slot (started on first use)."""
+        return {**self.env, **self.slot.flwr_env()} if self.slot is not None else dict(self.env)
+
+    def stop(self) -> None:
+        """Stop the current Flower run (``flwr stop``), or the next one as soon as it has started."""
+        self._stopping.set()
+        if self._current:
+            from fedtalos.federation.launcher import stop_run
+
+            stop_run(self._current[0], self.flwr_env())
+
+    def _started(self, run_id: str) -> None:
+        self._current.append(run_id)
+        if self._stopping.is_set():
+            self.stop()
 
     def command(self, run: PlannedRun) -> list[str]:
         from fedtalos.federation.launcher import flwr_command
@@ -96,8 +137,9 @@ class FederatedRunner:
         from fedtalos.server_app import preflight
         from fedtalos.task.resources import get_resources
 
-        preflight(c.replace(device="cpu", num_threads=0))
-        get_resources.cache_clear()  # the data and model were loaded only to check them
+        with self._preflight_lock:
+            preflight(c.replace(device="cpu", num_threads=0))
+            get_resources.cache_clear()  # the data and model were loaded only to check them
         self._checked.add(key)
 
     def __call__(self, run: PlannedRun, log: IO[str]) -> RunOutcome:
@@ -107,24 +149,28 @@ class FederatedRunner:
             self.preflight(run)
         except Exception as e:  # bad data path, missing weights, ...: this run cannot start
             return RunOutcome(False, f"preflight: {e}")
-        started: list[str] = []
+        self._current.clear()
+        self._stopping.clear()
+        env = self.flwr_env()
         try:
             result = flwr_run(
                 self.app,
                 run.overrides,
                 self.federation_config(run),
-                env=self.env,
+                env=env,
                 echo=False,
                 on_line=lambda line: (log.write(line), log.flush()),
-                on_start=started.append,
+                on_start=self._started,
                 run_config_file=run.toml_path,
             )
         except KeyboardInterrupt:
-            if started:
-                print(f"stopping Flower run {started[0]} ({run.name}) ...", flush=True)
-                status = stop_run(started[0], {**self.env})
-                print(f"Flower run {started[0]}: {status}", flush=True)
+            if self._current:
+                print(f"stopping Flower run {self._current[0]} ({run.name}) ...", flush=True)
+                status = stop_run(self._current[0], env)
+                print(f"Flower run {self._current[0]}: {status}", flush=True)
             raise
+        finally:
+            self._current.clear()
         if result.ok:
             return RunOutcome(True, f"Flower run {result.run_id}: {result.status}")
         return RunOutcome(False, f"Flower run {result.run_id} ended as {result.status!r} ({result.details})")
@@ -133,9 +179,17 @@ class FederatedRunner:
 class CentralizedRunner:
     """``python -m fedtalos.cli central --config <run>.toml`` (the ``fedtalos central`` command)."""
 
-    def __init__(self, python: str = sys.executable, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, python: str = sys.executable, env: Mapping[str, str] | None = None, slot: Slot | None = None
+    ) -> None:
         self.python = python
-        self.env = dict(env or {})
+        self.env = {**(env or {}), **(slot.process_env() if slot is not None else {})}
+        self._process: subprocess.Popen | None = None
+
+    def stop(self) -> None:
+        """Terminate the current run's process (it resumes from its last checkpoint later)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
 
     def command(self, run: PlannedRun) -> list[str]:
         return [self.python, "-m", "fedtalos.cli", "central", "--config", str(run.toml_path)]
@@ -146,6 +200,7 @@ class CentralizedRunner:
         process = subprocess.Popen(
             self.command(run), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, text=True
         )
+        self._process = process
         try:
             code = process.wait()
         except KeyboardInterrupt:
@@ -156,9 +211,13 @@ class CentralizedRunner:
 
 
 def default_runners(
-    app: Path = Path("."), federation_config: str = "", env: Mapping[str, str] | None = None
+    app: Path = Path("."), federation_config: str = "", env: Mapping[str, str] | None = None, slot: Slot | None = None
 ) -> dict[str, Runner]:
-    return {"federated": FederatedRunner(app, federation_config, env), "centralized": CentralizedRunner(env=env)}
+    """One slot's runners (``slot`` None: the runs use the SuperLink and GPUs this process's environment names)."""
+    return {
+        "federated": FederatedRunner(app, federation_config, env, slot),
+        "centralized": CentralizedRunner(env=env, slot=slot),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,8 +266,8 @@ class SweepReport:
 class _Watcher:
     """Polls the current run's ``metrics.jsonl`` and prints its progress now and then."""
 
-    def __init__(self, sweep: Sweep, run: PlannedRun) -> None:
-        self.sweep, self.run = sweep, run
+    def __init__(self, sweep: Sweep, run: PlannedRun, prefix: str = "") -> None:
+        self.sweep, self.run, self.prefix = sweep, run, prefix
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.start_done: int | None = None
@@ -252,35 +311,63 @@ class _Watcher:
                 self.phase, last_print = phase, now
                 left = self.remaining()
                 self.sweep.say(
-                    f"    {self.run.name}: {text} · run ETA {format_duration(left)} · "
+                    f"    {self.prefix}{self.run.name}: {text} · run ETA {format_duration(left)} · "
                     f"sweep ETA {format_duration(self.sweep.eta(left))}"
                 )
 
 
+@dataclass
+class _Job:
+    """A run handed to a slot: its thread and when it started."""
+
+    run: PlannedRun
+    slot: int
+    started: float
+    thread: threading.Thread | None = None
+
+
 class Sweep:
-    """Runs planned runs one after another (see the module docstring)."""
+    """Runs planned runs on one or more slots (see the module docstring).
+
+    ``runners``: one mapping kind → runner (one slot), or one mapping per slot. ``slots``: the slots' descriptions
+    (labels in progress lines, GPU in claims), one per runner mapping. ``claims``: this worker's claims (None: no
+    claiming, for a sweep known to be alone on its output root).
+    """
 
     def __init__(
         self,
         runs: Sequence[PlannedRun],
-        runners: Mapping[str, Runner],
+        runners: Mapping[str, Runner] | Sequence[Mapping[str, Runner]],
         out: IO[str] | None = None,
         progress_every: float = 30.0,
         poll_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         analyze: Callable[[PlannedRun], tuple[bool, str]] | None = None,
+        claims: Claims | None = None,
+        slots: Sequence[Slot] | None = None,
     ) -> None:
         self.runs = list(runs)
-        self.runners = runners
+        self.slot_runners = [runners] if isinstance(runners, Mapping) else list(runners)
+        self.slots = list(slots) if slots is not None else [None] * len(self.slot_runners)
+        if not self.slot_runners or len(self.slots) != len(self.slot_runners):
+            raise ValueError("one runner mapping per slot, at least one")
         self.out = out
         self.progress_every = progress_every
         self.poll_s = poll_s
         self.clock = clock
         self.analyze = analyze
+        self.claims = claims
         self.durations: list[float] = []  # seconds, of the runs completed so far
-        self.todo = 0  # runs still to run after the current one
+        self.todo = 0  # runs not started yet
+        self.held: dict[str, str] = {}  # run name → who holds its claim, for runs left to other workers
         self._current_started: float | None = None
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._lost: set[str] = set()  # runs whose claim another worker took over while they ran here
+
+    @property
+    def parallel(self) -> int:
+        return len(self.slot_runners)
 
     def say(self, line: str) -> None:
         out = self.out or sys.stdout  # looked up now: sys.stdout may have been replaced since (e.g. by pytest)
@@ -289,7 +376,7 @@ class Sweep:
             out.flush()
 
     def eta(self, current_left: float | None = None) -> float | None:
-        """Seconds until the sweep ends: the current run's rest + the mean run time × the runs after it."""
+        """Seconds until the sweep ends: the current run's rest + the mean run time × the runs not started / slots."""
         if self.durations:
             mean = sum(self.durations) / len(self.durations)
         elif current_left is not None and self._current_started is not None:
@@ -299,7 +386,11 @@ class Sweep:
         if current_left is None:  # no rate yet: assume the current run takes the mean time
             started = self._current_started
             current_left = max(mean - (self.clock() - started), 0.0) if started is not None else 0.0
-        return current_left + mean * self.todo
+        return current_left + mean * self.todo / self.parallel
+
+    def _slot_label(self, index: int) -> str:
+        slot = self.slots[index]
+        return slot.label if slot is not None else f"slot {index + 1}"
 
     def run(self) -> SweepReport:
         report = SweepReport()
@@ -307,45 +398,54 @@ class Sweep:
         pending = [r for r in self.runs if states[r.name][0] != DONE]
         conflicts = [r for r in self.runs if states[r.name][0] == CONFLICT]
         total = len(self.runs)
-        done = total - len(pending)
+        self._done = total - len(pending)
         roots = sorted({str(r.config.resolved_output_root()) for r in self.runs})
         self.say(
-            f"sweep: {total} runs under {', '.join(roots)}: {done} finished, "
+            f"sweep: {total} runs under {', '.join(roots)}: {self._done} finished, "
             f"{sum(states[r.name][0] == 'resume' for r in pending)} to resume, "
             f"{sum(states[r.name][0] == 'new' for r in pending)} new"
             + (f", {len(conflicts)} in conflict (left alone)" if conflicts else "")
+            + (
+                f"; {self.parallel} slots: {', '.join(self._slot_label(i) for i in range(self.parallel))}"
+                if self.parallel > 1
+                else ""
+            )
         )
         write_manifest(self.runs)
         report.skipped = [r.name for r in self.runs if states[r.name][0] == DONE]
-        runnable = [r for r in pending if states[r.name][0] != CONFLICT]
+        todo = [r for r in pending if states[r.name][0] != CONFLICT]
         for run in conflicts:
             report.failed[run.name] = states[run.name][1]
-            self.say(f"[{done}/{total}] CONFLICT {run.name}: {states[run.name][1]}")
-        for i, run in enumerate(runnable):
-            self.todo = len(runnable) - i - 1
-            state, detail = states[run.name]
-            self._current_started = self.clock()
-            eta = self.eta()
-            self.say(
-                f"[{done}/{total}] start {run.name} ({'resuming at ' + detail if state == 'resume' else 'new'}) · "
-                f"{len(report.failed)} failed so far · sweep ETA {format_duration(eta)}"
-            )
-            outcome = self._run_one(run)
-            elapsed = self.clock() - self._current_started
-            self._current_started = None
-            if outcome.ok and run_state(run)[0] != DONE:
-                outcome = RunOutcome(False, f"the command succeeded but {run.run_dir} holds no complete summary.json")
-            if outcome.ok:
-                self.durations.append(elapsed)  # only complete runs: a quick failure says nothing about run time
-                done += 1
-                report.ran.append(run.name)
-                self.say(f"[{done}/{total}] done {run.name} in {format_duration(elapsed)}: {_result_line(run)}")
-            else:
-                report.failed[run.name] = outcome.detail
-                self.say(
-                    f"[{done}/{total}] FAILED {run.name} after {format_duration(elapsed)}: {outcome.detail} "
-                    f"(log: {run.log_path})"
-                )
+            self.say(f"[{self._done}/{total}] CONFLICT {run.name}: {states[run.name][1]}")
+        free = list(range(self.parallel))
+        active: dict[int, _Job] = {}
+        results: queue.Queue[tuple[_Job, RunOutcome]] = queue.Queue()
+        beating = threading.Event()
+        beats = threading.Thread(target=self._heartbeats, args=(active, beating), daemon=True)
+        if self.claims is not None:
+            beats.start()
+        try:
+            while True:
+                while free and (job := self._next(todo, free[0], report, total)) is not None:
+                    free.pop(0)
+                    active[job.slot] = job
+                    job.thread = threading.Thread(target=self._slot_main, args=(job, results), daemon=True)
+                    job.thread.start()
+                if not active:
+                    break
+                try:
+                    job, outcome = results.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                del active[job.slot]
+                free.append(job.slot)
+                free.sort()
+                self._finish(job, outcome, report, total)
+        except KeyboardInterrupt:
+            self._interrupt(active)
+            raise
+        finally:
+            beating.set()
         if self.analyze is not None:
             for run in self.runs:
                 if run.mask_agreement_clients and run_state(run)[0] == DONE:
@@ -354,25 +454,129 @@ class Sweep:
                         report.analyses_failed[run.name] = detail
                     self.say(f"    analysis of {run.name}: {detail}")
         failed = f", {len(report.failed)} failed: " + ", ".join(report.failed) if report.failed else ""
+        held = [name for name in self.held if name not in report.ran]
+        others = f"; {len(held)} left to other workers: {', '.join(held)}" if held else ""
         self.say(
-            f"sweep finished: {done}/{total} runs complete ({len(report.ran)} run now, {len(report.skipped)} were "
-            f"already finished){failed}. Table and figures: fedtalos summarize {' '.join(roots)}"
+            f"sweep finished: {self._done}/{total} runs complete ({len(report.ran)} run now, {len(report.skipped)} "
+            f"were already finished){failed}{others}. Table and figures: fedtalos summarize {' '.join(roots)}"
         )
         return report
 
-    def _run_one(self, run: PlannedRun) -> RunOutcome:
-        runner = self.runners.get(run.kind)
+    def _next(self, todo: list[PlannedRun], slot: int, report: SweepReport, total: int) -> _Job | None:
+        """The first run of ``todo`` this worker may run now (claimed for ``slot``), removed from ``todo``."""
+        for run in list(todo):
+            how = ""
+            if self.claims is not None and run_state(run)[0] == DONE:  # finished by another worker: no claim
+                todo.remove(run)
+                self._done_elsewhere(run, report, total)
+                continue
+            if self.claims is not None:
+                gpu = getattr(self.slots[slot], "gpu", None)
+                ok, how = self.claims.acquire(run, slot=slot + 1, gpu=gpu)
+                if not ok:
+                    self.held[run.name] = how
+                    continue
+            todo.remove(run)
+            self.held.pop(run.name, None)
+            state, detail = run_state(run)  # now, under the claim: another worker may have run it meanwhile
+            if state in (DONE, CONFLICT):
+                if self.claims is not None:
+                    self.claims.release(run, "already done" if state == DONE else state)
+                if state == DONE:
+                    self._done_elsewhere(run, report, total)
+                else:
+                    report.failed[run.name] = detail
+                    self.say(f"[{self._done}/{total}] CONFLICT {run.name}: {detail}")
+                continue
+            self.todo = len(todo)
+            job = _Job(run, slot, self.clock())
+            self._current_started = job.started
+            where = f" on {self._slot_label(slot)}" if self.parallel > 1 else ""
+            took = f" · {how}" if how.startswith("took over") else ""
+            self.say(
+                f"[{self._done}/{total}] start {run.name}{where} "
+                f"({'resuming at ' + detail if state == 'resume' else 'new'}){took} · "
+                f"{len(report.failed)} failed so far · sweep ETA {format_duration(self.eta())}"
+            )
+            return job
+        return None
+
+    def _done_elsewhere(self, run: PlannedRun, report: SweepReport, total: int) -> None:
+        self.held.pop(run.name, None)
+        self._done += 1
+        report.skipped.append(run.name)
+        self.say(f"[{self._done}/{total}] {run.name}: finished by another worker")
+
+    def _slot_main(self, job: _Job, results: queue.Queue) -> None:
+        outcome = self._run_one(job.run, job.slot)
+        results.put((job, outcome))
+
+    def _finish(self, job: _Job, outcome: RunOutcome, report: SweepReport, total: int) -> None:
+        run = job.run
+        elapsed = self.clock() - job.started
+        self._current_started = None
+        if run.name in self._lost:
+            outcome = RunOutcome(False, "another worker took its claim over (this worker's heartbeats had stalled)")
+        elif outcome.ok and run_state(run)[0] != DONE:
+            outcome = RunOutcome(False, f"the command succeeded but {run.run_dir} holds no complete summary.json")
+        if self.claims is not None and run.name not in self._lost:
+            self.claims.release(run, "done" if outcome.ok else "failed")
+        if outcome.ok:
+            self.durations.append(elapsed)  # only complete runs: a quick failure says nothing about run time
+            self._done += 1
+            report.ran.append(run.name)
+            self.say(f"[{self._done}/{total}] done {run.name} in {format_duration(elapsed)}: {_result_line(run)}")
+        else:
+            report.failed[run.name] = outcome.detail
+            self.say(
+                f"[{self._done}/{total}] FAILED {run.name} after {format_duration(elapsed)}: {outcome.detail} "
+                f"(log: {run.log_path})"
+            )
+
+    def _heartbeats(self, active: dict[int, _Job], stop: threading.Event) -> None:
+        """Every ``claims.heartbeat_s``: beat the claims of the running runs; stop a run whose claim was lost."""
+        assert self.claims is not None
+        while not stop.wait(self.claims.heartbeat_s):
+            for job in list(active.values()):
+                if job.run.name not in self._lost and not self.claims.beat(job.run):
+                    self._lost.add(job.run.name)
+                    self.say(f"    {job.run.name}: claim taken over by another worker; stopping it here")
+                    for runner in self.slot_runners[job.slot].values():
+                        stop_runner(runner)
+
+    def _interrupt(self, active: dict[int, _Job]) -> None:
+        """Ctrl-C: stop every slot's run (in parallel), wait for them, release their claims."""
+        self._stopping.set()
+        if active:
+            self.say(f"interrupted: stopping {len(active)} run(s): {', '.join(j.run.name for j in active.values())}")
+        stoppers = [
+            threading.Thread(target=stop_runner, args=(runner,), daemon=True)
+            for job in active.values()
+            for runner in self.slot_runners[job.slot].values()
+        ]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join(timeout=90)
+        for job in active.values():
+            if job.thread is not None:
+                job.thread.join(timeout=90)
+            if self.claims is not None:
+                self.claims.release(job.run, "interrupted")
+
+    def _run_one(self, run: PlannedRun, slot: int = 0) -> RunOutcome:
+        runner = self.slot_runners[slot].get(run.kind)
         if runner is None:
             return RunOutcome(False, f"no runner for {run.kind} runs")
         run.sweep_dir.mkdir(parents=True, exist_ok=True)
         run.toml_path.write_text(run_toml(run))
-        with open(run.log_path, "a") as log, _Watcher(self, run):
-            log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(runner.command(run))}\n")
+        prefix = f"{self._slot_label(slot)} " if self.parallel > 1 else ""
+        with open(run.log_path, "a") as log, _Watcher(self, run, prefix):
+            where = f" ({self._slot_label(slot)})" if self.parallel > 1 else ""
+            log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')}{where} $ {' '.join(runner.command(run))}\n")
             log.flush()
             try:
                 return runner(run, log)
-            except KeyboardInterrupt:
-                raise
             except Exception as e:  # a runner bug must not end the sweep: report it as this run's failure
                 return RunOutcome(False, f"{type(e).__name__}: {e}")
 

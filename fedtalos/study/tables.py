@@ -138,11 +138,17 @@ def markdown_table(groups: Sequence[Group]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarize(root: str | Path, out: str | Path | None = None, figures: bool = True) -> dict[str, Any]:
-    """Write the table and the figures for the runs under ``root``; returns what was written and left out."""
-    root = Path(root)
-    out = Path(out) if out else root / "summary"
-    groups, unfinished, warnings = collect(root)
+def summarize(
+    root: str | Path | Sequence[str | Path], out: str | Path | None = None, figures: bool = True
+) -> dict[str, Any]:
+    """Write the table and the figures for the runs under ``root`` (one output root, or several: their runs are
+    pooled, see :func:`~fedtalos.study.results.collect`); returns what was written and left out.
+
+    ``out`` defaults to ``<the first root>/summary``."""
+    roots = [Path(root)] if isinstance(root, (str, Path)) else [Path(r) for r in root]
+    root = ", ".join(f"{r}" for r in roots)
+    out = Path(out) if out else roots[0] / "summary"
+    groups, unfinished, warnings = collect(roots)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(groups, out / "summary.csv")
     md = markdown_table(groups)

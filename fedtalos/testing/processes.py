@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fedtalos.federation.launcher import ENV_DEFAULTS
+from fedtalos.federation.superlink import free_port, private_superlink
+
+__all__ = [
+    "free_port",
+    "kill_process_trees",
+    "private_simulation_superlink",
+    "processes_under",
+    "stop_local_superlink",
+]
 
 
 def _process_tree() -> tuple[dict[int, str], dict[int, list[int]]]:
@@ -59,61 +65,16 @@ def kill_process_trees(fragment: str) -> None:
         time.sleep(0.2)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def private_simulation_superlink(flwr_home: Path, timeout: float = 60.0) -> Iterator[dict[str, str]]:
     """A simulation SuperLink of our own on a free port, as the default connection of ``flwr_home``.
 
-    ``flwr run`` otherwise shares one managed SuperLink on the fixed port 39091 with every other `flwr run` of
-    the machine (another sweep, a test run), and whoever stops it stops everyone's runs. Yields the environment
-    for ``flwr`` (``FLWR_HOME`` and friends); the SuperLink, its simulation and Ray are killed on exit.
+    The package's :func:`~fedtalos.federation.superlink.private_superlink` (what each sweep slot runs on), and on
+    exit also whatever still names ``flwr_home`` (a test may have started more below it). Yields the environment
+    for ``flwr`` (``FLWR_HOME`` and friends).
     """
-    import time
-    import urllib.request
-
-    flwr_home = Path(flwr_home)
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
-    env = {**os.environ, **ENV_DEFAULTS, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1"}
-    bin_dir = Path(sys.executable).parent
-    env["PATH"] = str(bin_dir) + os.pathsep + env.get("PATH", "")
-    command = [
-        str(bin_dir / "flower-superlink"),
-        "--insecure",
-        "--simulation",
-        "--isolation",
-        "subprocess",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--database",
-        str(flwr_home / "superlink.db"),
-        "--disable-runtime-dependency-installation",
-    ]
-    with open(flwr_home / "superlink.log", "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the SuperLink did not start; see {flwr_home / 'superlink.log'}") from None
-                time.sleep(0.5)
-        yield env
+        with private_superlink(flwr_home, timeout=timeout) as env:
+            yield env
     finally:
         stop_local_superlink(flwr_home)

@@ -1,14 +1,19 @@
 """The launcher's federation config: client resources filled key by key, the GPU share from the card's memory,
-and the devices a simulation cannot serve; ``fedtalos run``'s preflight stays off the GPU."""
+and the devices a simulation cannot serve; ``fedtalos run``'s preflight stays off the GPU;
+the final status read from `flwr ls --format json`, also when that JSON comes coloured (as under a Jupyter kernel:
+the Colab notebook's sweep saw a completed run as 'unknown')."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from fedtalos.config import RunConfig
+from fedtalos.federation import launcher
 from fedtalos.federation.launcher import default_federation_config, simulation_problems
 
 GIB = 2**30
@@ -58,3 +63,18 @@ def test_cuda_n_is_refused_in_simulation_with_the_reason():
     assert simulation_problems(RunConfig(device="cuda:0")) == []
     (problem,) = simulation_problems(RunConfig(device="cuda:1"))
     assert "cuda:1" in problem and "as cuda:0" in problem and "use device = 'cuda'" in problem
+
+
+def test_run_status_reads_coloured_json(monkeypatch: pytest.MonkeyPatch):
+    record = {"success": True, "runs": [{"run-id": 7, "status": "finished:completed", "status-details": ""}]}
+    plain = json.dumps(record, indent=2)
+    coloured = plain.replace('"status"', '\x1b[1;34m"status"\x1b[0m').replace("{", "\x1b[1m{\x1b[0m")
+    seen = {}
+
+    def fake_run(command, env, **kwargs):
+        seen["env"] = env
+        return subprocess.CompletedProcess(command, 0, stdout=coloured, stderr="")
+
+    monkeypatch.setattr(launcher.subprocess, "run", fake_run)
+    assert launcher.run_status("7", {"FLWR_HOME": "/x"}) == ("finished:completed", "")
+    assert seen["env"]["NO_COLOR"] == "1" and seen["env"]["FLWR_HOME"] == "/x"
