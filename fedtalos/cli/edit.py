@@ -38,7 +38,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         description=__doc__,
         epilog="examples:\n"
         f"  {prog} --out ~/masks/fed-s0.9.safetensors --sparsity 0.9 --calibration-rounds 4\n"
-        f"  {prog} --central --out ~/masks/central-s0.9.safetensors --sparsity 0.9 --fisher-samples 640\n"
+        f"  {prog} --central --out ~/masks/central-s0.9.safetensors --sparsity 0.9\n"
         "  fedtalos run . --run-config 'mask-path=\"~/masks/fed-s0.9.safetensors\" local-steps=8'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -36,7 +36,7 @@ from fedtalos.phases import Phase, PhaseMachine, Row, Unit
 from fedtalos.strategies import make_strategy
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.tracking.callbacks import run_callbacks
-from fedtalos.tracking.mask_artifact import open_mask_path, record_mask_source, save_run_mask
+from fedtalos.tracking.mask_artifact import mask_file_summary, open_mask_path, record_mask_source
 from fedtalos.tracking.mask_report import MASK_FILE, mask_title, mask_totals, write_mask_report
 from fedtalos.tracking.metrics import format_row, summarize_rows
 from fedtalos.tracking.rundir import RunDir
@@ -192,15 +192,10 @@ class FederatedServer:
             summary["mask"] = mask_totals(self.state.mask)
             if not (self.run_dir.path / MASK_FILE).is_file():  # e.g. deleted by hand: the checkpoint has it
                 write_mask_report(self.run_dir.path, self.state.mask, mask_title(self.config, self.mask_file))
-        if self.mask_source is not None:
-            summary["mask_file"] = self.mask_source
-        if self.config.mask_save_path and self.state.mask is not None:
-            assert self.resources.initial_weights is not None
-            saved = save_run_mask(
-                self.config, self.state.mask, self.state.weights, self.resources.initial_weights, "federated"
-            )
-            summary["mask_saved"] = {"path": self.config.mask_save_path, "hash": saved.content_hash}
-            log.info("mask file: %s (hash %s)", self.config.mask_save_path, saved.content_hash[:12])
+        weights = self.state.weights
+        summary |= mask_file_summary(
+            self.config, self.state.mask, self.mask_source, lambda: weights, self.resources.initial_weights, "federated"
+        )
         self.run_dir.write_summary(summary)
         self.metrics.close()
         return summary

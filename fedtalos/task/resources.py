@@ -127,7 +127,8 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
     set_deterministic(config.deterministic)  # before any CUDA work: cuBLAS reads its workspace setting once
     device = resolve_device(config.device)
     dtype, precision = precision_choice(device, config.precision)
-    log.info("precision: %s", precision)
+    # Only an accelerator has a choice to report; on the CPU it is always fp32 (and would be noise in a CLI check).
+    log.log(logging.DEBUG if device.type == "cpu" else logging.INFO, "precision: %s", precision)
     set_matmul_precision(device, deterministic=config.deterministic)
     data = load_cifar100(config.resolved_dataset_root(), config.dataset_download, config.dataset_verify)
     train_idx, val_idx = split_train_val(data.train_labels, config.val_fraction, config.seed)

@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from fedtalos.editing import mask_file as mf
 from fedtalos.editing.masks import SENSITIVITY_RULES, Mask
 from fedtalos.tracking.checkpoint import atomic_write_bytes
 from fedtalos.tracking.rundir import check_writable
+
+log = logging.getLogger(__name__)
 
 MASK_SOURCE_FILE = "mask_source.json"
 
@@ -77,6 +80,30 @@ def save_run_mask(
         config=config.result_dict(),
     )
     return mf.write(config.mask_save_path, record)
+
+
+def mask_file_summary(
+    config: RunConfig,
+    mask: Mask | None,
+    mask_source: dict[str, Any] | None,
+    head: Callable[[], Mapping[str, Tensor]],
+    initial_weights: Mapping[str, Tensor] | None,
+    calibrated: str,
+) -> dict[str, Any]:
+    """The mask-file part of a run's ``summary.json``, for both kinds of run: ``mask_file`` (the ``mask-path`` it
+    fine-tuned with) and ``mask_saved`` (path and hash of the file written to ``mask-save-path``, written here).
+
+    ``head`` gives the final weights (only called when a file is written: the centralized trainer copies them).
+    """
+    summary: dict[str, Any] = {}
+    if mask_source is not None:
+        summary["mask_file"] = mask_source
+    if config.mask_save_path and mask is not None:
+        assert initial_weights is not None, "an editing run that saves its mask keeps its starting weights"
+        saved = save_run_mask(config, mask, head(), initial_weights, calibrated)
+        summary["mask_saved"] = {"path": config.mask_save_path, "hash": saved.content_hash}
+        log.info("mask file: %s (hash %s)", config.mask_save_path, saved.content_hash[:12])
+    return summary
 
 
 def source_record(config: RunConfig, found: mf.MaskFile) -> dict[str, Any]:

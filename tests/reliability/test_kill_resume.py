@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
+from tests.support.runs import result_summary
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # The editing pipeline: head (step 1), calibration (steps 2-3), sparse fine-tuning (steps 4-6).
@@ -89,9 +91,7 @@ def _outcome(run_dir: Path) -> tuple[dict, list, dict]:
         {k: v for k, v in json.loads(x).items() if not k.endswith("_s")}  # timings (seconds) differ run to run
         for x in (run_dir / "metrics.jsonl").read_text().splitlines()
     ]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary.pop("wall_s"), summary.pop("timeline")  # timings differ run to run
-    return weights, rows, summary
+    return weights, rows, result_summary(run_dir)
 
 
 @pytest.fixture(scope="module")

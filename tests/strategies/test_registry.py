@@ -87,7 +87,11 @@ def _uploads(weights: Weights, server_round: int) -> list[ClientUpdate]:
 
 def _average(weights: Weights, server_round: int) -> Weights:
     """The average fedtalos's server gets from those uploads (``FedAvgRounds.aggregate``)."""
-    return aggregate(_uploads(weights, server_round), weights).average
+    return aggregate(_uploads(weights, server_round), weights, coordinates=_size(weights)).average
+
+
+def _size(weights: Weights) -> int:
+    return sum(v.numel() for v in weights.values())
 
 
 def _records(weights: Weights) -> ArrayRecord:
@@ -147,7 +151,7 @@ def _run_side_by_side(name: str, values: dict[str, Any], flower_lr: bool) -> lis
     differences = []
     for server_round in range(1, ROUNDS + 1):
         uploads = _uploads(weights, server_round)
-        average = aggregate(uploads, weights).average
+        average = aggregate(uploads, weights, coordinates=_size(weights)).average
         flower_next = _flower_round(theirs, server_round, flower_weights, uploads, average)
         ours.apply(weights, {k: v.clone() for k, v in average.items()}, server_round)
         differences.append(_relative(weights, flower_next, start))

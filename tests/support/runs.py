@@ -41,3 +41,13 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+# The summary's wall-clock records (seconds and time stamps) differ from run to run; everything else is a result.
+SUMMARY_TIMINGS = ("wall_s", "timeline", "run_wall_s", "startup_s", "startup")
+
+
+def result_summary(run_dir: Path) -> dict[str, Any]:
+    """``summary.json`` without its timings (:data:`SUMMARY_TIMINGS`): what two equal runs must share exactly."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {k: v for k, v in summary.items() if k not in SUMMARY_TIMINGS}
