@@ -3,8 +3,9 @@
     fedtalos sweep GRID.toml [...] [--seeds N | --seed-list S ...] [--only GLOB] [--dry-run] [--output-root DIR]
                    [--parallel N] [--gpus 0,1,...] [--shard k/N]
 
-The grid file format and the run names are :mod:`fedtalos.study.grid`; running them is :mod:`fedtalos.study.sweep`;
-slots and shards are :mod:`fedtalos.study.slots`, claims :mod:`fedtalos.study.claims`.
+The grid file format and the run names are :mod:`fedtalos.study.grid`; running them is :mod:`fedtalos.study.sweep`
+(each run through :mod:`fedtalos.study.runners`); slots and shards are :mod:`fedtalos.study.slots`, claims
+:mod:`fedtalos.study.claims`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from fedtalos.cli.options import fail
 from fedtalos.config import ConfigError
 from fedtalos.study import plan
+from fedtalos.study import runners as running
 from fedtalos.study import sweep as sweeping
 from fedtalos.study.claims import Claims
 from fedtalos.study.grid import parse_set
@@ -108,7 +110,7 @@ def _seeds(args: argparse.Namespace) -> list[int] | None:
     return list(range(args.seeds)) if args.seeds is not None else None
 
 
-def _print_plan(runs: list[plan.PlannedRun], runners: dict[str, sweeping.Runner]) -> None:
+def _print_plan(runs: list[plan.PlannedRun], runners: dict[str, running.Runner]) -> None:
     """Per family: its size and root, then each run's state, settings and the command that runs it."""
     families: dict[str, list[plan.PlannedRun]] = {}
     for run in runs:
@@ -165,7 +167,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     if "num-supernodes" in args.federation_config:
         return fail(prog, "num-supernodes is set from each run's num-clients; leave it out")
     app = Path(args.app).resolve()
-    runners = [sweeping.default_runners(app, args.federation_config, slot=slot) for slot in slots]
+    runners = [running.default_runners(app, args.federation_config, slot=slot) for slot in slots]
     if args.dry_run:
         _print_plan(runs, runners[0])
         return 0

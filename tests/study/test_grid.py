@@ -27,7 +27,7 @@ from fedtalos.study.plan import (
     run_toml,
     split_name,
 )
-from fedtalos.study.sweep import CentralizedRunner, FederatedRunner
+from fedtalos.study.runners import CentralizedRunner, FederatedRunner
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RULES = ["least-sensitive", "most-sensitive", "lowest-magnitude", "highest-magnitude", "random"]

@@ -15,8 +15,9 @@ import pytest
 from fedtalos.study.claims import Claims
 from fedtalos.study.grid import parse_grid
 from fedtalos.study.plan import plan
+from fedtalos.study.runners import RunOutcome
 from fedtalos.study.slots import make_slots, parse_gpus, parse_shard, shard
-from fedtalos.study.sweep import RunOutcome, Sweep
+from fedtalos.study.sweep import Sweep
 from tests.support.fakeruns import train_rows, write_run
 
 GRID = {
