@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 from fedtalos.phases import FAULT_INJECTION_ENV, Callback, Row, Unit
 from fedtalos.tracking.checkpoint import CheckpointStore
@@ -26,6 +27,13 @@ def point(name: str, step: int) -> None:
     target = os.environ.get(ENV)
     if target and target == f"{name}@{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault_injection(store: CheckpointStore, prefix: str = "") -> Callable[[str, int], None]:
+    """A hook listener that calls :func:`point` (looked up at call time, so tests can replace it) at every named
+    point, its name led by ``prefix``; the checkpoint store's write stages become ``checkpoint:<stage>`` points."""
+    store.fault_hook = lambda stage, step: point(f"checkpoint:{stage}", step)
+    return lambda name, step: point(prefix + name, step)
 
 
 class FaultInjection(Callback):
