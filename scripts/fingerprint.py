@@ -70,15 +70,17 @@ RUNS: dict[str, tuple[str, dict[str, Any], str]] = {
     "fed-mask-path": ("federated", {**FEDERATED, "num-server-rounds": 2, "eval-every": 1, "mask-path": ""}, ""),
 }
 KILL_ENV = "FEDTALOS_KILL_AT"
+MASK_FILE = "/tmp/fedtalos-fingerprint/mask.safetensors"
 
 
 def _values(name: str, root: Path) -> dict[str, Any]:
     kind, values, _ = RUNS[name]
     values = {**TINY, **values, "run-name": name, "output-root": str(root / "runs"), "dataset-root": str(root / "data")}
-    if "mask-save-path" in values:
-        values["mask-save-path"] = str(root / "mask.safetensors")
-    if "mask-path" in values:
-        values["mask-path"] = str(root / "mask.safetensors")
+    # one mask file for every root: mask-path is part of a run's identity, so the same run in two roots must read
+    # the file at one path (its bytes are the same from every equal central-edit run)
+    for key in ("mask-save-path", "mask-path"):
+        if key in values:
+            values[key] = MASK_FILE
     return values
 
 
