@@ -86,7 +86,7 @@ def preflight_locally(config: RunConfig) -> None:
     not count for the whole run); the device itself is only resolved, which allocates nothing.
     """
     from fedtalos.server_app import preflight
-    from fedtalos.task.model import resolve_device
+    from fedtalos.task.device import resolve_device
     from fedtalos.task.resources import get_resources
 
     problems = simulation_problems(config)
