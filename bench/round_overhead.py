@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from fedtalos.config import RunConfig  # noqa: E402
 from fedtalos.federation.cohort import sample_cohort  # noqa: E402
-from fedtalos.federation.launcher import flwr_run  # noqa: E402
+from fedtalos.launch.flwr_run import flwr_run  # noqa: E402
 from fedtalos.seeds import FEDERATED_STREAMS, make_generator  # noqa: E402
 from fedtalos.task.resources import get_resources  # noqa: E402
 from fedtalos.task.train import train_steps  # noqa: E402

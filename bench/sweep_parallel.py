@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedtalos.federation.superlink import descendants  # noqa: E402
+from fedtalos.launch.superlink import descendants  # noqa: E402
 from fedtalos.testing.synthetic import write_fake_cifar100  # noqa: E402
 
 GRID = """
@@ -73,7 +73,7 @@ def _guards(sweep_pid: int) -> dict[int, str]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"fedtalos.federation.superlink" in cmd:
+        if b"fedtalos.launch.superlink" in cmd:
             home = next((c.decode() for c in cmd if c.endswith(b"superlink.db")), str(pid))
             out[pid] = home
     return out

@@ -12,9 +12,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.editing.scoring import describe_model, model_record
-from fedtalos.federation.launcher import simulation_problems
 from fedtalos.federation.server import FederatedServer
 from fedtalos.federation.transport import in_simulation
+from fedtalos.launch.flwr_run import simulation_problems
 from fedtalos.task.device import environment
 from fedtalos.task.lr_schedule import STATELESS
 from fedtalos.task.model import ModelError, WeightsError

@@ -65,7 +65,7 @@ class FederatedRunner:
         self._stopping = threading.Event()
 
     def federation_config(self, run: PlannedRun) -> str:
-        from fedtalos.federation.launcher import default_federation_config
+        from fedtalos.launch.flwr_run import default_federation_config
 
         extra = self.slot.federation_extra(self.extra) if self.slot is not None else self.extra
         return default_federation_config(run.config, extra)
@@ -78,7 +78,7 @@ class FederatedRunner:
         """Stop the current Flower run (``flwr stop``), or the next one as soon as it has started."""
         self._stopping.set()
         if self._current:
-            from fedtalos.federation.launcher import stop_run
+            from fedtalos.launch.flwr_run import stop_run
 
             stop_run(self._current[0], self.flwr_env())
 
@@ -88,13 +88,13 @@ class FederatedRunner:
             self.stop()
 
     def command(self, run: PlannedRun) -> list[str]:
-        from fedtalos.federation.launcher import flwr_command
+        from fedtalos.launch.flwr_run import flwr_command
 
         return flwr_command(self.app, run.toml_path, self.federation_config(run))
 
     def preflight(self, run: PlannedRun) -> None:
         from fedtalos.config import ConfigError
-        from fedtalos.federation.launcher import simulation_problems
+        from fedtalos.launch.flwr_run import simulation_problems
 
         c = run.config
         if problems := simulation_problems(c):
@@ -111,7 +111,7 @@ class FederatedRunner:
         self._checked.add(key)
 
     def __call__(self, run: PlannedRun, log: IO[str]) -> RunOutcome:
-        from fedtalos.federation.launcher import flwr_run, stop_run
+        from fedtalos.launch.flwr_run import flwr_run, stop_run
 
         try:
             self.preflight(run)

@@ -1,4 +1,4 @@
-"""The SuperLink guard (fedtalos/federation/superlink.py): when the process that started a private SuperLink dies,
+"""The SuperLink guard (fedtalos/launch/superlink.py): when the process that started a private SuperLink dies,
 even by SIGKILL, the guard kills the command and everything below it (here a stand-in: a process with a child)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fedtalos.federation.superlink import free_port, write_connection
+from fedtalos.launch.superlink import free_port, write_connection
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ TREE = textwrap.dedent(
 STARTER = textwrap.dedent(
     """
     import os, subprocess, sys, time
-    subprocess.Popen([sys.executable, "-m", "fedtalos.federation.superlink", str(os.getpid()), "--",
+    subprocess.Popen([sys.executable, "-m", "fedtalos.launch.superlink", str(os.getpid()), "--",
                       sys.executable, "-c", {tree!r}, {pids!r}], start_new_session=True)
     time.sleep(600)
     """
