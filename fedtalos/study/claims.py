@@ -27,6 +27,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from fedtalos.fsutil import atomic_write_bytes
 from fedtalos.study.plan import PlannedRun
 
 CLAIM_SUFFIX = ".claim"
@@ -34,29 +37,24 @@ JOURNAL_SUFFIX = ".claims.jsonl"
 
 
 def process_start_time(pid: int) -> str | None:
-    """The start time of process ``pid`` in clock ticks since boot (Linux /proc), None where unknown or dead.
+    """When process ``pid`` started (seconds since the epoch, as text), None where unknown or dead.
 
     Tells a pid from a later process that reuses its number."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        return repr(psutil.Process(pid).create_time())
+    except psutil.Error:
         return None
 
 
 def pid_alive(pid: int, start_time: str | None = None) -> bool:
     """Whether process ``pid`` runs on this host (not a zombie; the same process if ``start_time`` is given)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return False
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        pass  # exists, belongs to someone else
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): the signal check is all there is
-    if state in ("Z", "X"):
-        return False
+    except psutil.Error:
+        return True  # exists, but cannot be inspected (another user's)
     return start_time is None or process_start_time(pid) in (None, start_time)
 
 
@@ -143,7 +141,7 @@ class Claims:
         with self._locked(run) as locked:
             if not locked or self.read(run) != holder:  # someone else is taking it over, or did
                 return False, "being taken over by another worker"
-            _write_atomic(self.path(run), json.dumps(record))
+            atomic_write_bytes(self.path(run), json.dumps(record).encode(), durable=False)
         self.journal(run, "takeover", previous=holder.get("worker"), reason=reason, **info)
         return True, f"took over from {holder.get('worker')} ({reason})"
 
@@ -154,7 +152,9 @@ class Claims:
             if not holder or holder.get("worker") != self.worker:
                 return False
             if locked:  # else a takeover is looking at it right now: it will find us alive next time
-                _write_atomic(self.path(run), json.dumps({**holder, "heartbeat": self.clock()}))
+                atomic_write_bytes(
+                    self.path(run), json.dumps({**holder, "heartbeat": self.clock()}).encode(), durable=False
+                )
             return True
 
     def release(self, run: PlannedRun, outcome: str = "") -> None:
@@ -214,12 +214,6 @@ def _create_exclusive(path: Path, text: str) -> bool:
         return True
     finally:
         tmp.unlink()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _when(seconds: Any) -> str:

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from fedtalos.config import ConfigError, RunConfig
+from fedtalos.fsutil import atomic_write_bytes, try_lock
 from fedtalos.study.search_space import Space, load_space
-from fedtalos.tracking.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +61,14 @@ class SearchError(RuntimeError):
 @contextlib.contextmanager
 def study_lock(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on the study directory (one search process per study)."""
-    import fcntl
-
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SearchError(
-                f"another search is running on {directory}; wait for it or use another --study-name"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    handle = try_lock(directory / ".lock")
+    if handle is None:
+        raise SearchError(f"another search is running on {directory}; wait for it or use another --study-name")
+    try:
+        yield
+    finally:
+        handle.close()
 
 
 def _finished(study: Any) -> int:

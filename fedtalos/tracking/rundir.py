@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from fedtalos.config import ConfigError, RunConfig
-from fedtalos.tracking.checkpoint import CheckpointStore, atomic_write_bytes
+from fedtalos.fsutil import atomic_write_bytes
+from fedtalos.tracking.checkpoint import CheckpointStore
 from fedtalos.tracking.metrics import MetricsLog, make_sinks
 
 CONFIG_FILE = "config.json"
