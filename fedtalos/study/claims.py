@@ -1,18 +1,10 @@
 """Claims: which sweep worker runs which run, so that sweeps on one output root (this machine or others sharing the
-file system) split the runs and no run is ever executed by two workers at once.
+file system) split the runs and never run one twice at once.
 
-A claim is the file ``<output-root>/_sweeps/<family>/<run>.claim`` (JSON: worker, host, pid, the pid's start time,
-since, heartbeat, slot, gpu). It is created atomically (a hard link of a complete file, which fails if the name
-exists, also on NFS; ``O_EXCL`` where a file system has no hard links): of two workers claiming at once exactly one
-wins. The holder rewrites ``heartbeat`` every ``heartbeat_s`` seconds while the run goes on and deletes the claim
-when the run ends (done or failed). Every claim, takeover and release is appended to ``<run>.claims.jsonl``.
-
-A claim whose holder is gone is taken over: on the same host when its pid is dead (or belongs to a newer process),
-on another host when its heartbeat is older than ``stale_after`` seconds (the hosts' clocks must agree to well
-within that, as NTP keeps them). A takeover happens under the lock directory ``<run>.claim.lock`` (``mkdir`` is
-atomic), re-reads the claim and replaces it only if it is still the one judged gone; the heartbeat takes the same
-lock, so a live holder's beat and a takeover never interleave. The run then resumes from its checkpoint. A worker
-whose claim was taken over anyway (its heartbeats were stalled past ``stale_after``) sees that at its next beat.
+A claim is ``<output-root>/_sweeps/<family>/<run>.claim`` (worker, host, pid and its start time, heartbeat, slot,
+GPU), created atomically (a hard link, else ``O_EXCL``). The holder beats it every ``heartbeat_s`` and deletes it
+when the run ends; a claim whose holder is gone (a dead pid on this host, a heartbeat older than ``stale_after``
+elsewhere) is taken over under the lock directory ``<run>.claim.lock``. ``<run>.claims.jsonl`` journals them.
 """
 
 from __future__ import annotations

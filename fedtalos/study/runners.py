@@ -1,9 +1,6 @@
-"""How a sweep runs one planned run: a federated run through ``flwr run`` (the launcher of ``fedtalos run``), a
-centralized one through ``python -m fedtalos.cli central``; one runner of each kind per slot.
-
-Federated runs get the same preflight as ``fedtalos run`` first, on the CPU. A runner's ``stop()`` (called from
-another thread on Ctrl-C or a lost claim) stops its current run: ``flwr stop`` for a Flower run, SIGTERM for a
-centralized process; either resumes from its last checkpoint when started again.
+"""How a sweep runs one planned run: a federated run through ``flwr run`` (after ``fedtalos run``'s preflight,
+on the CPU), a centralized one through ``python -m fedtalos.cli central``; one runner of each kind per slot. A
+runner's ``stop()`` (Ctrl-C, a lost claim) stops its run: ``flwr stop``, or SIGTERM for a centralized process.
 """
 
 from __future__ import annotations

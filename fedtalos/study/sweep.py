@@ -321,7 +321,7 @@ def analyze_in_subprocess(run: PlannedRun, python: str = sys.executable) -> tupl
     if out.is_file():
         try:
             done = json.loads(out.read_text())
-            # an analysis from before the noise floor existed is run again
+            # an analysis without the noise floor is run again
             if done.get("clients_requested") == run.mask_agreement_clients and "noise_floor" in done:
                 return True, f"mask agreement already in {out}"
         except ValueError:

@@ -1,13 +1,8 @@
 """Atomic, verified checkpoints: ``ckpt-<step>.safetensors`` (tensors) + ``ckpt-<step>.json`` (the rest).
 
-Writing: tensors go to a temporary file that is fsynced and renamed into place; then the JSON companion, which
-records the tensor file's size and SHA-256, the run's config hash and a SHA-256 of the record itself, goes the
-same way. The JSON is written last, so a checkpoint without it is incomplete and ignored. Nothing is ever
-overwritten in place, and a failed write (disk full, kill) leaves the earlier checkpoints as they were.
-
-Reading: checkpoints are tried newest first; one whose JSON is missing, unreadable or altered, whose tensor file
-is missing, truncated or altered (size/hash), or whose config hash differs is reported and skipped, so the run
-falls back to the previous good one. Loading runs no code: safetensors and JSON only.
+Each file is written atomically, the JSON last (it records the tensor file's size and SHA-256, the config hash and
+its own SHA-256), so a checkpoint without it is incomplete. Reading tries the newest first and skips, with the
+reason, any whose files are missing, altered or of another config; loading runs no code.
 """
 
 from __future__ import annotations
@@ -33,8 +28,8 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^ckpt-(\d{9})\.json$")
 _TENSOR_NAME = re.compile(r"^ckpt-(\d{9})\.safetensors$")
 FORMAT_VERSION = 2  # 2: the record carries its own SHA-256 (a flipped byte in the JSON is detected too)
-# Format 1 records (no record hash) are still read, so that runs checkpointed before format 2 can resume; no single
-# flipped bit turns a '2' into a '1', so a damaged format-2 record cannot pass for a format-1 one.
+# Format 1 records (no record hash) are read too; no single flipped bit turns a '2' into a '1', so a damaged
+# format-2 record cannot pass for a format-1 one.
 _READABLE_FORMATS = (1, 2)
 _RECORD_FIELDS = {
     "format": int,
