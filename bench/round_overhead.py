@@ -36,6 +36,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from fedtalos.config import RunConfig  # noqa: E402
 from fedtalos.federation.cohort import sample_cohort  # noqa: E402
-from fedtalos.federation.launcher import flwr_run  # noqa: E402
+from fedtalos.launch.flwr_run import flwr_run  # noqa: E402
 from fedtalos.seeds import FEDERATED_STREAMS, make_generator  # noqa: E402
 from fedtalos.task.resources import get_resources  # noqa: E402
 from fedtalos.task.train import train_steps  # noqa: E402
@@ -53,8 +54,8 @@ from fedtalos.testing.synthetic import write_fake_cifar100  # noqa: E402
 
 def _rss_bytes(pid: int) -> int:
     try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
         return 0
 
 
@@ -73,10 +74,10 @@ class MemorySampler(threading.Thread):
             self.peak_total = max(self.peak_total, sum(_rss_bytes(p) for p in pids))
             for pid in pids:
                 try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
+                    cmd = " ".join(psutil.Process(pid).cmdline())
+                except psutil.Error:
                     continue
-                if b"flwr-simulation" in cmd:
+                if "flwr-simulation" in cmd:
                     self.peak_driver = max(self.peak_driver, _rss_bytes(pid))
 
 

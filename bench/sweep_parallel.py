@@ -26,10 +26,12 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedtalos.federation.superlink import descendants  # noqa: E402
+from fedtalos.launch.superlink import descendants  # noqa: E402
 from fedtalos.testing.synthetic import write_fake_cifar100  # noqa: E402
 
 GRID = """
@@ -60,8 +62,8 @@ local-steps = [1, 2]
 
 def _rss(pid: int) -> int:
     try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
         return 0
 
 
@@ -70,11 +72,11 @@ def _guards(sweep_pid: int) -> dict[int, str]:
     out = {}
     for pid in descendants(sweep_pid):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            cmd = psutil.Process(pid).cmdline()
+        except psutil.Error:
             continue
-        if b"fedtalos.federation.superlink" in cmd:
-            home = next((c.decode() for c in cmd if c.endswith(b"superlink.db")), str(pid))
+        if "fedtalos.launch.superlink" in cmd:
+            home = next((c for c in cmd if c.endswith("superlink.db")), str(pid))
             out[pid] = home
     return out
 

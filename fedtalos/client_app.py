@@ -20,7 +20,8 @@ from fedtalos.federation import transport
 from fedtalos.federation.mask_sync import MaskCache
 from fedtalos.federation.timing import client_stamps
 from fedtalos.seeds import client_generator
-from fedtalos.task.model import backbone_parameters, empty_cache, is_out_of_memory, out_of_memory, set_trainable
+from fedtalos.task.device import empty_cache, is_out_of_memory, out_of_memory
+from fedtalos.task.model import backbone_parameters, set_trainable
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.staging import WeightStaging
 from fedtalos.task.train import evaluate, train_steps
@@ -35,7 +36,7 @@ FROZEN = {"all": "none", "head": "backbone", "backbone": "head"}
 
 
 def fatal_resource_errors(handler: Handler) -> Handler:
-    """Turn an out-of-memory error of ``handler`` into a :class:`~fedtalos.task.model.ResourceError`, which the
+    """Turn an out-of-memory error of ``handler`` into a :class:`~fedtalos.task.device.ResourceError`, which the
     server treats as fatal for the run (with what to lower) instead of a client dropout."""
 
     @functools.wraps(handler)

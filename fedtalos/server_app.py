@@ -12,11 +12,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.editing.scoring import describe_model, model_record
-from fedtalos.federation.launcher import simulation_problems
 from fedtalos.federation.server import FederatedServer
 from fedtalos.federation.transport import in_simulation
+from fedtalos.launch.flwr_run import simulation_problems
+from fedtalos.task.device import environment
 from fedtalos.task.lr_schedule import STATELESS
-from fedtalos.task.model import ModelError, WeightsError, environment
+from fedtalos.task.model import ModelError, WeightsError
 from fedtalos.task.resources import get_resources
 from fedtalos.tracking.log_setup import log_through_flower
 from fedtalos.tracking.mask_artifact import check_mask_files

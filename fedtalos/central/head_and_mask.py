@@ -18,8 +18,8 @@ from fedtalos.editing import backbone_features, calibrate_mask, fit_logit_scale,
 from fedtalos.editing.fisher import fitting_chunk_size
 from fedtalos.editing.masks import Mask
 from fedtalos.seeds import central_calibration_generator, central_calibration_seed
+from fedtalos.task.device import empty_cache
 from fedtalos.task.memory import fisher_bytes_per_sample
-from fedtalos.task.model import empty_cache
 from fedtalos.task.resources import Batch, Resources
 
 

@@ -47,7 +47,8 @@ from fedtalos.editing.masks import SENSITIVITY_RULES
 from fedtalos.editing.scoring import describe_model, model_record
 from fedtalos.phases import Phase, PhaseMachine, Row, Unit
 from fedtalos.seeds import central_epoch_generator, central_start_seed
-from fedtalos.task.model import environment, set_trainable
+from fedtalos.task.device import environment
+from fedtalos.task.model import set_trainable
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.train import train_steps
 from fedtalos.tracking.callbacks import run_callbacks

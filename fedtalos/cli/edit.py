@@ -119,7 +119,7 @@ def _run_central(config: RunConfig, prog: str) -> bool:
 
 
 def _run_federated(args: argparse.Namespace, values: dict[str, Any], config: RunConfig, prog: str) -> bool:
-    from fedtalos.federation import launcher
+    from fedtalos.launch import flwr_run as launcher
 
     print(f"run directory: {config.run_dir()}", flush=True)
     result = launcher.flwr_run(

@@ -21,10 +21,9 @@ from flwr.common.config import parse_config_args
 
 from fedtalos.cli.options import fail
 from fedtalos.config import ConfigError, RunConfig
-from fedtalos.federation.launcher import (
+from fedtalos.launch.flwr_run import (
     default_federation_config,
     flwr_run,
-    merged_config,
     simulation_problems,
     stop_run,
 )
@@ -86,7 +85,7 @@ def preflight_locally(config: RunConfig) -> None:
     not count for the whole run); the device itself is only resolved, which allocates nothing.
     """
     from fedtalos.server_app import preflight
-    from fedtalos.task.model import resolve_device
+    from fedtalos.task.device import resolve_device
     from fedtalos.task.resources import get_resources
 
     problems = simulation_problems(config)
@@ -103,7 +102,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     log_to_stderr()
     try:
         overrides = parse_run_config(args.run_config)
-        config = merged_config(overrides)
+        config = RunConfig.from_mapping(overrides)
         preflight_locally(config)
     except (ConfigError, ValueError, OSError, RuntimeError) as e:
         return fail(prog, str(e))

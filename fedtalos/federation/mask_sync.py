@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fedtalos.editing.masks import pack_mask, unpack_mask
-from fedtalos.tracking.checkpoint import atomic_write_bytes
+from fedtalos.fsutil import atomic_write_bytes
 
 MASK_MISSING = "mask-missing"
 Shapes = Mapping[str, tuple[int, ...]]

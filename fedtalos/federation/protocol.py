@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedtalos.task.model import RESOURCE_ERROR
+from fedtalos.task.device import RESOURCE_ERROR
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -42,7 +42,7 @@ class ReplyRejected(ValueError):
 
 
 class ClientResourceError(RuntimeError):
-    """A client lacks memory or its device (:class:`~fedtalos.task.model.ResourceError`): fatal for the run.
+    """A client lacks memory or its device (:class:`~fedtalos.task.device.ResourceError`): fatal for the run.
 
     Never counted as a dropout: with ``min-train-clients = 1`` rounds and Fisher sums would quietly use fewer
     clients, with numbers that depend on which clients happened to fit.

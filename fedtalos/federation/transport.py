@@ -32,6 +32,7 @@ from flwr.app import ArrayRecord, RecordDict
 from safetensors.torch import load_file, save_file
 
 from fedtalos.federation import protocol as P
+from fedtalos.fsutil import atomic_path
 
 WEIGHTS_FILE = "weights-file"  # config key: path of the round's global weights
 UPLOAD_FILE = "upload-file"  # config key: where the client writes its upload
@@ -97,9 +98,8 @@ def choose(setting: str, grid: Any, need_bytes: int = 0) -> tuple[str, Path | No
 
 
 def _write(path: Path, tensors: Mapping[str, torch.Tensor]) -> int:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)  # readers never see a half-written file
+    with atomic_path(path, durable=False) as tmp:  # readers never see a half-written file
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
     return path.stat().st_size
 
 

@@ -36,7 +36,8 @@ import torch
 
 from fedtalos.config import RunConfig
 from fedtalos.editing.masks import SENSITIVITY_RULES, Mask, calibration_step, load_mask
-from fedtalos.tracking.checkpoint import CheckpointStore, atomic_write_bytes
+from fedtalos.fsutil import atomic_write_bytes
+from fedtalos.tracking.checkpoint import CheckpointStore
 
 OUTPUT_JSON = "analysis/mask_agreement.json"
 OUTPUT_CSV = "analysis/mask_agreement.csv"

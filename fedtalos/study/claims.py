@@ -1,18 +1,10 @@
 """Claims: which sweep worker runs which run, so that sweeps on one output root (this machine or others sharing the
-file system) split the runs and no run is ever executed by two workers at once.
+file system) split the runs and never run one twice at once.
 
-A claim is the file ``<output-root>/_sweeps/<family>/<run>.claim`` (JSON: worker, host, pid, the pid's start time,
-since, heartbeat, slot, gpu). It is created atomically (a hard link of a complete file, which fails if the name
-exists, also on NFS; ``O_EXCL`` where a file system has no hard links): of two workers claiming at once exactly one
-wins. The holder rewrites ``heartbeat`` every ``heartbeat_s`` seconds while the run goes on and deletes the claim
-when the run ends (done or failed). Every claim, takeover and release is appended to ``<run>.claims.jsonl``.
-
-A claim whose holder is gone is taken over: on the same host when its pid is dead (or belongs to a newer process),
-on another host when its heartbeat is older than ``stale_after`` seconds (the hosts' clocks must agree to well
-within that, as NTP keeps them). A takeover happens under the lock directory ``<run>.claim.lock`` (``mkdir`` is
-atomic), re-reads the claim and replaces it only if it is still the one judged gone; the heartbeat takes the same
-lock, so a live holder's beat and a takeover never interleave. The run then resumes from its checkpoint. A worker
-whose claim was taken over anyway (its heartbeats were stalled past ``stale_after``) sees that at its next beat.
+A claim is ``<output-root>/_sweeps/<family>/<run>.claim`` (worker, host, pid and its start time, heartbeat, slot,
+GPU), created atomically (a hard link, else ``O_EXCL``). The holder beats it every ``heartbeat_s`` and deletes it
+when the run ends; a claim whose holder is gone (a dead pid on this host, a heartbeat older than ``stale_after``
+elsewhere) is taken over under the lock directory ``<run>.claim.lock``. ``<run>.claims.jsonl`` journals them.
 """
 
 from __future__ import annotations
@@ -27,6 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from fedtalos.fsutil import atomic_write_bytes
 from fedtalos.study.plan import PlannedRun
 
 CLAIM_SUFFIX = ".claim"
@@ -34,29 +29,24 @@ JOURNAL_SUFFIX = ".claims.jsonl"
 
 
 def process_start_time(pid: int) -> str | None:
-    """The start time of process ``pid`` in clock ticks since boot (Linux /proc), None where unknown or dead.
+    """When process ``pid`` started (seconds since the epoch, as text), None where unknown or dead.
 
     Tells a pid from a later process that reuses its number."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        return repr(psutil.Process(pid).create_time())
+    except psutil.Error:
         return None
 
 
 def pid_alive(pid: int, start_time: str | None = None) -> bool:
     """Whether process ``pid`` runs on this host (not a zombie; the same process if ``start_time`` is given)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return False
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        pass  # exists, belongs to someone else
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): the signal check is all there is
-    if state in ("Z", "X"):
-        return False
+    except psutil.Error:
+        return True  # exists, but cannot be inspected (another user's)
     return start_time is None or process_start_time(pid) in (None, start_time)
 
 
@@ -143,7 +133,7 @@ class Claims:
         with self._locked(run) as locked:
             if not locked or self.read(run) != holder:  # someone else is taking it over, or did
                 return False, "being taken over by another worker"
-            _write_atomic(self.path(run), json.dumps(record))
+            atomic_write_bytes(self.path(run), json.dumps(record).encode(), durable=False)
         self.journal(run, "takeover", previous=holder.get("worker"), reason=reason, **info)
         return True, f"took over from {holder.get('worker')} ({reason})"
 
@@ -154,7 +144,9 @@ class Claims:
             if not holder or holder.get("worker") != self.worker:
                 return False
             if locked:  # else a takeover is looking at it right now: it will find us alive next time
-                _write_atomic(self.path(run), json.dumps({**holder, "heartbeat": self.clock()}))
+                atomic_write_bytes(
+                    self.path(run), json.dumps({**holder, "heartbeat": self.clock()}).encode(), durable=False
+                )
             return True
 
     def release(self, run: PlannedRun, outcome: str = "") -> None:
@@ -214,12 +206,6 @@ def _create_exclusive(path: Path, text: str) -> bool:
         return True
     finally:
         tmp.unlink()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _when(seconds: Any) -> str:

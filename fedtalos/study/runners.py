@@ -1,9 +1,6 @@
-"""How a sweep runs one planned run: a federated run through ``flwr run`` (the launcher of ``fedtalos run``), a
-centralized one through ``python -m fedtalos.cli central``; one runner of each kind per slot.
-
-Federated runs get the same preflight as ``fedtalos run`` first, on the CPU. A runner's ``stop()`` (called from
-another thread on Ctrl-C or a lost claim) stops its current run: ``flwr stop`` for a Flower run, SIGTERM for a
-centralized process; either resumes from its last checkpoint when started again.
+"""How a sweep runs one planned run: a federated run through ``flwr run`` (after ``fedtalos run``'s preflight,
+on the CPU), a centralized one through ``python -m fedtalos.cli central``; one runner of each kind per slot. A
+runner's ``stop()`` (Ctrl-C, a lost claim) stops its run: ``flwr stop``, or SIGTERM for a centralized process.
 """
 
 from __future__ import annotations
@@ -65,7 +62,7 @@ class FederatedRunner:
         self._stopping = threading.Event()
 
     def federation_config(self, run: PlannedRun) -> str:
-        from fedtalos.federation.launcher import default_federation_config
+        from fedtalos.launch.flwr_run import default_federation_config
 
         extra = self.slot.federation_extra(self.extra) if self.slot is not None else self.extra
         return default_federation_config(run.config, extra)
@@ -78,7 +75,7 @@ class FederatedRunner:
         """Stop the current Flower run (``flwr stop``), or the next one as soon as it has started."""
         self._stopping.set()
         if self._current:
-            from fedtalos.federation.launcher import stop_run
+            from fedtalos.launch.flwr_run import stop_run
 
             stop_run(self._current[0], self.flwr_env())
 
@@ -88,13 +85,13 @@ class FederatedRunner:
             self.stop()
 
     def command(self, run: PlannedRun) -> list[str]:
-        from fedtalos.federation.launcher import flwr_command
+        from fedtalos.launch.flwr_run import flwr_command
 
         return flwr_command(self.app, run.toml_path, self.federation_config(run))
 
     def preflight(self, run: PlannedRun) -> None:
         from fedtalos.config import ConfigError
-        from fedtalos.federation.launcher import simulation_problems
+        from fedtalos.launch.flwr_run import simulation_problems
 
         c = run.config
         if problems := simulation_problems(c):
@@ -111,7 +108,7 @@ class FederatedRunner:
         self._checked.add(key)
 
     def __call__(self, run: PlannedRun, log: IO[str]) -> RunOutcome:
-        from fedtalos.federation.launcher import flwr_run, stop_run
+        from fedtalos.launch.flwr_run import flwr_run, stop_run
 
         try:
             self.preflight(run)

@@ -1,29 +1,8 @@
-"""Hyper-parameter search with Optuna on the validation split (never the test split); ``fedtalos search`` runs it.
+"""Hyper-parameter search with Optuna on the validation split (never the test split): ``fedtalos search``.
 
-    fedtalos search SPACE.toml --trials N [--study-name NAME] [--config BASE.toml] [--<key> VALUE ...]
-
-**Search space file** (TOML): a ``[key]`` table per searched run-config key (``type = "float" | "int"`` with
-``low``, ``high`` and optional ``log`` / ``step``; ``type = "categorical"`` with ``choices``) and plain
-``key = value`` lines for keys fixed in every trial; see :mod:`fedtalos.study.search_space` and
-``configs/search/central.toml``.
-
-**Trials.** Each trial is an ordinary centralized run (same loop, checkpoints, metrics, plots) in
-``<output-root>/search-<study>/trial-<n>/``, except that it never evaluates on the test split. After each
-validation it reports ``val_acc`` at that epoch to Optuna; a ``MedianPruner`` stops trials whose validation
-accuracy is below the median of earlier trials at the same epoch. A trial's value is its final validation
-accuracy; TPE proposes the next parameters.
-
-**Outputs** in ``<output-root>/search-<study>/``: ``study.db`` (Optuna, SQLite), ``trials.csv`` (every trial,
-ranked: complete by validation accuracy, then pruned by their last one, then failed), ``best.toml`` (the
-best complete trial as run-config overrides: ``fedtalos central --config best.toml`` re-runs it, with a test
-evaluation) and ``trials.png`` (validation curves of the best trials).
-
-**Resuming.** Running the same command again continues the study (``load_if_exists``): ``--trials N`` is the
-number of finished (complete or pruned) trials the study should hold, so finished trials are never redone.
-A trial left running by a killed process is marked failed and re-queued with the same parameters and the same
-run directory, so it resumes from its last checkpoint rather than starting over. A trial that raises an error
-is recorded as failed (with the error) and the search goes on; failed trials do not count towards N. One
-search process per study at a time (a lock file enforces it).
+Each trial is an ordinary centralized run in ``<output-root>/search-<study>/trial-<n>/`` that reports ``val_acc``
+to Optuna (TPE, MedianPruner); the same command resumes the study, re-queueing trials a killed process left
+running. Outputs: ``study.db``, ``trials.csv``, ``best.toml``, ``trials.png``. README § Hyper-parameter search.
 """
 
 from __future__ import annotations
@@ -39,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from fedtalos.config import ConfigError, RunConfig
+from fedtalos.fsutil import atomic_write_bytes, try_lock
 from fedtalos.study.search_space import Space, load_space
-from fedtalos.tracking.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +40,14 @@ class SearchError(RuntimeError):
 @contextlib.contextmanager
 def study_lock(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on the study directory (one search process per study)."""
-    import fcntl
-
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SearchError(
-                f"another search is running on {directory}; wait for it or use another --study-name"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    handle = try_lock(directory / ".lock")
+    if handle is None:
+        raise SearchError(f"another search is running on {directory}; wait for it or use another --study-name")
+    try:
+        yield
+    finally:
+        handle.close()
 
 
 def _finished(study: Any) -> int:

@@ -1,27 +1,7 @@
-"""The search-space file of ``fedtalos search``: a TOML table per searched run-config key.
-
-Format (see :mod:`fedtalos.study.search` for the whole command)::
-
-    epochs = 5              # a plain `key = value` fixes the key for every trial
-
-    [lr]                    # float: low, high, optional `log = true` or `step`
-    type = "float"
-    low = 1e-3
-    high = 1e-1
-    log = true
-
-    [batch-size]            # int: the same fields, integers
-    type = "int"
-    low = 32
-    high = 128
-    step = 32
-
-    [lr-schedule]           # categorical: a list of run-config values
-    type = "categorical"
-    choices = ["cosine", "warmup-cosine", "step"]
-
-Every bound and choice is checked as a run-config value together with the base overrides and the fixed keys,
-so a space that would produce an invalid trial fails before anything runs, with every problem listed.
+"""The search-space file of ``fedtalos search``: a ``[key]`` table per searched run-config key (``type`` =
+``"float"`` | ``"int"`` with ``low``, ``high``, optional ``log`` / ``step``; ``"categorical"`` with ``choices``)
+and plain ``key = value`` lines fixed in every trial (``configs/search/central.toml``). Every bound and choice is
+checked as a run-config value first, so an invalid space fails before anything runs, with every problem listed.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Sweep slots: where the runs of ``fedtalos sweep --parallel N [--gpus 0,1,...]`` run, and ``--shard k/N``.
 
 Slot ``i`` (0-based) runs on GPU ``gpus[i % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``; several slots may share one)
-and on a private simulation SuperLink of its own (:mod:`fedtalos.federation.superlink`: a free port, its own
+and on a private simulation SuperLink of its own (:mod:`fedtalos.launch.superlink`: a free port, its own
 ``FLWR_HOME`` in a temporary directory on local disk), started when the slot's first federated run starts. Its
 runs' simulations start their own local Ray (``RAY_ADDRESS=local``) with ``init-args-num-cpus`` = the slot's share
 of this machine's cores (at least 1), unless ``--federation-config`` sets it.
@@ -109,7 +109,7 @@ class Slot:
         """The environment for ``flwr`` commands on this slot's SuperLink, starting it on first use."""
         with self._lock:
             if self._env is None:
-                from fedtalos.federation.superlink import private_superlink
+                from fedtalos.launch.superlink import private_superlink
 
                 home = Path(tempfile.mkdtemp(prefix=f"fedtalos-slot{self.index + 1}-"))
                 self._stack.callback(shutil.rmtree, home, True)

@@ -1,79 +1,28 @@
-"""``fedtalos sweep``: run the planned runs of grid files through the real commands, one or N at a time.
+"""``fedtalos sweep``: run the planned runs of grid files through the real commands, on one or N slots.
 
-Federated runs go through ``flwr run`` (after a local preflight of data and weights on the CPU), centralized runs
-through ``python -m fedtalos.cli central --config <run>.toml``. Each run's overrides are written to
-``<output-root>/_sweeps/<family>/<run>.toml`` and its output to ``<run>.log`` beside it, so any single run can be
-repeated by hand with the command ``--dry-run`` prints.
-
-Finished runs (``summary.json`` of a complete run of the same configuration) are skipped; started ones are
-resumed by running the same command again (the apps continue from their last checkpoint). A failed run is
-reported and the sweep goes on; the exit status is 1 if any run failed. Ctrl-C stops the current run (for a
-federated run also inside the SuperLink, with ``flwr stop``), and the same command later continues where it was.
-
-Progress: one line per run start and end with runs done / total and the sweep's ETA (mean time of the runs run so
-far × runs left / slots), and in between, at most every ``progress_every`` seconds, each running run's phase and
-round (read from its ``metrics.jsonl``) with its own ETA.
-
-**Slots** (``--parallel N``, :mod:`fedtalos.study.slots`): N runs at once, each slot with its own runners (its own
-SuperLink, GPU and CPU share); a run is handed to the first free slot. **Claims** (:mod:`fedtalos.study.claims`):
-before a run starts, the sweep claims it; a run claimed by a live worker of another sweep is left to it, a claim
-whose holder is gone is taken over (the run resumes from its checkpoint), and a sweep ends when nothing it may run
-is left. Ctrl-C stops every slot's run (``flwr stop``) and releases the claims; the same command resumes them.
+Each run's overrides go to ``<output-root>/_sweeps/<family>/<run>.toml`` and its output to ``<run>.log`` beside it.
+Finished runs are skipped, started ones resumed; a failed run is reported and the sweep goes on (exit status 1).
+Runs are handed to the first free slot (:mod:`~fedtalos.study.slots`) once claimed (:mod:`~fedtalos.study.claims`);
+Ctrl-C stops every slot's run and releases its claim. Progress lines: :mod:`~fedtalos.study.progress`.
 """
 
 from __future__ import annotations
 
-import queue
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import IO
 
 from fedtalos.study.claims import Claims
-from fedtalos.study.plan import (
-    CONFLICT,
-    DONE,
-    PlannedRun,
-    phase_rounds,
-    run_state,
-    run_toml,
-    steps_done,
-    write_manifest,
-)
+from fedtalos.study.plan import CONFLICT, DONE, PlannedRun, run_state, run_toml, write_manifest
+from fedtalos.study.progress import RunWatcher, format_duration, sweep_eta
 from fedtalos.study.runners import Runner, RunOutcome, stop_runner
 from fedtalos.study.slots import Slot
 from fedtalos.tracking.metrics import read_rows
-
-# ---------------------------------------------------------------------------------------------------------------
-# Progress.
-
-
-def format_duration(seconds: float | None) -> str:
-    """``1h02m``, ``4m05s``, ``12s``; ``?`` when unknown."""
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "?"
-    seconds = round(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
-
-
-def progress_of(run: PlannedRun, rows: Sequence[dict]) -> tuple[int, str]:
-    """(steps done, text): the server's completed rounds over all phases (federated) or epochs (centralized)."""
-    if run.kind == "centralized":
-        done = steps_done(rows, "centralized")
-        return done, f"epoch {done}/{run.config.epochs}"
-    if not rows:
-        return 0, f"starting (0/{run.total_steps} rounds)"
-    last = rows[-1]
-    total = phase_rounds(run.config).get(last.get("phase"), "?")
-    done = int(last.get("step", len(rows)))
-    return done, f"{last.get('phase')} round {last.get('round')}/{total} (step {done}/{run.total_steps})"
 
 
 @dataclass
@@ -90,67 +39,14 @@ class SweepReport:
         return not self.failed and not self.analyses_failed
 
 
-class _Watcher:
-    """Polls the current run's ``metrics.jsonl`` and prints its progress now and then."""
-
-    def __init__(self, sweep: Sweep, run: PlannedRun, prefix: str = "") -> None:
-        self.sweep, self.run, self.prefix = sweep, run, prefix
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.start_done: int | None = None
-        self.first_change: tuple[float, int] | None = None
-        self.done = 0
-        self.phase = None
-
-    def __enter__(self) -> _Watcher:
-        self.start_done, _ = progress_of(self.run, read_rows(self.run.run_dir))
-        self.done = self.start_done
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-
-    def remaining(self) -> float | None:
-        """Seconds left in this run, from its rate since its first new row (start-up time is not a rate)."""
-        if self.first_change is None:
-            return None
-        t0, d0 = self.first_change
-        elapsed = self.sweep.clock() - t0
-        if self.done <= d0 or elapsed <= 0:
-            return None
-        return (self.run.total_steps - self.done) * elapsed / (self.done - d0)
-
-    def _loop(self) -> None:
-        last_print = self.sweep.clock()
-        while not self.stop.wait(self.sweep.poll_s):
-            rows = read_rows(self.run.run_dir)
-            done, text = progress_of(self.run, rows)
-            if done == self.done:
-                continue
-            now = self.sweep.clock()
-            if self.first_change is None:
-                self.first_change = (now, done)
-            self.done = done
-            phase = rows[-1].get("phase") if rows else None
-            if phase != self.phase or now - last_print >= self.sweep.progress_every:
-                self.phase, last_print = phase, now
-                left = self.remaining()
-                self.sweep.say(
-                    f"    {self.prefix}{self.run.name}: {text} · run ETA {format_duration(left)} · "
-                    f"sweep ETA {format_duration(self.sweep.eta(left))}"
-                )
-
-
 @dataclass
 class _Job:
-    """A run handed to a slot: its thread and when it started."""
+    """A run handed to a slot: when it started, and its outcome to come."""
 
     run: PlannedRun
     slot: int
     started: float
-    thread: threading.Thread | None = None
+    future: Future[RunOutcome] | None = None
 
 
 class Sweep:
@@ -203,17 +99,11 @@ class Sweep:
             out.flush()
 
     def eta(self, current_left: float | None = None) -> float | None:
-        """Seconds until the sweep ends: the current run's rest + the mean run time × the runs not started / slots."""
-        if self.durations:
-            mean = sum(self.durations) / len(self.durations)
-        elif current_left is not None and self._current_started is not None:
-            mean = self.clock() - self._current_started + current_left  # the current run's projected length
-        else:
-            return None
-        if current_left is None:  # no rate yet: assume the current run takes the mean time
-            started = self._current_started
-            current_left = max(mean - (self.clock() - started), 0.0) if started is not None else 0.0
-        return current_left + mean * self.todo / self.parallel
+        """Seconds until the sweep ends (:func:`~fedtalos.study.progress.sweep_eta`); ``current_left``: the current
+        run's own estimate."""
+        started = self._current_started
+        elapsed = self.clock() - started if started is not None else None
+        return sweep_eta(self.durations, self.todo, self.parallel, elapsed, current_left)
 
     def _slot_label(self, index: int) -> str:
         slot = self.slots[index]
@@ -246,33 +136,32 @@ class Sweep:
             self.say(f"[{self._done}/{total}] CONFLICT {run.name}: {states[run.name][1]}")
         free = list(range(self.parallel))
         active: dict[int, _Job] = {}
-        results: queue.Queue[tuple[_Job, RunOutcome]] = queue.Queue()
         beating = threading.Event()
         beats = threading.Thread(target=self._heartbeats, args=(active, beating), daemon=True)
         if self.claims is not None:
             beats.start()
+        pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="sweep-slot")
         try:
             while True:
                 while free and (job := self._next(todo, free[0], report, total)) is not None:
                     free.pop(0)
                     active[job.slot] = job
-                    job.thread = threading.Thread(target=self._slot_main, args=(job, results), daemon=True)
-                    job.thread.start()
+                    job.future = pool.submit(self._run_one, job.run, job.slot)
                 if not active:
                     break
-                try:
-                    job, outcome = results.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                del active[job.slot]
-                free.append(job.slot)
-                free.sort()
-                self._finish(job, outcome, report, total)
+                futures = {job.future: job for job in active.values()}
+                finished, _ = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)  # short: Ctrl-C gets through
+                for job in sorted((futures[f] for f in finished), key=lambda j: j.slot):
+                    del active[job.slot]
+                    free.append(job.slot)
+                    free.sort()
+                    self._finish(job, _outcome(job), report, total)
         except KeyboardInterrupt:
             self._interrupt(active)
             raise
         finally:
             beating.set()
+            pool.shutdown(wait=False, cancel_futures=True)
         if self.analyze is not None:
             for run in self.runs:
                 if run.mask_agreement_clients and run_state(run)[0] == DONE:
@@ -334,10 +223,6 @@ class Sweep:
         report.skipped.append(run.name)
         self.say(f"[{self._done}/{total}] {run.name}: finished by another worker")
 
-    def _slot_main(self, job: _Job, results: queue.Queue) -> None:
-        outcome = self._run_one(job.run, job.slot)
-        results.put((job, outcome))
-
     def _finish(self, job: _Job, outcome: RunOutcome, report: SweepReport, total: int) -> None:
         run = job.run
         elapsed = self.clock() - job.started
@@ -376,18 +261,13 @@ class Sweep:
         self._stopping.set()
         if active:
             self.say(f"interrupted: stopping {len(active)} run(s): {', '.join(j.run.name for j in active.values())}")
-        stoppers = [
-            threading.Thread(target=stop_runner, args=(runner,), daemon=True)
-            for job in active.values()
-            for runner in self.slot_runners[job.slot].values()
-        ]
-        for thread in stoppers:
-            thread.start()
-        for thread in stoppers:
-            thread.join(timeout=90)
+        runners = [runner for job in active.values() for runner in self.slot_runners[job.slot].values()]
+        if runners:
+            stoppers = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix="sweep-stop")
+            wait([stoppers.submit(stop_runner, runner) for runner in runners], timeout=90)
+            stoppers.shutdown(wait=False)
+        wait([job.future for job in active.values() if job.future is not None], timeout=90)
         for job in active.values():
-            if job.thread is not None:
-                job.thread.join(timeout=90)
             if self.claims is not None:
                 self.claims.release(job.run, "interrupted")
 
@@ -398,7 +278,8 @@ class Sweep:
         run.sweep_dir.mkdir(parents=True, exist_ok=True)
         run.toml_path.write_text(run_toml(run))
         prefix = f"{self._slot_label(slot)} " if self.parallel > 1 else ""
-        with open(run.log_path, "a") as log, _Watcher(self, run, prefix):
+        watcher = RunWatcher(run, self.say, self.eta, self.clock, self.poll_s, self.progress_every, prefix)
+        with open(run.log_path, "a") as log, watcher:
             where = f" ({self._slot_label(slot)})" if self.parallel > 1 else ""
             log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')}{where} $ {' '.join(runner.command(run))}\n")
             log.flush()
@@ -406,6 +287,15 @@ class Sweep:
                 return runner(run, log)
             except Exception as e:  # a runner bug must not end the sweep: report it as this run's failure
                 return RunOutcome(False, f"{type(e).__name__}: {e}")
+
+
+def _outcome(job: _Job) -> RunOutcome:
+    """The finished job's outcome; an error outside the runner (e.g. writing its TOML) fails only this run."""
+    assert job.future is not None
+    try:
+        return job.future.result()
+    except Exception as e:
+        return RunOutcome(False, f"{type(e).__name__}: {e}")
 
 
 def _result_line(run: PlannedRun) -> str:
@@ -431,7 +321,7 @@ def analyze_in_subprocess(run: PlannedRun, python: str = sys.executable) -> tupl
     if out.is_file():
         try:
             done = json.loads(out.read_text())
-            # an analysis from before the noise floor existed is run again
+            # an analysis without the noise floor is run again
             if done.get("clients_requested") == run.mask_agreement_clients and "noise_floor" in done:
                 return True, f"mask agreement already in {out}"
         except ValueError:

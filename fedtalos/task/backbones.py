@@ -1,10 +1,6 @@
-"""The supported backbones: the timm ViTs a run's ``model`` key may name, with what the rest of the app needs to know
-about each before building it (patch size, the extra ``timm.create_model`` arguments). Plain data, no torch: the
-run configuration checks ``model`` and ``image-size`` against it.
-
-Everything else that depends on the architecture is read from the model or from timm when it is built
-(:mod:`fedtalos.task.model`): normalisation constants (timm's pretrained config), the position-embedding
-resampling (timm's checkpoint filter), which parameters are the backbone, the expected weight shapes.
+"""The supported backbones: the timm ViTs a run's ``model`` key may name, with what the app needs to know about
+each before building it (patch size, extra ``timm.create_model`` arguments). Plain data, no torch: the run config
+checks ``model`` and ``image-size`` against it; the rest is read from the model when it is built.
 """
 
 from __future__ import annotations

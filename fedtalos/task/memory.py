@@ -1,11 +1,8 @@
 """GPU memory budget of one process: estimates per image size, the default GPU share of a client actor.
 
-Estimates, not measurements (no GPU was available when they were written): DINO ViT-S/16 activations read off its
-shapes, ≈ 1.4 GB for a training step of 32 images at 224 px in bf16 (197 tokens), and the per-sample hooks of the
-Fisher scores ≈ 79 MB per sample in fp32 at 224 px (``editing/fisher.py`` measured 70 MB on the CPU). Both scale
-with the number of tokens, (S/16)² + 1 at S px. On top: the CUDA context, the weights with their gradients and
-momentum, and the CIFAR arrays, which every process keeps on its device. The README's GPU section tabulates
-:func:`actor_peak_bytes`; ``bench/gpu.sh`` measures the real peaks where a GPU is available.
+Estimates read off DINO ViT-S/16's shapes, not measurements: ≈ 1.4 GB for a training step of 32 images at 224 px
+in bf16, ≈ 79 MB per sample for the Fisher hooks in fp32, both scaling with the tokens, (S/16)² + 1 at S px; plus
+the CUDA context, weights, gradients, momentum and the CIFAR arrays. ``bench/gpu.sh`` measures the real peaks.
 """
 
 from __future__ import annotations

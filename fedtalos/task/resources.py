@@ -19,14 +19,8 @@ from torch import nn
 from fedtalos.config import RunConfig
 from fedtalos.task.batches import ImageTransform, iterate_batches, to_device
 from fedtalos.task.cifar import Cifar100, load_cifar100
-from fedtalos.task.model import (
-    build_model,
-    input_normalisation,
-    precision_choice,
-    resolve_device,
-    set_deterministic,
-    set_matmul_precision,
-)
+from fedtalos.task.device import precision_choice, resolve_device, set_deterministic, set_matmul_precision
+from fedtalos.task.model import build_model, input_normalisation
 from fedtalos.task.partition import make_partitions, split_train_val
 from fedtalos.task.train import evaluate
 

@@ -1,11 +1,9 @@
 """Weights in and out of a model on an accelerator through one reused pinned buffer, in one copy each way.
 
-A client loads the 86.5 MB of ViT-S/16 weights into its model and reads its upload back every round. With
-``load_state_dict`` on CUDA that is 152 synchronous copies from pageable memory, each staged by the driver, and as
-many back. :class:`WeightStaging` packs the host tensors into one pinned buffer (a memory copy), moves it with one
-asynchronous host-to-device copy, and scatters it on the device (device-local copies); reading goes the other way.
-The values are copied, never converted: the model ends up bit for bit as ``load_state_dict`` leaves it
-(``tests/task/test_staging.py``). On the CPU there is nothing to stage and ``load_state_dict`` is used as before.
+``load_state_dict`` on CUDA makes 152 synchronous copies from pageable memory for ViT-S/16 (86.5 MB), every round,
+and as many back. :class:`WeightStaging` packs them into one pinned buffer, moves it with one asynchronous copy and
+scatters it on the device, bit for bit as ``load_state_dict`` (``tests/task/test_staging.py``); on the CPU it just
+calls ``load_state_dict``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedtalos.task.model import autocast
+from fedtalos.task.device import autocast
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from fedtalos.federation.superlink import free_port, private_superlink
+import psutil
+
+from fedtalos.launch.superlink import free_port, private_superlink
 
 __all__ = [
     "free_port",
@@ -18,30 +20,17 @@ __all__ = [
 ]
 
 
-def _process_tree() -> tuple[dict[int, str], dict[int, list[int]]]:
-    commands: dict[int, str] = {}
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+def processes_under(fragment: str) -> list[int]:
+    """PIDs of processes whose command line contains ``fragment``, and all their descendants."""
+    found: list[int] = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid == os.getpid() or fragment not in " ".join(proc.info["cmdline"] or ()):
             continue
         try:
-            commands[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
+            found.extend([proc.pid, *(p.pid for p in proc.children(recursive=True))])
+        except psutil.NoSuchProcess:
             continue
-        children.setdefault(ppid, []).append(int(proc.name))
-    return commands, children
-
-
-def processes_under(fragment: str) -> list[int]:
-    """PIDs of processes whose command line contains ``fragment``, and all their descendants (Linux /proc)."""
-    commands, children = _process_tree()
-    found, todo = [], [pid for pid, cmd in commands.items() if fragment in cmd and pid != os.getpid()]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
+    return list(dict.fromkeys(found))
 
 
 def stop_local_superlink(flwr_home: Path | str) -> None:
@@ -50,26 +39,23 @@ def stop_local_superlink(flwr_home: Path | str) -> None:
 
 
 def kill_process_trees(fragment: str) -> None:
-    """SIGKILL the processes whose command line contains ``fragment`` and all their descendants."""
-    import signal
-    import time
-
-    victims = processes_under(fragment)
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in victims) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    """SIGKILL the processes whose command line contains ``fragment`` and all their descendants; wait (10 s at
+    most) until they are gone."""
+    victims = []
+    for pid in processes_under(fragment):
+        with suppress(psutil.NoSuchProcess):
+            victims.append(psutil.Process(pid))
+    for proc in victims:
+        with suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(victims, timeout=10)
 
 
 @contextmanager
 def private_simulation_superlink(flwr_home: Path, timeout: float = 60.0) -> Iterator[dict[str, str]]:
     """A simulation SuperLink of our own on a free port, as the default connection of ``flwr_home``.
 
-    The package's :func:`~fedtalos.federation.superlink.private_superlink` (what each sweep slot runs on), and on
+    The package's :func:`~fedtalos.launch.superlink.private_superlink` (what each sweep slot runs on), and on
     exit also whatever still names ``flwr_home`` (a test may have started more below it). Yields the environment
     for ``flwr`` (``FLWR_HOME`` and friends).
     """

@@ -1,24 +1,16 @@
 """Atomic, verified checkpoints: ``ckpt-<step>.safetensors`` (tensors) + ``ckpt-<step>.json`` (the rest).
 
-Writing: tensors go to a temporary file that is fsynced and renamed into place; then the JSON companion, which
-records the tensor file's size and SHA-256, the run's config hash and a SHA-256 of the record itself, goes the
-same way. The JSON is written last, so a checkpoint without it is incomplete and ignored. Nothing is ever
-overwritten in place, and a failed write (disk full, kill) leaves the earlier checkpoints as they were.
-
-Reading: checkpoints are tried newest first; one whose JSON is missing, unreadable or altered, whose tensor file
-is missing, truncated or altered (size/hash), or whose config hash differs is reported and skipped, so the run
-falls back to the previous good one. Loading runs no code: safetensors and JSON only.
+Each file is written atomically, the JSON last (it records the tensor file's size and SHA-256, the config hash and
+its own SHA-256), so a checkpoint without it is incomplete. Reading tries the newest first and skips, with the
+reason, any whose files are missing, altered or of another config; loading runs no code.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,13 +21,15 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from fedtalos.fsutil import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^ckpt-(\d{9})\.json$")
 _TENSOR_NAME = re.compile(r"^ckpt-(\d{9})\.safetensors$")
 FORMAT_VERSION = 2  # 2: the record carries its own SHA-256 (a flipped byte in the JSON is detected too)
-# Format 1 records (no record hash) are still read, so that runs checkpointed before format 2 can resume; no single
-# flipped bit turns a '2' into a '1', so a damaged format-2 record cannot pass for a format-1 one.
+# Format 1 records (no record hash) are read too; no single flipped bit turns a '2' into a '1', so a damaged
+# format-2 record cannot pass for a format-1 one.
 _READABLE_FORMATS = (1, 2)
 _RECORD_FIELDS = {
     "format": int,
@@ -60,31 +54,6 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any]
     path: Path
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file and a rename (all or nothing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _record_digest(record: Mapping[str, Any]) -> str:

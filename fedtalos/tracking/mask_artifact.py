@@ -22,7 +22,7 @@ from torch import Tensor
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.editing import mask_file as mf
 from fedtalos.editing.masks import SENSITIVITY_RULES, Mask
-from fedtalos.tracking.checkpoint import atomic_write_bytes
+from fedtalos.fsutil import atomic_write_bytes
 from fedtalos.tracking.rundir import check_writable
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from torch import Tensor
 from fedtalos.config import RunConfig
 from fedtalos.editing.mask_file import MaskFile
 from fedtalos.editing.masks import mask_stats, save_mask
-from fedtalos.tracking.checkpoint import atomic_write_bytes
+from fedtalos.fsutil import atomic_write_bytes
 
 MASK_FILE = "mask.npz"
 DENSITY_FILE = "mask_density.csv"

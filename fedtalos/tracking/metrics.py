@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from fedtalos.tracking.checkpoint import atomic_write_bytes
+from fedtalos.fsutil import atomic_write_bytes
 
 # Columns that come first in the CSV, in this order; any others follow in order of first appearance.
 LEADING_COLUMNS = (

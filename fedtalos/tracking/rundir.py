@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from fedtalos.config import ConfigError, RunConfig
-from fedtalos.tracking.checkpoint import CheckpointStore, atomic_write_bytes
+from fedtalos.fsutil import atomic_write_bytes
+from fedtalos.tracking.checkpoint import CheckpointStore
 from fedtalos.tracking.metrics import MetricsLog, make_sinks
 
 CONFIG_FILE = "config.json"
@@ -202,7 +203,7 @@ def open_run_dir(
     (equal result hash) it is reopened for resuming; if ``resume = false`` it is renamed to
     ``<name>.old-<timestamp>`` and a fresh one made; a different configuration is refused with the keys that
     differ and the two ways out. ``environment``: what ``device`` / ``precision`` resolved to in this process
-    (:func:`fedtalos.task.model.environment`), recorded in ``config.json``; a resume whose environment differs
+    (:func:`fedtalos.task.device.environment`), recorded in ``config.json``; a resume whose environment differs
     from the recorded one raises :class:`EnvironmentChanged` unless ``allow-device-change`` (then a warning).
     differ and the two ways out. ``model``: what to record about the backbone under the key ``model``
     (:func:`fedtalos.editing.scoring.model_record`).

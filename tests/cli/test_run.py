@@ -21,7 +21,7 @@ def nothing_may_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         raise AssertionError("the run started")
 
     monkeypatch.setattr(run_command, "flwr_run", reached)
-    monkeypatch.setattr(run_command, "merged_config", reached)
+    monkeypatch.setattr(run_command.RunConfig, "from_mapping", reached)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedtalos.federation.launcher import flwr_run
+from fedtalos.launch.flwr_run import flwr_run
 from tests.support.flower import isolated_flower
 from tests.support.tiny import offline_tiny
 

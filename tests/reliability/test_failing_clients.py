@@ -218,7 +218,7 @@ def test_a_client_out_of_memory_stops_the_run_with_what_to_lower(tiny_run_config
 def test_a_client_without_its_device_stops_the_run_before_the_first_round(tiny_run_config, tmp_path, monkeypatch):
     from fedtalos import client_app
     from fedtalos.federation.protocol import ClientResourceError
-    from fedtalos.task.model import DeviceUnavailable
+    from fedtalos.task.device import DeviceUnavailable
 
     def no_gpu(config, pretrained=False):
         raise DeviceUnavailable("device = 'auto': this machine has NVIDIA GPUs but this process sees none")

@@ -10,8 +10,9 @@ from typing import IO
 
 from fedtalos.study.grid import parse_grid
 from fedtalos.study.plan import plan
+from fedtalos.study.progress import format_duration
 from fedtalos.study.runners import RunOutcome
-from fedtalos.study.sweep import Sweep, format_duration
+from fedtalos.study.sweep import Sweep
 from tests.support.fakeruns import train_rows, write_run
 
 GRID = {

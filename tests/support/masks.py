@@ -8,7 +8,7 @@ from typing import Any
 from unittest import mock
 
 from fedtalos.cli import edit
-from fedtalos.federation import launcher
+from fedtalos.launch import flwr_run as launcher
 from tests.support.fakegrid import run_server
 from tests.support.tiny import task_identity
 

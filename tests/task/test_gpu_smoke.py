@@ -10,7 +10,8 @@ import torch
 from fedtalos.editing.fisher import fisher_scores
 from fedtalos.editing.head import ridge_statistics, solve_ridge
 from fedtalos.editing.masks import update_mask
-from fedtalos.task.model import TINY_TEST_VIT, build_model, resolve_device
+from fedtalos.task.device import resolve_device
+from fedtalos.task.model import TINY_TEST_VIT, build_model
 from fedtalos.task.train import evaluate, train_steps
 
 AVAILABLE = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
@@ -74,7 +75,7 @@ def test_ridge_head(device):
 
 def test_deterministic_training_is_bit_identical_on_the_device(device):
     """What ``deterministic = true`` promises on a GPU: the same steps from the same state give the same bits."""
-    from fedtalos.task.model import set_deterministic
+    from fedtalos.task.device import set_deterministic
 
     if device.type != "cuda":
         pytest.skip("deterministic = true targets CUDA's kernels")

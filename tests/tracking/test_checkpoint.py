@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedtalos.tracking import checkpoint as ckpt_module
 from fedtalos.tracking.checkpoint import CheckpointError, CheckpointStore
 from tests.support.corruptions import (
     CONFIG_HASH,
@@ -156,7 +155,7 @@ def test_disk_full_while_writing_leaves_the_previous_checkpoints_intact(
                 _enospc()
             real_fsync(fd)
 
-        monkeypatch.setattr(ckpt_module.os, "fsync", fsync)
+        monkeypatch.setattr(os, "fsync", fsync)
     else:
         store.fault_hook = _fail_at_stage(where.removeprefix("keep=1, "))
     with pytest.raises(CheckpointError) as e:

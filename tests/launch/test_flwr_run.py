@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from fedtalos.config import RunConfig
-from fedtalos.federation import launcher
-from fedtalos.federation.launcher import default_federation_config, simulation_problems
+from fedtalos.launch import flwr_run as launcher
+from fedtalos.launch.flwr_run import default_federation_config, simulation_problems
 
 GIB = 2**30
 

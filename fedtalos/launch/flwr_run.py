@@ -1,9 +1,5 @@
-"""Starting a federated run: ``flwr run`` of the app with a merged run-config file, and Flower's final status.
-
-Used by ``fedtalos run`` and ``fedtalos sweep``: one way to start a run.
-
-``flwr run`` exits 0 even when the run fails: :func:`flwr_run` reads Flower's final status instead.
-"""
+"""Starting a federated run (``fedtalos run``, ``edit``, ``sweep``): ``flwr run`` of the app with a run-config
+file, its federation config, and Flower's final status (``flwr run`` exits 0 even when the run fails)."""
 
 from __future__ import annotations
 
@@ -50,11 +46,6 @@ class LaunchResult:
     @property
     def ok(self) -> bool:
         return self.status == "finished:completed"
-
-
-def merged_config(overrides: Mapping[str, Any]) -> RunConfig:
-    """The run config ``flwr run`` would build from the app's defaults and ``overrides``, validated."""
-    return RunConfig.from_mapping(overrides)
 
 
 def default_federation_config(config: RunConfig, extra: str = "") -> str:
@@ -167,7 +158,7 @@ def flwr_run(
     status, details = wait_finished(run_id, full_env) if run_id else ("not started", "flwr run did not start a run")
     if status == "finished:completed":
         with contextlib.suppress(ConfigError):  # overrides that flwr accepted but we cannot place: no summary
-            record_launch(merged_config(overrides).run_dir(), launched_at, ended_at)
+            record_launch(RunConfig.from_mapping(overrides).run_dir(), launched_at, ended_at)
     return LaunchResult(run_id, status, details, returncode, list(tail))
 
 

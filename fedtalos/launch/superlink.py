@@ -1,15 +1,10 @@
 """A private simulation SuperLink: its own free port, its own ``FLWR_HOME``, its own environment, and a guard.
 
-``flwr run`` otherwise shares one managed SuperLink on the fixed port 39091 with every other ``flwr run`` of the
-machine, and a second ``flwr run`` *joins* it and runs with *its* environment (venv, ``CUDA_VISIBLE_DEVICES``), not
-its own. One private SuperLink per sweep slot (or test) isolates runs fully: the slot's ``CUDA_VISIBLE_DEVICES`` and
-``RAY_ADDRESS=local`` are in the SuperLink's environment, so its simulation (``flwr-simulation``, one process per
-run) starts a Ray of its own that sees only the slot's GPU.
-
-The SuperLink runs under a *guard* (``python -m fedtalos.federation.superlink PARENT_PID -- COMMAND...``, in a
-session of its own): when the process that started it dies, even by SIGKILL, the guard kills the SuperLink with its
-simulation and Ray, so an orphaned run never goes on writing a run directory that another sweep worker takes over
-(tests/study/test_claims_e2e.py kills a worker and checks its run resumes bit-identically elsewhere).
+``flwr run`` otherwise shares one managed SuperLink on port 39091 with every other ``flwr run`` of the machine,
+which then runs with *its* environment (venv, ``CUDA_VISIBLE_DEVICES``). A private one per sweep slot (or test)
+isolates runs: the slot's environment reaches its simulation and the Ray that starts. The SuperLink runs under a
+*guard* (``python -m fedtalos.launch.superlink PARENT_PID -- COMMAND...``) that kills it, with its simulation and
+Ray, when the starter dies, even by SIGKILL, so an orphaned run never writes a run directory another worker took.
 """
 
 from __future__ import annotations
@@ -25,7 +20,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from fedtalos.federation.launcher import ENV_DEFAULTS
+import psutil
+
+from fedtalos.launch.flwr_run import ENV_DEFAULTS
 
 
 def free_port() -> int:
@@ -57,7 +54,7 @@ def private_superlink(
 
     ``env`` is added to this process's environment for the SuperLink (and so for its simulations and their Ray),
     e.g. ``{"CUDA_VISIBLE_DEVICES": "1", "RAY_ADDRESS": "local"}``. Yields the environment for ``flwr`` commands
-    (:func:`~fedtalos.federation.launcher.flwr_run` ``env=``). ``flwr_home`` should be on local disk.
+    (:func:`~fedtalos.launch.flwr_run.flwr_run` ``env=``). ``flwr_home`` should be on local disk.
 
     Raises:
         RuntimeError: the SuperLink did not answer its health check within ``timeout`` seconds (see the
@@ -82,7 +79,7 @@ def private_superlink(
         str(flwr_home / "superlink.db"),
         "--disable-runtime-dependency-installation",
     ]
-    guard_command = [sys.executable, "-m", "fedtalos.federation.superlink", str(os.getpid()), "--", *command]
+    guard_command = [sys.executable, "-m", "fedtalos.launch.superlink", str(os.getpid()), "--", *command]
     with open(flwr_home / "superlink.log", "wb") as log:
         guard = subprocess.Popen(
             guard_command, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -112,25 +109,11 @@ def private_superlink(
 
 
 def descendants(pid: int) -> list[int]:
-    """PIDs of every descendant of ``pid`` (from /proc; empty where there is none, e.g. macOS)."""
-    children: dict[int, list[int]] = {}
-    proc = Path("/proc")
-    if not proc.is_dir():
+    """PIDs of every descendant of ``pid`` (empty when it is gone)."""
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
         return []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo.extend(children.get(child, []))
-    return found
 
 
 def _kill_all_below_me() -> None:
@@ -162,8 +145,8 @@ def guard(parent: int, command: list[str], poll_s: float = 0.5) -> int:
     return 0 if code is None else code
 
 
-if __name__ == "__main__":  # python -m fedtalos.federation.superlink PARENT_PID -- COMMAND...
+if __name__ == "__main__":  # python -m fedtalos.launch.superlink PARENT_PID -- COMMAND...
     args = sys.argv[1:]
     if len(args) < 3 or args[1] != "--":
-        sys.exit("usage: python -m fedtalos.federation.superlink PARENT_PID -- COMMAND...")
+        sys.exit("usage: python -m fedtalos.launch.superlink PARENT_PID -- COMMAND...")
     sys.exit(guard(int(args[0]), args[2:]))
