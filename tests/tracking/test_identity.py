@@ -1,7 +1,7 @@
 """Run identity: every run name and result hash stays what it was (run directories are found by name).
 
-``identity_cases.json`` holds the result hashes and the names that the code before the one naming scheme gave a few
-configs: federated (``fedtalos run``), centralized (``fedtalos central``), ``fedtalos edit`` and sweep labels.
+``identity_cases.json`` holds the result hashes and run names that commit f2b9034 computed for a few configs: federated
+(``fedtalos run``), centralized (``fedtalos central``), ``fedtalos edit`` and sweep labels.
 """
 
 from __future__ import annotations
