@@ -3,6 +3,7 @@
 Keys are kebab-case, as in Flower's ``[tool.flwr.app.config]``. The federated app reads them from
 ``Context.run_config``; the centralized command maps its ``--flags`` onto the same keys. ``RunConfig.from_mapping``
 validates *all* keys at once and raises one :class:`ConfigError` that lists every problem, before any compute.
+How a key is declared and checked is :mod:`fedtalos.config.keys`; a run's name is :mod:`fedtalos.tracking.identity`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from fedtalos.task.backbones import BACKBONES, DEFAULT_BACKBONE, image_size_prob
 from fedtalos.task.lr_schedule import SCHEDULES, STATELESS
 from fedtalos.tracking.identity import run_name
 
-__all__ = ["NON_RESULT_KEYS", "ConfigError", "KeyFacts", "RunConfig", "read_overrides", "read_toml"]
+__all__ = ["ConfigError", "KeyFacts", "RunConfig", "read_overrides", "read_toml"]
 
 MODELS = tuple(BACKBONES)
 PARTITIONINGS = ("iid", "noniid")
@@ -489,7 +490,3 @@ class RunConfig:
     def run_dir(self, kind: Kind = "federated") -> Path:
         """``<output-root>/<run-name>``."""
         return self.resolved_output_root() / self.resolved_run_name(kind)
-
-
-# Keys outside the run's identity: a resumed run may change them freely.
-NON_RESULT_KEYS = frozenset(k for k, f in RunConfig.facts().items() if not f.result)
