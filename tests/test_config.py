@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from fedtalos.config import NON_RESULT_KEYS, ConfigError, RunConfig, read_overrides, read_toml
+from fedtalos.config import ConfigError, RunConfig, read_overrides, read_toml
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -75,7 +75,41 @@ def test_result_hash_ignores_bookkeeping_keys_only():
     assert constant.replace(num_server_rounds=7).result_hash() == constant.result_hash(), "a run may be extended"
     assert base.replace(lr=0.02).result_hash() != base.result_hash()
     assert base.replace(seed=1).result_hash() != base.result_hash()
-    assert set(RunConfig.keys()) >= NON_RESULT_KEYS
+
+
+def test_each_keys_facts_are_declared_with_it():
+    facts = RunConfig.facts()
+    assert list(facts) == RunConfig.keys()
+    assert RunConfig.path_keys() == ["output-root", "dataset-root", "weights-path", "mask-path", "mask-save-path"]
+    assert all(facts[k].check is not None for k in RunConfig.path_keys()), "a path key is checked as one"
+    outside_the_result = {k for k, f in facts.items() if not f.result}
+    assert {"run-name", "eval-every", "deterministic", "num-server-rounds", "epochs"} <= outside_the_result
+    assert {"seed", "lr", "mask-path", "weights-path"}.isdisjoint(outside_the_result)
+    assert {k for k, f in facts.items() if f.length} == {"num-server-rounds", "epochs"}
+    assert {k for k, f in facts.items() if f.scope == "centralized"} >= {"epochs", "checkpoint-every-steps", "freeze"}
+    assert {k for k, f in facts.items() if f.scope == "federated"} >= {"num-server-rounds", "strategy", "transport"}
+    assert RunConfig.defaults_in("centralized") == {"eval-every": 1}
+    assert RunConfig.defaults_in("edit") == {"head": "ridge", "mask-rule": "least-sensitive"}
+    assert all("\n" not in f.help for f in facts.values()), "help strings are one line"
+
+
+def test_a_run_length_may_be_0_only_in_a_run_that_saves_its_mask():
+    for key in ("epochs", "num-server-rounds"):
+        with pytest.raises(ConfigError, match=f"{key} = 0: must be at least 1 .*mask-save-path"):
+            RunConfig.from_mapping({key: 0})
+        editing = {"head": "ridge", "mask-rule": "random", "mask-save-path": "/m.safetensors", key: 0}
+        assert getattr(RunConfig.from_mapping(editing), key.replace("-", "_")) == 0
+
+
+def test_choice_lists_are_the_registries_names():
+    from fedtalos.config import MASK_RULES
+    from fedtalos.editing.masks import RULES
+    from fedtalos.task.lr_schedule import SCHEDULES
+
+    assert ("none", *RULES) == MASK_RULES
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_mapping({"lr-schedule": "linear"})
+    assert e.value.problems == [f"lr-schedule = 'linear': must be one of {', '.join(map(repr, SCHEDULES))}"]
 
 
 def test_default_run_name_is_stable_and_descriptive():
@@ -118,8 +152,7 @@ def test_an_unset_server_lr_is_the_strategys_default_and_hashes_as_that_value():
         explicit = RunConfig.from_mapping({"strategy": strategy, "server-lr": lr})
         assert unset.resolved_server_lr == explicit.resolved_server_lr == lr
         assert unset.result_hash() == explicit.result_hash(), "they compute the same thing"
-    # 1.0 was every strategy's default: configs that left the key unset keep their hash where that is still what
-    # they compute (fedavg, fedprox, fedavgm), and change it where it is not (the adaptive ones)
+    # unset, fedavg, fedprox and fedavgm compute with 1.0 (one hash with 1.0 set); the adaptive ones with their own
     for strategy in ("fedavg", "fedprox", "fedavgm"):
         old = RunConfig.from_mapping({"strategy": strategy, "server-lr": 1.0})
         assert RunConfig.from_mapping({"strategy": strategy}).result_hash() == old.result_hash()

@@ -6,7 +6,7 @@ Every run-config key is an option (see :mod:`fedtalos.cli.options`). Relative pa
 ``dataset-root`` and ``weights-path`` are resolved against the current directory. Here ``eval-every`` defaults
 to 1 (validate every epoch). Running the same command again resumes the run.
 
-``fedtalos-central`` is the same command under its older name, and ``fedtalos-central search ...`` (as
+``fedtalos-central`` is the same command under another name, and ``fedtalos-central search ...`` (as
 ``fedtalos central search ...``) is ``fedtalos search ...``.
 """
 
@@ -47,7 +47,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Run (or resume) one centralized run; ``search ...`` as the first argument is ``fedtalos search ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "search":  # the older spelling, kept for existing users and configs
+    if argv and argv[0] == "search":  # a spelling that existing users and configs use
         return search.main(argv[1:], prog=f"{prog} search")
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
@@ -79,9 +79,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
 
 
 def fedtalos_central() -> int:
-    """The ``fedtalos-central`` console script: :func:`main` under the older name."""
+    """The ``fedtalos-central`` console script: :func:`main` under that name."""
     return main(sys.argv[1:], prog=ALIAS)
 
 
-if __name__ == "__main__":  # `python -m fedtalos.cli.central`, as sweeps before `python -m fedtalos.cli` ran it
+if __name__ == "__main__":  # `python -m fedtalos.cli.central`, as existing sweep logs and scripts call it
     sys.exit(fedtalos_central())

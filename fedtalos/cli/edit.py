@@ -28,8 +28,6 @@ from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos edit"
 HELP = "calibrate a mask (step 0 + calibration, federated or --central) and write it as a reusable mask file"
-# The editing keys' defaults here: the TaLoS pipeline (a frozen ridge head, the least-sensitive rule).
-EDIT_DEFAULTS: dict[str, Any] = {"head": "ridge", "mask-rule": "least-sensitive"}
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -62,14 +60,11 @@ def edit_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out).expanduser().resolve()
     if out.exists():
         raise ConfigError([f"--out {str(out)!r}: exists already (a mask file is never overwritten); choose another"])
-    values = {**EDIT_DEFAULTS, **values, "mask-save-path": str(out)}
+    # the editing keys' defaults here (KeyFacts.defaults_in): the TaLoS pipeline, a ridge head and least-sensitive
+    values = {**RunConfig.defaults_in("edit"), **values, "mask-save-path": str(out)}
     values["epochs" if args.central else "num-server-rounds"] = 0
     config = RunConfig.from_mapping(values)
-    if not config.run_name:
-        where = "central" if args.central else "fed"
-        values["run-name"] = (
-            f"edit-{where}-{config.mask_rule}-s{config.sparsity:g}-seed{config.seed}-" + (config.result_hash()[:6])
-        )
+    values["run-name"] = config.resolved_run_name("centralized" if args.central else "federated", edit=True)
     RunConfig.from_mapping(values)
     return values
 

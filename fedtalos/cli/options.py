@@ -15,33 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedtalos.config import ConfigError, RunConfig, read_overrides
+from fedtalos.config import ConfigError, KeyFacts, RunConfig, read_overrides
 
 # The exit status of every command on bad input, before any compute (argparse's own errors use it too).
 USAGE_ERROR = 2
-# Defaults that differ from the federated app's: the centralized run validates after every epoch.
-CENTRAL_DEFAULTS: dict[str, Any] = {"eval-every": 1}
-# Keys only the federated path reads; accepted (they are run-config keys) but listed apart in --help.
-# (num-clients and calibration-fraction are not: they size a centralized calibration, fisher-samples × cohort.)
-FEDERATED_ONLY = frozenset(
-    {
-        "num-server-rounds",
-        "partitioning",
-        "classes-per-client",
-        "fraction-train",
-        "min-train-clients",
-        "local-steps",
-        "strategy",
-        "server-lr",
-        "server-momentum",
-        "proximal-mu",
-        "server-beta1",
-        "server-beta2",
-        "server-tau",
-        "federated-eval-fraction",
-        "round-timeout",
-    }
-)
 
 
 def fail(prog: str, message: str) -> int:
@@ -55,15 +32,15 @@ def add_run_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.toml", help="run-config overrides (same keys); options win")
     main = parser.add_argument_group("run config (every key of `python -m fedtalos.config`)")
     federated = parser.add_argument_group("federated-only keys (accepted, not used by the centralized run)")
-    defaults = {**RunConfig.defaults(), **CENTRAL_DEFAULTS}
-    paths = RunConfig.path_keys()
+    defaults = {**RunConfig.defaults(), **RunConfig.defaults_in("centralized")}
     for f in dataclasses.fields(RunConfig):
         key = f.name.replace("_", "-")
-        group = federated if key in FEDERATED_ONLY else main
+        facts: KeyFacts = f.metadata["facts"]
+        group = federated if facts.scope == "federated" else main
         default = defaults[key]
         shown = "true" if default is True else "false" if default is False else repr(default)
-        here = "; here a relative path resolves against the current directory" if key in paths else ""
-        help_text = f"{f.metadata['help']}{here} (default: {shown})".replace("%", "%%")
+        here = "; here a relative path resolves against the current directory" if facts.path else ""
+        help_text = f"{facts.help}{here} (default: {shown})".replace("%", "%%")
         if isinstance(default, bool):
             group.add_argument(f"--{key}", dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
@@ -94,12 +71,13 @@ def resolve_paths(values: Mapping[str, Any], cwd: Path | None = None) -> dict[st
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The run-config overrides of a parsed command line: the centralized defaults, the --config file, the options.
+    """The run-config overrides of a parsed command line: the centralized defaults (``KeyFacts.defaults_in``), the
+    --config file, the options.
 
     Raises:
         ConfigError: every problem at once (unreadable file, values of the wrong type, unknown keys, ranges).
     """
-    values: dict[str, Any] = dict(CENTRAL_DEFAULTS)
+    values: dict[str, Any] = RunConfig.defaults_in("centralized")
     if args.config:
         values.update(read_overrides(args.config, f"--config {str(args.config)!r}"))
     problems = []

@@ -8,8 +8,9 @@ it fills in what the grid file leaves open) < ``[base]`` < a block's constants <
 
 **Run names** are ``<family>-<axis parts>-seed<k>``, the axis parts in the order the block lists them, each a
 short prefix and the value (``nc5``, ``J8``, ``s0.9``, ``R4``; rule, schedule and partitioning values stand
-alone): ``noniid-nc5-J8-seed1``, ``noniid-iid-J4-seed0``, ``rules-nc5-least-sensitive-seed2``. The same grid
-point always gets the same name; the name without ``-seed<k>`` (the *label*) names the configuration.
+alone; :data:`fedtalos.tracking.identity.SHORT_NAMES`): ``noniid-nc5-J8-seed1``, ``noniid-iid-J4-seed0``,
+``rules-nc5-least-sensitive-seed2``. The same grid point always gets the same name; the name without ``-seed<k>``
+(the *label*) names the configuration.
 
 **Order**: seed-major (every configuration with the first seed, then the next seed), so an interrupted sweep
 already holds a complete replicate of the grid.
@@ -30,48 +31,17 @@ from typing import Any
 import tomli_w
 
 from fedtalos.config import ConfigError, RunConfig, read_overrides
+from fedtalos.lifecycle import Kind, run_phases, total_units
 from fedtalos.study.grid import SWEEP_OWNED, GridFile, ScaleRule, is_int, is_number, load_grid
+from fedtalos.tracking.identity import format_value, run_label
 from fedtalos.tracking.metrics import read_rows
-from fedtalos.tracking.rundir import CONFIG_FILE, SUMMARY_FILE
+from fedtalos.tracking.rundir import SUMMARY_FILE, is_this_run, read_record
 
 # Where a sweep keeps its per-run TOML files, logs and manifest: <output-root>/_sweeps/<family>/.
 SWEEPS_DIR = "_sweeps"
 MANIFEST = "manifest.json"
 
-# Short run-name prefixes of common axes; keys listed with "" show their value alone.
-ABBREVIATIONS = {
-    "classes-per-client": "nc",
-    "local-steps": "J",
-    "num-server-rounds": "T",
-    "sparsity": "s",
-    "calibration-rounds": "R",
-    "lr": "lr",
-    "lr-min": "lrmin",
-    "momentum": "m",
-    "weight-decay": "wd",
-    "fraction-train": "C",
-    "num-clients": "K",
-    "epochs": "ep",
-    "batch-size": "B",
-    "label-smoothing": "ls",
-    "image-size": "px",
-    "fisher-samples": "n",
-    "calibration-fraction": "cf",
-    "warmup": "wu",
-    "partitioning": "",
-    "mask-rule": "",
-    "lr-schedule": "",
-    "strategy": "",
-    "head": "head-",
-    "fisher-target": "",
-    "mask-scope": "",
-    "mask-path": "mask-",
-}
-# Axes whose values are file paths: the run name shows the file's name without its directory and suffix.
-PATH_AXES = ("mask-path",)
-
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_SEED_SUFFIX = re.compile(r"-seed(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -120,47 +90,15 @@ class PlannedRun:
 
 def phase_rounds(config: RunConfig) -> dict[str, int]:
     """Rounds of each phase of a federated run, in order (as the server runs them): [head] [calibration] train."""
-    rounds = {}
-    if config.head != "train":
-        rounds["head"] = 1 if config.head == "ridge" else config.probe_rounds
-    if config.editing:
-        sensitivity = config.mask_rule in ("least-sensitive", "most-sensitive")
-        rounds["calibration"] = config.calibration_rounds if sensitivity else 1  # the other rules need one step
-    rounds["train"] = config.num_server_rounds
-    return rounds
+    return {phase.name: phase.units for phase in run_phases(config, "federated")}
 
 
-def expected_steps(config: RunConfig, kind: str) -> int:
-    """Federated: the server's final ``step`` (rounds over all phases); centralized: epochs."""
-    return config.epochs if kind == "centralized" else sum(phase_rounds(config).values())
-
-
-def format_value(value: Any) -> str:
-    """A value as it appears in a run name: ints as is, floats in %g form, booleans on/off, strings as is."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return format(value, "g")
-    return str(value)
-
-
-def name_part(key: str, value: Any) -> str:
-    """The run-name part of one axis value: ``nc5``, ``J8``, ``s0.9``, ``least-sensitive``, ``mask-central-s0.9``
-    (for ``~/masks/central-s0.9.safetensors``)."""
-    if key in PATH_AXES and isinstance(value, str):
-        value = Path(value).name.split(".safetensors")[0]
-    return ABBREVIATIONS.get(key, key) + format_value(value)
-
-
-def run_label(family: str, point: Mapping[str, Any]) -> str:
-    """``<family>-<parts>``: the configuration's name (the run name without ``-seed<k>``)."""
-    return "-".join([family, *(name_part(k, v) for k, v in point.items())])
-
-
-def split_name(name: str) -> tuple[str, int | None]:
-    """(label, seed) of a run name; seed None when the name has no ``-seed<k>`` suffix."""
-    m = _SEED_SUFFIX.search(name)
-    return (name[: m.start()], int(m.group(1))) if m else (name, None)
+def expected_steps(config: RunConfig, kind: Kind) -> int:
+    """Federated: the server's final ``step`` (rounds over all phases); centralized: the fine-tuning epochs, the
+    progress that :func:`steps_done` reads from the rows (the head and calibration phases log no ``epoch``)."""
+    if kind == "centralized":
+        return run_phases(config, kind)[-1].units
+    return total_units(config, kind)
 
 
 def plan(
@@ -334,14 +272,13 @@ def run_state(run: PlannedRun) -> tuple[str, str]:
     path = run.run_dir
     if not path.exists():
         return NEW, ""
-    stored_file = path / CONFIG_FILE
-    if not stored_file.is_file():
-        return PARTIAL, "no config.json yet"
     try:
-        stored = json.loads(stored_file.read_text())
+        stored = read_record(path)
     except ValueError:
         return PARTIAL, "unreadable config.json"
-    if stored.get("kind") != run.kind or stored.get("result_hash") != run.config.result_hash():
+    if stored is None:
+        return PARTIAL, "no config.json yet"
+    if not is_this_run(stored, run.config, run.kind):
         return CONFLICT, (
             f"{path} holds a {stored.get('kind', '?')} run of another configuration (hash "
             f"{stored.get('result_hash')}, planned {run.config.result_hash()}): move it away or change the grid"

@@ -21,28 +21,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedtalos.config import NON_RESULT_KEYS
-from fedtalos.study.plan import read_manifests, split_name
+from fedtalos.config import RunConfig
+from fedtalos.lifecycle import SENSITIVITY_RULES
+from fedtalos.study.plan import read_manifests
+from fedtalos.tracking.identity import partition_label, short_label, split_name
 from fedtalos.tracking.mask_artifact import read_mask_source
-from fedtalos.tracking.metrics import read_rows
+from fedtalos.tracking.metrics import best_row, last_with, read_rows
 from fedtalos.tracking.rundir import CONFIG_FILE, SUMMARY_FILE
 
-# Settings shown per configuration when they vary (short names); the CSV has them all.
-SETTING_NAMES = {
-    "partition": "",
-    "local-steps": "J",
-    "num-server-rounds": "rounds",
-    "epochs": "epochs",
-    "mask-rule": "",
-    "sparsity": "sparsity",
-    "calibration-rounds": "R'",
-    "lr-schedule": "",
-    "head": "head",
-    "strategy": "",
-    "mask-path": "mask",
-}
-# Keys that never tell configurations apart in the table (run bookkeeping, evaluation cadence).
-_NOT_SETTINGS = (NON_RESULT_KEYS - {"num-server-rounds", "epochs"}) | {"seed"}
+# Settings shown first per configuration when they vary (by their short names, identity.short_label); the CSV has them
+# all. 'partition' is partitioning and classes-per-client together: 'iid' or 'Nc=5'.
+LEADING_SETTINGS = (
+    "partition",
+    "local-steps",
+    "num-server-rounds",
+    "epochs",
+    "mask-rule",
+    "sparsity",
+    "calibration-rounds",
+    "lr-schedule",
+    "head",
+    "strategy",
+    "mask-path",
+)
+# Keys that never tell configurations apart in the table (run bookkeeping, evaluation cadence): outside the result's
+# identity, except the run lengths.
+_NOT_SETTINGS = {k for k, f in RunConfig.facts().items() if not f.result and not f.length} | {"seed"}
 
 
 @dataclass
@@ -75,15 +79,14 @@ class RunData:
 
     def _compute_metrics(self) -> dict[str, float | None]:
         rows = self.train_rows()
-        tested = [r for r in rows if r.get("test_acc") is not None]
-        validated = [r for r in rows if r.get("val_acc") is not None]
+        tested, validated, best = last_with(rows, "test_acc"), last_with(rows, "val_acc"), best_row(rows)
         drifts = [r["drift"] for r in rows if r.get("drift") is not None]
         mask = _mask_density(self)
         return {
-            "final_test_acc": tested[-1]["test_acc"] if tested else None,
-            "final_test_loss": tested[-1].get("test_loss") if tested else None,
-            "final_val_acc": validated[-1]["val_acc"] if validated else None,
-            "best_val_acc": max(r["val_acc"] for r in validated) if validated else None,
+            "final_test_acc": tested["test_acc"] if tested else None,
+            "final_test_loss": tested.get("test_loss") if tested else None,
+            "final_val_acc": validated["val_acc"] if validated else None,
+            "best_val_acc": best["val_acc"] if best else None,
             "uploaded_gb": sum(r.get("bytes_up") or 0 for r in self.rows) / 1e9 if self.kind == "federated" else None,
             "downloaded_gb": (
                 sum(r.get("bytes_down") or 0 for r in self.rows) / 1e9 if self.kind == "federated" else None
@@ -167,16 +170,9 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
     return mean, std, len(xs)
 
 
-def partition_label(config: dict[str, Any]) -> str:
-    """'iid' or 'Nc=<classes per client>'."""
-    if config.get("partitioning") == "noniid":
-        return f"Nc={config.get('classes-per-client')}"
-    return "iid"
-
-
-def partition_order(label: str) -> tuple[int, int]:
-    """Sort key: Nc ascending, iid last (the mildest heterogeneity)."""
-    m = re.match(r"Nc=(\d+)$", label)
+def partition_order(partition: str) -> tuple[int, int]:
+    """Sort key of a :func:`partition_label`: Nc ascending, iid last (the mildest heterogeneity)."""
+    m = re.match(rf"{re.escape(short_label('classes-per-client'))}=(\d+)$", partition)
     return (0, int(m.group(1))) if m else (1, 0)
 
 
@@ -270,7 +266,7 @@ def _sort_key(group: Group) -> tuple:
 def varied_settings(groups: Sequence[Group]) -> list[str]:
     """The keys (and 'partition') that differ between these configurations, in a readable order."""
     keys = []
-    for key in ("partition", *SETTING_NAMES, *sorted({k for g in groups for k in _identity(g.config)})):
+    for key in (*LEADING_SETTINGS, *sorted({k for g in groups for k in _identity(g.config)})):
         if key in keys or key in ("partitioning", "classes-per-client"):
             continue
         if len({json.dumps(g.setting(key)) for g in groups}) > 1:
@@ -283,13 +279,13 @@ def settings_text(group: Group, keys: Sequence[str]) -> str:
     parts = []
     for key in keys:
         value = group.setting(key)
-        name = SETTING_NAMES.get(key, key)
+        name = short_label(key)
         if key == "mask-rule" and value == "none":
             value = "dense"
         rule = group.config.get("mask-rule", "none")
         if key == "sparsity" and rule == "none":
             continue  # a dense run has no sparsity
-        if key == "calibration-rounds" and rule not in ("least-sensitive", "most-sensitive"):
+        if key == "calibration-rounds" and rule not in SENSITIVITY_RULES:
             continue  # only the sensitivity rules calibrate in rounds
         if key == "mask-path" and value is None:
             continue  # the run calibrated its own mask (or has none)

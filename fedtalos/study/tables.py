@@ -51,7 +51,7 @@ MARKDOWN_METRICS = (
     "wall_min",
     "run_min",
 )
-# Settings in the CSV, one column each (the Markdown table shows only those that vary, see results.SETTING_NAMES).
+# Settings in the CSV, one column each (the Markdown table shows only those that vary, see results.varied_settings).
 CSV_SETTINGS = (
     "partitioning",
     "classes-per-client",

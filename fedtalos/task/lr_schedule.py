@@ -1,20 +1,32 @@
 """Learning-rate schedules as pure functions of progress, shared by federated rounds and centralized epochs.
 
-``lr_at(config, t, total)`` gives the learning rate for period ``t`` (0-based: the t-th round or epoch, or a
+``lr_at(settings, t, total)`` gives the learning rate for period ``t`` (0-based: the t-th round or epoch, or a
 fraction of one) out of ``total``. 'plateau' depends on validation results, so it is not a function of ``t``:
-the centralized command runs it through ``torch.optim.lr_scheduler.ReduceLROnPlateau``.
+the centralized command runs it through ``torch.optim.lr_scheduler.ReduceLROnPlateau``. The names here are the
+run-config key ``lr-schedule``'s choices.
 """
 
 from __future__ import annotations
 
 import math
-
-from fedtalos.config import RunConfig
+from typing import Protocol
 
 STATELESS = ("constant", "cosine", "warmup-cosine", "step", "exponential")
+SCHEDULES = (*STATELESS, "plateau")
 
 
-def lr_at(config: RunConfig, t: float, total: int) -> float:
+class ScheduleSettings(Protocol):
+    """The run-config values a schedule reads (a :class:`fedtalos.config.RunConfig` has them all)."""
+
+    lr: float
+    lr_min: float
+    lr_schedule: str
+    warmup: int
+    lr_step_size: int
+    lr_gamma: float
+
+
+def lr_at(config: ScheduleSettings, t: float, total: int) -> float:
     """The learning rate at progress ``t`` ∈ [0, total) for ``config.lr_schedule``.
 
     - constant: lr

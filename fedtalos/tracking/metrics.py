@@ -13,7 +13,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -182,10 +182,19 @@ def format_row(row: Row, index: str = "round") -> str:
     return " | ".join(parts)
 
 
+def last_with(rows: Sequence[Row], key: str) -> Row | None:
+    """The last row that has a value for ``key`` (e.g. the final test evaluation); None if none has."""
+    return next((r for r in reversed(rows) if r.get(key) is not None), None)
+
+
+def best_row(rows: Sequence[Row], key: str = "val_acc") -> Row | None:
+    """The first row with the highest ``key`` (the best validation); None if no row has one."""
+    return max((r for r in rows if r.get(key) is not None), key=lambda r: r[key], default=None)
+
+
 def summarize_rows(rows: list[Row], index: str = "step") -> dict[str, Any]:
     """``final`` (val/test metrics of the last row), ``best`` (highest ``val_acc`` and its ``index``) and ``wall_s``."""
-    evaluated = [r for r in rows if r.get("val_acc") is not None]
-    best = max(evaluated, key=lambda r: r["val_acc"], default=None)
+    best = best_row(rows)
     final = rows[-1] if rows else {}
     return {
         "final": {k: final.get(k) for k in ("val_loss", "val_acc", "test_loss", "test_acc")},

@@ -160,6 +160,21 @@ def validate_output_root(config: RunConfig) -> None:
         raise ConfigError([f"output-root = {str(root)!r}: not writable ({problem})"])
 
 
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The ``config.json`` of the run directory ``path``; None while it has none.
+
+    Raises:
+        ValueError: the file is not valid JSON.
+    """
+    stored_file = path / CONFIG_FILE
+    return json.loads(stored_file.read_text()) if stored_file.is_file() else None
+
+
+def is_this_run(record: Mapping[str, Any], config: RunConfig, kind: str) -> bool:
+    """Whether a run directory's ``config.json`` record is of this run: the same kind and result hash."""
+    return record.get("kind") == kind and record.get("result_hash") == config.result_hash()
+
+
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     keys = sorted(set(stored) | set(current))
     return [
@@ -193,23 +208,22 @@ def _check_environment(path: Path, stored: dict[str, Any], current: dict[str, st
 def open_run_dir(
     config: RunConfig,
     kind: str,
-    prefix: str = "",
     environment: dict[str, str] | None = None,
     model: Mapping[str, Any] | None = None,
 ) -> RunDir:
     """Create or reopen the run directory of ``config``.
 
-    ``kind`` is ``'federated'`` or ``'centralized'``. If the directory holds a run of the same configuration
-    (equal result hash) it is reopened for resuming; if ``resume = false`` it is renamed to
+    ``kind`` is ``'federated'`` or ``'centralized'`` (an empty ``run-name`` is derived for it). If the directory
+    holds this run (:func:`is_this_run`) it is reopened for resuming; if ``resume = false`` it is renamed to
     ``<name>.old-<timestamp>`` and a fresh one made; a different configuration is refused with the keys that
     differ and the two ways out. ``environment``: what ``device`` / ``precision`` resolved to in this process
     (:func:`fedtalos.task.device.environment`), recorded in ``config.json``; a resume whose environment differs
     from the recorded one raises :class:`EnvironmentChanged` unless ``allow-device-change`` (then a warning).
-    differ and the two ways out. ``model``: what to record about the backbone under the key ``model``
+    ``model``: what to record about the backbone under the key ``model``
     (:func:`fedtalos.editing.scoring.model_record`).
     """
     validate_output_root(config)
-    path = config.run_dir(prefix)
+    path = config.run_dir(kind)
     stored_file = path / CONFIG_FILE
     resumed = False
     lock = None
@@ -223,9 +237,8 @@ def open_run_dir(
                 if lock is not None:
                     lock.close()
                     lock = None
-            elif stored_file.is_file():
-                stored = json.loads(stored_file.read_text())
-                if stored.get("kind") != kind or stored.get("result_hash") != config.result_hash():
+            elif (stored := read_record(path)) is not None:
+                if not is_this_run(stored, config, kind):
                     diff = _differences(stored.get("result_config", {}), config.result_dict())
                     raise RunConfigMismatch(
                         f"{path} holds a {stored.get('kind', '?')} run with a different configuration:\n  "

@@ -30,6 +30,15 @@ def test_every_run_config_key_is_an_option():
             assert f"--no-{key}" in options
 
 
+def test_federated_only_keys_are_grouped_apart_and_the_centralized_defaults_shown():
+    parser = options_parser()
+    groups = {g.title: {a.dest.replace("_", "-") for a in g._group_actions} for g in parser._action_groups}
+    federated = groups["federated-only keys (accepted, not used by the centralized run)"]
+    assert federated == {k for k, f in RunConfig.facts().items() if f.scope == "federated"}
+    eval_every = next(a for a in parser._actions if a.dest == "eval_every")
+    assert eval_every.help.endswith("(default: 1)")
+
+
 def test_config_file_then_options_with_types_and_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "base.toml").write_text('lr = 0.05\nepochs = 4\nlr-schedule = "step"\noutput-root = "from-file"\n')

@@ -20,12 +20,10 @@ from fedtalos.study.plan import (
     DONE,
     NEW,
     PARTIAL,
-    name_part,
     plan,
     plan_files,
     run_state,
     run_toml,
-    split_name,
 )
 from fedtalos.study.runners import CentralizedRunner, FederatedRunner
 
@@ -68,19 +66,6 @@ def test_seeds_from_the_command_line(tmp_path: Path):
     grid = load_grid(CONFIGS / "fedavg_iid.toml")
     assert [r.name for r in plan(grid, seeds=[3, 7], output_root=tmp_path)] == ["fedavg-seed3", "fedavg-seed7"]
     assert [r.seed for r in plan(grid, seeds=range(2), output_root=tmp_path)] == [0, 1]
-
-
-def test_name_parts():
-    assert name_part("classes-per-client", 5) == "nc5"
-    assert name_part("local-steps", 16) == "J16"
-    assert name_part("sparsity", 0.9) == "s0.9"
-    assert name_part("calibration-rounds", 4) == "R4"
-    assert name_part("mask-rule", "least-sensitive") == "least-sensitive"
-    assert name_part("lr", 1e-5) == "lr1e-05"
-    assert name_part("test-every-eval", True) == "test-every-evalon"
-    assert name_part("mask-path", "~/masks/central-s0.9.safetensors") == "mask-central-s0.9"
-    assert split_name("noniid-nc5-J8-seed12") == ("noniid-nc5-J8", 12)
-    assert split_name("odd") == ("odd", None)
 
 
 def test_every_experiment_of_the_brief_is_there(tmp_path: Path):
@@ -288,3 +273,22 @@ def test_run_state_on_disk(tmp_path: Path):
     assert run_state(run) == (DONE, "")
     (run.run_dir / "config.json").write_text(json.dumps({**record, "result_hash": "other"}))
     assert run_state(run)[0] == CONFLICT
+    (run.run_dir / "config.json").write_text(json.dumps({**record, "kind": "centralized"}))
+    assert run_state(run)[0] == CONFLICT, "the same configuration run centrally is another run"
+    (run.run_dir / "config.json").write_text("{")
+    assert run_state(run) == (PARTIAL, "unreadable config.json")
+    (run.run_dir / "config.json").unlink()
+    assert run_state(run) == (PARTIAL, "no config.json yet")
+
+
+def test_expected_steps_count_every_federated_round_and_the_fine_tuning_epochs():
+    from fedtalos.config import RunConfig
+    from fedtalos.study.plan import expected_steps, phase_rounds
+
+    editing = {"head": "probe", "probe-rounds": 3, "mask-rule": "least-sensitive", "calibration-rounds": 2}
+    config = RunConfig.from_mapping({**editing, "num-server-rounds": 7, "epochs": 5})
+    assert phase_rounds(config) == {"head": 3, "calibration": 2, "train": 7}
+    assert expected_steps(config, "federated") == 12
+    assert expected_steps(config, "centralized") == 5, "the centralized progress counts fine-tuning epochs"
+    random = config.replace(mask_rule="random", head="ridge")
+    assert phase_rounds(random) == {"head": 1, "calibration": 1, "train": 7}

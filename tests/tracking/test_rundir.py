@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedtalos.config import RunConfig
-from fedtalos.tracking.rundir import RunDirBusy, open_run_dir
+from fedtalos.tracking.rundir import RunConfigMismatch, RunDirBusy, is_this_run, open_run_dir, read_record
 
 
 def _config(tmp_path: Path) -> RunConfig:
@@ -100,3 +100,20 @@ def test_record_launch_adds_the_whole_wall_time_and_start_up(tmp_path):
     record_launch(tmp_path, 150.0, 160.0)  # a later launch (e.g. one that found the run finished): no old timeline
     summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
     assert summary["run_wall_s"] == 10.0 and summary["startup_s"] == 42.5, "start-up only from its own timeline"
+
+
+def test_a_derived_name_is_that_of_the_kind_of_run_and_the_directory_knows_its_run(tmp_path: Path):
+    config = RunConfig.from_mapping({"output-root": str(tmp_path), "model": "vit-tiny-test"})
+    for kind in ("federated", "centralized"):
+        with open_run_dir(config, kind) as run_dir:
+            assert run_dir.path == config.run_dir(kind)
+            record = read_record(run_dir.path)
+            assert record is not None and is_this_run(record, config, kind)
+            assert not is_this_run(record, config.replace(seed=1), kind)
+    assert config.run_dir("federated").name.startswith("fedavg-iid-J4-seed0-")
+    assert config.run_dir("centralized").name.startswith("central-full-cosine-lr0.01-seed0-")
+    assert read_record(tmp_path / "absent") is None
+    named = config.replace(run_name="same")
+    open_run_dir(named, "federated").close()
+    with pytest.raises(RunConfigMismatch, match="holds a federated run"):
+        open_run_dir(named, "centralized")
