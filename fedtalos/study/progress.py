@@ -26,7 +26,7 @@ def progress_of(run: PlannedRun, rows: Sequence[dict]) -> tuple[int, str]:
     """(steps done, text): the server's completed rounds over all phases (federated) or epochs (centralized)."""
     if run.kind == "centralized":
         done = steps_done(rows, "centralized")
-        return done, f"epoch {done}/{run.config.epochs}"
+        return done, f"epoch {done}/{run.total_steps}"
     if not rows:
         return 0, f"starting (0/{run.total_steps} rounds)"
     last = rows[-1]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,9 +166,7 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
     xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not xs:
         return None, None, 0
-    mean = sum(xs) / len(xs)
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
-    return mean, std, len(xs)
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else None, len(xs)
 
 
 def partition_order(partition: str) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from fedtalos.study.plan import CONFLICT, DONE, PlannedRun, run_state, run_toml,
 from fedtalos.study.progress import RunWatcher, format_duration, sweep_eta
 from fedtalos.study.runners import Runner, RunOutcome, stop_runner
 from fedtalos.study.slots import Slot
-from fedtalos.tracking.metrics import read_rows
+from fedtalos.tracking.metrics import best_row, last_with, read_rows
 
 
 @dataclass
@@ -300,13 +300,12 @@ def _outcome(job: _Job) -> RunOutcome:
 
 def _result_line(run: PlannedRun) -> str:
     rows = [r for r in read_rows(run.run_dir) if r.get("phase") == "train"]
-    tested = [r for r in rows if r.get("test_acc") is not None]
-    validated = [r for r in rows if r.get("val_acc") is not None]
+    tested, best = last_with(rows, "test_acc"), best_row(rows)
     parts = []
-    if tested:
-        parts.append(f"test acc {100 * tested[-1]['test_acc']:.2f} %")
-    if validated:
-        parts.append(f"best val acc {100 * max(r['val_acc'] for r in validated):.2f} %")
+    if tested is not None:
+        parts.append(f"test acc {100 * tested['test_acc']:.2f} %")
+    if best is not None:
+        parts.append(f"best val acc {100 * best['val_acc']:.2f} %")
     return ", ".join(parts) or "no evaluation rows"
 
 

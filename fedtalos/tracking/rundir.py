@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fedtalos.config import ConfigError, RunConfig
-from fedtalos.fsutil import atomic_write_bytes
+from fedtalos.fsutil import atomic_write_bytes, try_lock
 from fedtalos.tracking.checkpoint import CheckpointStore
 from fedtalos.tracking.metrics import MetricsLog, make_sinks
 
@@ -39,26 +39,16 @@ class RunDirBusy(RuntimeError):
 LOCK_FILE = ".lock"
 
 
-def _lock(path: Path) -> Any:
-    """An exclusive, non-blocking ``flock`` on the empty file ``path/.lock``, held for the whole run.
-
-    The kernel drops it when the holder dies, even by SIGKILL, so a crashed run never blocks its own resume;
-    the file is never written, so a refused start leaves the directory exactly as it was. Returns the open file.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no protection
-        return None
-    handle = open(path / LOCK_FILE, "a")  # noqa: SIM115 (held open for the whole run)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
+def _lock(path: Path) -> IO[str]:
+    """The run directory's lock (``path/.lock``, :func:`~fedtalos.fsutil.try_lock`), held for the whole run: a crashed
+    run never blocks its own resume, and a refused start leaves the directory exactly as it was."""
+    handle = try_lock(path / LOCK_FILE)
+    if handle is None:
         raise RunDirBusy(
             f"{path} is being written by another live process. Two servers must never write one run directory: "
             "stop the other run first (`flwr ls`, then `flwr stop RUN_ID` for a Flower run that goes on after its "
             "stream was interrupted), or choose another run-name."
-        ) from None
+        )
     return handle
 
 
