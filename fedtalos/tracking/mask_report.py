@@ -30,6 +30,7 @@ from fedtalos.editing.mask_file import MaskFile, read_mask, read_npz_mask, write
 from fedtalos.editing.masks import Mask
 from fedtalos.editing.masks import mask_stats as mask_totals  # noqa: F401 (server.py, trainer.py, tests' fakeruns)
 from fedtalos.tracking.checkpoint import atomic_write_bytes
+from fedtalos.tracking.plots import save_figure, style_axes
 
 MASK_FILE = "mask.safetensors"
 NPZ_MASK_FILE = "mask.npz"  # the run directory's mask before it had the format of mask files
@@ -124,7 +125,7 @@ def plot_density(rows: list[dict[str, object]], out: Path, title: str = "") -> P
     names = list(layers)
     ax_all.bar(range(len(names)), [100 * layers[n] for n in names], color="tab:blue")
     ax_all.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax_all.set_ylabel("trainable entries (%)")
+    style_axes(ax_all, "", "trainable entries (%)")
     ax_all.set_title("density per layer (mask 1 = trainable)")
     block_of = {place.layer: place.block for place in (layer_of(str(r["tensor"])) for r in rows)}
     blocks = [n for n in names if block_of[n] is not None]
@@ -134,20 +135,13 @@ def plot_density(rows: list[dict[str, object]], out: Path, title: str = "") -> P
         if xs:
             ax_kind.plot(xs, [100 * values[blocks[i]] for i in xs], marker="o", ms=3, label=kind)
     ax_kind.set_xticks(range(len(blocks)), [str(block_of[b]) for b in blocks])
-    ax_kind.set_xlabel("transformer block")
-    ax_kind.set_ylabel("trainable entries (%)")
+    style_axes(ax_kind, "transformer block", "trainable entries (%)")
     ax_kind.set_title("density per block and weight kind")
     ax_kind.legend(fontsize=8, frameon=False)
-    for ax in (ax_all, ax_kind):
-        ax.grid(True, alpha=0.3)
-        ax.spines[["top", "right"]].set_visible(False)
     total = sum(int(r["numel"]) for r in rows)  # type: ignore[call-overload]
     kept = sum(int(r["trainable"]) for r in rows)  # type: ignore[call-overload]
     fig.suptitle(f"{title} density {100 * kept / max(total, 1):.2f} % ({kept:,} of {total:,} scored entries)".strip())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_mask_report(run_dir: Path, mask: Mapping[str, Tensor], title: str = "") -> list[Path]:
