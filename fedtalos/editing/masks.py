@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-from fedtalos.editing.sparse import (  # noqa: F401 (federation/ and client_app.py import them from here)
+from fedtalos.editing.sparse import (  # noqa: F401 (gather, pack, scatter, unpack: federation/ and client_app.py)
     Shapes,
     gather_trainable,
     pack_mask,
@@ -30,7 +30,7 @@ Mask = dict[str, Tensor]
 Scope = Literal["global", "local"]
 Keep = Literal["lowest", "highest"]
 Rule = Literal["least-sensitive", "most-sensitive", "lowest-magnitude", "highest-magnitude", "random"]
-RULES: tuple[str, ...] = ("least-sensitive", "most-sensitive", "lowest-magnitude", "highest-magnitude", "random")
+RULES: tuple[str, ...] = get_args(Rule)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Schedule and counts.
