@@ -14,8 +14,9 @@ from collections.abc import Callable
 import torch
 
 from fedtalos.config import RunConfig
-from fedtalos.editing import backbone_features, calibrate_mask, fit_logit_scale, ridge_statistics, set_head, solve_ridge
+from fedtalos.editing.calibration import calibrate_mask
 from fedtalos.editing.fisher import fitting_chunk_size
+from fedtalos.editing.head import fit_head, ridge_statistics, set_head, validation_features
 from fedtalos.editing.masks import Mask
 from fedtalos.seeds import central_calibration_generator, central_calibration_seed
 from fedtalos.task.device import empty_cache
@@ -30,17 +31,12 @@ def fit_ridge_head(resources: Resources, config: RunConfig) -> float:
     images, labels = resources.split("train")
     num_classes = model.head.out_features
     stats = ridge_statistics(model, resources.eval_batches(images, labels), num_classes)
-    weight, bias = solve_ridge(stats, config.ridge_lambda)  # float64, CPU
     val_images, val_labels = resources.split("val")
-    model.eval()
-    with torch.no_grad():
-        features = torch.cat(
-            [backbone_features(model, x).cpu().double() for x, _ in resources.eval_batches(val_images, val_labels)]
-        )
-    scale = fit_logit_scale(features @ weight.T + bias, val_labels.cpu())
-    set_head(model, weight, bias, scale)
+    features = validation_features(model, (x for x, _ in resources.eval_batches(val_images, val_labels)))
+    head = fit_head(stats, config.ridge_lambda, features, val_labels)
+    set_head(model, head.weight, head.bias, head.scale)
     empty_cache(resources.device)
-    return scale
+    return head.scale
 
 
 def calibration_sample_count(config: RunConfig, train_size: int) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fedtalos.cli.options import fail
 from fedtalos.tracking.log_setup import log_to_stderr
-from fedtalos.tracking.mask_report import MASK_FILE
+from fedtalos.tracking.mask_report import MASK_FILE, run_mask_path
 from fedtalos.tracking.rundir import CONFIG_FILE
 
 PROG = "fedtalos analyze"
@@ -46,7 +46,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "mask-agreement",
         help="calibrate masks on single clients and measure their overlap (Jaccard) with the aggregated mask",
     )
-    agreement.add_argument("runs", nargs="+", help="run directories of editing runs (holding mask.npz)")
+    agreement.add_argument("runs", nargs="+", help="run directories of editing runs (holding their mask)")
     agreement.add_argument(
         "--clients", type=_client_count, default=10, help="how many clients (partition ids 0..N-1), or 'all'"
     )
@@ -61,7 +61,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     agreement.add_argument(
         "--no-check",
         action="store_true",
-        help="skip repeating the federated calibration (the check that it reproduces mask.npz)",
+        help="skip repeating the federated calibration (the check that it reproduces the run's mask)",
     )
     return parser
 
@@ -83,9 +83,9 @@ def _mask_agreement(args: argparse.Namespace, prog: str) -> int:
         check = ""
         if "reproduced_exactly" in record:
             check = (
-                " · federated calibration reproduced mask.npz exactly"
+                " · federated calibration reproduced the run's mask exactly"
                 if record["reproduced_exactly"]
-                else f" · reproduced mask vs mask.npz: Jaccard {record['reproduced_jaccard']:.4f}"
+                else f" · reproduced mask vs the run's mask: Jaccard {record['reproduced_jaccard']:.4f}"
             )
         pairwise = record["pairwise_jaccard"]
         print(
@@ -112,7 +112,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     prog = f"{prog} {args.analysis}"
     # A mistyped path fails here, before the first run's calibration (minutes) rather than after it.
     lacking = {
-        run: [name for name in (CONFIG_FILE, MASK_FILE) if not (Path(run) / name).is_file()] for run in args.runs
+        run: [name for name in (CONFIG_FILE,) if not (Path(run) / name).is_file()]
+        + ([] if run_mask_path(Path(run)) else [MASK_FILE])
+        for run in args.runs
     }
     problems = [f"{run} has no {' and no '.join(names)}" for run, names in lacking.items() if names]
     if problems:

@@ -10,6 +10,8 @@ one-hot labels.
 Least-squares outputs of one-hot targets lie roughly in [0, 1], which under a softmax over 100 classes is almost
 uniform: cross-entropy fine-tuning starts with tiny, uninformative gradients, and Fisher label sampling draws
 nearly uniform labels. :func:`fit_logit_scale` finds the temperature α that makes α·logits calibrated.
+:func:`fit_head` is step 0 for both kinds of run: the summed statistics and the validation features in, the head
+and its temperature out.
 """
 
 from __future__ import annotations
@@ -148,6 +150,46 @@ def fit_logit_scale(
             b = lo + ratio * (hi - lo)
             fb = loss(b)
     return math.exp((lo + hi) / 2)
+
+
+@dataclass(frozen=True)
+class FittedHead:
+    """A ridge head with its temperature: logits = scale · (weight · φ + bias).
+
+    Attributes:
+        weight: C×D, float64 on the CPU.
+        bias: C, float64 on the CPU.
+        scale: the temperature α fitted on the validation features.
+        fitted_loss: the mean cross-entropy of the scaled logits there (in-sample for α, not a held-out estimate).
+    """
+
+    weight: Tensor
+    bias: Tensor
+    scale: float
+    fitted_loss: float
+
+
+def validation_features(model: nn.Module, inputs: Iterable[Tensor]) -> Tensor:
+    """The backbone features (N, D) of input batches, float64 on the CPU, ``model`` in eval mode."""
+    with eval_mode(model):
+        return torch.cat([backbone_features(model, x).cpu().double() for x in inputs])  # MPS has no float64
+
+
+def fit_head(
+    stats: RidgeStats, lam: float, features: Tensor, labels: Tensor, *, logits_dtype: torch.dtype = torch.float64
+) -> FittedHead:
+    """Step 0: the ridge solution of the summed ``stats`` (:func:`solve_ridge`, ``lam`` = λ), and the temperature
+    fitted on validation ``features`` (N, D, float64, :func:`validation_features`) and their ``labels`` (N,).
+
+    ``logits_dtype``: the validation logits are rounded to it before α is fitted (the federated server fits on
+    float32 logits, the centralized trainer on float64).
+    """
+    weight, bias = solve_ridge(stats, lam)
+    logits = (features @ weight.T + bias).to(logits_dtype)
+    targets = labels.cpu()
+    scale = fit_logit_scale(logits, targets)
+    fitted_loss = float(F.cross_entropy(scale * logits.double(), targets.long()))
+    return FittedHead(weight, bias, scale, fitted_loss)
 
 
 @torch.no_grad()

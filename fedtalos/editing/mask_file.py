@@ -1,34 +1,38 @@
-"""Mask files: a calibrated mask as an artifact that outlives its run (``fedtalos edit``, run-config ``mask-path``).
+"""The one file format of a mask on disk, for a person or another run: a ``.safetensors`` file (no pickle).
 
-A mask file is a ``.safetensors`` file (loaded without executing code: no pickle) holding
+Two kinds share it: a run directory's mask (``mask.safetensors`` of the mask report, :func:`write_mask`) and a
+mask file, an artifact that outlives its run (``fedtalos edit``, run-config ``mask-path``, :func:`write`). Both
+hold
 
-- ``bits``: the mask packed 1 bit per entry (:func:`~fedtalos.editing.masks.pack_mask`: the tensors flattened
+- ``bits``: the mask packed 1 bit per entry (:func:`~fedtalos.editing.sparse.pack_mask`: the tensors flattened
   row-major and concatenated in the order of ``tensors``; 1 = trainable), uint8 of length ⌈N / 8⌉;
-- ``head.weight`` (C×D) and ``head.bias`` (C): the step-0 head the mask was calibrated with (frozen when the mask
-  is used);
 
-and, in the safetensors header's metadata, one JSON document (:class:`MaskFile` fields): the model name, the
-scored tensors' names and shapes, :func:`weights_hash` of the backbone weights the mask was scored on, the rule,
-sparsity, threshold scope, calibration rounds, samples, seed, head kind, where it was calibrated (``centralized``
-or ``federated``) and the calibrating run's result config. ``content_hash`` is the SHA-256 of all of that and
-of the tensors' bytes: a file whose header or data was altered no longer matches it and is refused on load
-(:class:`MaskFileError`). It is also the mask's identity, which a run that uses the file records.
+and, in the safetensors header's metadata, one JSON document with the scored tensors' names and shapes and
+``content_hash``, the SHA-256 of that document and of the tensors' bytes: a file whose header or data was altered
+no longer matches it and is refused on load (:class:`MaskFileError`). A mask file also holds ``head.weight``
+(C×D) and ``head.bias`` (C), the step-0 head the mask was calibrated with (frozen when the mask is used), and its
+provenance (:class:`MaskFile` fields): the model name, :func:`weights_hash` of the backbone weights the mask was
+scored on, the rule, sparsity, threshold scope, calibration rounds, samples, seed, head kind, where it was
+calibrated (``centralized`` or ``federated``) and the calibrating run's result config; its content hash is the
+mask's identity, which a run that uses the file records. :func:`read_mask` reads the mask of either kind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from fedtalos.editing.masks import Mask, pack_mask, unpack_mask
+from fedtalos.editing.masks import Mask, mask_stats
+from fedtalos.editing.sparse import pack_mask, unpack_mask
+from fedtalos.fsutil import atomic_path
 from fedtalos.task.model import HEAD_PREFIX
 
 FORMAT = "fedtalos-mask"
@@ -102,48 +106,79 @@ class MaskFile:
 
     def density(self) -> float:
         """The trainable fraction of the scored entries."""
-        total = sum(m.numel() for m in self.mask.values())
-        return sum(int(m.sum()) for m in self.mask.values()) / total if total else float("nan")
-
-
-def _tensors(mask_file: MaskFile) -> dict[str, Tensor]:
-    bits = torch.from_numpy(pack_mask(mask_file.mask))
-    return {"bits": bits, **{k: mask_file.head[k].detach().to("cpu").contiguous() for k in HEAD_KEYS}}
+        return mask_stats(self.mask)["density"]
 
 
 def _content_hash(info: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> str:
     digest = hashlib.sha256(json.dumps(info, sort_keys=True).encode())
     for key in ("bits", *HEAD_KEYS):
+        if key not in tensors:  # a run directory's mask has no head
+            continue
         t = tensors[key].contiguous()
         digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def write(path: str | Path, mask_file: MaskFile) -> MaskFile:
-    """Write ``mask_file`` to ``path`` atomically (a temporary file, then a rename); returns it with its hash."""
+def _write(path: Path, tensors: dict[str, Tensor], info: dict[str, Any]) -> str:
+    """Write the tensors and the JSON document with its content hash atomically; returns the hash."""
     from safetensors.torch import save_file
 
+    digest = _content_hash(info, tensors)
+    metadata = {"format": FORMAT, "version": str(VERSION), _METADATA_KEY: json.dumps({**info, "content_hash": digest})}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return digest
+
+
+def write(path: str | Path, mask_file: MaskFile) -> MaskFile:
+    """Write ``mask_file`` to ``path`` atomically (a temporary file, then a rename); returns it with its hash."""
     missing = [k for k in HEAD_KEYS if k not in mask_file.head]
     if missing:
         raise ValueError(f"the head lacks {', '.join(missing)}")
-    path = Path(path).expanduser()
-    tensors = _tensors(mask_file)
-    info = mask_file.info()
-    digest = _content_hash(info, tensors)
-    metadata = {"format": FORMAT, "version": str(VERSION), _METADATA_KEY: json.dumps({**info, "content_hash": digest})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    tensors = {
+        "bits": torch.from_numpy(pack_mask(mask_file.mask)),
+        **{k: mask_file.head[k].detach().to("cpu").contiguous() for k in HEAD_KEYS},
+    }
+    digest = _write(Path(path).expanduser(), tensors, mask_file.info())
     return replace(mask_file, content_hash=digest)
+
+
+def write_mask(path: str | Path, mask: Mapping[str, Tensor]) -> str:
+    """Write a mask alone (a run directory's mask: no head, no provenance) atomically; returns its content hash."""
+    info = {"tensors": [[k, list(m.shape)] for k, m in mask.items()]}
+    return _write(Path(path).expanduser(), {"bits": torch.from_numpy(pack_mask(mask))}, info)
+
+
+def read_mask(path: str | Path) -> Mask:
+    """The mask of a file of either kind (:func:`write_mask`, :func:`write`), verified: name → CPU bool tensor.
+
+    Raises :class:`MaskFileError` with the reason.
+    """
+    path = Path(path).expanduser()
+    info, tensors, _ = _open(path)
+    return _unpack(path, tensors, info["tensors"])
 
 
 def read(path: str | Path) -> MaskFile:
     """Read and verify a mask file (safetensors: no code runs). Raises :class:`MaskFileError` with the reason."""
+    path = Path(path).expanduser()
+    info, tensors, digest = _open(path)
+    if set(tensors) != {"bits", *HEAD_KEYS}:
+        raise MaskFileError(
+            f"{path} holds a mask without the head it was calibrated with (a run directory's mask report?); "
+            "mask-path takes a file written by mask-save-path or fedtalos edit"
+        )
+    mask = _unpack(path, tensors, info.pop("tensors"))
+    fields = {k: info[k] for k in MaskFile.__dataclass_fields__ if k in info}
+    head = {k: tensors[k] for k in HEAD_KEYS}
+    return MaskFile(mask=mask, head=head, content_hash=digest, **fields)
+
+
+def _open(path: Path) -> tuple[dict[str, Any], dict[str, Tensor], str]:
+    """A verified file's JSON document (without its hash; ``tensors`` as name → shape), tensors and hash."""
     from safetensors import safe_open
 
-    path = Path(path).expanduser()
     if not path.is_file():
         raise MaskFileError(f"{path} does not exist")
     try:
@@ -160,23 +195,40 @@ def read(path: str | Path) -> MaskFile:
         info = json.loads(metadata[_METADATA_KEY])
         stored = info.pop("content_hash")
         shapes = {str(name): tuple(int(d) for d in shape) for name, shape in info.pop("tensors")}
-        if set(tensors) != {"bits", *HEAD_KEYS}:
+        if "bits" not in tensors or not set(tensors) <= {"bits", *HEAD_KEYS}:
             raise KeyError(f"tensors {sorted(tensors)}")
         digest = _content_hash({**info, "tensors": [[k, list(s)] for k, s in shapes.items()]}, tensors)
     except (KeyError, TypeError, ValueError) as e:
         raise MaskFileError(f"{path}: malformed mask file metadata ({e})") from None
     if digest != stored:
         raise MaskFileError(f"{path} is corrupted: its contents do not match the hash it was written with")
+    return {**info, "tensors": shapes}, tensors, digest
+
+
+def _unpack(path: Path, tensors: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]]) -> Mask:
     bits = tensors["bits"]
     if bits.dtype != torch.uint8 or bits.ndim != 1:
         raise MaskFileError(f"{path}: bits must be 1-D uint8, got {bits.dtype} {tuple(bits.shape)}")
     try:
-        mask = unpack_mask(bits.numpy(), shapes)
+        return unpack_mask(bits.numpy(), shapes)
     except ValueError as e:
         raise MaskFileError(f"{path}: {e}") from None
-    fields = {k: info[k] for k in MaskFile.__dataclass_fields__ if k in info}
-    head = {k: tensors[k] for k in HEAD_KEYS}
-    return MaskFile(mask=mask, head=head, content_hash=digest, **fields)
+
+
+def read_npz_mask(path: str | Path) -> Mask:
+    """A mask in the ``.npz`` layout that run directories of earlier versions hold (``mask.npz``: packed
+    ``bits``, ``names``, ``ndims`` and the flattened ``dims``; read without pickles): name → CPU bool tensor."""
+    with np.load(path, allow_pickle=False) as f:
+        names = [str(n) for n in f["names"]]
+        ndims, dims = f["ndims"].tolist(), f["dims"].tolist()
+        bits = f["bits"]
+    if len(ndims) != len(names) or sum(ndims) != len(dims):
+        raise ValueError(f"{path}: names, ndims and dims do not fit together")
+    shapes, offset = {}, 0
+    for n, k in zip(names, ndims, strict=True):
+        shapes[n] = tuple(dims[offset : offset + k])
+        offset += k
+    return unpack_mask(bits, shapes)
 
 
 def check_fits(mask_file: MaskFile, model: str, weights: Mapping[str, Tensor], *, any_weights: bool = False) -> None:

@@ -1,6 +1,6 @@
 """Mask agreement across clients: would a client alone have picked the parameters the federation picked?
 
-For a finished editing run (least- or most-sensitive rule, ``mask.npz`` in its directory), every analysed client
+For a finished editing run (least- or most-sensitive rule, its mask in its directory), every analysed client
 re-runs the whole multi-round calibration **on its own shard only**, exactly as it scores in the federated
 calibration (the same samples per round, the same label draws, soft zeroing with its own mask so far, the same
 keep-fraction schedule and threshold scope), from the same global weights. Its mask M_i is compared with the
@@ -19,7 +19,8 @@ The calibration weights are the global weights during calibration (which does no
 checkpoint of the calibration phase when there is one, else rebuilt as the run's initial backbone (the backbone is
 only trained after calibration) with the run's frozen head from its latest checkpoint. The analysis also repeats
 the federated calibration itself (the sampled cohorts' summed scores) and reports whether it reproduces the run's
-``mask.npz``: a check that what was rebuilt is what the run used.
+mask: a check that what was rebuilt is what the run used. Every calibration here goes through the runs' own driver
+(:func:`fedtalos.editing.calibration.calibrate`).
 """
 
 from __future__ import annotations
@@ -35,9 +36,12 @@ from typing import Any
 import torch
 
 from fedtalos.config import RunConfig
-from fedtalos.editing.masks import SENSITIVITY_RULES, Mask, calibration_step, load_mask
+from fedtalos.editing.calibration import ScoreRound, calibrate, sum_scores
+from fedtalos.editing.masks import Mask, mask_stats
 from fedtalos.fsutil import atomic_write_bytes
+from fedtalos.lifecycle import SENSITIVITY_RULES
 from fedtalos.tracking.checkpoint import CheckpointStore
+from fedtalos.tracking.mask_report import read_run_mask
 
 OUTPUT_JSON = "analysis/mask_agreement.json"
 OUTPUT_CSV = "analysis/mask_agreement.csv"
@@ -77,12 +81,6 @@ def mean_pairwise_jaccard(masks: Sequence[Mapping[str, torch.Tensor]]) -> float 
     return sum(values) / len(values) if values else None
 
 
-def density(mask: Mapping[str, torch.Tensor]) -> float:
-    """Trainable fraction of all entries."""
-    total = sum(m.numel() for m in mask.values())
-    return sum(int(m.sum()) for m in mask.values()) / total if total else float("nan")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Calibration on single clients.
 
@@ -98,7 +96,6 @@ class Calibrator:
         self.resources = get_resources(config)
         self.resources.load_weights(weights)
         self.shapes = {k: tuple(v.shape) for k, v in weights.items() if not k.startswith(HEAD_PREFIX)}
-        self.rounds = config.calibration_rounds
         self._first_round: dict[int, dict[str, torch.Tensor]] = {}  # round-1 scores need no mask: shared
 
     def scores(self, pid: int, round_index: int, soft_mask: Mask | None) -> dict[str, torch.Tensor]:
@@ -113,18 +110,9 @@ class Calibrator:
             self._first_round[pid] = scores
         return scores
 
-    def _update(self, scores: Mapping[str, torch.Tensor], alive: Mask | None, round_index: int) -> Mask:
+    def _calibrate(self, score_round: ScoreRound) -> Mask:
         c = self.config
-        return calibration_step(
-            scores,
-            alive,
-            self.shapes,
-            rule=c.mask_rule,
-            sparsity=c.sparsity,
-            round_index=round_index,
-            rounds=self.rounds,
-            scope=c.mask_scope,
-        )
+        return calibrate(score_round, self.shapes, c.mask_rule, c.sparsity, c.calibration_rounds, c.mask_scope)
 
     def pooled_samples(self, round_index: int) -> torch.Tensor:
         """The images the federated calibration scored in round ``round_index``, its cohort's in partition order."""
@@ -143,37 +131,27 @@ class Calibrator:
         from fedtalos.editing.scoring import sample_scores
         from fedtalos.seeds import agreement_label_seed, agreement_subset_generator
 
-        alive: Mask | None = None
-        for r in range(1, self.rounds + 1):
+        def score_round(r: int, alive: Mask | None) -> dict[str, torch.Tensor]:
             pool = self.pooled_samples(r)
             pick = torch.randperm(len(pool), generator=agreement_subset_generator(self.config.seed, subset))[:size]
             label_seed = agreement_label_seed(self.config.seed, subset, r)
             scores = sample_scores(self.config, self.resources, pool[pick.to(pool.device)], label_seed, alive)
-            alive = self._update({k: v.cpu() for k, v in scores.items()}, alive, r)
-        assert alive is not None
-        return alive
+            return {k: v.cpu() for k, v in scores.items()}
+
+        return self._calibrate(score_round)
 
     def client_mask(self, pid: int) -> Mask:
         """The mask client ``pid`` would calibrate alone: every round on its own samples, with its own mask."""
-        alive: Mask | None = None
-        for r in range(1, self.rounds + 1):
-            alive = self._update(self.scores(pid, r, alive), alive, r)
-        assert alive is not None
-        return alive
+        return self._calibrate(lambda r, alive: self.scores(pid, r, alive))
 
     def federated_mask(self) -> Mask:
         """The federated calibration again: per round the sampled cohort's summed scores (server order)."""
         from fedtalos.federation.cohort import calibration_cohort
 
-        alive: Mask | None = None
-        for r in range(1, self.rounds + 1):
-            total = {k: torch.zeros(s, dtype=torch.float32) for k, s in self.shapes.items()}
-            for pid in calibration_cohort(self.config, r):
-                for k, v in self.scores(pid, r, alive).items():
-                    total[k] += v
-            alive = self._update(total, alive, r)
-        assert alive is not None
-        return alive
+        def score_round(r: int, alive: Mask | None) -> dict[str, torch.Tensor]:
+            return sum_scores((self.scores(pid, r, alive) for pid in calibration_cohort(self.config, r)), self.shapes)
+
+        return self._calibrate(score_round)
 
 
 def calibration_weights(run_dir: Path, config: RunConfig) -> tuple[dict[str, torch.Tensor], str]:
@@ -218,10 +196,10 @@ def mask_agreement(
     figure.
 
     Args:
-        run_dir: a run directory with ``config.json`` and ``mask.npz`` (least- or most-sensitive rule).
+        run_dir: a run directory with ``config.json`` and its mask (least- or most-sensitive rule).
         clients: how many clients to analyse (partition ids 0..clients−1); None = all of them.
         device: override the run's device (e.g. 'cpu'); None = the run's own setting.
-        check: also repeat the federated calibration and compare it with ``mask.npz``.
+        check: also repeat the federated calibration and compare it with the run's mask.
         subsets: how many iid subsets of the pooled calibration samples, each as large as one client's, give the
             noise floor (0 = none).
 
@@ -239,7 +217,8 @@ def mask_agreement(
             f"{run_dir}: mask-rule = {config.mask_rule!r}; the agreement analysis applies to the sensitivity rules "
             "(magnitude and random masks do not depend on client data)"
         )
-    aggregated = load_mask(run_dir / "mask.npz")
+    aggregated = read_run_mask(run_dir)
+    aggregated_density = mask_stats(aggregated)["density"]
     weights, source = calibration_weights(run_dir, config)
     calibrator = Calibrator(config, weights)
     pids = list(range(config.num_clients if clients is None else min(clients, config.num_clients)))
@@ -253,7 +232,7 @@ def mask_agreement(
                 "client": pid,
                 "examples": len(labels),
                 "classes": len(torch.unique(labels)),
-                "density": density(mask),
+                "density": mask_stats(mask)["density"],
                 "jaccard": jaccard(mask, aggregated),
             }
         )
@@ -263,7 +242,12 @@ def mask_agreement(
     for subset in range(subsets):
         mask = calibrator.subset_mask(subset, size)
         floor.append(
-            {"subset": subset, "samples": size, "density": density(mask), "jaccard": jaccard(mask, aggregated)}
+            {
+                "subset": subset,
+                "samples": size,
+                "density": mask_stats(mask)["density"],
+                "jaccard": jaccard(mask, aggregated),
+            }
         )
     floor_mean, floor_std = _mean_std([r["jaccard"] for r in floor])
     record: dict[str, Any] = {
@@ -275,11 +259,11 @@ def mask_agreement(
         "classes_per_client": config.classes_per_client if config.partitioning == "noniid" else None,
         "clients_requested": clients,
         "weights": source,
-        "aggregated_density": density(aggregated),
+        "aggregated_density": aggregated_density,
         "mean_jaccard": mean,
         "std_jaccard": std,
         "pairwise_jaccard": mean_pairwise_jaccard(masks),
-        "chance_jaccard": chance_jaccard(density(aggregated), density(aggregated)),
+        "chance_jaccard": chance_jaccard(aggregated_density, aggregated_density),
         "noise_floor_jaccard": floor_mean,
         "noise_floor_std": floor_std,
         "clients": rows,

@@ -1,4 +1,5 @@
-"""What every study figure shares: axes style, colours, the mean ± std over seeds, and the picks of configurations.
+"""What every study figure shares: colours, the mean ± std over seeds, and the picks of configurations (the axes
+style and the file are :mod:`fedtalos.tracking.plots`'s, as for every figure).
 
 The figures themselves are in :mod:`fedtalos.study.figures` (training) and :mod:`fedtalos.study.mask_figures`
 (sparse fine-tuning); their configurations come from :mod:`fedtalos.study.results`.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -16,11 +16,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 
 from fedtalos.study.results import Group, mean_std, partition_label, partition_order
+from fedtalos.tracking.plots import save_figure, style_axes  # noqa: F401 (figures.py, mask_figures.py import them here)
 
-DPI = 130
 RULE_COLORS = {
     "least-sensitive": "#1f77b4",
     "most-sensitive": "#d62728",
@@ -30,26 +29,6 @@ RULE_COLORS = {
     "none": "#000000",
 }
 MAX_LINES = 8  # lines per axes before a figure is split into facets (or cut)
-
-
-def style_axes(ax: plt.Axes, xlabel: str, ylabel: str, title: str | None = None, integer_x: bool = False) -> None:
-    """Labels, an optional title, a light grid, no top and right spines; integer ticks for counts."""
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
-    if integer_x:  # rounds, epochs, blocks: no round 2.5
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    ax.grid(True, alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
-
-
-def save_figure(fig: plt.Figure, path: Path) -> Path:
-    """Write ``fig`` as a PNG at :data:`DPI` and close it; returns ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
 
 
 def palette(n: int) -> list[Any]:

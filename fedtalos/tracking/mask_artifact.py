@@ -21,8 +21,9 @@ from torch import Tensor
 
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.editing import mask_file as mf
-from fedtalos.editing.masks import SENSITIVITY_RULES, Mask
+from fedtalos.editing.masks import Mask
 from fedtalos.fsutil import atomic_write_bytes
+from fedtalos.lifecycle import calibration_rounds
 from fedtalos.tracking.rundir import check_writable
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def save_run_mask(
         rule=config.mask_rule,
         sparsity=config.sparsity,
         scope=config.mask_scope,
-        rounds=config.calibration_rounds if config.mask_rule in SENSITIVITY_RULES else 1,
+        rounds=calibration_rounds(config),
         samples=config.fisher_samples,
         seed=config.seed,
         head_kind=config.head,

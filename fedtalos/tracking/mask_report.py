@@ -1,6 +1,8 @@
-"""What a mask looks like, per layer: ``mask.npz``, a density table (CSV) and a figure (PNG) in the run directory.
+"""A run's mask and what it looks like per layer: ``mask.safetensors``, a density table (CSV) and a figure (PNG).
 
-Every run that edits writes this report through :func:`write_mask_report`, and the study reads it back through
+Every run that edits writes this report through :func:`write_mask_report`; the mask is in the one file format of
+masks (:func:`fedtalos.editing.mask_file.write_mask`), read back by :func:`read_run_mask` (which also reads the
+``mask.npz`` of run directories written before that format), and the study reads the table back through
 :func:`read_density_rows`: one format, ``mask_density.csv`` with the columns of :data:`DENSITY_COLUMNS`.
 Density = the trainable fraction (mask True); sparsity = 1 − density, the fraction frozen (the project's
 convention, ``docs/editing.md``). Layers are the transformer blocks (``blocks.<i>``) and the top-level modules
@@ -24,11 +26,14 @@ import matplotlib.pyplot as plt
 from torch import Tensor
 
 from fedtalos.config import RunConfig
-from fedtalos.editing.mask_file import MaskFile
-from fedtalos.editing.masks import mask_stats, save_mask
+from fedtalos.editing.mask_file import MaskFile, read_mask, read_npz_mask, write_mask
+from fedtalos.editing.masks import Mask
+from fedtalos.editing.masks import mask_stats as mask_totals  # noqa: F401 (server.py, trainer.py, tests' fakeruns)
 from fedtalos.fsutil import atomic_write_bytes
+from fedtalos.tracking.plots import save_figure, style_axes
 
-MASK_FILE = "mask.npz"
+MASK_FILE = "mask.safetensors"
+NPZ_MASK_FILE = "mask.npz"  # the run directory's mask before it had the format of mask files
 DENSITY_FILE = "mask_density.csv"
 DENSITY_PLOT = "mask_density.png"
 DENSITY_COLUMNS = ("tensor", "layer", "shape", "numel", "trainable", "density")
@@ -120,7 +125,7 @@ def plot_density(rows: list[dict[str, object]], out: Path, title: str = "") -> P
     names = list(layers)
     ax_all.bar(range(len(names)), [100 * layers[n] for n in names], color="tab:blue")
     ax_all.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax_all.set_ylabel("trainable entries (%)")
+    style_axes(ax_all, "", "trainable entries (%)")
     ax_all.set_title("density per layer (mask 1 = trainable)")
     block_of = {place.layer: place.block for place in (layer_of(str(r["tensor"])) for r in rows)}
     blocks = [n for n in names if block_of[n] is not None]
@@ -130,26 +135,20 @@ def plot_density(rows: list[dict[str, object]], out: Path, title: str = "") -> P
         if xs:
             ax_kind.plot(xs, [100 * values[blocks[i]] for i in xs], marker="o", ms=3, label=kind)
     ax_kind.set_xticks(range(len(blocks)), [str(block_of[b]) for b in blocks])
-    ax_kind.set_xlabel("transformer block")
-    ax_kind.set_ylabel("trainable entries (%)")
+    style_axes(ax_kind, "transformer block", "trainable entries (%)")
     ax_kind.set_title("density per block and weight kind")
     ax_kind.legend(fontsize=8, frameon=False)
-    for ax in (ax_all, ax_kind):
-        ax.grid(True, alpha=0.3)
-        ax.spines[["top", "right"]].set_visible(False)
     total = sum(int(r["numel"]) for r in rows)  # type: ignore[call-overload]
     kept = sum(int(r["trainable"]) for r in rows)  # type: ignore[call-overload]
     fig.suptitle(f"{title} density {100 * kept / max(total, 1):.2f} % ({kept:,} of {total:,} scored entries)".strip())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_mask_report(run_dir: Path, mask: Mapping[str, Tensor], title: str = "") -> list[Path]:
-    """Write ``mask.npz``, ``mask_density.csv`` and ``plots/mask_density.png`` into ``run_dir``; returns the paths."""
+    """Write ``mask.safetensors``, ``mask_density.csv`` and ``plots/mask_density.png`` into ``run_dir``; returns the
+    paths."""
     run_dir = Path(run_dir)
-    save_mask(run_dir / MASK_FILE, mask)
+    write_mask(run_dir / MASK_FILE, mask)
     rows = density_rows(mask)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=DENSITY_COLUMNS, lineterminator="\n")
@@ -158,6 +157,26 @@ def write_mask_report(run_dir: Path, mask: Mapping[str, Tensor], title: str = ""
     atomic_write_bytes(run_dir / DENSITY_FILE, buffer.getvalue().encode())
     plot = plot_density(rows, run_dir / "plots" / DENSITY_PLOT, title)
     return [run_dir / MASK_FILE, run_dir / DENSITY_FILE, plot]
+
+
+def run_mask_path(run_dir: Path) -> Path | None:
+    """The file of a run directory's mask: ``mask.safetensors``, else the ``mask.npz`` of an older run, else None."""
+    for name in (MASK_FILE, NPZ_MASK_FILE):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
+
+
+def read_run_mask(run_dir: Path) -> Mask:
+    """A run directory's mask (:func:`run_mask_path`): name → CPU bool tensor, True = trainable.
+
+    Raises:
+        FileNotFoundError: the run directory holds no mask (a dense run, or one that has not calibrated yet).
+    """
+    path = run_mask_path(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir} holds no mask ({MASK_FILE})")
+    return read_mask(path) if path.name == MASK_FILE else read_npz_mask(path)
 
 
 def mask_title(config: RunConfig, source: MaskFile | None = None) -> str:
@@ -169,9 +188,3 @@ def mask_title(config: RunConfig, source: MaskFile | None = None) -> str:
             f"from a {source.calibrated} mask file,"
         )
     return f"{config.mask_rule}, sparsity {config.sparsity:g} (fraction frozen), {config.mask_scope} threshold,"
-
-
-def mask_totals(mask: Mapping[str, Tensor]) -> dict[str, float | int]:
-    """A run summary's ``mask`` entry: density, sparsity (fractions of the scored entries), trainable, total."""
-    stats = mask_stats(mask)
-    return {k: stats[k] for k in ("density", "sparsity", "trainable", "total")}

@@ -1,4 +1,5 @@
-"""Figures of one run or a comparison of runs, from their ``metrics.jsonl``: loss and accuracy curves."""
+"""Figures of one run or a comparison of runs, from their ``metrics.jsonl``: loss and accuracy curves; and the one
+look of every figure of the package (:func:`style_axes`, :func:`save_figure`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from fedtalos.tracking.metrics import read_rows
+
+DPI = 130
 
 X_AXES = {
     "round": "communication round",
@@ -51,11 +55,24 @@ def _training_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _style(ax: plt.Axes, xlabel: str, ylabel: str) -> None:
+def style_axes(ax: plt.Axes, xlabel: str, ylabel: str, title: str | None = None, integer_x: bool = False) -> None:
+    """Labels, an optional title, a light grid, no top and right spines; integer ticks for counts."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if integer_x:  # rounds, epochs, blocks: no round 2.5
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(True, alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG at :data:`DPI` and close it; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
 
 
 def plot_runs(
@@ -111,14 +128,11 @@ def plot_runs(
     if not drawn:
         plt.close(fig)
         raise ValueError("no evaluated rounds or epochs in these runs yet: nothing to plot")
-    _style(ax_loss, X_AXES[x], "cross-entropy loss (nats)")
-    _style(ax_acc, X_AXES[x], "top-1 accuracy (%)")
+    style_axes(ax_loss, X_AXES[x], "cross-entropy loss (nats)")
+    style_axes(ax_acc, X_AXES[x], "top-1 accuracy (%)")
     ax_acc.legend(fontsize=8, frameon=False, loc="lower right")
     fig.suptitle(title or (Path(run_dirs[0]).name if len(run_dirs) == 1 else f"{len(run_dirs)} runs"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_run(run_dir: Path) -> list[Path]:

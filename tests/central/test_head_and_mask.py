@@ -13,8 +13,9 @@ import torch
 
 from fedtalos.central.trainer import run_centralized
 from fedtalos.config import RunConfig
-from fedtalos.editing import load_mask
+from fedtalos.tracking.mask_report import read_run_mask
 from tests.support.central import Killed, tiny_values
+from tests.support.masks import make_old_run_dir
 from tests.support.runs import assert_same_tensors, checkpoints, final_weights, rows
 
 EDIT = {
@@ -56,7 +57,7 @@ def test_ridge_head_calibration_and_sparse_fine_tuning(edited: Path):
     assert calibration["sparsity"] == pytest.approx(1 - calibration["density"])
     assert "test_acc" in train
 
-    mask = load_mask(edited / "mask.npz")
+    mask = read_run_mask(edited)
     before, after = weights_after(edited, "calibration"), final_weights(edited)
     assert set(mask) == {k for k in before if not k.startswith("head.")}, "the whole backbone is scored"
     for name, m in mask.items():
@@ -79,24 +80,28 @@ def test_ridge_head_calibration_and_sparse_fine_tuning(edited: Path):
 
 
 @pytest.mark.parametrize(
-    "kill",
+    ("kill", "old_run_dir"),
     [
-        "central:before-checkpoint@2",  # calibration done, its checkpoint not written: calibrate again
-        "central:step@30",  # sparse fine-tuning, after the step-20 checkpoint: the mask comes from the checkpoint
+        ("central:before-checkpoint@2", False),  # calibration done, its checkpoint not written: calibrate again
+        ("central:step@30", False),  # sparse fine-tuning, after the step-20 checkpoint: the mask from the checkpoint
+        ("central:step@30", True),  # the same, in a run directory that holds its mask as mask.npz
     ],
 )
-def test_resume_across_editing_phases_is_bit_identical(central_config, edited, kill_at, kill):
+def test_resume_across_editing_phases_is_bit_identical(central_config, edited, kill_at, kill, old_run_dir):
     values = dict(central_config, **EDIT)
     kill_at(kill)
     with pytest.raises(Killed):
         run(values)
     kill_at(None)
+    if old_run_dir:
+        (run_dir,) = Path(values["output-root"]).iterdir()
+        make_old_run_dir(run_dir)
     resumed = run(values)
     assert_same_tensors(final_weights(resumed), final_weights(edited))
     assert rows(resumed) == rows(edited)
     assert torch.equal(
-        torch.cat([m.flatten() for m in load_mask(resumed / "mask.npz").values()]),
-        torch.cat([m.flatten() for m in load_mask(edited / "mask.npz").values()]),
+        torch.cat([m.flatten() for m in read_run_mask(resumed).values()]),
+        torch.cat([m.flatten() for m in read_run_mask(edited).values()]),
     )
 
 
@@ -113,7 +118,7 @@ def test_probe_head_then_magnitude_mask(central_config):
     # linear probing moved only the head; fine-tuning then kept the head and the frozen half of the backbone
     metas = [m for m, _ in checkpoints(run_dir)]
     assert metas[0]["phase"] == "head" and metas[0]["epoch"] == 1
-    mask = load_mask(run_dir / "mask.npz")
+    mask = read_run_mask(run_dir)
     kept, total = sum(int(m.sum()) for m in mask.values()), sum(m.numel() for m in mask.values())
     assert total // 2 <= kept < 0.51 * total
     after_probe = weights_after(run_dir, "calibration")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fedtalos.config import RunConfig
-from fedtalos.editing import load_mask
 from fedtalos.editing.mask_file import read, weights_hash
 from fedtalos.task.resources import get_resources
+from fedtalos.tracking.mask_report import read_run_mask
 from tests.support.central import tiny_values
 from tests.support.fixtures import torch_threads
 from tests.support.masks import EDIT, run_edit
@@ -43,7 +43,7 @@ def test_central_edit_writes_the_mask_its_head_and_provenance(fake_cifar_root: P
         0,
     )
     assert found.head_kind == "ridge" and found.model == "vit-tiny-test" and found.config["calibration-rounds"] == 2
-    stored = load_mask(run_dir / "mask.npz")  # the run's own mask report: the same mask
+    stored = read_run_mask(run_dir)  # the run's own mask report: the same mask
     assert list(stored) == list(found.mask) and all(torch.equal(stored[k], found.mask[k]) for k in stored)
     weights = final_weights(run_dir)
     assert all(torch.equal(found.head[k], weights[k]) for k in ("head.weight", "head.bias")), "the fitted head"

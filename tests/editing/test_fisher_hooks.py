@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from fedtalos.editing import persample
+from fedtalos.editing.calibration import calibrate_mask
 from fedtalos.editing.fisher import fisher_scores, per_sample_loop_scores, scoring_method
-from fedtalos.editing.masks import calibrate_mask, floor_count
+from fedtalos.editing.masks import floor_count
 from fedtalos.editing.persample import UnsupportedParameterError, sum_sq_outer, unsupported_parameters
 from fedtalos.task.backbones import BACKBONES, get_backbone
 from fedtalos.task.model import DINO_VIT_S16, backbone_parameters, build_model

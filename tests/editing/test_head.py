@@ -1,4 +1,5 @@
-"""The ridge head: additive client statistics, the closed form, classification, temperature, set_head."""
+"""The ridge head: additive client statistics, the closed form, classification, temperature, step 0 in one call,
+set_head."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from fedtalos.editing.head import (
     RidgeStats,
     backbone_features,
     feature_statistics,
+    fit_head,
     fit_logit_scale,
     ridge_statistics,
     set_head,
     solve_ridge,
+    validation_features,
 )
 from fedtalos.task.model import TINY_TEST_VIT, build_model
 
@@ -130,3 +133,18 @@ def test_set_head_changes_the_outputs_as_expected(batches):
         assert torch.allclose(vit(x).double(), expected, atol=1e-4)
     with pytest.raises(ValueError):
         set_head(vit, weight[:, :5], bias)
+
+
+def test_fit_head_is_the_ridge_solution_with_its_temperature_on_the_validation_features(vit, batches):
+    stats = ridge_statistics(vit, batches[:2], C)
+    val_inputs, val_labels = batches[2]
+    features = validation_features(vit, [val_inputs[:5], val_inputs[5:]])
+    assert features.dtype == torch.float64 and torch.allclose(features, backbone_features(vit, val_inputs).double())
+    head = fit_head(stats, 0.1, features, val_labels)
+    weight, bias = solve_ridge(stats, 0.1)
+    assert torch.equal(head.weight, weight) and torch.equal(head.bias, bias)
+    logits = features @ weight.T + bias
+    assert head.scale == fit_logit_scale(logits, val_labels)
+    assert head.fitted_loss == float(F.cross_entropy(head.scale * logits, val_labels))
+    rounded = fit_head(stats, 0.1, features, val_labels, logits_dtype=torch.float32)  # the federated server's
+    assert rounded.scale == fit_logit_scale(logits.float(), val_labels)

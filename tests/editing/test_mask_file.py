@@ -1,4 +1,5 @@
-"""Mask files: round trip, no pickle, corruption detected, and the checks that a mask fits a run's model."""
+"""The mask file format: round trip, no pickle, corruption detected, the checks that a mask fits a run's model, and
+a run directory's mask (no head) in the same format; the ``.npz`` layout of older run directories read."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from fedtalos.editing import mask_file as mf
+from tests.support.masks import write_npz_mask
 
 
 def model_weights(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -155,3 +157,28 @@ def test_a_mask_that_does_not_fit_is_refused_with_the_reason(written, change, me
 
 def test_other_starting_weights_can_be_accepted_explicitly(written):
     mf.check_fits(mf.read(written[0]), "vit-tiny-test", model_weights(seed=5), any_weights=True)
+
+
+def test_a_run_directory_mask_has_the_format_without_head_or_provenance(tmp_path: Path, written):
+    _, original = written
+    path = tmp_path / "mask.safetensors"
+    digest = mf.write_mask(path, original.mask)
+    back = mf.read_mask(path)
+    assert list(back) == list(original.mask) and all(torch.equal(back[k], original.mask[k]) for k in back)
+    assert len(digest) == 64
+    full = mf.read_mask(written[0])  # the mask of a mask file, read the same way
+    assert all(torch.equal(full[k], original.mask[k]) for k in full)
+    with pytest.raises(mf.MaskFileError, match="without the head"):
+        mf.read(path)  # mask-path needs the head the mask was calibrated with
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(mf.MaskFileError, match="corrupted"):
+        mf.read_mask(path)
+
+
+def test_the_npz_layout_of_older_run_directories_is_read(tmp_path: Path, written):
+    _, original = written
+    write_npz_mask(tmp_path / "mask.npz", original.mask)
+    back = mf.read_npz_mask(tmp_path / "mask.npz")
+    assert list(back) == list(original.mask) and all(torch.equal(back[k], original.mask[k]) for k in back)

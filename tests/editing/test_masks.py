@@ -1,32 +1,22 @@
-"""Masks: schedule, thresholds and ties, the calibration rules, local scope, packing and storage."""
+"""Masks: schedule, thresholds and ties, each rule's mask, local scope, statistics."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from fedtalos.editing.fisher import fisher_scores
 from fedtalos.editing.masks import (
-    calibrate_mask,
     calibration_step,
-    gather_trainable,
     keep_counts,
     keep_fraction,
-    load_mask,
     magnitude_mask,
     mask_stats,
-    pack_mask,
     random_mask,
-    save_mask,
-    scatter_trainable,
-    unpack_mask,
     update_mask,
 )
-from fedtalos.task.model import TINY_TEST_VIT, build_model
+from fedtalos.tracking.mask_report import density_rows
 
 
 def _t(*values: float) -> torch.Tensor:
@@ -170,147 +160,12 @@ def test_random_mask_is_uniform_over_entries():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# calibrate_mask.
-
-
-def _confident_vit() -> nn.Module:
-    """A tiny ViT that always predicts class 0, so the sampled labels do not depend on the seed."""
-    torch.manual_seed(0)
-    model = build_model(TINY_TEST_VIT, num_classes=5, image_size=32)
-    with torch.no_grad():
-        model.head.weight.normal_(0, 0.2)
-        model.head.bias.copy_(torch.tensor([60.0, 0, 0, 0, 0]))
-    return model
-
-
-@pytest.fixture(scope="module")
-def inputs() -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(2)
-    return [torch.randn(6, 3, 32, 32, generator=g)]
-
-
-def test_one_round_is_the_global_bottom_k(inputs):
-    model = _confident_vit()
-    mask = calibrate_mask(model, inputs, sparsity=0.8, rounds=1, seed=0)
-    scores = fisher_scores(model, inputs, generator=torch.Generator().manual_seed(0))
-    flat = torch.cat([s.flatten() for s in scores.values()])
-    k = math.floor(round(0.2 * flat.numel(), 6))
-    expected = torch.zeros(flat.numel(), dtype=torch.bool)
-    expected[flat.argsort()[:k]] = True
-    assert torch.equal(torch.cat([m.flatten() for m in mask.values()]), expected)
-    assert list(mask) == [n for n, _ in model.named_parameters() if not n.startswith("head.")]
-
-
-def test_without_soft_zeroing_rounds_collapse_to_the_one_round_mask(inputs):
-    model = _confident_vit()
-    one = calibrate_mask(model, inputs, sparsity=0.9, rounds=1)
-    four = calibrate_mask(model, inputs, sparsity=0.9, rounds=4, soft_value=1.0)
-    assert _masks_equal(one, four)
-    # With soft zeroing, re-scoring changes the answer: that is what the rounds are for.
-    soft = calibrate_mask(model, inputs, sparsity=0.9, rounds=4, soft_value=0.1)
-    assert not _masks_equal(one, soft)
-    total = sum(m.numel() for m in one.values())
-    assert _count(soft) == math.floor(round(0.1 * total, 6))  # float scores: no ties
-
-
-def test_sensitivity_rules_keep_lowest_or_highest_scores(inputs):
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 8), nn.Tanh(), nn.Linear(8, 4))
-    names = ["1.weight", "1.bias"]
-    scores = fisher_scores(model, inputs, params=names, generator=torch.Generator().manual_seed(3))
-    least = calibrate_mask(model, inputs, 0.75, rounds=1, params=names, seed=3)
-    most = calibrate_mask(model, inputs, 0.75, rounds=1, params=names, seed=3, rule="most-sensitive")
-    kept_max = max(float(scores[n][least[n]].max()) for n in names)
-    frozen_min = min(float(scores[n][~least[n]].min()) for n in names)
-    assert kept_max <= frozen_min
-    kept_min = min(float(scores[n][most[n]].min()) for n in names)
-    frozen_max = max(float(scores[n][~most[n]].max()) for n in names)
-    assert kept_min >= frozen_max
-    assert _count(least) == _count(most) == math.floor(0.25 * sum(scores[n].numel() for n in names))
-
-
-def test_magnitude_and_random_rules_run_once_and_ignore_the_data():
-    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
-    weights = {n: p.detach() for n, p in model.named_parameters()}
-    never = lambda r: pytest.fail("the magnitude and random rules must not read data")  # noqa: E731
-    for rule, expected in [
-        ("lowest-magnitude", magnitude_mask(weights, 0.6)),
-        ("highest-magnitude", magnitude_mask(weights, 0.6, highest=True)),
-        ("random", random_mask({n: w.shape for n, w in weights.items()}, 0.6, seed=4)),
-    ]:
-        assert _masks_equal(calibrate_mask(model, never, 0.6, rule=rule, seed=4), expected), rule
-
-
-def test_per_round_batches_and_single_use_iterators(inputs):
-    model = _confident_vit()
-    seen = []
-
-    def per_round(r: int) -> list[torch.Tensor]:
-        seen.append(r)
-        return inputs
-
-    calibrate_mask(model, per_round, sparsity=0.5, rounds=3)
-    assert seen == [0, 1, 2]
-    with pytest.raises(TypeError):
-        calibrate_mask(model, iter(inputs), sparsity=0.5, rounds=2)  # would be empty from round 1 on
-    with pytest.raises(ValueError):
-        calibrate_mask(model, inputs, sparsity=0.5, rule="largest")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Stats, packing, storage.
-
-
-def _odd_mask() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(5)
-    return {
-        "w": torch.rand(5, 3, generator=g) < 0.3,
-        "scalar": torch.tensor(True),
-        "b": torch.rand(2, 2, 2, generator=g) < 0.6,
-    }
+# Statistics.
 
 
 def test_mask_stats():
-    stats = mask_stats({"a": _b(1, 0, 0, 0), "b": _b(1, 1, 1, 1, 0, 0)})
-    assert stats["trainable"] == 5 and stats["total"] == 10
-    assert stats["density"] == 0.5 and stats["sparsity"] == 0.5
-    assert stats["per_tensor"] == {"a": 0.25, "b": 4 / 6}
-
-
-def test_pack_unpack_round_trip():
-    mask = _odd_mask()  # 15 + 1 + 8 = 24 entries
-    bits = pack_mask(mask)
-    assert bits.dtype == np.uint8 and bits.shape == (3,)
-    shapes = {n: tuple(m.shape) for n, m in mask.items()}
-    assert _masks_equal(unpack_mask(bits, shapes), mask)
-    mask["extra"] = _b(1, 0, 1)  # 27 entries: the last byte is padded
-    shapes["extra"] = (3,)
-    assert _masks_equal(unpack_mask(pack_mask(mask), shapes), mask)
-    with pytest.raises(ValueError):
-        unpack_mask(bits, shapes)  # too few bytes for these shapes
-
-
-def test_gather_scatter_round_trip():
-    mask = _odd_mask()
-    g = torch.Generator().manual_seed(6)
-    old = {n: torch.randn(m.shape, generator=g) for n, m in mask.items()}
-    old["dense"] = torch.randn(4, generator=g)  # not in the mask: carried separately
-    new = {n: torch.randn(t.shape, generator=g) for n, t in old.items()}
-    flat = gather_trainable(new, mask)
-    assert flat.shape == (_count(mask),)
-    merged = scatter_trainable(flat, mask, old)
-    for n, m in mask.items():
-        assert torch.equal(merged[n], torch.where(m, new[n], old[n]))
-    assert merged["dense"] is old["dense"]
-    assert torch.equal(gather_trainable(merged, mask), flat)
-    with pytest.raises(ValueError):
-        scatter_trainable(flat[:-1], mask, old)
-
-
-def test_save_load_round_trip(tmp_path):
-    mask = _odd_mask()
-    path = tmp_path / "mask.npz"
-    save_mask(path, mask)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.npz"]
-    assert _masks_equal(load_mask(path), mask)
-    with np.load(path, allow_pickle=False) as f:
-        assert f["bits"].dtype == np.uint8
+    mask = {"a": _b(1, 0, 0, 0), "b": _b(1, 1, 1, 1, 0, 0)}
+    stats = mask_stats(mask)
+    assert stats == {"density": 0.5, "sparsity": 0.5, "trainable": 5, "total": 10}
+    # per tensor: the mask report's rows
+    assert {r["tensor"]: r["density"] for r in density_rows(mask)} == {"a": 0.25, "b": 4 / 6}

@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from fedtalos.config import RunConfig
 from fedtalos.editing.fisher import fisher_scores
 from fedtalos.editing.head import backbone_features, fit_logit_scale, ridge_statistics, solve_ridge
-from fedtalos.editing.masks import load_mask
 from fedtalos.editing.optim import SparseSGDM
 from fedtalos.editing.scoring import calibration_samples
 from fedtalos.federation.calibration import sum_scores
@@ -24,6 +23,7 @@ from fedtalos.seeds import FEDERATED_STREAMS, make_generator
 from fedtalos.task.model import set_trainable
 from fedtalos.task.resources import get_resources
 from fedtalos.task.train import train_steps
+from fedtalos.tracking.mask_report import read_run_mask
 from fedtalos.tracking.rundir import open_run_dir
 from tests.support.fakegrid import FakeGrid, run_server
 
@@ -68,7 +68,7 @@ def test_pipeline_freezes_what_the_mask_says(editing_config: dict[str, Any]):
     ]
     assert rows[2]["mask_density"] == pytest.approx(0.1, abs=1e-3)
     assert rows[1]["mask_density"] == pytest.approx(0.1**0.5, abs=1e-3), "(1-s)^((r+1)/R) schedule"
-    mask = load_mask(run_dir / "mask.npz")
+    mask = read_run_mask(run_dir)
     before, after = weights_at(run_dir, 3), weights_at(run_dir, 6)  # end of calibration, end of training
     assert set(mask) == {k for k in before if not k.startswith("head.")}
     for name, m in mask.items():
@@ -97,7 +97,7 @@ def test_mask_is_downloaded_once_per_node(editing_config: dict[str, Any]):
 def test_sparse_round_equals_an_independent_dense_computation(editing_config: dict[str, Any]):
     config = dict(editing_config, **{"num-server-rounds": 1})
     run_dir, _ = run_server(config)
-    mask = load_mask(run_dir / "mask.npz")
+    mask = read_run_mask(run_dir)
     start, result = weights_at(run_dir, 3), weights_at(run_dir, 4)
     # Re-do the round by hand: each cohort client trains a copy of the model densely with SparseSGDM on the same
     # batches, the dense results are averaged with weights n_i (in partition-id order, as the server does).
@@ -193,7 +193,7 @@ def test_rules_without_scores_need_no_clients(editing_config: dict[str, Any], ru
     assert not [m for m in grid.sent if m.metadata.message_type == "query.fisher"]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows] == ["head", "calibration", "train"], "one calibration step"
-    mask = load_mask(run_dir / "mask.npz")
+    mask = read_run_mask(run_dir)
     before = weights_at(run_dir, 1)
     kept = torch.cat([before[k][m].abs() for k, m in mask.items()])
     dropped = torch.cat([before[k][~m].abs() for k, m in mask.items()])

@@ -13,9 +13,9 @@ import torch
 
 from fedtalos.cli.main import main
 from fedtalos.config import RunConfig
-from fedtalos.editing.masks import load_mask
 from fedtalos.federation.aggregate import ClientUpdate, aggregate
 from fedtalos.study.agreement import chance_jaccard, jaccard, mask_agreement, mean_pairwise_jaccard
+from fedtalos.tracking.mask_report import read_run_mask
 from tests.support.fakegrid import run_server
 from tests.support.tiny import offline_tiny
 
@@ -141,11 +141,11 @@ def test_mask_agreement_of_a_federated_run(fake_cifar_root: Path, tmp_path: Path
         },
     )
     assert main(["analyze", "mask-agreement", str(run_dir), "--clients", "3"]) == 0
-    assert "federated calibration reproduced mask.npz exactly" in capsys.readouterr().out
+    assert "federated calibration reproduced the run's mask exactly" in capsys.readouterr().out
     record = json.loads((run_dir / "analysis" / "mask_agreement.json").read_text())
     assert record["weights"].startswith("initial backbone + frozen head"), "calibration checkpoints were pruned"
     assert record["reproduced_exactly"], "rebuilt weights + the clients' scoring = the run's calibration"
-    aggregated = load_mask(run_dir / "mask.npz")
+    aggregated = read_run_mask(run_dir)
     total = sum(m.numel() for m in aggregated.values())
     assert record["aggregated_density"] == pytest.approx(sum(int(m.sum()) for m in aggregated.values()) / total)
     assert [c["client"] for c in record["clients"]] == [0, 1, 2]

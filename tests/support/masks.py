@@ -1,4 +1,5 @@
-"""``fedtalos edit`` in tests: the command line of run-config values, and its federated path on a FakeGrid."""
+"""Masks in tests: ``fedtalos edit``'s command line of run-config values and its federated path on a FakeGrid, and
+run directories with the ``mask.npz`` that fedtalos wrote before masks had one file format."""
 
 from __future__ import annotations
 
@@ -7,8 +8,14 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import numpy as np
+import torch
+
 from fedtalos.cli import edit
+from fedtalos.editing.mask_file import read_mask
+from fedtalos.editing.sparse import pack_mask
 from fedtalos.launch import flwr_run as launcher
+from fedtalos.tracking.mask_report import MASK_FILE, NPZ_MASK_FILE
 from tests.support.fakegrid import run_server
 from tests.support.tiny import task_identity
 
@@ -45,3 +52,22 @@ def run_edit(values: Mapping[str, Any], out: Path, *, central: bool) -> int:
     args = ["--out", str(out), *(["--central"] if central else []), *argv(values)]
     with mock.patch.object(launcher, "flwr_run", fake_flwr_run):
         return edit.main(args)
+
+
+def write_npz_mask(path: Path, mask: Mapping[str, torch.Tensor]) -> None:
+    """A mask in the ``mask.npz`` layout of older run directories: packed bits, names, each shape's ndim, and the
+    shapes' dims concatenated."""
+    shapes = [tuple(m.shape) for m in mask.values()]
+    np.savez(
+        path,
+        bits=pack_mask(mask),
+        names=np.array(list(mask), dtype=np.str_),
+        ndims=np.array([len(s) for s in shapes], dtype=np.int64),
+        dims=np.array([d for s in shapes for d in s], dtype=np.int64),
+    )
+
+
+def make_old_run_dir(run_dir: Path) -> None:
+    """Turn a run directory into one written before the mask format: ``mask.npz`` in place of ``mask.safetensors``."""
+    write_npz_mask(run_dir / NPZ_MASK_FILE, read_mask(run_dir / MASK_FILE))
+    (run_dir / MASK_FILE).unlink()
