@@ -14,6 +14,7 @@ import torch
 from fedtalos.central.trainer import run_centralized
 from fedtalos.config import RunConfig
 from fedtalos.editing import load_mask
+from fedtalos.run.codec import WEIGHTS, section
 from tests.support.central import Killed, tiny_values
 from tests.support.runs import assert_same_tensors, checkpoints, final_weights, rows
 
@@ -36,7 +37,7 @@ def run(values: dict[str, Any]) -> Path:
 
 def weights_after(run_dir: Path, phase: str) -> dict[str, torch.Tensor]:
     _, tensors = next((m, t) for m, t in checkpoints(run_dir) if m["phase"] == phase)
-    return {k[len("weights/") :]: v for k, v in tensors.items() if k.startswith("weights/")}
+    return section(tensors, WEIGHTS)
 
 
 @pytest.fixture(scope="module")
