@@ -1,26 +1,11 @@
-"""The centralized run: phases of epochs over a resumable :class:`TrainState`.
+"""The centralized run: one loop over the phases of :func:`fedtalos.lifecycle.run_phases` (ridge or probe head,
+calibration, train), an epoch at a time, over a resumable :class:`TrainState`.
 
-Phases, in order (the federated server has the same ones, as rounds):
-
-- ``head`` (only with ``head = ridge | probe``): 'ridge' = the closed-form head on train-split features with
-  a temperature fitted on the validation split (one step); 'probe' = ``probe-rounds`` epochs of SGD on the head
-  alone, the backbone frozen.
-- ``calibration`` (only with ``mask-rule``): the mask from the train split (one step); ``mask.npz``, the density
-  table and its figure go into the run directory.
-- ``train``: ``epochs`` epochs of SGD with momentum — SparseSGDM with the mask when editing — with the head
-  frozen when step 0 produced it, and only the head trained with ``freeze = backbone``.
-
-With ``mask-path`` the run has only ``train``: SparseSGDM with the mask file's mask, its head loaded and frozen
-(``tracking/mask_artifact.py``). ``mask-save-path`` writes an editing run's mask file at the end (``epochs = 0``:
-a run that only edits, ``fedtalos edit --central``).
-
-An epoch is one shuffled pass over the train split (train minus validation; the last batch may be smaller). Its
-order and augmentation come from ``seeds.central_epoch_generator(seed, phase, epoch)``, a pure function of those, so a
-run resumed in the middle of an epoch rebuilds that epoch's batches and skips the steps already done. After each
-epoch: evaluate on the validation split when due (every ``eval-every`` epochs and at a phase's last epoch; the
-test split at the very end, or at every evaluation with ``test-every-eval``), log one metric row, checkpoint.
-``checkpoint-every-steps = N`` also checkpoints every N steps inside an epoch. Killing the process anywhere and
-running the same command again continues from the last checkpoint and ends bit-identical on the CPU.
+An epoch is one shuffled pass over the train split, its batches from ``seeds.central_epoch_generator(seed, phase,
+epoch)``: a run resumed inside an epoch rebuilds them and skips the steps done. After each epoch: validation when
+due (the test split at the end), one metric row, a checkpoint (also every ``checkpoint-every-steps`` steps). Killed
+anywhere and started again, a run ends bit-identical on the CPU. Its preflight, start, checkpoint encoding and end
+are the federated run's too (:mod:`fedtalos.run`); fault injection stops at its ``central:<point>`` hooks.
 """
 
 from __future__ import annotations
