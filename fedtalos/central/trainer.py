@@ -113,7 +113,8 @@ class CentralizedTrainer:
         return TrainState(saves=0, phase=self.phases[0].name, mask=mask)
 
     def _begin_unit(self, carried_s: float = 0.0) -> int:
-        """Start an epoch's clock (``carried_s``: its seconds before a resume); returns the step it ends with."""
+        """Start an epoch's clock (``carried_s``: its seconds before a resume); returns its step for the hooks: the
+        index of the next checkpoint as it begins."""
         step = self.state.saves + 1
         self.unit_started, self.unit_carried_s = time.perf_counter(), carried_s
         self.hooks("round-start", step)
