@@ -2,32 +2,28 @@
 
 A checkpoint holds the model, the optimizer of the phase in progress (momentum buffers, SparseSGDM masks), the
 learning-rate scheduler, the position (phase, epoch, step within the epoch), the sums of the epoch in progress,
-the torch RNG states, the mask and the metric rows so far. Tensors go to the safetensors file under prefixes
-(``weights/``, ``optimizer/<index>/<key>``, ``mask/``, ``rng/``); everything else is JSON.
+the torch RNG states, the mask and the metric rows so far: the tensors through :mod:`fedtalos.run.codec`, the
+rest as JSON.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from fedtalos.run.codec import (
+    RNG,
+    checkpoint_mask,
+    checkpoint_optimizer,
+    checkpoint_weights,
+    optimizer_meta,
+    section,
+    state_tensors,
+)
 from fedtalos.task.train import LoopStats
 from fedtalos.tracking.checkpoint import Checkpoint
-
-
-def empty_partial() -> dict[str, Any]:
-    """The running sums of an epoch that has not started (see :attr:`TrainState.partial`)."""
-    return {"loss_sum": 0.0, "correct": 0, "count": 0, "steps": 0, "lr": None, "wall_s": 0.0}
-
-
-def add_stats(partial: dict[str, Any], stats: LoopStats) -> None:
-    """Add one segment's loop sums to ``partial`` in place (float64 sums, as ``train_steps`` keeps them)."""
-    partial["loss_sum"] += stats.loss_sum
-    partial["correct"] += stats.correct
-    partial["count"] += stats.count
-    partial["steps"] += stats.steps
 
 
 @dataclass
@@ -44,11 +40,12 @@ class TrainState:
         optimizer: the phase's ``optimizer.state_dict()``, None before its first checkpoint.
         scheduler: the phase's ``lr_scheduler.state_dict()`` (plain JSON values), None likewise.
         mask: name → bool tensor (True = trainable) once calibrated, else None.
-        partial: sums of the epoch in progress: ``loss_sum`` (nats × examples), ``correct``, ``count``,
-            ``steps``, ``lr`` (the epoch's first learning rate), ``wall_s``.
+        epoch_sums: the loop sums of the epoch in progress (``loss_sum`` in nats × examples).
+        epoch_lr: the learning rate of that epoch's first step (None before it starts).
+        epoch_wall_s: wall-clock seconds spent on that epoch before the last checkpoint inside it.
         rows: the metric rows logged so far.
         rng: torch's global RNG states: ``cpu`` and, on CUDA, ``cuda`` (one per device), as uint8 tensors.
-        extras: small JSON values (the ridge head's logit scale, mask statistics).
+        extras: small JSON values (the ridge head's logit scale).
     """
 
     saves: int
@@ -60,32 +57,23 @@ class TrainState:
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     mask: dict[str, torch.Tensor] | None = None
-    partial: dict[str, Any] = field(default_factory=empty_partial)
+    epoch_sums: LoopStats = field(default_factory=LoopStats)
+    epoch_lr: float | None = None
+    epoch_wall_s: float = 0.0
     rows: list[dict[str, Any]] = field(default_factory=list)
     rng: dict[str, torch.Tensor] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def start_epoch(self, lr: float | None = None) -> None:
+        """Reset the epoch in progress: no steps, no sums, ``lr`` its first learning rate."""
+        self.step_in_epoch, self.epoch_sums, self.epoch_lr, self.epoch_wall_s = 0, LoopStats(), lr, 0.0
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """All tensors, prefixed by kind, for the checkpoint file."""
-        out = {f"weights/{k}": v for k, v in self.weights.items()}
-        if self.optimizer is not None:
-            for index, entry in self.optimizer["state"].items():
-                out.update({f"optimizer/{index}/{k}": v for k, v in entry.items() if isinstance(v, torch.Tensor)})
-        if self.mask is not None:
-            out.update({f"mask/{k}": v for k, v in self.mask.items()})
-        out.update({f"rng/{k}": v for k, v in self.rng.items()})
-        return out
+        return state_tensors(self.weights, optimizer=self.optimizer, mask=self.mask, rng=self.rng)
 
     def meta(self) -> dict[str, Any]:
         """The JSON part of the checkpoint."""
-        optimizer = None
-        if self.optimizer is not None:
-            # Non-tensor per-parameter state (e.g. a step count) travels in the JSON; the tensors in the file.
-            scalars = {
-                str(index): {k: v for k, v in entry.items() if not isinstance(v, torch.Tensor)}
-                for index, entry in self.optimizer["state"].items()
-            }
-            optimizer = {"param_groups": self.optimizer["param_groups"], "scalars": scalars}
         return {
             "saves": self.saves,
             "phase": self.phase,
@@ -94,9 +82,9 @@ class TrainState:
             "global_step": self.global_step,
             "weight_keys": list(self.weights),
             "mask_keys": list(self.mask) if self.mask is not None else None,
-            "optimizer": optimizer,
+            "optimizer": optimizer_meta(self.optimizer),
             "scheduler": self.scheduler,
-            "partial": self.partial,
+            "partial": {**asdict(self.epoch_sums), "lr": self.epoch_lr, "wall_s": self.epoch_wall_s},
             "rows": self.rows,
             "extras": self.extras,
         }
@@ -104,35 +92,23 @@ class TrainState:
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> TrainState:
         """Rebuild the state from a verified checkpoint (tensor order as it was saved)."""
-        meta, tensors = checkpoint.meta, checkpoint.tensors
-
-        def section(prefix: str) -> dict[str, torch.Tensor]:
-            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-        optimizer = None
-        if meta["optimizer"] is not None:
-            state: dict[int, dict[str, Any]] = {}
-            for key, value in section("optimizer/").items():
-                index, name = key.split("/", 1)
-                state.setdefault(int(index), {})[name] = value
-            for index, entry in meta["optimizer"]["scalars"].items():
-                state.setdefault(int(index), {}).update(entry)
-            optimizer = {"state": state, "param_groups": meta["optimizer"]["param_groups"]}
-        weights = section("weights/")
-        mask = section("mask/")
+        meta = checkpoint.meta
+        partial = meta["partial"]
         return cls(
             saves=meta["saves"],
             phase=meta["phase"],
             epoch=meta["epoch"],
             step_in_epoch=meta["step_in_epoch"],
             global_step=meta["global_step"],
-            weights={k: weights[k] for k in meta["weight_keys"]},
-            optimizer=optimizer,
+            weights=checkpoint_weights(checkpoint),
+            optimizer=checkpoint_optimizer(checkpoint, meta["optimizer"]),
             scheduler=meta["scheduler"],
-            mask={k: mask[k] for k in meta["mask_keys"]} if meta["mask_keys"] is not None else None,
-            partial=meta["partial"],
+            mask=checkpoint_mask(checkpoint),
+            epoch_sums=LoopStats(partial["loss_sum"], partial["correct"], partial["count"], partial["steps"]),
+            epoch_lr=partial["lr"],
+            epoch_wall_s=partial["wall_s"],
             rows=meta["rows"],
-            rng=section("rng/"),
+            rng=section(checkpoint.tensors, RNG),
             extras=meta["extras"],
         )
 

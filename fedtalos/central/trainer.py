@@ -1,26 +1,11 @@
-"""The centralized run: phases of epochs over a resumable :class:`TrainState`.
+"""The centralized run: one loop over the phases of :func:`fedtalos.lifecycle.run_phases` (ridge or probe head,
+calibration, train), an epoch at a time, over a resumable :class:`TrainState`.
 
-Phases, in order (the federated server has the same ones, as rounds):
-
-- ``head`` (only with ``head = ridge | probe``): 'ridge' = the closed-form head on train-split features with
-  a temperature fitted on the validation split (one step); 'probe' = ``probe-rounds`` epochs of SGD on the head
-  alone, the backbone frozen.
-- ``calibration`` (only with ``mask-rule``): the mask from the train split (one step); ``mask.npz``, the density
-  table and its figure go into the run directory.
-- ``train``: ``epochs`` epochs of SGD with momentum — SparseSGDM with the mask when editing — with the head
-  frozen when step 0 produced it, and only the head trained with ``freeze = backbone``.
-
-With ``mask-path`` the run has only ``train``: SparseSGDM with the mask file's mask, its head loaded and frozen
-(``tracking/mask_artifact.py``). ``mask-save-path`` writes an editing run's mask file at the end (``epochs = 0``:
-a run that only edits, ``fedtalos edit --central``).
-
-An epoch is one shuffled pass over the train split (train minus validation; the last batch may be smaller). Its
-order and augmentation come from ``seeds.central_epoch_generator(seed, phase, epoch)``, a pure function of those, so a
-run resumed in the middle of an epoch rebuilds that epoch's batches and skips the steps already done. After each
-epoch: evaluate on the validation split when due (every ``eval-every`` epochs and at a phase's last epoch; the
-test split at the very end, or at every evaluation with ``test-every-eval``), log one metric row, checkpoint.
-``checkpoint-every-steps = N`` also checkpoints every N steps inside an epoch. Killing the process anywhere and
-running the same command again continues from the last checkpoint and ends bit-identical on the CPU.
+An epoch is one shuffled pass over the train split, its batches from ``seeds.central_epoch_generator(seed, phase,
+epoch)``: a run resumed inside an epoch rebuilds them and skips the steps done. After each epoch: validation when
+due (the test split at the end), one metric row, a checkpoint (also every ``checkpoint-every-steps`` steps). Killed
+anywhere and started again, a run ends bit-identical on the CPU. Its preflight, start, checkpoint encoding and end
+are the federated run's too (:mod:`fedtalos.run`); fault injection stops at its ``central:<point>`` hooks.
 """
 
 from __future__ import annotations
@@ -31,32 +16,34 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from fedtalos import lifecycle
 from fedtalos.central.head_and_mask import calibrate, calibration_sample_count, fit_ridge_head
 from fedtalos.central.schedulers import Scheduler, after_evaluation, after_step, current_lr, make_scheduler
-from fedtalos.central.state import TrainState, add_stats, capture_rng, empty_partial, restore_rng
+from fedtalos.central.state import TrainState, capture_rng, restore_rng
 from fedtalos.config import RunConfig
-from fedtalos.editing import SparseSGDM
-from fedtalos.editing.masks import SENSITIVITY_RULES
+from fedtalos.editing.masks import mask_stats
+from fedtalos.editing.optim import SparseSGDM
 from fedtalos.editing.scoring import describe_model, model_record
-from fedtalos.phases import Phase, PhaseMachine, Row, Unit
+from fedtalos.lifecycle import PhaseSpec, Row
+from fedtalos.run.finish import finish_run
+from fedtalos.run.preflight import preflight as run_preflight
+from fedtalos.run.start import start_weights
 from fedtalos.seeds import central_epoch_generator, central_start_seed
 from fedtalos.task.device import environment
 from fedtalos.task.model import set_trainable
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.train import train_steps
-from fedtalos.tracking.callbacks import run_callbacks
-from fedtalos.tracking.mask_artifact import check_mask_files, mask_file_summary, open_mask_path, record_mask_source
-from fedtalos.tracking.mask_report import MASK_FILE, mask_title, mask_totals, write_mask_report
-from fedtalos.tracking.metrics import format_row, summarize_rows
-from fedtalos.tracking.plots import plot_run
-from fedtalos.tracking.rundir import RunDir, open_run_dir, validate_output_root
+from fedtalos.tracking.hooks import run_hooks
+from fedtalos.tracking.mask_artifact import open_mask_path, record_mask_source
+from fedtalos.tracking.mask_report import mask_title, write_mask_report
+from fedtalos.tracking.metrics import format_row
+from fedtalos.tracking.rundir import RunDir, open_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +82,12 @@ class CentralizedTrainer:
         # mask-path: the mask and the frozen head come from the file (checked again: it may have changed since)
         self.mask_file = open_mask_path(config, self.resources.initial_weights) if config.mask_path else None
         self.metrics = run_dir.open_metrics()
+        self.hooks = run_hooks(run_dir.checkpoints, prefix="central:")
+        self.phases = lifecycle.run_phases(config, KIND)
         self.optimizer: torch.optim.Optimizer | None = None  # of the training phase in progress
         self.scheduler: Scheduler | None = None
-        line = partial(format_row, index="epoch")
-        self.callbacks = run_callbacks(self._save, self.metrics, line, run_dir.checkpoints, fault_prefix="central:")
-        self.machine = PhaseMachine(
-            self.phases(),
-            self.callbacks,
-            position=lambda: (self.state.phase, self.state.epoch),
-            enter=self._enter,
-        )
+        # the unit in progress: when it started and the seconds it took before a resume (its row's wall_s)
+        self.unit_started, self.unit_carried_s = time.perf_counter(), 0.0
         self.state = self._start_state()
         self.mask_source = record_mask_source(run_dir.path, config, self.mask_file) if self.mask_file else None
         self.metrics.restore(self.state.rows)
@@ -126,22 +109,37 @@ class CentralizedTrainer:
             )
             return state
         # The cached model may have been trained by an earlier run in this process: start from the built weights.
-        assert self.resources.initial_weights is not None, "get_resources(..., pretrained=True) keeps them"
-        self.resources.load_weights(
-            {**self.resources.initial_weights, **(self.mask_file.head if self.mask_file else {})}
-        )
+        weights, mask = start_weights(self.resources, self.mask_file)
+        self.resources.load_weights(weights)
         torch.manual_seed(central_start_seed(self.config.seed))  # a fresh run never depends on the process's past
-        state = TrainState(saves=0, phase=self.machine.phases[0].name)
-        if self.mask_file is not None:
-            state.mask = {k: m.clone() for k, m in self.mask_file.mask.items()}
-            state.extras["mask"] = mask_totals(state.mask)
-        return state
+        return TrainState(saves=0, phase=self.phases[0].name, mask=mask)
+
+    def _begin_unit(self, carried_s: float = 0.0) -> int:
+        """Start an epoch's clock (``carried_s``: its seconds before a resume); returns its step for the hooks: the
+        index of the next checkpoint as it begins."""
+        step = self.state.saves + 1
+        self.unit_started, self.unit_carried_s = time.perf_counter(), carried_s
+        self.hooks("round-start", step)
+        return step
 
     def _checkpoint(self, row: Row | None, score: float | None) -> None:
-        """End an epoch (``row``: its metric row) or save inside one (None), through the phase machine."""
+        """End an epoch (``row``: its metric row, logged once saved) or save inside one (None).
+
+        The row's ``wall_s`` runs from its epoch's start to here (earlier attempts included; in the checkpoint);
+        its ``checkpoint_s`` (the save) is known only afterwards, so the next checkpoint carries it.
+        """
+        step = self.state.saves + 1
+        saving_at = time.perf_counter()
         if row is not None:
             self.state.rows.append(row)
-        self.machine.checkpoint(self.state.saves + 1, row, score)
+            row["wall_s"] = self.unit_carried_s + saving_at - self.unit_started
+        self.hooks("before-checkpoint", step)
+        self._save(step, score)
+        if row is not None:
+            row["checkpoint_s"] = time.perf_counter() - saving_at
+            self.metrics.append(row)
+            log.info(format_row(row, index="epoch"))
+        self.hooks("after-checkpoint", step)
 
     def _save(self, step: int, score: float | None) -> None:
         state = self.state
@@ -153,32 +151,15 @@ class CentralizedTrainer:
         self.run_dir.checkpoints.save(step, state.tensors(), state.meta(), score=score)
         state.weights, state.optimizer = {}, None  # the live objects are the truth between checkpoints
 
-    def _enter(self, phase: Phase, fresh: bool) -> None:
-        if fresh:
-            self.state.phase, self.state.epoch, self.state.step_in_epoch = phase.name, 0, 0
+    def _enter(self, phase: PhaseSpec) -> None:
+        """Start ``phase``, or continue it where the checkpoint left it."""
+        if self.state.phase != phase.name:
+            self.state.phase, self.state.epoch = phase.name, 0
             self.state.optimizer = self.state.scheduler = None
-            self.state.partial = empty_partial()
+            self.state.start_epoch()
         self.optimizer = self.scheduler = None  # built (and restored) by the phase's first epoch
 
-    def _start_unit(self, phase: str, carried_s: float = 0.0) -> Unit:
-        unit = Unit(phase, self.state.epoch + 1, self.state.saves + 1, carried_s)
-        self.callbacks.on_round_start(unit)
-        return unit
-
     # ------------------------------------------------------------------------------------------------ phases
-    def phases(self) -> list[Phase]:
-        """The run's phases in order (model editing adds the head and calibration phases in front)."""
-        c = self.config
-        phases = []
-        if c.head == "ridge":
-            phases.append(Phase("head", 1, self._ridge_epoch))
-        elif c.head == "probe":
-            phases.append(Phase("head", c.probe_rounds, partial(self._train_epoch, "head", c.probe_rounds)))
-        if c.editing:
-            phases.append(Phase("calibration", 1, self._calibration_epoch))
-        phases.append(Phase("train", c.epochs, partial(self._train_epoch, "train", c.epochs)))
-        return phases
-
     def run(self) -> dict[str, Any]:
         """Run (or continue) every phase; returns the summary written to ``summary.json``."""
         try:
@@ -186,31 +167,40 @@ class CentralizedTrainer:
                 for row in self.state.rows:
                     if row["phase"] == "train" and row.get("val_acc") is not None:
                         self.on_evaluation(row)
-            self.machine.run()
+            entered = None
+            for phase, epoch in lifecycle.remaining(self.phases, self.state.phase, self.state.epoch):
+                if phase is not entered:
+                    self._enter(phase)
+                    entered = phase
+                if phase.name == "head" and not phase.trains:
+                    self._ridge_epoch(phase, epoch)
+                elif phase.name == "calibration":
+                    self._calibration_epoch(epoch)
+                else:
+                    self._train_epoch(phase, epoch)
             return self._finish()
         finally:
             self.metrics.close()
 
-    def _ridge_epoch(self, index: int) -> None:
-        unit = self._start_unit("head")
+    def _ridge_epoch(self, phase: PhaseSpec, epoch: int) -> None:
+        step = self._begin_unit()
         scale = fit_ridge_head(self.resources, self.config)
         self.state.extras["logit_scale"] = scale
-        row = {"phase": "head", "epoch": index, "step": self.state.global_step, "logit_scale": scale}
-        self.callbacks.before_evaluate(unit)
+        row = {"phase": phase.name, "epoch": epoch, "step": self.state.global_step, "logit_scale": scale}
+        self.hooks("before-eval", step)
         row.update(self.resources.evaluate("val"))
-        self.state.epoch = index
+        self.state.epoch = epoch
         self._checkpoint(row, row["val_acc"])
 
-    def _calibration_epoch(self, index: int) -> None:
-        self._start_unit("calibration")
+    def _calibration_epoch(self, epoch: int) -> None:
+        self._begin_unit()
         mask = calibrate(self.resources, self.config)
         self.state.mask = mask
-        self.state.extras["mask"] = mask_totals(mask)
         write_mask_report(self.run_dir.path, mask, mask_title(self.config))
-        row = {"phase": "calibration", "epoch": index, "step": self.state.global_step, **self.state.extras["mask"]}
-        if self.config.mask_rule in SENSITIVITY_RULES:  # what each calibration round scored (the same count each)
+        row = {"phase": "calibration", "epoch": epoch, "step": self.state.global_step, **mask_stats(mask)}
+        if self.config.mask_rule in lifecycle.SENSITIVITY_RULES:  # what each calibration round scored (the same count)
             row["fisher_samples"] = calibration_sample_count(self.config, len(self.resources.train_idx))
-        self.state.epoch = index
+        self.state.epoch = epoch
         self._checkpoint(row, None)
 
     # ------------------------------------------------------------------------------------------------ training
@@ -218,25 +208,19 @@ class CentralizedTrainer:
         """Optimizer steps in one pass over the train split: ⌈N_train / batch-size⌉."""
         return math.ceil(len(self.resources.train_idx) / self.config.batch_size)
 
-    def _setup_training(self, phase: str, epochs: int) -> None:
+    def _setup_training(self, phase: PhaseSpec) -> None:
         """Set what trains, build the optimizer and scheduler, and load their checkpointed state if any."""
         c, model = self.config, self.resources.model
-        if phase == "head":
-            frozen = "backbone"  # linear probing
-        elif c.head_frozen:
-            frozen = "head"  # the step-0 head (or the mask file's) stays frozen
-        else:
-            frozen = c.freeze
-        set_trainable(model, frozen)
+        set_trainable(model, phase.frozen)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
         options = {"lr": c.lr, "momentum": c.momentum, "weight_decay": c.weight_decay}
-        if phase == "train" and self.state.mask is not None:
+        if phase.name == "train" and self.state.mask is not None:
             masks = {p: self.state.mask[n] for n, p in named if n in self.state.mask}
             self.optimizer = SparseSGDM(params, masks=masks, **options)
         else:
             self.optimizer = torch.optim.SGD(params, **options)
-        self.scheduler = make_scheduler(self.optimizer, c, epochs, self.steps_per_epoch())
+        self.scheduler = make_scheduler(self.optimizer, c, phase.units, self.steps_per_epoch())
         if self.state.optimizer is not None:
             self.optimizer.load_state_dict(self.state.optimizer)
             self.scheduler.load_state_dict(self.state.scheduler)
@@ -244,33 +228,29 @@ class CentralizedTrainer:
 
     def _segment_end(self, step: int, total: int) -> int:
         """The next step index at which the loop pauses: a mid-epoch checkpoint, a progress update or the end."""
-        ends = [total, (step // self._progress_every(total) + 1) * self._progress_every(total)]
+        progress_every = max(1, total // PROGRESS_UPDATES)
+        ends = [total, (step // progress_every + 1) * progress_every]
         every = self.config.checkpoint_every_steps
         if every:
             ends.append((step // every + 1) * every)
         return min(ends)
 
-    @staticmethod
-    def _progress_every(total: int) -> int:
-        return max(1, total // PROGRESS_UPDATES)
-
-    def _train_epoch(self, phase: str, epochs: int, epoch: int) -> None:
+    def _train_epoch(self, phase: PhaseSpec, epoch: int) -> None:
         """Run (or finish) epoch ``epoch`` (= ``state.epoch + 1``) of a training phase, then evaluate, log and
         checkpoint."""
         if self.optimizer is None:
-            self._setup_training(phase, epochs)
+            self._setup_training(phase)
         assert self.optimizer is not None and self.scheduler is not None
         c, state, resources = self.config, self.state, self.resources
         optimizer, scheduler = self.optimizer, self.scheduler
         total = self.steps_per_epoch()
         started = time.perf_counter()
         if state.step_in_epoch == 0:
-            state.partial = empty_partial()
-            state.partial["lr"] = current_lr(optimizer)
-        wall_before = state.partial["wall_s"]
-        unit = self._start_unit(phase, wall_before)
+            state.start_epoch(current_lr(optimizer))
+        wall_before = state.epoch_wall_s
+        step = self._begin_unit(wall_before)
         images, labels = resources.split("train")
-        generator = central_epoch_generator(c.seed, phase, epoch)
+        generator = central_epoch_generator(c.seed, phase.name, epoch)
         # Rebuilding the epoch's batches and dropping the done ones replays the generator exactly (the dropped
         # batches are still augmented: the draws are interleaved with the images, and that costs little).
         batches = itertools.islice(resources.train_batches(images, labels, generator), state.step_in_epoch, None)
@@ -279,7 +259,7 @@ class CentralizedTrainer:
         bar = tqdm(
             total=total,
             initial=state.step_in_epoch,
-            desc=f"{phase} epoch {epoch}/{epochs}",
+            desc=f"{phase.name} epoch {epoch}/{phase.units}",
             unit="step",
             disable=not c.progress,
             leave=False,
@@ -292,7 +272,7 @@ class CentralizedTrainer:
             state.step_in_epoch += 1
             after_step(scheduler)
             bar.update(1)
-            self.callbacks.after_step(state.global_step)
+            self.hooks("step", state.global_step)
 
         try:
             while state.step_in_epoch < total:
@@ -307,94 +287,66 @@ class CentralizedTrainer:
                 )
                 if stats.steps != todo:
                     raise RuntimeError(f"epoch {epoch} ran out of batches after {state.step_in_epoch} of {total} steps")
-                add_stats(state.partial, stats)
-                p = state.partial
-                bar.set_postfix(loss=f"{p['loss_sum'] / p['count']:.4f}", acc=f"{p['correct'] / p['count']:.3f}")
+                state.epoch_sums += stats
+                bar.set_postfix(loss=f"{state.epoch_sums.loss:.4f}", acc=f"{state.epoch_sums.accuracy:.3f}")
                 every = c.checkpoint_every_steps
                 if every and state.step_in_epoch % every == 0 and state.step_in_epoch < total:
-                    state.partial["wall_s"] = wall_before + time.perf_counter() - started
+                    state.epoch_wall_s = wall_before + time.perf_counter() - started
                     self._checkpoint(None, None)
         finally:
             bar.close()
 
-        p = state.partial
+        sums = state.epoch_sums
         row: Row = {
-            "phase": phase,
+            "phase": phase.name,
             "epoch": epoch,
             "step": state.global_step,
-            "lr": p["lr"],
-            "train_loss": p["loss_sum"] / p["count"],
-            "train_acc": p["correct"] / p["count"],
+            "lr": state.epoch_lr,
+            "train_loss": sums.loss_sum / sums.count,
+            "train_acc": sums.correct / sums.count,
         }
-        due = epoch % c.eval_every == 0 or epoch == epochs
+        due = lifecycle.evaluation_due(c, phase, epoch)
         score = None
         if due:
-            self.callbacks.before_evaluate(unit)
+            self.hooks("before-eval", step)
             row.update(resources.evaluate("val"))
             score = row["val_acc"]
             after_evaluation(scheduler, row["val_loss"])
-            if self.evaluate_test and phase == "train" and (epoch == epochs or c.test_every_eval):
+            if self.evaluate_test and phase.name == "train" and (epoch == phase.units or c.test_every_eval):
                 row.update(resources.evaluate("test"))
-        state.epoch, state.step_in_epoch, state.partial = epoch, 0, empty_partial()
+        state.epoch = epoch
+        state.start_epoch()
         self._checkpoint(row, score)
-        if due and phase == "train" and self.on_evaluation is not None:
+        if due and phase.name == "train" and self.on_evaluation is not None:
             self.on_evaluation(row)
 
     # ------------------------------------------------------------------------------------------------ end
     def _finish(self) -> dict[str, Any]:
-        rows = [r for r in self.state.rows if r["phase"] == "train"]
-        summary: dict[str, Any] = {
-            "kind": KIND,
-            "run_name": self.run_dir.path.name,
-            "config_hash": self.config.result_hash(),
-            "epochs": rows[-1]["epoch"] if rows else 0,
-            "steps": self.state.global_step,
-            **summarize_rows(rows, index="epoch"),
-        }
-        head = [r for r in self.state.rows if r["phase"] == "head" and r.get("val_acc") is not None]
-        if head:
-            summary["head"] = {k: head[-1].get(k) for k in ("val_loss", "val_acc", "logit_scale")}
-        if self.state.mask is not None:
-            summary["mask"] = self.state.extras.get("mask")
-            if not (self.run_dir.path / MASK_FILE).is_file():  # e.g. deleted by hand: the checkpoint has it
-                write_mask_report(self.run_dir.path, self.state.mask, mask_title(self.config, self.mask_file))
-        summary |= mask_file_summary(
-            self.config, self.state.mask, self.mask_source, self.resources.weights, self.resources.initial_weights, KIND
+        state = self.state
+        train = [r for r in state.rows if r["phase"] == "train"]
+        head = [r for r in state.rows if r["phase"] == "head" and r.get("val_acc") is not None]
+        extra = {"head": {k: head[-1].get(k) for k in ("val_loss", "val_acc", "logit_scale")}} if head else {}
+        return finish_run(
+            self.config,
+            self.run_dir,
+            KIND,
+            rows=state.rows,
+            mask=state.mask,
+            counts={"epochs": train[-1]["epoch"] if train else 0, "steps": state.global_step},
+            extra=extra,
+            final_weights=self.resources.weights,
+            initial_weights=self.resources.initial_weights,
+            mask_file=self.mask_file,
+            mask_source=self.mask_source,
         )
-        self.run_dir.write_summary(summary)
-        plot_run(self.run_dir.path)
-        return summary
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def preflight(config: RunConfig) -> None:
-    """Everything that can fail on bad input, before a run directory exists: output root, data, weights, device.
-
-    Raises:
-        ConfigError: the output root is not writable, or ``mask-path`` does not fit the run.
-        DatasetNotFoundError, DatasetIntegrityError, ModelError, RuntimeError: data, model, weights or device missing.
-    """
-    validate_output_root(config)
-    resources = get_resources(config, pretrained=True)  # loads the data set and the weights (cached for the run)
-    assert resources.initial_weights is not None, "get_resources(..., pretrained=True) keeps them"
-    check_mask_files(config, resources.initial_weights)  # mask-path fits this model and its starting weights
-
-
-def default_run_name(config: RunConfig) -> str:
-    """``run-name``, or ``central-<what trains>-<schedule>-lr<lr>-seed<seed>-<hash>``: stable for a config."""
-    if config.run_name:
-        return config.run_name
-    if config.editing:
-        what = f"{config.mask_rule}-s{config.sparsity:g}"
-    elif config.mask_path:
-        what = "maskfile"
-    elif config.head != "train":
-        what = f"{config.head}-head"
-    else:
-        what = "linear" if config.freeze == "backbone" else "full"
-    return f"central-{what}-{config.lr_schedule}-lr{config.lr:g}-seed{config.seed}-{config.result_hash()[:6]}"
+    """The centralized run's :func:`fedtalos.run.preflight.preflight`: fail on bad input before a directory exists."""
+    run_preflight(config, KIND)
 
 
 def run_centralized(
@@ -407,7 +359,7 @@ def run_centralized(
 
     Call :func:`preflight` first to fail on bad input before a directory exists.
     """
-    config = config if config.run_name else config.replace(run_name=default_run_name(config))
+    config = config if config.run_name else config.replace(run_name=config.resolved_run_name(KIND))
     resources = get_resources(config, pretrained=True)  # the trainer's own, cached for it
     model = model_record(config, resources.model)
     environment_record = environment(resources.device, resources.dtype)

@@ -15,12 +15,24 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True)
 class LoopStats:
-    """Sums over the examples a loop saw. ``loss`` is the mean cross-entropy (nats), ``accuracy`` top-1 in [0, 1]."""
+    """Sums over the examples a loop saw. ``loss`` is the mean cross-entropy (nats), ``accuracy`` top-1 in [0, 1].
 
-    loss_sum: float
-    correct: int
-    count: int
-    steps: int
+    ``LoopStats()`` is the sum of nothing; ``a + b`` the sums of two loops in turn (an epoch run in segments, e.g.
+    between mid-epoch checkpoints, adds its segments' sums in order).
+    """
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    count: int = 0
+    steps: int = 0
+
+    def __add__(self, other: LoopStats) -> LoopStats:
+        return LoopStats(
+            self.loss_sum + other.loss_sum,
+            self.correct + other.correct,
+            self.count + other.count,
+            self.steps + other.steps,
+        )
 
     @property
     def loss(self) -> float:

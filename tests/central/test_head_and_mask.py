@@ -13,6 +13,7 @@ import torch
 
 from fedtalos.central.trainer import run_centralized
 from fedtalos.config import RunConfig
+from fedtalos.run.codec import WEIGHTS, section
 from fedtalos.tracking.mask_report import read_run_mask
 from tests.support.central import Killed, tiny_values
 from tests.support.masks import make_old_run_dir
@@ -37,7 +38,7 @@ def run(values: dict[str, Any]) -> Path:
 
 def weights_after(run_dir: Path, phase: str) -> dict[str, torch.Tensor]:
     _, tensors = next((m, t) for m, t in checkpoints(run_dir) if m["phase"] == phase)
-    return {k[len("weights/") :]: v for k, v in tensors.items() if k.startswith("weights/")}
+    return section(tensors, WEIGHTS)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from fedtalos.run.codec import WEIGHTS, section
+
 
 def checkpoints(run_dir: Path) -> list[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
     """(meta, tensors) of every checkpoint in ``run_dir``, oldest first."""
@@ -22,7 +24,7 @@ def checkpoints(run_dir: Path) -> list[tuple[dict[str, Any], dict[str, torch.Ten
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     """The model weights of the newest checkpoint."""
     _, tensors = checkpoints(run_dir)[-1]
-    return {k[len("weights/") :]: v for k, v in tensors.items() if k.startswith("weights/")}
+    return section(tensors, WEIGHTS)
 
 
 def rows(run_dir: Path) -> list[dict[str, Any]]:

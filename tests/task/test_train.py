@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -9,7 +11,7 @@ from fedtalos.seeds import make_generator
 from fedtalos.task.batches import ImageTransform, iterate_batches
 from fedtalos.task.cifar import load_cifar100
 from fedtalos.task.model import TINY_TEST_VIT, build_model
-from fedtalos.task.train import evaluate, train_steps
+from fedtalos.task.train import LoopStats, evaluate, train_steps
 
 
 def test_tiny_model_learns_generated_data_above_chance(fake_cifar_root):
@@ -78,3 +80,22 @@ def test_regularizer_changes_the_update():
         return model.weight.detach().clone()
 
     assert not torch.equal(run(0.0), run(1.0))
+
+
+def test_loop_stats_of_segments_add_up_to_the_stats_of_the_whole_loop():
+    torch.manual_seed(0)
+    batches = [(torch.randn(6, 5), torch.randint(0, 3, (6,))) for _ in range(4)]
+
+    def model_and_optimizer() -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(1)
+        model = nn.Linear(5, 3)
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+    whole = train_steps(*model_and_optimizer(), batches)
+    model, optimizer = model_and_optimizer()
+    first, second = train_steps(model, optimizer, batches[:1]), train_steps(model, optimizer, batches[1:])
+    summed = LoopStats() + first + second
+    assert summed == LoopStats(0.0 + first.loss_sum + second.loss_sum, first.correct + second.correct, 24, 4)
+    assert (summed.correct, summed.count, summed.steps) == (whole.correct, whole.count, whole.steps)
+    assert abs(summed.loss - whole.loss) < 1e-12, "the same examples, summed in another grouping"
+    assert LoopStats() == LoopStats(0.0, 0, 0, 0) and math.isnan(LoopStats().loss)
