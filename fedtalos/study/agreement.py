@@ -40,6 +40,7 @@ from fedtalos.editing.calibration import ScoreRound, calibrate, sum_scores
 from fedtalos.editing.masks import Mask, mask_stats
 from fedtalos.fsutil import atomic_write_bytes
 from fedtalos.lifecycle import SENSITIVITY_RULES
+from fedtalos.run.codec import checkpoint_weights
 from fedtalos.tracking.checkpoint import CheckpointStore
 from fedtalos.tracking.mask_report import read_run_mask
 
@@ -165,11 +166,11 @@ def calibration_weights(run_dir: Path, config: RunConfig) -> tuple[dict[str, tor
         checkpoint = store.load(step)
         latest = latest or checkpoint
         if checkpoint.meta.get("phase") == "calibration":
-            weights = {k[len("weights/") :]: v for k, v in checkpoint.tensors.items() if k.startswith("weights/")}
+            weights = checkpoint_weights(checkpoint)
             return weights, f"checkpoint of step {step} (calibration phase)"
     if latest is None or latest.meta.get("phase") not in ("calibration", "train", "done"):
         raise ValueError(f"{run_dir}: no checkpoint after the head phase; the run has not calibrated a mask yet")
-    final = {k[len("weights/") :]: v for k, v in latest.tensors.items() if k.startswith("weights/")}
+    final = checkpoint_weights(latest)
     # built afresh, not from the per-process cache: a cached model may hold weights loaded since (e.g. by a server
     # that ran in this process)
     initial = get_resources.__wrapped__(config, pretrained=True).weights()
