@@ -15,15 +15,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedtalos.phases import FAULT_INJECTION_ENV
+from fedtalos.tracking.hooks import FAULT_INJECTION_ENV
 
 PACKAGE = "fedtalos"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
-# The app's one import of testing/: ``tracking.callbacks.fault_injection`` imports the fault-injection callback inside
-# the function, only when FEDTALOS_KILL_AT is set. It is the plug-in point the layout allows: the only edge into
-# testing/ from outside it (and, like every edge, part of the cycle search).
-FAULT_INJECTION_EDGE = ("fedtalos.tracking.callbacks", "fedtalos.testing.faults")
+# The app's imports of testing/: ``tracking.hooks.run_hooks`` (and ``tracking.callbacks.fault_injection``, for the
+# centralized trainer) import fault injection inside the function, only when FEDTALOS_KILL_AT is set. They are the
+# plug-in points the layout allows: the only edges into testing/ from outside it (and part of the cycle search).
+FAULT_INJECTION_IMPORTERS = {"fedtalos.tracking.hooks", "fedtalos.tracking.callbacks"}
 
 
 def module_name(path: Path) -> str:
@@ -104,7 +104,7 @@ def test_the_graph_sees_every_kind_of_import():
     graph = import_graph()
     # a top-level import, a module named in `from P import M`, and an import inside a function
     assert "fedtalos.config" in graph["fedtalos.study.grid"]
-    assert "fedtalos.federation.protocol" in graph["fedtalos.federation.fedavg"]
+    assert "fedtalos.federation.protocol" in graph["fedtalos.federation.train_round"]
     assert "fedtalos.federation.cohort" in graph["fedtalos.study.agreement"]
 
 
@@ -120,7 +120,7 @@ def test_no_import_cycles():
 def test_only_tests_benchmarks_and_the_fault_injection_plug_in_import_testing():
     testing = f"{PACKAGE}.testing"
     importers = {a for a, imported in import_graph().items() if any(inside(m, testing) for m in imported)}
-    assert {a for a in importers if not inside(a, testing)} == {FAULT_INJECTION_EDGE[0]}
+    assert {a for a in importers if not inside(a, testing)} <= FAULT_INJECTION_IMPORTERS
 
 
 def test_importing_the_app_and_the_commands_loads_no_test_tooling():

@@ -34,6 +34,11 @@ class ServerState:
     rows: list[dict[str, Any]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def advance(self, phase: str, index: int, row: dict[str, Any]) -> None:
+        """Round ``index`` of ``phase`` is done (one more step) and ``row`` is its metric row."""
+        self.step, self.phase, self.phase_round = self.step + 1, phase, index
+        self.rows.append(row)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """All tensors, prefixed by kind, for the checkpoint file."""
         out = {f"weights/{k}": v for k, v in self.weights.items()}

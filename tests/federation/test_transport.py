@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from fedtalos.federation import transport
-from fedtalos.federation.messenger import RoundFailed
 from fedtalos.federation.transport import choose
+from fedtalos.federation.wire import RoundFailed
 from tests.support.fakegrid import run_server
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
