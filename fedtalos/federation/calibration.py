@@ -46,21 +46,21 @@ class Calibration:
         c, step = self.config, state.step + 1
         clock = Stopwatch()
         updates: list[ClientUpdate] = []
-        if c.mask_rule not in SENSITIVITY_RULES:
-            row: Row = {"configure_s": clock.lap()}
-        else:
+        if c.mask_rule in SENSITIVITY_RULES:
             shapes = _shapes(state)
             outgoing = Outgoing(P.FISHER, step, calibration_cohort(c, index), state.weights, {"round": index})
             if state.mask is not None:  # every message carries it: clients zero the pruned entries while scoring
                 outgoing.mask_bits, _ = pack(state.mask, list(shapes))
-            row = {"configure_s": clock.lap()}
 
             check = partial(check_scores, shapes=shapes, fisher_samples=c.fisher_samples)
             needed = min(c.min_train_clients, len(outgoing.cohort))
-            replies = wire.exchange(outgoing, check, where=f"round calibration/{index}", needed=needed)
-            row |= {**replies.stats, "clients_s": clock.lap()}
+            where = f"round calibration/{index}"
+            replies = wire.exchange(outgoing, check, where=where, needed=needed, clock=clock)
             self.hooks("after-replies", step)
+            row: Row = replies.stats
             updates = list(replies.accepted.values())
+        else:  # the magnitude and random rules ask no clients
+            row = {"configure_s": clock.lap()}
 
         state.mask = {k: m.cpu() for k, m in self._next_mask(state, index, updates).items()}
         row["mask_density"] = mask_stats(state.mask)["density"]

@@ -39,16 +39,14 @@ class RidgeHead:
         everyone = list(range(self.config.num_clients))
         outgoing = Outgoing(P.RIDGE, step, everyone, weights, {"round": index})
         dim, classes = weights["head.weight"].shape[1] + 1, weights["head.weight"].shape[0]
-        row: Row = {"configure_s": clock.lap()}
 
         check = partial(check_statistics, dim=dim, classes=classes)
         needed = min(self.config.min_train_clients, len(everyone))
-        replies = wire.exchange(outgoing, check, where=f"round head/{index}", needed=needed)
-        row |= {**replies.stats, "clients_s": clock.lap()}
+        replies = wire.exchange(outgoing, check, where=f"round head/{index}", needed=needed, clock=clock)
         self.hooks("after-replies", step)
 
-        row |= self._fit_head(state, list(replies.accepted.values()))
-        return row | {"aggregate_s": clock.lap()}
+        head = self._fit_head(state, list(replies.accepted.values()))
+        return replies.stats | head | {"aggregate_s": clock.lap()}
 
     def _fit_head(self, state: ServerState, updates: list[ClientUpdate]) -> Row:
         """The math: the summed statistics → the ridge head, scaled by the fitted temperature, into the weights."""

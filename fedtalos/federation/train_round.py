@@ -72,12 +72,11 @@ class TrainRounds:
             dense = {k: s for k, s in dense.items() if k not in mask}
             masked_count = int(sum(int(m.sum()) for m in mask.values()))
             reference = {**{k: weights[k] for k in dense}, P.MASKED_VALUES: gather_trainable(weights, mask)}
-        row: Row = {"configure_s": clock.lap()}
 
         check = partial(check_train_reply, dense=dense, masked_count=masked_count, reference=reference)
         needed = min(c.min_train_clients, len(cohort))
-        replies = wire.exchange(outgoing, check, where=f"round {self.spec.name}/{index}", needed=needed)
-        row |= {**replies.stats, "clients_s": clock.lap()}
+        where = f"round {self.spec.name}/{index}"
+        replies = wire.exchange(outgoing, check, where=where, needed=needed, clock=clock)
         self.hooks("after-replies", step)
 
         # the drift is per weight of the whole model, uploaded or not: dense and sparse rounds on one scale
@@ -89,7 +88,7 @@ class TrainRounds:
             scattered = scatter_trainable(flat, mask, weights)
             average.update({k: v for k, v in scattered.items() if k in mask})
         self.strategy.apply(weights, average, index)  # the phase's rounds: FedAdam's bias correction
-        return row | {
+        return replies.stats | {
             "lr": lr,
             "train_loss": result.metrics.get("train-loss"),
             "train_acc": result.metrics.get("train-acc"),

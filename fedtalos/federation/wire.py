@@ -22,7 +22,7 @@ from fedtalos.config import RunConfig
 from fedtalos.federation import protocol as P
 from fedtalos.federation.cohort import NodeRegistry
 from fedtalos.federation.mask_sync import MASK_MISSING
-from fedtalos.federation.timing import Delivery, overhead
+from fedtalos.federation.timing import Delivery, Stopwatch, overhead
 from fedtalos.federation.transport import ServerTransport, choose, in_simulation
 from fedtalos.task.memory import shared_memory_bytes
 
@@ -123,25 +123,27 @@ class Wire:
         info = self.registry.node_of(pid)
         return info.num_examples if info else None
 
-    def exchange(self, outgoing: Outgoing, check: Check[T], *, where: str, needed: int) -> Replies[T]:
+    def exchange(
+        self, outgoing: Outgoing, check: Check[T], *, where: str, needed: int, clock: Stopwatch | None = None
+    ) -> Replies[T]:
         """Send ``outgoing``, check each reply with ``check``, retry the missing ones once if fewer than ``needed``
         passed; then drop the round's payload.
 
-        Returns the accepted replies and the counts ``clients_ok``, ``clients_failed``, ``bytes_down``, ``bytes_up``
-        (payload bytes) and the per-client timing (:func:`~fedtalos.federation.timing.overhead`). Failures are
-        logged as ``<where>: client <pid> failed (<reason>)``.
+        Returns the accepted replies and the row's counts: ``configure_s`` (``clock``'s lap once the messages are
+        encoded: the round's preparation), ``clients_ok``, ``clients_failed``, ``bytes_down``, ``bytes_up`` (payload
+        bytes), the per-client timing (:func:`~fedtalos.federation.timing.overhead`) and ``clients_s`` (the lap to
+        the end of the exchange). Failures are logged as ``<where>: client <pid> failed (<reason>)``.
 
         Raises:
             RoundFailed: fewer than ``needed`` usable replies after the retry.
         """
+        clock = clock or Stopwatch()
         cohort, payload = outgoing.cohort, outgoing.payload
         entries, delivery = self.transport.outbound(outgoing.weights, payload)
         plain = RecordDict({**entries, P.CONFIG: P.config_record({**outgoing.config, **delivery})})
-        with_bits = (
-            None
-            if outgoing.mask_bits is None
-            else RecordDict({**plain, P.MASK: P.encode_mask_bits(outgoing.mask_bits)})
-        )
+        bits = outgoing.mask_bits
+        with_bits = None if bits is None else RecordDict({**plain, P.MASK: P.encode_mask_bits(bits)})
+        configure_s = clock.lap()
         accepted: dict[int, T] = {}
         failed: dict[int, str] = {}
         deliveries: dict[int, Delivery] = {}
@@ -184,11 +186,13 @@ class Wire:
             )
         self.transport.done(payload)
         stats = {
+            "configure_s": configure_s,
             "clients_ok": len(accepted),
             "clients_failed": len(cohort) - len(accepted),
             "bytes_down": bytes_down,
             "bytes_up": bytes_up,
             **overhead(pushed_at, deliveries, clocks_shared=self.simulation),
+            "clients_s": clock.lap(),
         }
         return Replies(dict(sorted(accepted.items())), stats)
 

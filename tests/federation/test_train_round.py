@@ -80,7 +80,7 @@ class AnsweringWire:
         self.updates = updates
         self.sent: list[Outgoing] = []
 
-    def exchange(self, outgoing: Outgoing, check: Any, *, where: str, needed: int) -> Replies:
+    def exchange(self, outgoing: Outgoing, check: Any, *, where: str, needed: int, clock: Any = None) -> Replies:
         self.sent.append(outgoing)
         return Replies({u.pid: u for u in self.updates})
 
