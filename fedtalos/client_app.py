@@ -12,9 +12,9 @@ from flwr.clientapp import ClientApp
 
 from fedtalos.config import RunConfig
 from fedtalos.editing.head import ridge_statistics
-from fedtalos.editing.masks import gather_trainable, unpack_mask
 from fedtalos.editing.optim import SparseSGDM
 from fedtalos.editing.scoring import client_scores
+from fedtalos.editing.sparse import gather_trainable, unpack_mask
 from fedtalos.federation import protocol as P
 from fedtalos.federation import transport
 from fedtalos.federation.mask_sync import MaskCache

@@ -18,7 +18,6 @@ from fedtalos.run.preflight import preflight as run_preflight
 from fedtalos.task.device import environment
 from fedtalos.task.resources import Resources
 from fedtalos.tracking.log_setup import log_through_flower
-from fedtalos.tracking.plots import plot_run
 from fedtalos.tracking.rundir import open_run_dir
 
 app = ServerApp()
@@ -55,5 +54,4 @@ def main(grid: Grid, context: Context) -> None:
         server = FederatedServer(config, grid, run_dir)
         server.timeline.update(_process_started(), main_started=started)
         summary = server.run()
-        plot_run(run_dir.path)
     logging.getLogger("fedtalos").info("done: %s", summary["final"])

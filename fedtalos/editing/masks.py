@@ -16,14 +16,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from fedtalos.editing.sparse import (  # noqa: F401 (gather, pack, scatter, unpack: federation/ and client_app.py)
-    Shapes,
-    gather_trainable,
-    pack_mask,
-    scatter_trainable,
-    split_flat,
-    unpack_mask,
-)
+from fedtalos.editing.sparse import Shapes, split_flat
 from fedtalos.lifecycle import SENSITIVITY_RULES
 
 Mask = dict[str, Tensor]

@@ -1,4 +1,4 @@
-"""Weighted averaging of client uploads, in place and in a canonical order, with the client-drift metric."""
+"""The weighted mean of the accepted client updates, in place and in partition-id order, with the client drift."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ import torch
 
 @dataclass
 class ClientUpdate:
-    """One accepted reply: the uploaded tensors (see ``protocol.check_upload``) and the example count."""
+    """One accepted reply: its checked tensors, example count and train metrics."""
 
     pid: int
     num_examples: int
     tensors: dict[str, torch.Tensor]
     metrics: dict[str, float] = field(default_factory=dict)
     squared_distance: float | None = None  # ‖tensors − reference‖² if already measured (protocol.squared_distance)
-    upload_bytes: int | None = None  # payload size when it did not travel inside the message (shared memory)
 
 
 @dataclass

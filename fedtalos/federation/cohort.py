@@ -1,8 +1,8 @@
 """Who takes part: the node ↔ partition registry and the seeded cohort of each round.
 
-Node ids change from run to run (and when a SuperNode reconnects), partition ids do not. The server asks each
-node its partition once (``query.identity``), and draws cohorts as a pure function of (seed, stream, round) over
-partition ids (FedJAX style), so a resumed run replays the same cohorts.
+Node ids change from run to run, partition ids do not: the server asks each node its partition once
+(``query.identity``) and draws cohorts as a pure function of (seed, stream, round) over partition ids, so a resumed
+run replays the same cohorts.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _choose(rng: np.random.Generator, num_clients: int, size: int) -> list[int]:
     return sorted(int(p) for p in rng.choice(num_clients, size=size, replace=False))
 
 
-WAIT_POLL_S = 0.25  # seconds between looks for new nodes while waiting for all (was 2 s: up to 2 s of start-up)
+WAIT_POLL_S = 0.25  # seconds between looks for new nodes while waiting for all (each look delays start-up)
 
 
 class RegistryError(RuntimeError):

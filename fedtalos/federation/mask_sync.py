@@ -1,10 +1,7 @@
 """Moving masks between server and clients: bit-packed, content-addressed, downloaded once per node and mask.
 
-The server names each mask by the hash of its packed bits (``mask-id``) and attaches the bits only to messages
-for nodes that have not received that mask yet. A client keeps received masks in a small per-process cache and
-on disk (``$FEDTALOS_CACHE`` or ``~/.cache/fedtalos/masks``), which also serves the other simulated clients of
-the machine and the fresh process a SuperNode starts per message. A client that lacks the mask answers with a
-``mask-missing`` error, and the server sends it again with the bits.
+Each mask is named by the hash of its packed bits (``mask-id``); the bits go only to nodes that lack that mask. A
+client keeps masks in memory and on disk (``$FEDTALOS_CACHE``), and answers ``mask-missing`` when it lacks one.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedtalos.editing.masks import pack_mask, unpack_mask
+from fedtalos.editing.sparse import pack_mask, unpack_mask
 from fedtalos.fsutil import atomic_write_bytes
 
 MASK_MISSING = "mask-missing"

@@ -1,13 +1,8 @@
 """What travels in Flower messages, in one place: record keys, encodings, and the checks on every reply.
 
-Server → client (``train``): ``arrays`` (global weights), ``config`` (round, lr, steps, ...), and ``mask``
-(bit-packed, only when that node has not got the current mask yet). Client → server: ``arrays`` holding only
-what the client could change — the trainable tensors, dense, and under ``MASKED_VALUES`` the trainable entries
-of masked tensors, flattened in mask order — and ``metrics`` with ``num-examples`` and train loss/accuracy.
-
-Replies are checked before they touch the global model (:func:`check_upload`): keys, shapes, dtypes, finite
-values and a plausible ``num-examples``; a failing reply raises :class:`ReplyRejected` and is counted, never
-aggregated.
+A ``train`` message carries ``arrays`` (global weights), ``config`` and, for nodes that lack it, the bit-packed
+``mask``; a reply carries only what the client could change (trainable tensors, and under ``MASKED_VALUES`` the
+trainable entries of masked ones) and ``metrics``. A reply that fails a check raises :class:`ReplyRejected`.
 """
 
 from __future__ import annotations
@@ -196,13 +191,6 @@ def check_tensors(
         if tensor.dtype != torch.float32:
             raise ReplyRejected(f"{key}: dtype {_dtype_name(tensor)}, expected float32")
     return dict(tensors)
-
-
-def check_upload(
-    content: RecordDict, expected_shapes: Mapping[str, tuple[int, ...]], masked_count: int | None
-) -> dict[str, torch.Tensor]:
-    """:func:`decode_upload`, then :func:`check_tensors`."""
-    return check_tensors(decode_upload(content), expected_shapes, masked_count)
 
 
 def squared_distance(tensors: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:

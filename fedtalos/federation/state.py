@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from fedtalos.run.codec import STRATEGY, checkpoint_mask, checkpoint_weights, section, state_tensors
 from fedtalos.tracking.checkpoint import Checkpoint
 
 
@@ -34,13 +35,14 @@ class ServerState:
     rows: list[dict[str, Any]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def advance(self, phase: str, index: int, row: dict[str, Any]) -> None:
+        """Round ``index`` of ``phase`` is done (one more step) and ``row`` is its metric row."""
+        self.step, self.phase, self.phase_round = self.step + 1, phase, index
+        self.rows.append(row)
+
     def tensors(self) -> dict[str, torch.Tensor]:
-        """All tensors, prefixed by kind, for the checkpoint file."""
-        out = {f"weights/{k}": v for k, v in self.weights.items()}
-        out.update({f"strategy/{k}": v for k, v in self.strategy.items()})
-        if self.mask is not None:
-            out.update({f"mask/{k}": v for k, v in self.mask.items()})
-        return out
+        """All tensors, prefixed by kind, for the checkpoint file (:mod:`fedtalos.run.codec`)."""
+        return state_tensors(self.weights, strategy=self.strategy, mask=self.mask)
 
     def meta(self) -> dict[str, Any]:
         """The JSON part of the checkpoint."""
@@ -58,19 +60,14 @@ class ServerState:
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> ServerState:
         """Rebuild the state from a verified checkpoint (tensor order as it was saved)."""
-        meta, tensors = checkpoint.meta, checkpoint.tensors
-
-        def section(prefix: str, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
-            found = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            return {k: found[k] for k in keys} if keys is not None else found
-
+        meta = checkpoint.meta
         return cls(
             step=meta["step"],
             phase=meta["phase"],
             phase_round=meta["phase_round"],
-            weights=section("weights/", meta["weight_keys"]),
-            strategy=section("strategy/"),
-            mask=section("mask/", meta["mask_keys"]) if meta["has_mask"] else None,
+            weights=checkpoint_weights(checkpoint),
+            strategy=section(checkpoint.tensors, STRATEGY),
+            mask=checkpoint_mask(checkpoint),
             rows=meta["rows"],
             extras=meta["extras"],
         )

@@ -1,19 +1,10 @@
-"""Where a client update's time goes outside its J optimizer steps (the framework's cost per client).
+"""Where a client update's time goes outside its J optimizer steps, and the laps of a round on the server.
 
-A train reply carries four stamps (``client_stamps``): when the handler started and ended (``time.time()``,
-seconds since the epoch: in simulation the server and the actors share one clock), the seconds spent in the
-optimizer steps, and the actor's process id. The server adds when it handed the messages over and when each
-reply arrived, and measures how long it took to check each reply (reading its upload). :func:`overhead` turns
-that into the per-client cost, split into
-
-- ``delivery``: from the message being handed over (or the actor's previous reply, whichever is later: an actor
-  serves its messages one after another, and waiting for a busy actor is not overhead) to the handler starting;
-- ``setup``: the handler's time outside the steps (weights in, model and optimizer set-up, weights out);
-- ``reply``: from the handler's end to the server seeing the reply (includes up to one poll interval);
-- ``accept``: the server reading and checking the upload.
-
-Stamps from another machine's clock (the Deployment Engine) would make ``delivery`` and ``reply`` meaningless,
-so the server reports them only in simulation.
+A train reply carries stamps (``client_stamps``: handler start and end, seconds in the steps, the actor's pid); the
+server adds when it handed the messages over, when each reply arrived and how long its check took.
+:func:`overhead` splits the per-client cost into ``delivery`` (hand-over, or the actor's previous reply, to the
+handler's start), ``setup`` (the handler outside the steps), ``reply`` (handler end to the server seeing it) and
+``accept`` (the server's check). ``delivery`` and ``reply`` need one clock: only in simulation.
 """
 
 from __future__ import annotations
@@ -76,3 +67,16 @@ def overhead(pushed_at: float, deliveries: Mapping[int, Delivery], clocks_shared
     means = {k: v / len(stamped) for k, v in sums.items()}
     means["overhead_s"] = sum(v for k, v in means.items() if k != "steps_s")
     return {f"client_{k}": v for k, v in means.items()}
+
+
+class Stopwatch:
+    """Seconds between laps (``time.perf_counter``): a round's ``configure_s``, ``clients_s``, ``aggregate_s``."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        """Seconds since the previous lap (or the start)."""
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed

@@ -1,18 +1,11 @@
 """How model-sized tensors travel: inside Flower messages, or through shared memory on one machine.
 
-In Flower's simulation the ServerApp and the client actors share one machine, yet every message carries the
-88 MB of ViT-S/16 weights through pickling, Ray's object store and Flower's record encoding, and every reply
-carries them back: about 200 ms of CPU per client and round (measured; see ``bench/round_overhead.py``), more
-than J local steps take on a GPU. With ``transport = "shared-memory"`` the server writes the global weights once
-per round to a safetensors file in ``/dev/shm`` (or ``$FEDTALOS_TRANSPORT_DIR``) and sends its path; clients map
-it, and write their uploads beside it, to a name the server chose. Messages then carry only config and metrics.
-The payload bytes are the same and so are the model weights, bit for bit (the tests run both ways); a metric that
-is a reduction over an upload (the drift) can differ in its last bit, as memory alignment changes how the sum is
-split into vector lanes. A run keeps its transport when resumed, so resuming stays exact.
-
-``transport = "auto"`` (default) picks shared memory in simulation (the server's grid is Flower's in-memory grid)
-and messages otherwise; the Deployment Engine always uses messages. Clients that cannot open the files (a
-simulation spread over several machines) fail with a message that says to set ``transport = "message"``.
+In simulation every message would carry the model's weights through pickling, Ray and Flower's encoding, about
+200 ms of CPU per client and round (``bench/round_overhead.py``). With ``transport = "shared-memory"`` (the default
+in simulation, ``"auto"``) the server writes the global weights once per round to a safetensors file in
+``/dev/shm`` and clients write their uploads beside it, to names the server chose. The weights are the same bit for
+bit (the drift, a reduction over an upload, may differ in its last bit: alignment changes its vector lanes), and a
+resumed run keeps its transport. The Deployment Engine always uses messages.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The strategy interface."""
+"""The interface of a server strategy: the update of the global weights from the clients' weighted mean."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ Weights = dict[str, torch.Tensor]
 
 
 class ServerStrategy:
-    """FedAvg: the next global model is the clients' weighted average. Subclasses add server optimisers."""
+    """Turns the clients' weighted mean into the next global weights, in place, keeping its state as tensors."""
 
-    name = "fedavg"
+    name: str
 
     def client_config(self) -> dict[str, Any]:
         """Extra values sent to clients with every train message (e.g. FedProx's ``proximal-mu``)."""
@@ -24,11 +24,10 @@ class ServerStrategy:
         ``average`` may be modified. ``phase_round`` is the 1-based index of the round within its phase (FedAdam's
         bias correction counts it; rounds of other phases, which update other keys or none, do not count).
         """
-        for key, value in average.items():
-            global_weights[key].copy_(value)
+        raise NotImplementedError
 
     def state_dict(self) -> Weights:
-        """The strategy's state as named tensors (empty for FedAvg)."""
+        """The strategy's state as named tensors (empty when it keeps none)."""
         return {}
 
     def load_state_dict(self, state: Weights) -> None:

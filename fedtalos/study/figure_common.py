@@ -17,8 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from fedtalos.study.results import Group, mean_std, partition_label, partition_order
-from fedtalos.tracking.plots import save_figure, style_axes  # noqa: F401 (figures.py, mask_figures.py import them here)
+from fedtalos.study.results import Group, mean_std, partition_order
+from fedtalos.tracking.identity import partition_label
 
 RULE_COLORS = {
     "least-sensitive": "#1f77b4",

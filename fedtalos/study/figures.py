@@ -30,10 +30,8 @@ from fedtalos.study.figure_common import (
     error_points,
     most_common,
     palette,
-    save_figure,
     seed_curve,
     seeds_note,
-    style_axes,
 )
 from fedtalos.study.mask_figures import (
     accuracy_vs_calibration_rounds,
@@ -42,7 +40,9 @@ from fedtalos.study.mask_figures import (
     mask_density_per_layer,
     rules_comparison,
 )
-from fedtalos.study.results import Group, partition_label, partition_order, settings_text, varied_settings
+from fedtalos.study.results import Group, partition_order, settings_text, varied_settings
+from fedtalos.tracking.identity import partition_label
+from fedtalos.tracking.plots import save_figure, style_axes
 
 DRIFT_LABEL = "client drift (weighted RMS distance of client\nupdates from their mean, per model weight)"
 

@@ -28,12 +28,12 @@ from fedtalos.study.figure_common import (
     error_points,
     most_common,
     palette,
-    save_figure,
     seeds_note,
-    style_axes,
 )
-from fedtalos.study.results import Group, mean_std, partition_label, partition_order
+from fedtalos.study.results import Group, mean_std, partition_order
+from fedtalos.tracking.identity import partition_label
 from fedtalos.tracking.mask_report import DENSITY_FILE, layer_of, read_density_rows
+from fedtalos.tracking.plots import save_figure, style_axes
 
 # ---------------------------------------------------------------------------------------------------------------
 # Accuracy vs sparsity, vs calibration rounds, and the rules side by side.

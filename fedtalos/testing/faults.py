@@ -1,8 +1,7 @@
 """Deterministic fault injection for the kill-anywhere tests: ``FEDTALOS_KILL_AT="<point>@<step>"``.
 
-When that variable is set, a run adds :class:`FaultInjection` to its callbacks
-(``tracking.callbacks.fault_injection``); at the named round event and step the process SIGKILLs itself, exactly
-like a machine dying: no cleanup, no flush.
+When that variable is set, a run's hooks (``tracking.hooks.run_hooks``) include :func:`fault_injection`; at the
+named point and step the process SIGKILLs itself, exactly like a machine dying: no cleanup, no flush.
 Points: ``round-start``, ``after-replies``, ``after-aggregate``, ``before-eval``, ``before-checkpoint``,
 ``after-checkpoint`` (at the step of the round or checkpoint), ``step`` (a centralized optimizer step), and
 ``checkpoint:before-tensors`` / ``checkpoint:after-tensors`` / ``checkpoint:after-json`` inside a checkpoint write.
@@ -16,8 +15,8 @@ import os
 import signal
 from collections.abc import Callable
 
-from fedtalos.phases import FAULT_INJECTION_ENV, Callback, Row, Unit
 from fedtalos.tracking.checkpoint import CheckpointStore
+from fedtalos.tracking.hooks import FAULT_INJECTION_ENV
 
 ENV = FAULT_INJECTION_ENV
 
@@ -34,35 +33,3 @@ def fault_injection(store: CheckpointStore, prefix: str = "") -> Callable[[str, 
     point, its name led by ``prefix``; the checkpoint store's write stages become ``checkpoint:<stage>`` points."""
     store.fault_hook = lambda stage, step: point(f"checkpoint:{stage}", step)
     return lambda name, step: point(prefix + name, step)
-
-
-class FaultInjection(Callback):
-    """Calls :func:`point` at every round event (looked up at call time, so tests can replace it)."""
-
-    def __init__(self, store: CheckpointStore, prefix: str = "") -> None:
-        self.prefix = prefix
-        store.fault_hook = lambda stage, step: point(f"checkpoint:{stage}", step)
-
-    def _point(self, name: str, step: int) -> None:
-        point(self.prefix + name, step)
-
-    def on_round_start(self, unit: Unit) -> None:
-        self._point("round-start", unit.step)
-
-    def after_replies(self, unit: Unit) -> None:
-        self._point("after-replies", unit.step)
-
-    def after_aggregate(self, unit: Unit) -> None:
-        self._point("after-aggregate", unit.step)
-
-    def after_step(self, step: int) -> None:
-        self._point("step", step)
-
-    def before_evaluate(self, unit: Unit) -> None:
-        self._point("before-eval", unit.step)
-
-    def before_checkpoint(self, step: int, row: Row | None) -> None:
-        self._point("before-checkpoint", step)
-
-    def after_checkpoint(self, step: int, row: Row | None) -> None:
-        self._point("after-checkpoint", step)

@@ -28,7 +28,6 @@ from torch import Tensor
 from fedtalos.config import RunConfig
 from fedtalos.editing.mask_file import MaskFile, read_mask, read_npz_mask, write_mask
 from fedtalos.editing.masks import Mask
-from fedtalos.editing.masks import mask_stats as mask_totals  # noqa: F401 (server.py, trainer.py, tests' fakeruns)
 from fedtalos.fsutil import atomic_write_bytes
 from fedtalos.tracking.plots import save_figure, style_axes
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 from fedtalos.config import RunConfig
+from fedtalos.editing.calibration import sum_scores
 from fedtalos.editing.fisher import fisher_scores
 from fedtalos.editing.head import backbone_features, fit_logit_scale, ridge_statistics, solve_ridge
 from fedtalos.editing.optim import SparseSGDM
 from fedtalos.editing.scoring import calibration_samples
-from fedtalos.federation.calibration import sum_scores
+from fedtalos.federation import calibration as calibration_module
 from fedtalos.federation.cohort import calibration_cohort, sample_cohort
 from fedtalos.federation.server import FederatedServer
-from fedtalos.phases import Unit
 from fedtalos.seeds import FEDERATED_STREAMS, make_generator
 from fedtalos.task.model import set_trainable
 from fedtalos.task.resources import get_resources
@@ -153,22 +154,29 @@ def test_federated_ridge_equals_ridge_on_the_union(editing_config: dict[str, Any
     assert row["val_loss"] == pytest.approx(row["ridge_val_loss"], rel=1e-3)
 
 
-def test_federated_scores_are_the_scores_of_the_union(editing_config: dict[str, Any], tmp_path: Path):
+def test_federated_scores_are_the_scores_of_the_union(
+    editing_config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     # With a head that always predicts class 0, the sampled labels are certain, so the scores of the union of the
     # clients' samples are defined without reference to any generator.
     rc = RunConfig.from_mapping(editing_config)
     grid = FakeGrid(rc.num_clients, editing_config)
     server = FederatedServer(rc, grid, open_run_dir(rc, "federated"))
-    server.messenger.connect()
+    server.wire.connect()
     weights = server.state.weights
     weights["head.weight"].copy_(torch.randn(weights["head.weight"].shape, generator=torch.Generator().manual_seed(0)))
     weights["head.bias"].copy_(torch.full((100,), -1e4))
     weights["head.bias"][0] = 1e4
     shapes = {k: v.shape for k, v in weights.items() if not k.startswith("head.")}
-    calibration = next(p for p in server.round_phases if p.name == "calibration")
-    unit = Unit("calibration", 1, 1)
-    updates, _ = server.messenger.collect(unit, calibration.configure(unit, server.state))
-    federated = sum_scores(updates, shapes)
+    summed: dict[str, Any] = {}  # what the calibration round adds up, and its sum
+
+    def recording(score_sums: Iterable[dict], shapes: dict) -> dict[str, torch.Tensor]:
+        summed["scores"] = sum_scores(list(score_sums), shapes)
+        return summed["scores"]
+
+    monkeypatch.setattr(calibration_module, "sum_scores", recording)
+    row = server.phases["calibration"].run_round(server.state, 1, server.wire)
+    federated = summed["scores"]
     cohort = calibration_cohort(rc, 1)
     assert len(cohort) == 2
     res = get_resources(rc)
@@ -180,7 +188,7 @@ def test_federated_scores_are_the_scores_of_the_union(editing_config: dict[str, 
     x = torch.cat(union)
     batch = [res.eval_transform(x)]
     central = fisher_scores(res.model, batch, target=rc.fisher_target)
-    assert sum(u.num_examples for u in updates) == len(x) == 32
+    assert row["fisher_samples"] == len(x) == 32
     for k in shapes:
         assert torch.allclose(federated[k], central[k], rtol=1e-4, atol=1e-8), k
     assert sum(float(v.sum()) for v in central.values()) > 0

@@ -78,18 +78,20 @@ def test_resume_is_bit_identical(tiny_run_config: dict[str, Any], tmp_path: Path
     assert [first, *_rows(resumed)[1:]] == _rows(straight)
 
 
-def test_a_federated_run_emits_the_round_events_in_order(tiny_run_config: dict[str, Any]):
+def test_a_federated_run_passes_its_named_points_in_order(tiny_run_config: dict[str, Any]):
     config = RunConfig.from_mapping(dict(tiny_run_config, **{"num-server-rounds": 2, "eval-every": 2}))
     server = FederatedServer(config, FakeGrid(config.num_clients, tiny_run_config), open_run_dir(config, "federated"))
     recorder = Recorder()
-    server.callbacks.callbacks.append(recorder)
+    server.hooks.listeners.append(recorder)
     server.run()
-    names = [name for name, _ in recorder.events]
-    one_round = ["round_start", "after_replies", "after_aggregate"]
-    checkpoint = ["before_checkpoint", "on_checkpoint", "after_checkpoint"]
-    assert names == one_round + checkpoint + one_round + ["before_evaluate"] + checkpoint, "evaluation at round 2"
-    units = [u for name, u in recorder.events if name == "round_start"]
-    assert [(u.phase, u.index, u.step) for u in units] == [("train", 1, 1), ("train", 2, 2)]
+    one_round = ["round-start", "after-replies", "after-aggregate"]
+    checkpoint = ["before-checkpoint", "after-checkpoint"]
+    assert recorder.points == one_round + checkpoint + one_round + ["before-eval"] + checkpoint, "evaluation at round 2"
+    assert recorder.steps == [1] * 5 + [2] * 6
+    rows = [json.loads(line) for line in (server.run_dir.path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["round"], r["step"]) for r in rows] == [("train", 1, 1), ("train", 2, 2)]
+    timings = {"configure_s", "clients_s", "aggregate_s", "eval_s", "wall_s", "checkpoint_s"}
+    assert all(r.get(k, -1) >= 0 for r in rows for k in timings), "the round's laps (bench/round_overhead.py)"
 
 
 def test_the_run_records_and_logs_its_backbone(tiny_run_config: dict[str, Any], fedtalos_log):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from fedtalos.federation import transport
-from fedtalos.federation.messenger import RoundFailed
 from fedtalos.federation.transport import choose
+from fedtalos.federation.wire import RoundFailed
 from tests.support.fakegrid import run_server
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -194,3 +195,10 @@ def test_staged_weights_equal_the_plain_load(tiny_run_config: dict[str, Any], tm
     assert _results(rows_p) == _results(rows_s)
     train = [r for r in rows_s if r["phase"] == "train"]
     assert train and all(r["client_overhead_s"] > 0 and r["client_steps_s"] > 0 for r in train)
+
+
+def test_only_the_wire_calls_the_transports_outbound_inbound_and_done():
+    package = Path(transport.__file__).parents[1]
+    calls = re.compile(r"\.(outbound|inbound|done)\(")
+    callers = {p.relative_to(package).as_posix() for p in package.rglob("*.py") if calls.search(p.read_text())}
+    assert callers == {"federation/wire.py"}

@@ -17,7 +17,7 @@ from flwr.app import Message
 
 from fedtalos.config import RunConfig
 from fedtalos.federation.cohort import calibration_cohort, sample_cohort
-from fedtalos.federation.messenger import RoundFailed
+from fedtalos.federation.wire import RoundFailed
 from fedtalos.task.resources import get_resources
 from fedtalos.tracking.checkpoint import CheckpointStore
 from tests.support.fakegrid import FakeGrid, run_server

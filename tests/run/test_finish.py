@@ -10,10 +10,11 @@ from typing import Any
 import torch
 
 from fedtalos.config import RunConfig
+from fedtalos.editing.masks import mask_stats
 from fedtalos.lifecycle import Kind
 from fedtalos.run.finish import finish_run
 from fedtalos.tracking.checkpoint import CheckpointStore
-from fedtalos.tracking.mask_report import MASK_FILE, mask_totals
+from fedtalos.tracking.mask_report import MASK_FILE
 from fedtalos.tracking.rundir import RunDir
 
 MASK = {"blocks.0.w": torch.tensor([[True, False], [False, False]])}
@@ -54,7 +55,7 @@ def test_a_federated_summary(tmp_path: Path):
     assert summary["best"] == {"val_acc": 0.4, "round": 1}, "the best fine-tuned model, not the head"
     assert summary["final"] == {"val_loss": 2.5, "val_acc": 0.3, "test_loss": None, "test_acc": 0.35}
     assert summary["wall_s"] == 7.0, "what the kind adds replaces the fine-tuning rows' sum"
-    assert summary["mask"] == mask_totals(MASK) and summary["mask"]["trainable"] == 1
+    assert summary["mask"] == mask_stats(MASK) and summary["mask"]["trainable"] == 1
     assert (tmp_path / "run" / MASK_FILE).is_file(), "the report is written again when it is missing"
 
 

@@ -8,6 +8,8 @@ from our global model: seeded noise around it.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -86,7 +88,7 @@ def _uploads(weights: Weights, server_round: int) -> list[ClientUpdate]:
 
 
 def _average(weights: Weights, server_round: int) -> Weights:
-    """The average fedtalos's server gets from those uploads (``FedAvgRounds.aggregate``)."""
+    """The average fedtalos's server gets from those uploads (``TrainRounds.run_round``)."""
     return aggregate(_uploads(weights, server_round), weights, coordinates=_size(weights)).average
 
 
@@ -161,6 +163,13 @@ def _run_side_by_side(name: str, values: dict[str, Any], flower_lr: bool) -> lis
 
 def test_every_strategy_has_a_flower_counterpart():
     assert set(FLOWER) == set(STRATEGIES)
+
+
+def test_the_registry_loads_without_the_config():
+    # config.py may then take its choice of strategies from the registry's names without an import cycle
+    code = "import sys, fedtalos.strategies.registry; print('fedtalos.config' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

@@ -1,38 +1,21 @@
-"""A callback that records the round events of a run, to check their order."""
+"""A hook listener that records the named points a run passes, to check their order."""
 
 from __future__ import annotations
 
-from typing import Any
 
-from fedtalos.phases import Callback, Row, Unit
-
-
-class Recorder(Callback):
-    """Every event as (name, step or unit), in order."""
+class Recorder:
+    """Every point as (point, step), in order (a listener of ``fedtalos.tracking.hooks.Hooks``)."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
+        self.events: list[tuple[str, int]] = []
 
-    def on_round_start(self, unit: Unit) -> None:
-        self.events.append(("round_start", unit))
+    def __call__(self, point: str, step: int) -> None:
+        self.events.append((point, step))
 
-    def after_replies(self, unit: Unit) -> None:
-        self.events.append(("after_replies", unit.step))
+    @property
+    def points(self) -> list[str]:
+        return [point for point, _ in self.events]
 
-    def after_aggregate(self, unit: Unit) -> None:
-        self.events.append(("after_aggregate", unit.step))
-
-    def after_step(self, step: int) -> None:
-        self.events.append(("after_step", step))
-
-    def before_evaluate(self, unit: Unit) -> None:
-        self.events.append(("before_evaluate", unit.step))
-
-    def before_checkpoint(self, step: int, row: Row | None) -> None:
-        self.events.append(("before_checkpoint", step))
-
-    def on_checkpoint(self, step: int, row: Row | None, score: float | None) -> None:
-        self.events.append(("on_checkpoint", step))
-
-    def after_checkpoint(self, step: int, row: Row | None) -> None:
-        self.events.append(("after_checkpoint", step))
+    @property
+    def steps(self) -> list[int]:
+        return [step for _, step in self.events]

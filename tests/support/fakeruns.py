@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 from fedtalos.config import RunConfig
+from fedtalos.editing.masks import mask_stats
 from fedtalos.study.grid import parse_grid
 from fedtalos.study.plan import plan, write_manifest
-from fedtalos.tracking.mask_report import mask_totals, write_mask_report
+from fedtalos.tracking.mask_report import write_mask_report
 from fedtalos.tracking.metrics import MetricsLog
 from fedtalos.tracking.rundir import open_run_dir
 
@@ -43,7 +44,7 @@ def write_run(
     if finished:
         summary: dict[str, Any] = {"kind": kind, "config_hash": config.result_hash(), "rounds": len(rows)}
         if mask is not None:
-            summary["mask"] = mask_totals(mask)
+            summary["mask"] = mask_stats(mask)
         run_dir.write_summary(summary)
     return run_dir.path
 

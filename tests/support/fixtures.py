@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from fedtalos.phases import FAULT_INJECTION_ENV
 from fedtalos.testing import faults
+from fedtalos.tracking.hooks import FAULT_INJECTION_ENV
 from tests.support.central import Killed, tiny_values
 
 
@@ -42,7 +42,7 @@ def central_config(fake_cifar_root: Path, tmp_path: Path) -> dict[str, Any]:
 def kill_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[str | None], list[tuple[str, int]]]:
     """``kill_at("central:step@25")`` makes that fault point raise :class:`Killed`; returns the points passed.
 
-    Switches fault injection on (the runs then attach ``testing.faults.FaultInjection``) with its kill replaced.
+    Switches fault injection on (the runs' hooks then call ``testing.faults.point``) with its kill replaced.
     """
     seen: list[tuple[str, int]] = []
     target: list[str | None] = [None]

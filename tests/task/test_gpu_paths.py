@@ -119,17 +119,12 @@ def test_loss_sums_are_the_float64_sums_in_step_order():
 def test_ridge_heads_and_the_mask_threshold_keep_float64_and_kthvalue_off_the_device(tiny_resources):
     from fedtalos.central.head_and_mask import fit_ridge_head
     from fedtalos.editing.masks import update_mask
-    from fedtalos.federation.head import RidgeHead
-    from fedtalos.federation.state import ServerState
     from tests.support.accelerator import DEVICE, EmulatedMps
 
     resources = _on_emulated_device(tiny_resources)
-    state = ServerState(step=0, phase="head", phase_round=0, weights=tiny_resources.weights())
-    weight, bias = torch.zeros(100, 32, dtype=torch.float64), torch.zeros(100, dtype=torch.float64)
     scores = {"a": torch.randn(10, device=DEVICE), "b": torch.randn(3, 4, device=DEVICE)}
     with EmulatedMps() as mps:
-        scale = fit_ridge_head(resources, resources.config)  # the centralized ridge head and its temperature
-        RidgeHead(resources.config, None, resources)._validation_scale(state, weight, bias)  # the federated one
+        scale = fit_ridge_head(resources, resources.config)  # editing.head.fit_head, as the federated head phase
         mask = update_mask(scores, None, 5)  # the threshold of the centralized calibration
     assert mps.violations == []
     assert scale > 0

@@ -1,4 +1,4 @@
-"""Fault injection is switched on by the environment alone, and names each round event as the kill tests expect."""
+"""Fault injection is switched on by the environment alone, and names each hook point as the kill tests expect."""
 
 from __future__ import annotations
 
@@ -6,35 +6,31 @@ from pathlib import Path
 
 import pytest
 
-from fedtalos.phases import FAULT_INJECTION_ENV, Unit
 from fedtalos.testing import faults
-from fedtalos.tracking.callbacks import fault_injection
 from fedtalos.tracking.checkpoint import CheckpointStore
+from fedtalos.tracking.hooks import FAULT_INJECTION_ENV, run_hooks
 
 
-def test_without_the_variable_no_callback_is_attached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_without_the_variable_no_listener_is_attached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv(FAULT_INJECTION_ENV, raising=False)
     store = CheckpointStore(tmp_path, "cfg")
-    assert fault_injection(store) == []
+    assert run_hooks(store).listeners == []
     store.fault_hook("after-tensors", 1)  # the store's own no-op hook is left alone
 
 
 @pytest.mark.parametrize("prefix", ["", "central:"])
-def test_every_event_reaches_its_named_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix: str):
+def test_every_point_reaches_its_named_kill_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix: str):
     seen: list[str] = []
     monkeypatch.setattr(faults, "point", lambda name, step: seen.append(f"{name}@{step}"))
     monkeypatch.setenv(FAULT_INJECTION_ENV, "on")
     store = CheckpointStore(tmp_path, "cfg")
-    (injection,) = fault_injection(store, prefix)
-    unit = Unit("train", 1, 4)
-    injection.on_round_start(unit)
-    injection.after_replies(unit)
-    injection.after_aggregate(unit)
-    injection.before_evaluate(unit)
-    injection.after_step(25)
-    injection.before_checkpoint(4, None)
+    hooks = run_hooks(store, prefix)
+    for point in ("round-start", "after-replies", "after-aggregate", "before-eval"):
+        hooks(point, 4)
+    hooks("step", 25)
+    hooks("before-checkpoint", 4)
     store.fault_hook("after-tensors", 4)
-    injection.after_checkpoint(4, None)
+    hooks("after-checkpoint", 4)
     p = prefix
     assert seen == [
         f"{p}round-start@4",

@@ -1,4 +1,4 @@
-"""FedAvg rounds: the round index the strategy is given across phases and a resume; the client-drift metric over
+"""Training rounds: the round index the strategy is given across phases and a resume; the client-drift metric over
 the whole model, for dense and sparse rounds alike."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,14 +13,16 @@ import torch
 from safetensors.torch import load_file
 
 from fedtalos.config import RunConfig
-from fedtalos.editing.masks import gather_trainable
+from fedtalos.editing.sparse import gather_trainable
 from fedtalos.federation import protocol as P
 from fedtalos.federation.aggregate import ClientUpdate
-from fedtalos.federation.fedavg import FedAvgRounds
 from fedtalos.federation.state import ServerState
-from fedtalos.phases import Unit
-from fedtalos.strategies.base import ServerStrategy
+from fedtalos.federation.train_round import TrainRounds
+from fedtalos.federation.wire import Outgoing, Replies
+from fedtalos.lifecycle import run_phases
+from fedtalos.strategies.fedavg import FedAvg
 from fedtalos.strategies.fedopt import FedAdam
+from fedtalos.tracking.hooks import Hooks
 from tests.support.fakegrid import run_server
 
 
@@ -70,9 +71,18 @@ def test_fedadam_counts_the_rounds_of_its_phase_and_resumes_exactly(
 
 
 CONFIG = RunConfig.from_mapping({"num-clients": 2, "fraction-train": 1.0, "head": "ridge", "mask-rule": "random"})
-MESSENGER = SimpleNamespace(
-    transport=SimpleNamespace(outbound=lambda weights, payload: ({}, {})), expected_examples=lambda pid: None
-)
+
+
+class AnsweringWire:
+    """A wire whose exchange returns the given updates, as if the clients had sent them and they checked out."""
+
+    def __init__(self, updates: list[ClientUpdate]) -> None:
+        self.updates = updates
+        self.sent: list[Outgoing] = []
+
+    def exchange(self, outgoing: Outgoing, check: Any, *, where: str, needed: int, clock: Any = None) -> Replies:
+        self.sent.append(outgoing)
+        return Replies({u.pid: u for u in self.updates})
 
 
 def _weights() -> dict[str, torch.Tensor]:
@@ -97,23 +107,17 @@ def _moved(weights: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
 def _round(sparse: bool) -> float:
     weights = _weights()
     state = ServerState(step=0, phase="train", phase_round=0, weights=weights, mask=MASK if sparse else None)
-    phase = FedAvgRounds(
-        "train",
-        1,
-        config=CONFIG,
-        messenger=MESSENGER,
-        strategy=ServerStrategy(),
-        stream="train",
-        trainable="backbone" if sparse else "all",
-        sparse=sparse,
-    )
-    phase.configure(Unit("train", 1, 1), state)
+    (spec,) = [s for s in run_phases(CONFIG, "federated") if s.name == "train"]
+    phase = TrainRounds(spec, CONFIG, Hooks(), FedAvg())
     updates = []
     for pid, n in enumerate((1, 3)):
         moved = _moved(weights, n)
         upload = {P.MASKED_VALUES: gather_trainable(moved, MASK)} if sparse else moved
         updates.append(ClientUpdate(pid, n, upload))
-    return phase.aggregate(Unit("train", 1, 1), state, updates)["drift"]
+    wire = AnsweringWire(updates)
+    drift = phase.run_round(state, 1, wire)["drift"]  # type: ignore[arg-type]
+    assert (wire.sent[0].mask_bits is not None) == sparse, "the mask travels with a sparse round"
+    return drift
 
 
 def test_sparse_and_dense_rounds_measure_drift_over_the_whole_model():

@@ -1,0 +1,127 @@
+"""Training rounds: fine-tuning (``train``, sparse once a mask exists) and linear probing (``head = "probe"``).
+
+One round: the cohort of (seed, stream, round) → one ``train`` message (global weights, the round's config, the mask
+for nodes that lack it) → each upload checked → its example-weighted mean in partition-id order → the strategy's
+update of the global weights, in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+
+import torch
+
+from fedtalos.config import RunConfig
+from fedtalos.editing.sparse import gather_trainable, scatter_trainable
+from fedtalos.federation import protocol as P
+from fedtalos.federation.aggregate import ClientUpdate, aggregate
+from fedtalos.federation.cohort import sample_cohort
+from fedtalos.federation.mask_sync import pack
+from fedtalos.federation.state import ServerState
+from fedtalos.federation.timing import Stopwatch
+from fedtalos.federation.wire import Outgoing, Reply, Wire
+from fedtalos.lifecycle import PhaseSpec, Row
+from fedtalos.strategies.base import ServerStrategy
+from fedtalos.task.lr_schedule import lr_at
+from fedtalos.task.model import HEAD_PREFIX
+from fedtalos.tracking.hooks import Hooks
+
+TRAINABLE = {"none": "all", "head": "backbone", "backbone": "head"}  # a phase's frozen part → what clients train
+
+
+class TrainRounds:
+    """A phase of training rounds through the run's strategy (``spec``: 'train', or 'head' for linear probing)."""
+
+    def __init__(self, spec: PhaseSpec, config: RunConfig, hooks: Hooks, strategy: ServerStrategy) -> None:
+        self.spec = spec
+        self.config = config
+        self.hooks = hooks
+        self.strategy = strategy
+        self.trainable = TRAINABLE[spec.frozen]
+        self.sparse = spec.name == "train"  # fine-tuning trains only the mask's entries, once there is a mask
+
+    def learning_rate(self, index: int) -> float:
+        """The clients' learning rate in round ``index``: the schedule over the fine-tuning rounds; constant lr when
+        probing."""
+        if self.spec.stream == "probe":
+            return self.config.lr
+        return lr_at(self.config, index - 1, self.config.num_server_rounds)
+
+    def run_round(self, state: ServerState, index: int, wire: Wire) -> Row:
+        c, weights, step = self.config, state.weights, state.step + 1
+        clock = Stopwatch()
+        lr = self.learning_rate(index)
+        config = {
+            "stream": self.spec.stream,
+            "round": index,
+            "server-round": step,
+            "lr": lr,
+            "local-steps": c.local_steps,
+            "trainable": self.trainable,
+            **self.strategy.client_config(),
+        }
+        cohort = sample_cohort(c.seed, self.spec.stream, index, c.num_clients, c.cohort_size)
+        outgoing = Outgoing(P.TRAIN, step, cohort, weights, config)
+        dense = {k: tuple(v.shape) for k, v in weights.items() if _trains(k, self.trainable)}
+        mask = state.mask if self.sparse else None
+        masked_count, reference = None, weights  # what the clients start from, for the drift
+        if mask is not None:
+            outgoing.mask_bits, config["mask-id"] = pack(mask, [k for k in weights if k in mask])
+            outgoing.mask_holders = _mask_holders(state, config["mask-id"])
+            dense = {k: s for k, s in dense.items() if k not in mask}
+            masked_count = int(sum(int(m.sum()) for m in mask.values()))
+            reference = {**{k: weights[k] for k in dense}, P.MASKED_VALUES: gather_trainable(weights, mask)}
+
+        check = partial(check_train_reply, dense=dense, masked_count=masked_count, reference=reference)
+        needed = min(c.min_train_clients, len(cohort))
+        where = f"round {self.spec.name}/{index}"
+        replies = wire.exchange(outgoing, check, where=where, needed=needed, clock=clock)
+        self.hooks("after-replies", step)
+
+        # the drift is per weight of the whole model, uploaded or not: dense and sparse rounds on one scale
+        coordinates = sum(v.numel() for v in weights.values())
+        result = aggregate(list(replies.accepted.values()), reference, coordinates=coordinates)
+        average = result.average
+        if mask is not None:
+            flat = average.pop(P.MASKED_VALUES)
+            scattered = scatter_trainable(flat, mask, weights)
+            average.update({k: v for k, v in scattered.items() if k in mask})
+        self.strategy.apply(weights, average, index)  # the phase's rounds: FedAdam's bias correction
+        return replies.stats | {
+            "lr": lr,
+            "train_loss": result.metrics.get("train-loss"),
+            "train_acc": result.metrics.get("train-acc"),
+            "drift": result.drift,
+            "aggregate_s": clock.lap(),
+        }
+
+
+def check_train_reply(
+    reply: Reply,
+    *,
+    dense: Mapping[str, tuple[int, ...]],
+    masked_count: int | None,
+    reference: Mapping[str, torch.Tensor],
+) -> ClientUpdate:
+    """A train reply as an update: its registered example count, the expected tensors (``dense`` ones, and the
+    ``masked_count`` trainable entries of masked ones), finite values, and its train loss / accuracy."""
+    n = P.check_num_examples(reply.metrics, reply.registered_examples)
+    tensors = P.check_tensors(reply.upload(), dense, masked_count)
+    distance = P.squared_distance(tensors, reference)
+    metrics = {k: v for k in ("train-loss", "train-acc") if (v := P.check_metric(reply.metrics, k)) is not None}
+    return ClientUpdate(reply.pid, n, tensors, metrics, distance)
+
+
+def _mask_holders(state: ServerState, mid: str) -> list[int]:
+    """Partitions that were sent mask ``mid`` (kept in the checkpoint: their nodes cache it on disk, and a node that
+    lost it answers mask-missing and gets it again)."""
+    record = state.extras.get("mask_holders")
+    if not record or record["mask_id"] != mid:
+        record = state.extras["mask_holders"] = {"mask_id": mid, "pids": []}
+    return record["pids"]
+
+
+def _trains(name: str, trainable: str) -> bool:
+    is_head = name.startswith(HEAD_PREFIX)
+    return trainable == "all" or (trainable == "head") == is_head
