@@ -31,9 +31,6 @@ Handler = Callable[[Message, Context], Message]
 masks = MaskCache()
 staging = WeightStaging()  # weights in and out of the model: one pinned copy each way on CUDA
 
-# What the server asks a client to train → which parameters are frozen (``set_trainable``'s argument).
-FROZEN = {"all": "none", "head": "backbone", "backbone": "head"}
-
 
 def fatal_resource_errors(handler: Handler) -> Handler:
     """Turn an out-of-memory error of ``handler`` into a :class:`~fedtalos.task.device.ResourceError`, which the
@@ -128,7 +125,7 @@ def train(msg: Message, context: Context) -> Message:
     config, resources, pid = _setup(msg, context)
     round_config = msg.content[P.CONFIG]
     model = resources.model
-    set_trainable(model, FROZEN[str(round_config.get("trainable", "all"))])
+    set_trainable(model, str(round_config.get("frozen", "none")))  # the phase's frozen part
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     mask = _message_mask(msg, resources, str(round_config.get("mask-id", "")))
     mask = {n: m for n, m in mask.items() if n in params} if mask else {}

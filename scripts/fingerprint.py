@@ -1,6 +1,6 @@
 """Fingerprints of a few short runs: did a restructuring move a single bit of the results?
 
-    python scripts/fingerprint.py run ROOT      # every run from scratch in ROOT; prints and writes ROOT/fingerprints.json
+    python scripts/fingerprint.py run ROOT      # every run from scratch in ROOT; writes ROOT/fingerprints.json
     python scripts/fingerprint.py kill ROOT     # every run killed (SIGKILL) part-way, under this checkout's code
     python scripts/fingerprint.py resume ROOT   # the same runs continued to their end; fingerprints as for `run`
 
@@ -74,7 +74,7 @@ MASK_FILE = "/tmp/fedtalos-fingerprint/mask.safetensors"
 
 
 def _values(name: str, root: Path) -> dict[str, Any]:
-    kind, values, _ = RUNS[name]
+    _, values, _ = RUNS[name]
     values = {**TINY, **values, "run-name": name, "output-root": str(root / "runs"), "dataset-root": str(root / "data")}
     # one mask file for every root: mask-path is part of a run's identity, so the same run in two roots must read
     # the file at one path (its bytes are the same from every equal central-edit run)

@@ -1,4 +1,4 @@
-"""The centralized run: one loop over the phases of :func:`fedtalos.lifecycle.run_phases` (ridge or probe head,
+"""The centralized run: one loop over the phases of :func:`fedtalos.run.phases.run_phases` (ridge or probe head,
 calibration, train), an epoch at a time, over a resumable :class:`TrainState`.
 
 An epoch is one shuffled pass over the train split, its batches from ``seeds.central_epoch_generator(seed, phase,
@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fedtalos import lifecycle
 from fedtalos.central.head_and_mask import calibrate, calibration_sample_count, fit_ridge_head
 from fedtalos.central.schedulers import Scheduler, after_evaluation, after_step, current_lr, make_scheduler
 from fedtalos.central.state import TrainState, capture_rng, restore_rng
@@ -30,8 +29,8 @@ from fedtalos.config import RunConfig
 from fedtalos.editing.masks import mask_stats
 from fedtalos.editing.optim import SparseSGDM
 from fedtalos.editing.scoring import describe_model, model_record
-from fedtalos.lifecycle import PhaseSpec, Row
 from fedtalos.run.finish import finish_run
+from fedtalos.run.phases import SENSITIVITY_RULES, PhaseSpec, Row, evaluation_due, remaining, run_phases
 from fedtalos.run.preflight import preflight as run_preflight
 from fedtalos.run.start import start_weights
 from fedtalos.seeds import central_epoch_generator, central_start_seed
@@ -83,7 +82,7 @@ class CentralizedTrainer:
         self.mask_file = open_mask_path(config, self.resources.initial_weights) if config.mask_path else None
         self.metrics = run_dir.open_metrics()
         self.hooks = run_hooks(run_dir.checkpoints, prefix="central:")
-        self.phases = lifecycle.run_phases(config, KIND)
+        self.phases = run_phases(config, KIND)
         self.optimizer: torch.optim.Optimizer | None = None  # of the training phase in progress
         self.scheduler: Scheduler | None = None
         # the unit in progress: when it started and the seconds it took before a resume (its row's wall_s)
@@ -168,7 +167,7 @@ class CentralizedTrainer:
                     if row["phase"] == "train" and row.get("val_acc") is not None:
                         self.on_evaluation(row)
             entered = None
-            for phase, epoch in lifecycle.remaining(self.phases, self.state.phase, self.state.epoch):
+            for phase, epoch in remaining(self.phases, self.state.phase, self.state.epoch):
                 if phase is not entered:
                     self._enter(phase)
                     entered = phase
@@ -198,7 +197,7 @@ class CentralizedTrainer:
         self.state.mask = mask
         write_mask_report(self.run_dir.path, mask, mask_title(self.config))
         row = {"phase": "calibration", "epoch": epoch, "step": self.state.global_step, **mask_stats(mask)}
-        if self.config.mask_rule in lifecycle.SENSITIVITY_RULES:  # what each calibration round scored (the same count)
+        if self.config.mask_rule in SENSITIVITY_RULES:  # what each calibration round scored (the same count)
             row["fisher_samples"] = calibration_sample_count(self.config, len(self.resources.train_idx))
         self.state.epoch = epoch
         self._checkpoint(row, None)
@@ -305,7 +304,7 @@ class CentralizedTrainer:
             "train_loss": sums.loss_sum / sums.count,
             "train_acc": sums.correct / sums.count,
         }
-        due = lifecycle.evaluation_due(c, phase, epoch)
+        due = evaluation_due(c, phase, epoch)
         score = None
         if due:
             self.hooks("before-eval", step)

@@ -9,8 +9,8 @@
     fedtalos analyze mask-agreement RUN_DIR [...]              single-client masks vs the aggregated mask
     fedtalos plot RUN_DIR [...]                                loss/accuracy curves of some runs
 
-``fedtalos COMMAND --help`` shows a command's options. ``fedtalos-central`` is ``fedtalos central`` under its
-older name. This module only dispatches: everything after the command's name goes to that command's ``main``.
+``fedtalos COMMAND --help`` shows a command's options; ``fedtalos-central`` is an alias of ``fedtalos central``.
+This module only dispatches: everything after the command's name goes to that command's ``main``.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from fedtalos.editing.masks import (
     random_mask,
 )
 from fedtalos.editing.sparse import Shapes
-from fedtalos.lifecycle import SENSITIVITY_RULES
+from fedtalos.run.phases import SENSITIVITY_RULES
 from fedtalos.task.model import HEAD_PREFIX
 
 MAGNITUDE_RULES = ("lowest-magnitude", "highest-magnitude")

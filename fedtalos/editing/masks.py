@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from fedtalos.editing.sparse import Shapes, split_flat
-from fedtalos.lifecycle import SENSITIVITY_RULES
+from fedtalos.run.phases import SENSITIVITY_RULES
 
 Mask = dict[str, Tensor]
 Scope = Literal["global", "local"]

@@ -25,7 +25,7 @@ from fedtalos.federation.mask_sync import pack
 from fedtalos.federation.state import ServerState
 from fedtalos.federation.timing import Stopwatch
 from fedtalos.federation.wire import Outgoing, Reply, Wire
-from fedtalos.lifecycle import SENSITIVITY_RULES, PhaseSpec, Row
+from fedtalos.run.phases import SENSITIVITY_RULES, PhaseSpec, Row
 from fedtalos.seeds import federated_random_mask_seed
 from fedtalos.task.model import HEAD_PREFIX
 from fedtalos.tracking.hooks import Hooks

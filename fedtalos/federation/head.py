@@ -19,7 +19,7 @@ from fedtalos.federation.aggregate import ClientUpdate
 from fedtalos.federation.state import ServerState
 from fedtalos.federation.timing import Stopwatch
 from fedtalos.federation.wire import Outgoing, Reply, Wire
-from fedtalos.lifecycle import Row
+from fedtalos.run.phases import Row
 from fedtalos.task.resources import Resources
 from fedtalos.tracking.hooks import Hooks
 

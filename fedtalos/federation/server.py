@@ -1,4 +1,4 @@
-"""The federated run on the server: its phases' rounds (``lifecycle.run_phases``) over a resumable
+"""The federated run on the server: its phases' rounds (``run.phases.run_phases``) over a resumable
 :class:`ServerState`, each round checkpointed. Killing the process anywhere and running the same command again
 continues after the last checkpoint and ends bit-identical on the CPU (``tests/reliability/test_kill_resume.py``);
 on CUDA to float tolerance unless ``deterministic = true``.
@@ -19,8 +19,8 @@ from fedtalos.federation.head import RidgeHead
 from fedtalos.federation.state import ServerState
 from fedtalos.federation.train_round import TrainRounds
 from fedtalos.federation.wire import Wire
-from fedtalos.lifecycle import PhaseSpec, Row, evaluation_due, remaining, run_phases
 from fedtalos.run.finish import finish_run
+from fedtalos.run.phases import PhaseSpec, Row, evaluation_due, remaining, run_phases
 from fedtalos.run.start import start_weights
 from fedtalos.strategies import make_strategy
 from fedtalos.task.resources import Resources, get_resources

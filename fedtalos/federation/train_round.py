@@ -21,13 +21,11 @@ from fedtalos.federation.mask_sync import pack
 from fedtalos.federation.state import ServerState
 from fedtalos.federation.timing import Stopwatch
 from fedtalos.federation.wire import Outgoing, Reply, Wire
-from fedtalos.lifecycle import PhaseSpec, Row
+from fedtalos.run.phases import PhaseSpec, Row
 from fedtalos.strategies.base import ServerStrategy
 from fedtalos.task.lr_schedule import lr_at
-from fedtalos.task.model import HEAD_PREFIX
+from fedtalos.task.model import trains
 from fedtalos.tracking.hooks import Hooks
-
-TRAINABLE = {"none": "all", "head": "backbone", "backbone": "head"}  # a phase's frozen part → what clients train
 
 
 class TrainRounds:
@@ -38,7 +36,6 @@ class TrainRounds:
         self.config = config
         self.hooks = hooks
         self.strategy = strategy
-        self.trainable = TRAINABLE[spec.frozen]
         self.sparse = spec.name == "train"  # fine-tuning trains only the mask's entries, once there is a mask
 
     def learning_rate(self, index: int) -> float:
@@ -58,12 +55,12 @@ class TrainRounds:
             "server-round": step,
             "lr": lr,
             "local-steps": c.local_steps,
-            "trainable": self.trainable,
+            "frozen": self.spec.frozen,
             **self.strategy.client_config(),
         }
         cohort = sample_cohort(c.seed, self.spec.stream, index, c.num_clients, c.cohort_size)
         outgoing = Outgoing(P.TRAIN, step, cohort, weights, config)
-        dense = {k: tuple(v.shape) for k, v in weights.items() if _trains(k, self.trainable)}
+        dense = {k: tuple(v.shape) for k, v in weights.items() if trains(k, self.spec.frozen)}
         mask = state.mask if self.sparse else None
         masked_count, reference = None, weights  # what the clients start from, for the drift
         if mask is not None:
@@ -120,8 +117,3 @@ def _mask_holders(state: ServerState, mid: str) -> list[int]:
     if not record or record["mask_id"] != mid:
         record = state.extras["mask_holders"] = {"mask_id": mid, "pids": []}
     return record["pids"]
-
-
-def _trains(name: str, trainable: str) -> bool:
-    is_head = name.startswith(HEAD_PREFIX)
-    return trainable == "all" or (trainable == "head") == is_head

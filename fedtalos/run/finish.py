@@ -11,7 +11,7 @@ import torch
 from fedtalos.config import RunConfig
 from fedtalos.editing.mask_file import MaskFile
 from fedtalos.editing.masks import mask_stats
-from fedtalos.lifecycle import Kind, Row
+from fedtalos.run.phases import Kind, Row
 from fedtalos.tracking.mask_artifact import mask_file_summary
 from fedtalos.tracking.mask_report import MASK_FILE, mask_title, write_mask_report
 from fedtalos.tracking.metrics import summarize_rows

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedtalos.config import ConfigError, RunConfig
-from fedtalos.lifecycle import Kind
+from fedtalos.run.phases import Kind
 from fedtalos.task.lr_schedule import STATELESS
 from fedtalos.task.model import ModelError, WeightsError
 from fedtalos.task.resources import Resources, get_resources

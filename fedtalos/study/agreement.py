@@ -1,26 +1,10 @@
 """Mask agreement across clients: would a client alone have picked the parameters the federation picked?
 
-For a finished editing run (least- or most-sensitive rule, its mask in its directory), every analysed client
-re-runs the whole multi-round calibration **on its own shard only**, exactly as it scores in the federated
-calibration (the same samples per round, the same label draws, soft zeroing with its own mask so far, the same
-keep-fraction schedule and threshold scope), from the same global weights. Its mask M_i is compared with the
-aggregated mask M of the run by the Jaccard index |M_i ∧ M| / |M_i ∨ M| (1 = the same trainable set).
-
-Reference levels: two independent random masks of densities a and b have Jaccard ≈ ab / (a + b − ab) (for many
-entries), 0.053 at 10 % density; the mean pairwise Jaccard between clients says whether clients agree among
-themselves even where they disagree with the aggregate. The **noise floor** separates heterogeneity from sampling
-noise: a client's mask comes from its ``fisher-samples`` samples, the aggregated one from the whole cohort's (10×
-as many by default), so even a client holding iid data would not reproduce it. Each of ``subsets`` iid subsets
-draws as many samples as one client scores, uniformly from the samples the federated calibration scored (the
-cohort's, pooled), calibrates a mask on them alone in the same way, and is compared with the aggregated mask:
-client masks at that level disagree only as much as any equally small sample would.
-
-The calibration weights are the global weights during calibration (which does not change them): taken from a kept
-checkpoint of the calibration phase when there is one, else rebuilt as the run's initial backbone (the backbone is
-only trained after calibration) with the run's frozen head from its latest checkpoint. The analysis also repeats
-the federated calibration itself (the sampled cohorts' summed scores) and reports whether it reproduces the run's
-mask: a check that what was rebuilt is what the run used. Every calibration here goes through the runs' own driver
-(:func:`fedtalos.editing.calibration.calibrate`).
+Each analysed client re-runs the run's whole calibration on its own shard only (its samples, label draws and soft
+zeroing as in the federated calibration, from the same global weights) and its mask is compared with the run's
+aggregated mask by the Jaccard index. The noise floor does the same for iid subsets of the pooled calibration
+samples of one client's size. Every calibration goes through :func:`fedtalos.editing.calibration.calibrate`;
+``docs/editing.md`` (mask agreement) has the reference levels and how the calibration weights are rebuilt.
 """
 
 from __future__ import annotations
@@ -28,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,8 +22,9 @@ from fedtalos.config import RunConfig
 from fedtalos.editing.calibration import ScoreRound, calibrate, sum_scores
 from fedtalos.editing.masks import Mask, mask_stats
 from fedtalos.fsutil import atomic_write_bytes
-from fedtalos.lifecycle import SENSITIVITY_RULES
 from fedtalos.run.codec import checkpoint_weights
+from fedtalos.run.phases import SENSITIVITY_RULES
+from fedtalos.study.results import mean_std
 from fedtalos.tracking.checkpoint import CheckpointStore
 from fedtalos.tracking.mask_report import read_run_mask
 
@@ -178,14 +162,6 @@ def calibration_weights(run_dir: Path, config: RunConfig) -> tuple[dict[str, tor
     return weights, f"initial backbone + frozen head of checkpoint {latest.step}"
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
-    return mean, std
-
-
 def mask_agreement(
     run_dir: str | Path,
     clients: int | None = 10,
@@ -237,7 +213,7 @@ def mask_agreement(
                 "jaccard": jaccard(mask, aggregated),
             }
         )
-    mean, std = _mean_std([r["jaccard"] for r in rows])
+    mean, std, _ = mean_std([r["jaccard"] for r in rows])
     size = min(config.fisher_samples, len(calibrator.pooled_samples(1)))
     floor = []
     for subset in range(subsets):
@@ -250,7 +226,7 @@ def mask_agreement(
                 "jaccard": jaccard(mask, aggregated),
             }
         )
-    floor_mean, floor_std = _mean_std([r["jaccard"] for r in floor])
+    floor_mean, floor_std, _ = mean_std([r["jaccard"] for r in floor])
     record: dict[str, Any] = {
         "run": run_dir.name,
         "mask_rule": config.mask_rule,

@@ -1,22 +1,9 @@
-"""Planned runs: a grid file (:mod:`fedtalos.study.grid`) → runs with stable names → what is already on disk.
+"""Planned runs: a grid file (:mod:`fedtalos.study.grid`) → validated runs with stable names → what is on disk.
 
-**Precedence**, lowest first: the app's defaults < ``--base FILE`` (e.g. the centralized search's ``best.toml``:
-it fills in what the grid file leaves open) < ``[base]`` < a block's constants < its axes < ``[scale]`` <
-``--set KEY=VALUE`` (e.g. a smoke test: ``--set model=vit-tiny-test --set num-server-rounds=2``).
-``run-name``, ``output-root`` and ``seed`` belong to the sweep: every run gets the same absolute ``output-root``
-(``--output-root``, else ``[base] output-root``, else the usual default) and its own ``seed`` and ``run-name``.
-
-**Run names** are ``<family>-<axis parts>-seed<k>``, the axis parts in the order the block lists them, each a
-short prefix and the value (``nc5``, ``J8``, ``s0.9``, ``R4``; rule, schedule and partitioning values stand
-alone; :data:`fedtalos.tracking.identity.SHORT_NAMES`): ``noniid-nc5-J8-seed1``, ``noniid-iid-J4-seed0``,
-``rules-nc5-least-sensitive-seed2``. The same grid point always gets the same name; the name without ``-seed<k>``
-(the *label*) names the configuration.
-
-**Order**: seed-major (every configuration with the first seed, then the next seed), so an interrupted sweep
-already holds a complete replicate of the grid.
-
-Every planned run is validated with :meth:`RunConfig.from_mapping` before anything runs; all problems are
-reported at once as one :class:`ConfigError`.
+Precedence, lowest first: the app's defaults < ``--base FILE`` < ``[base]`` < a block's constants < its axes <
+``[scale]`` < ``--set KEY=VALUE``. Run names are ``<family>-<axis parts>-seed<k>`` (short names:
+:data:`fedtalos.tracking.identity.SHORT_NAMES`); seed-major order, so an interrupted sweep already holds a complete
+replicate. README § "Grid file format" has the details.
 """
 
 from __future__ import annotations
@@ -31,7 +18,7 @@ from typing import Any
 import tomli_w
 
 from fedtalos.config import ConfigError, RunConfig, read_overrides
-from fedtalos.lifecycle import Kind, run_phases, total_units
+from fedtalos.run.phases import Kind, run_phases, total_units
 from fedtalos.study.grid import SWEEP_OWNED, GridFile, ScaleRule, is_int, is_number, load_grid
 from fedtalos.tracking.identity import format_value, run_label
 from fedtalos.tracking.metrics import read_rows

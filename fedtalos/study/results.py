@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedtalos.config import RunConfig
-from fedtalos.lifecycle import SENSITIVITY_RULES
+from fedtalos.run.phases import SENSITIVITY_RULES
 from fedtalos.study.plan import read_manifests
 from fedtalos.tracking.identity import partition_label, short_label, split_name
 from fedtalos.tracking.mask_artifact import read_mask_source

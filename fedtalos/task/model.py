@@ -225,8 +225,14 @@ def backbone_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     return ((n, p) for n, p in model.named_parameters() if not n.startswith(HEAD_PREFIX))
 
 
+def trains(name: str, freeze: str) -> bool:
+    """Whether parameter ``name`` trains when ``freeze`` is frozen: ``'none'`` (everything trains), ``'backbone'``
+    (the head only) or ``'head'`` (all but the head)."""
+    is_head = name.startswith(HEAD_PREFIX)
+    return {"none": True, "backbone": is_head, "head": not is_head}[freeze]
+
+
 def set_trainable(model: nn.Module, freeze: str) -> None:
-    """``'none'``: train everything; ``'backbone'``: train the head only; ``'head'``: all but the head."""
+    """``requires_grad`` of every parameter from :func:`trains`."""
     for n, p in model.named_parameters():
-        is_head = n.startswith(HEAD_PREFIX)
-        p.requires_grad_({"none": True, "backbone": is_head, "head": not is_head}[freeze])
+        p.requires_grad_(trains(n, freeze))

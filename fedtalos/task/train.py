@@ -125,7 +125,7 @@ def _host_sums(
 
     Apple's MPS has no float64, so the sums are never kept on the device: the float32 scalars come to the CPU in
     one copy (the loop's only sync) and are added as Python floats (IEEE float64) in step order, which is the
-    same arithmetic, bit for bit, as the float64 device accumulator this replaced.
+    same arithmetic, bit for bit, as a float64 accumulator on the device.
     """
     if not losses:
         return 0.0, 0

@@ -23,7 +23,7 @@ from fedtalos.config import ConfigError, RunConfig
 from fedtalos.editing import mask_file as mf
 from fedtalos.editing.masks import Mask
 from fedtalos.fsutil import atomic_write_bytes
-from fedtalos.lifecycle import calibration_rounds
+from fedtalos.run.phases import calibration_rounds
 from fedtalos.tracking.rundir import check_writable
 
 log = logging.getLogger(__name__)

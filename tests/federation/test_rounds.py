@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedtalos.federation.state import ServerState
-from fedtalos.lifecycle import PhaseSpec, remaining
+from fedtalos.run.phases import PhaseSpec, remaining
 
 PHASES = [
     PhaseSpec("head", 1, "all", evaluates=True, stream="head"),

@@ -19,7 +19,7 @@ from fedtalos.federation.aggregate import ClientUpdate
 from fedtalos.federation.state import ServerState
 from fedtalos.federation.train_round import TrainRounds
 from fedtalos.federation.wire import Outgoing, Replies
-from fedtalos.lifecycle import run_phases
+from fedtalos.run.phases import run_phases
 from fedtalos.strategies.fedavg import FedAvg
 from fedtalos.strategies.fedopt import FedAdam
 from fedtalos.tracking.hooks import Hooks

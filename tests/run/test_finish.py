@@ -11,8 +11,8 @@ import torch
 
 from fedtalos.config import RunConfig
 from fedtalos.editing.masks import mask_stats
-from fedtalos.lifecycle import Kind
 from fedtalos.run.finish import finish_run
+from fedtalos.run.phases import Kind
 from fedtalos.tracking.checkpoint import CheckpointStore
 from fedtalos.tracking.mask_report import MASK_FILE
 from fedtalos.tracking.rundir import RunDir

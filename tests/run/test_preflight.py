@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fedtalos.config import ConfigError, RunConfig
-from fedtalos.lifecycle import Kind
+from fedtalos.run.phases import Kind
 from fedtalos.run.preflight import preflight
 from fedtalos.task.model import DINO_VIT_S16
 from tests.support.tiny import offline_tiny

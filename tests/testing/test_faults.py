@@ -53,3 +53,7 @@ def test_point_kills_only_at_its_target(monkeypatch: pytest.MonkeyPatch):
     assert not killed
     faults.point("after-replies", 2)
     assert killed == [(faults.os.getpid(), faults.signal.SIGKILL)]
+
+
+def test_the_app_and_the_fault_points_read_one_variable():
+    assert faults.ENV == FAULT_INJECTION_ENV

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from fedtalos.config import RunConfig
-from fedtalos.lifecycle import (
+from fedtalos.run.phases import (
     Kind,
     PhaseSpec,
     evaluation_due,
