@@ -14,18 +14,12 @@ from fedtalos.editing.scoring import describe_model, model_record
 from fedtalos.federation.server import FederatedServer
 from fedtalos.federation.transport import in_simulation
 from fedtalos.launch.flwr_run import simulation_problems
-from fedtalos.run.preflight import preflight as run_preflight
+from fedtalos.run.preflight import preflight
 from fedtalos.task.device import environment
-from fedtalos.task.resources import Resources
 from fedtalos.tracking.log_setup import log_through_flower
 from fedtalos.tracking.rundir import open_run_dir
 
 app = ServerApp()
-
-
-def preflight(config: RunConfig) -> Resources:
-    """The federated run's :func:`fedtalos.run.preflight.preflight`: fail on bad input before a directory exists."""
-    return run_preflight(config, "federated")
 
 
 def _process_started() -> dict[str, float]:
@@ -44,7 +38,7 @@ def main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_mapping(context.run_config)
     if in_simulation(grid) and (problems := simulation_problems(config)):
         raise ConfigError(problems)
-    resources = preflight(config)
+    resources = preflight(config, "federated")  # bad input fails here, before a run directory exists
     model = model_record(config, resources.model)
     environment_record = environment(resources.device, resources.dtype)
     with open_run_dir(config, "federated", environment=environment_record, model=model) as run_dir:

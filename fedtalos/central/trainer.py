@@ -31,7 +31,6 @@ from fedtalos.editing.optim import SparseSGDM
 from fedtalos.editing.scoring import describe_model, model_record
 from fedtalos.run.finish import finish_run
 from fedtalos.run.phases import SENSITIVITY_RULES, PhaseSpec, Row, evaluation_due, remaining, run_phases
-from fedtalos.run.preflight import preflight as run_preflight
 from fedtalos.run.start import start_weights
 from fedtalos.seeds import central_epoch_generator, central_start_seed
 from fedtalos.task.device import environment
@@ -343,11 +342,6 @@ class CentralizedTrainer:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def preflight(config: RunConfig) -> None:
-    """The centralized run's :func:`fedtalos.run.preflight.preflight`: fail on bad input before a directory exists."""
-    run_preflight(config, KIND)
-
-
 def run_centralized(
     config: RunConfig,
     *,
@@ -356,7 +350,7 @@ def run_centralized(
 ) -> tuple[RunDir, dict[str, Any]]:
     """Open (or reopen) the run directory of ``config`` and run it to the end; returns it and the summary.
 
-    Call :func:`preflight` first to fail on bad input before a directory exists.
+    Call :func:`fedtalos.run.preflight.preflight` first to fail on bad input before a directory exists.
     """
     config = config if config.run_name else config.replace(run_name=config.resolved_run_name(KIND))
     resources = get_resources(config, pretrained=True)  # the trainer's own, cached for it

@@ -56,9 +56,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
 
     try:
         config = RunConfig.from_mapping(overrides_from_args(args))
-        from fedtalos.central.trainer import preflight
+        from fedtalos.run.preflight import preflight
 
-        preflight(config)
+        preflight(config, "centralized")
     except (ConfigError, DatasetNotFoundError, DatasetIntegrityError, ModelError) as e:
         return fail(prog, str(e))
     except RuntimeError as e:  # e.g. device = 'cuda' without CUDA

@@ -79,11 +79,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     try:
         values = edit_overrides(args)
         config = RunConfig.from_mapping(values)
-        if args.central:
-            from fedtalos.central.trainer import preflight
-        else:
-            from fedtalos.server_app import preflight
-        preflight(config)
+        from fedtalos.run.preflight import preflight
+
+        preflight(config, "centralized" if args.central else "federated")
     except (ConfigError, DatasetNotFoundError, DatasetIntegrityError, WeightsError, RuntimeError) as e:
         return fail(prog, str(e))
     ok = _run_central(config, prog) if args.central else _run_federated(args, values, config, prog)

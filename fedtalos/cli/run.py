@@ -84,7 +84,7 @@ def preflight_locally(config: RunConfig) -> None:
     The data and the model are built only to check them (on ``cuda:0`` they would hold 0.5-1 GB that Ray does
     not count for the whole run); the device itself is only resolved, which allocates nothing.
     """
-    from fedtalos.server_app import preflight
+    from fedtalos.run.preflight import preflight
     from fedtalos.task.device import resolve_device
     from fedtalos.task.resources import get_resources
 
@@ -92,7 +92,7 @@ def preflight_locally(config: RunConfig) -> None:
     if problems:
         raise ConfigError(problems)
     resolve_device(config.device)
-    preflight(config.replace(device="cpu", num_threads=0))
+    preflight(config.replace(device="cpu", num_threads=0), "federated")
     get_resources.cache_clear()
 
 

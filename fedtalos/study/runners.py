@@ -99,11 +99,11 @@ class FederatedRunner:
         key = (c.resolved_dataset_root(), c.dataset_download, c.dataset_verify, c.model, c.pretrained, c.weights_path)
         if key in self._checked:
             return
-        from fedtalos.server_app import preflight
+        from fedtalos.run.preflight import preflight
         from fedtalos.task.resources import get_resources
 
         with self._preflight_lock:
-            preflight(c.replace(device="cpu", num_threads=0))
+            preflight(c.replace(device="cpu", num_threads=0), "federated")
             get_resources.cache_clear()  # the data and model were loaded only to check them
         self._checked.add(key)
 

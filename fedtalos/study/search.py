@@ -249,13 +249,13 @@ def search(
     """
     import optuna
 
-    from fedtalos.central.trainer import preflight
+    from fedtalos.run.preflight import preflight
     from fedtalos.seeds import search_sampler_seed
 
     space = load_space(space_path, base)
     study_name = study_name or Path(space_path).stem
     config = RunConfig.from_mapping({**base, **space.fixed})
-    preflight(config)  # output root, data, weights: fail before a study exists
+    preflight(config, "centralized")  # output root, data, weights: fail before a study exists
     study_dir = config.resolved_output_root() / f"search-{study_name}"
     with study_lock(study_dir):
         optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from fedtalos.central.trainer import preflight, run_centralized
+from fedtalos.central.trainer import run_centralized
 from fedtalos.cli import central
 from fedtalos.config import RunConfig
 from fedtalos.editing import mask_file as mf
+from fedtalos.run.preflight import preflight
 from fedtalos.task.resources import get_resources
 from tests.support.central import tiny_values
 from tests.support.masks import EDIT, argv, run_edit
@@ -82,7 +83,7 @@ def test_a_mask_scored_on_other_starting_weights_is_refused_unless_accepted(runs
     err = _refused(runs, tmp_path, capsys, runs["mask"], seed=1)  # the tiny test ViT's random init follows the seed
     assert "other starting weights" in err and "mask-any-weights" in err
     values = {**runs["values"], "output-root": str(tmp_path / "out"), "mask-path": str(runs["mask"]), "seed": 1}
-    preflight(RunConfig.from_mapping({**values, "mask-any-weights": True}))  # accepted explicitly
+    preflight(RunConfig.from_mapping({**values, "mask-any-weights": True}), "centralized")  # accepted explicitly
 
 
 def test_a_corrupted_mask_file_is_refused(runs, tmp_path: Path, capsys):

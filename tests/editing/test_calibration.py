@@ -12,39 +12,27 @@ from fedtalos.editing.calibration import calibrate, calibrate_mask, next_mask, s
 from fedtalos.editing.fisher import fisher_scores
 from fedtalos.editing.masks import calibration_step, magnitude_mask, random_mask
 from fedtalos.task.model import TINY_TEST_VIT, build_model
-
-
-def _t(*values: float) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32)
-
-
-def _masks_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return list(a) == list(b) and all(torch.equal(a[n], b[n]) for n in a)
-
-
-def _count(mask: dict[str, torch.Tensor]) -> int:
-    return sum(int(m.sum()) for m in mask.values())
-
+from tests.support.tensors import count_true, floats, masks_equal
 
 # ---------------------------------------------------------------------------------------------------------------
 # next_mask and calibrate.
 
 SHAPES = {"a": (8,), "b": (2,)}
-WEIGHTS = {"a": _t(-5, 0.1, 3, -0.2, 1, 2, -3, 4), "b": _t(1, -4)}
+WEIGHTS = {"a": floats(-5, 0.1, 3, -0.2, 1, 2, -3, 4), "b": floats(1, -4)}
 
 
 def test_next_mask_dispatches_each_rule():
     common = {"shapes": SHAPES, "sparsity": 0.75}
-    scores = {"a": _t(0, 1, 2, 3, 4, 5, 6, 7), "b": _t(10, 11)}
+    scores = {"a": floats(0, 1, 2, 3, 4, 5, 6, 7), "b": floats(10, 11)}
     for rule in ("least-sensitive", "most-sensitive"):
         got = next_mask(rule, 1, 2, None, scores=scores, **common)
-        assert _masks_equal(got, calibration_step(scores, None, rule=rule, round_index=1, rounds=2, **common))
-    assert _masks_equal(
+        assert masks_equal(got, calibration_step(scores, None, rule=rule, round_index=1, rounds=2, **common))
+    assert masks_equal(
         next_mask("lowest-magnitude", 1, 1, None, weights=WEIGHTS, **common), magnitude_mask(WEIGHTS, 0.75)
     )
     highest = next_mask("highest-magnitude", 1, 1, None, weights=WEIGHTS, **common)
-    assert _masks_equal(highest, magnitude_mask(WEIGHTS, 0.75, highest=True))
-    assert _masks_equal(next_mask("random", 1, 1, None, seed=3, **common), random_mask(SHAPES, 0.75, seed=3))
+    assert masks_equal(highest, magnitude_mask(WEIGHTS, 0.75, highest=True))
+    assert masks_equal(next_mask("random", 1, 1, None, seed=3, **common), random_mask(SHAPES, 0.75, seed=3))
     with pytest.raises(ValueError, match="needs this round's scores"):
         next_mask("least-sensitive", 1, 2, None, **common)
     with pytest.raises(ValueError, match="needs the weights"):
@@ -57,19 +45,19 @@ def test_calibrate_scores_each_round_with_the_mask_so_far():
     seen = []
 
     def score_round(r: int, alive):
-        seen.append((r, None if alive is None else _count(alive)))
-        return {"a": _t(0, 1, 2, 3, 4, 5, 6, 7) * r, "b": _t(10, 11)}
+        seen.append((r, None if alive is None else count_true(alive)))
+        return {"a": floats(0, 1, 2, 3, 4, 5, 6, 7) * r, "b": floats(10, 11)}
 
     mask = calibrate(score_round, SHAPES, "least-sensitive", 0.75, rounds=2)
     assert seen == [(1, None), (2, 5)], "round 1 without a mask, round 2 with round 1's (⌊0.5 · 10⌋ kept)"
-    assert _count(mask) == 2
+    assert count_true(mask) == 2
 
 
 def test_calibrate_takes_one_step_for_the_rules_that_read_no_scores():
     never = lambda r, alive: pytest.fail("the magnitude and random rules must not score")  # noqa: E731
     got = calibrate(never, SHAPES, "lowest-magnitude", 0.5, rounds=4, weights=WEIGHTS)
-    assert _masks_equal(got, magnitude_mask(WEIGHTS, 0.5))
-    assert _masks_equal(calibrate(never, SHAPES, "random", 0.5, rounds=4, seed=1), random_mask(SHAPES, 0.5, seed=1))
+    assert masks_equal(got, magnitude_mask(WEIGHTS, 0.5))
+    assert masks_equal(calibrate(never, SHAPES, "random", 0.5, rounds=4, seed=1), random_mask(SHAPES, 0.5, seed=1))
 
 
 def test_sum_scores_adds_float32_in_the_order_given():
@@ -116,12 +104,12 @@ def test_without_soft_zeroing_rounds_collapse_to_the_one_round_mask(inputs):
     model = _confident_vit()
     one = calibrate_mask(model, inputs, sparsity=0.9, rounds=1)
     four = calibrate_mask(model, inputs, sparsity=0.9, rounds=4, soft_value=1.0)
-    assert _masks_equal(one, four)
+    assert masks_equal(one, four)
     # With soft zeroing, re-scoring changes the answer: that is what the rounds are for.
     soft = calibrate_mask(model, inputs, sparsity=0.9, rounds=4, soft_value=0.1)
-    assert not _masks_equal(one, soft)
+    assert not masks_equal(one, soft)
     total = sum(m.numel() for m in one.values())
-    assert _count(soft) == math.floor(round(0.1 * total, 6))  # float scores: no ties
+    assert count_true(soft) == math.floor(round(0.1 * total, 6))  # float scores: no ties
 
 
 def test_sensitivity_rules_keep_lowest_or_highest_scores(inputs):
@@ -136,7 +124,7 @@ def test_sensitivity_rules_keep_lowest_or_highest_scores(inputs):
     kept_min = min(float(scores[n][most[n]].min()) for n in names)
     frozen_max = max(float(scores[n][~most[n]].max()) for n in names)
     assert kept_min >= frozen_max
-    assert _count(least) == _count(most) == math.floor(0.25 * sum(scores[n].numel() for n in names))
+    assert count_true(least) == count_true(most) == math.floor(0.25 * sum(scores[n].numel() for n in names))
 
 
 def test_magnitude_and_random_rules_run_once_and_ignore_the_data():
@@ -148,7 +136,7 @@ def test_magnitude_and_random_rules_run_once_and_ignore_the_data():
         ("highest-magnitude", magnitude_mask(weights, 0.6, highest=True)),
         ("random", random_mask({n: w.shape for n, w in weights.items()}, 0.6, seed=4)),
     ]:
-        assert _masks_equal(calibrate_mask(model, never, 0.6, rule=rule, seed=4), expected), rule
+        assert masks_equal(calibrate_mask(model, never, 0.6, rule=rule, seed=4), expected), rule
 
 
 def test_per_round_batches_and_single_use_iterators(inputs):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from fedtalos.editing.masks import (
     calibration_step,
@@ -17,23 +16,7 @@ from fedtalos.editing.masks import (
     update_mask,
 )
 from fedtalos.tracking.mask_report import density_rows
-
-
-def _t(*values: float) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32)
-
-
-def _b(*values: int) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.bool)
-
-
-def _masks_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return list(a) == list(b) and all(torch.equal(a[n], b[n]) for n in a)
-
-
-def _count(mask: dict[str, torch.Tensor]) -> int:
-    return sum(int(m.sum()) for m in mask.values())
-
+from tests.support.tensors import bools, count_true, floats, masks_equal
 
 # ---------------------------------------------------------------------------------------------------------------
 # Schedule and counts.
@@ -62,46 +45,46 @@ def test_keep_counts_floor_is_robust_to_float_error():
 
 
 def test_global_threshold_keeps_ties_at_the_threshold():
-    scores = {"a": _t(1, 2, 2, 2, 5), "b": _t(0, 2, 9)}
+    scores = {"a": floats(1, 2, 2, 2, 5), "b": floats(0, 2, 9)}
     # sorted: 0 1 2 2 2 2 5 9 → the 3rd smallest is 2, and all four 2s are kept.
     low = update_mask(scores, None, 3)
-    assert _masks_equal(low, {"a": _b(1, 1, 1, 1, 0), "b": _b(1, 1, 0)})
+    assert masks_equal(low, {"a": bools(1, 1, 1, 1, 0), "b": bools(1, 1, 0)})
     # the 3rd largest is 2 as well: 9, 5 and all the 2s.
     high = update_mask(scores, None, 3, keep="highest")
-    assert _masks_equal(high, {"a": _b(0, 1, 1, 1, 1), "b": _b(0, 1, 1)})
+    assert masks_equal(high, {"a": bools(0, 1, 1, 1, 1), "b": bools(0, 1, 1)})
     # Without ties exactly k are kept.
-    assert _count(update_mask({"a": _t(4, 1, 3), "b": _t(2, 5)}, None, 3)) == 3
+    assert count_true(update_mask({"a": floats(4, 1, 3), "b": floats(2, 5)}, None, 3)) == 3
 
 
 def test_only_alive_entries_compete_and_frozen_ones_stay_frozen():
-    scores = {"a": _t(0, 1, 2, 3), "b": _t(0.5, 4)}
-    alive = {"a": _b(0, 1, 1, 1), "b": _b(0, 1)}  # the two lowest scores are frozen already
-    assert _masks_equal(update_mask(scores, alive, 2), {"a": _b(0, 1, 1, 0), "b": _b(0, 0)})
-    assert _masks_equal(update_mask(scores, alive, 2, keep="highest"), {"a": _b(0, 0, 0, 1), "b": _b(0, 1)})
+    scores = {"a": floats(0, 1, 2, 3), "b": floats(0.5, 4)}
+    alive = {"a": bools(0, 1, 1, 1), "b": bools(0, 1)}  # the two lowest scores are frozen already
+    assert masks_equal(update_mask(scores, alive, 2), {"a": bools(0, 1, 1, 0), "b": bools(0, 0)})
+    assert masks_equal(update_mask(scores, alive, 2, keep="highest"), {"a": bools(0, 0, 0, 1), "b": bools(0, 1)})
 
 
 def test_guards_for_k_below_one_and_at_least_the_number_alive():
-    scores = {"a": _t(3, 1, 2)}
-    alive = {"a": _b(1, 0, 1)}
-    assert _masks_equal(update_mask(scores, alive, 0), {"a": _b(0, 0, 0)})
-    assert _masks_equal(update_mask(scores, alive, 2), alive)
-    assert _masks_equal(update_mask(scores, alive, 10), alive)
+    scores = {"a": floats(3, 1, 2)}
+    alive = {"a": bools(1, 0, 1)}
+    assert masks_equal(update_mask(scores, alive, 0), {"a": bools(0, 0, 0)})
+    assert masks_equal(update_mask(scores, alive, 2), alive)
+    assert masks_equal(update_mask(scores, alive, 10), alive)
 
 
 def test_local_scope_thresholds_each_tensor_on_its_own():
-    scores = {"small": _t(0.1, 0.2, 0.3, 0.4), "large": _t(10, 30, 20, 40)}
+    scores = {"small": floats(0.1, 0.2, 0.3, 0.4), "large": floats(10, 30, 20, 40)}
     # Global: the two lowest are both in "small"; local: the lowest half of each tensor.
-    assert _masks_equal(update_mask(scores, None, 2), {"small": _b(1, 1, 0, 0), "large": _b(0, 0, 0, 0)})
+    assert masks_equal(update_mask(scores, None, 2), {"small": bools(1, 1, 0, 0), "large": bools(0, 0, 0, 0)})
     counts = keep_counts({n: s.shape for n, s in scores.items()}, 0.5, "local")
     local = update_mask(scores, None, counts, scope="local")
-    assert _masks_equal(local, {"small": _b(1, 1, 0, 0), "large": _b(1, 0, 1, 0)})
+    assert masks_equal(local, {"small": bools(1, 1, 0, 0), "large": bools(1, 0, 1, 0)})
     with pytest.raises(TypeError):
         update_mask(scores, None, 2, scope="local")
 
 
 def test_nan_scores_are_rejected():
     with pytest.raises(ValueError):
-        update_mask({"a": _t(1, float("nan"))}, None, 1)
+        update_mask({"a": floats(1, float("nan"))}, None, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -111,17 +94,17 @@ def test_nan_scores_are_rejected():
 def test_calibration_step_follows_the_schedule_and_keeps_frozen_entries_frozen():
     shapes = {"a": (8,), "b": (2,)}  # N = 10; s = 0.75 over R' = 2 rounds keeps 0.5 then 0.25 of N
     step = {"shapes": shapes, "sparsity": 0.75, "rounds": 2}
-    first = {"a": _t(0, 1, 2, 3, 4, 5, 6, 7), "b": _t(10, 11)}
+    first = {"a": floats(0, 1, 2, 3, 4, 5, 6, 7), "b": floats(10, 11)}
     alive = calibration_step(first, None, rule="least-sensitive", round_index=1, **step)
-    assert _masks_equal(alive, {"a": _b(1, 1, 1, 1, 1, 0, 0, 0), "b": _b(0, 0)}), "⌊0.5 · 10⌋ = 5 lowest"
+    assert masks_equal(alive, {"a": bools(1, 1, 1, 1, 1, 0, 0, 0), "b": bools(0, 0)}), "⌊0.5 · 10⌋ = 5 lowest"
     # round 2 re-ranks the alive entries only: b's new low scores cannot bring b back
-    second = {"a": _t(7, 6, 5, 4, 3, 2, 1, 0), "b": _t(0, 0)}
+    second = {"a": floats(7, 6, 5, 4, 3, 2, 1, 0), "b": floats(0, 0)}
     last = calibration_step(second, alive, rule="least-sensitive", round_index=2, **step)
-    assert _masks_equal(last, {"a": _b(0, 0, 0, 1, 1, 0, 0, 0), "b": _b(0, 0)}), "⌊0.25 · 10⌋ = 2 lowest alive"
+    assert masks_equal(last, {"a": bools(0, 0, 0, 1, 1, 0, 0, 0), "b": bools(0, 0)}), "⌊0.25 · 10⌋ = 2 lowest alive"
     most = calibration_step(first, None, rule="most-sensitive", round_index=1, **step)
-    assert _masks_equal(most, {"a": _b(0, 0, 0, 0, 0, 1, 1, 1), "b": _b(1, 1)}), "the 5 highest"
+    assert masks_equal(most, {"a": bools(0, 0, 0, 0, 0, 1, 1, 1), "b": bools(1, 1)}), "the 5 highest"
     local = calibration_step(first, None, rule="least-sensitive", round_index=1, scope="local", **step)
-    assert _masks_equal(local, {"a": _b(1, 1, 1, 1, 0, 0, 0, 0), "b": _b(1, 0)}), "half of each tensor"
+    assert masks_equal(local, {"a": bools(1, 1, 1, 1, 0, 0, 0, 0), "b": bools(1, 0)}), "half of each tensor"
     with pytest.raises(ValueError):
         calibration_step(first, None, rule="random", round_index=1, **step)
 
@@ -131,11 +114,11 @@ def test_calibration_step_follows_the_schedule_and_keeps_frozen_entries_frozen()
 
 
 def test_magnitude_rules_select_small_or_large_absolute_values():
-    weights = {"w": _t(-5, 0.1, 3, -0.2), "v": _t(1, -4)}
-    assert _masks_equal(magnitude_mask(weights, 0.5), {"w": _b(0, 1, 0, 1), "v": _b(1, 0)})
-    assert _masks_equal(magnitude_mask(weights, 0.5, highest=True), {"w": _b(1, 0, 1, 0), "v": _b(0, 1)})
+    weights = {"w": floats(-5, 0.1, 3, -0.2), "v": floats(1, -4)}
+    assert masks_equal(magnitude_mask(weights, 0.5), {"w": bools(0, 1, 0, 1), "v": bools(1, 0)})
+    assert masks_equal(magnitude_mask(weights, 0.5, highest=True), {"w": bools(1, 0, 1, 0), "v": bools(0, 1)})
     local = magnitude_mask(weights, 0.5, highest=True, scope="local")
-    assert _masks_equal(local, {"w": _b(1, 0, 1, 0), "v": _b(0, 1)})
+    assert masks_equal(local, {"w": bools(1, 0, 1, 0), "v": bools(0, 1)})
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.37, 0.9, 1.0])
@@ -144,10 +127,10 @@ def test_random_mask_is_seeded_and_exactly_sized(sparsity):
     total = sum(math.prod(s) for s in shapes.values())
     mask = random_mask(shapes, sparsity, seed=1)
     assert {n: tuple(m.shape) for n, m in mask.items()} == shapes
-    assert _count(mask) == math.floor(round((1 - sparsity) * total, 6))
-    assert _masks_equal(mask, random_mask(shapes, sparsity, seed=1))
+    assert count_true(mask) == math.floor(round((1 - sparsity) * total, 6))
+    assert masks_equal(mask, random_mask(shapes, sparsity, seed=1))
     if 0 < sparsity < 1:
-        assert not _masks_equal(mask, random_mask(shapes, sparsity, seed=2))
+        assert not masks_equal(mask, random_mask(shapes, sparsity, seed=2))
     local = random_mask(shapes, sparsity, seed=1, scope="local")
     for n, s in shapes.items():
         assert int(local[n].sum()) == math.floor(round((1 - sparsity) * math.prod(s), 6))
@@ -164,7 +147,7 @@ def test_random_mask_is_uniform_over_entries():
 
 
 def test_mask_stats():
-    mask = {"a": _b(1, 0, 0, 0), "b": _b(1, 1, 1, 1, 0, 0)}
+    mask = {"a": bools(1, 0, 0, 0), "b": bools(1, 1, 1, 1, 0, 0)}
     stats = mask_stats(mask)
     assert stats == {"density": 0.5, "sparsity": 0.5, "trainable": 5, "total": 10}
     # per tensor: the mask report's rows

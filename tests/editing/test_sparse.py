@@ -7,18 +7,7 @@ import pytest
 import torch
 
 from fedtalos.editing.sparse import gather_trainable, pack_mask, scatter_trainable, unpack_mask
-
-
-def _masks_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return list(a) == list(b) and all(torch.equal(a[n], b[n]) for n in a)
-
-
-def _b(*values: int) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.bool)
-
-
-def _count(mask: dict[str, torch.Tensor]) -> int:
-    return sum(int(m.sum()) for m in mask.values())
+from tests.support.tensors import bools, count_true, masks_equal
 
 
 def _odd_mask() -> dict[str, torch.Tensor]:
@@ -35,10 +24,10 @@ def test_pack_unpack_round_trip():
     bits = pack_mask(mask)
     assert bits.dtype == np.uint8 and bits.shape == (3,)
     shapes = {n: tuple(m.shape) for n, m in mask.items()}
-    assert _masks_equal(unpack_mask(bits, shapes), mask)
-    mask["extra"] = _b(1, 0, 1)  # 27 entries: the last byte is padded
+    assert masks_equal(unpack_mask(bits, shapes), mask)
+    mask["extra"] = bools(1, 0, 1)  # 27 entries: the last byte is padded
     shapes["extra"] = (3,)
-    assert _masks_equal(unpack_mask(pack_mask(mask), shapes), mask)
+    assert masks_equal(unpack_mask(pack_mask(mask), shapes), mask)
     with pytest.raises(ValueError):
         unpack_mask(bits, shapes)  # too few bytes for these shapes
 
@@ -50,7 +39,7 @@ def test_gather_scatter_round_trip():
     old["dense"] = torch.randn(4, generator=g)  # not in the mask: carried separately
     new = {n: torch.randn(t.shape, generator=g) for n, t in old.items()}
     flat = gather_trainable(new, mask)
-    assert flat.shape == (_count(mask),)
+    assert flat.shape == (count_true(mask),)
     merged = scatter_trainable(flat, mask, old)
     for n, m in mask.items():
         assert torch.equal(merged[n], torch.where(m, new[n], old[n]))
