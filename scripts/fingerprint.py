@@ -98,11 +98,12 @@ def run_one(name: str, root: Path) -> None:
         with task_identity():
             run_server(values)
     else:
-        from fedtalos.central.trainer import preflight, run_centralized
+        from fedtalos.central.trainer import run_centralized
         from fedtalos.config import RunConfig
+        from fedtalos.run.preflight import preflight
 
         config = RunConfig.from_mapping(values)
-        preflight(config)
+        preflight(config, "centralized")
         run_centralized(config)
 
 
