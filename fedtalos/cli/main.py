@@ -8,6 +8,7 @@
     fedtalos summarize RUNS_DIR [...]                          table (CSV + Markdown, mean ± std) and figures
     fedtalos analyze mask-agreement RUN_DIR [...]              single-client masks vs the aggregated mask
     fedtalos plot RUN_DIR [...]                                loss/accuracy curves of some runs
+    fedtalos demo [--out DIR]                                  a few-minute CPU tour on generated stand-in data
 
 ``fedtalos COMMAND --help`` shows a command's options; ``fedtalos-central`` is an alias of ``fedtalos central``.
 This module only dispatches: everything after the command's name goes to that command's ``main``.
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from fedtalos.cli import analyze, central, edit, plot, run, search, summarize, sweep
+from fedtalos.cli import analyze, central, demo, edit, plot, run, search, summarize, sweep
 from fedtalos.cli.options import USAGE_ERROR
 
 PROG = "fedtalos"
@@ -34,6 +35,7 @@ COMMANDS: dict[str, ModuleType] = {
     "summarize": summarize,
     "analyze": analyze,
     "plot": plot,
+    "demo": demo,
 }
 
 
