@@ -1,6 +1,9 @@
-"""``fedtalos demo``: the whole tour on generated data (one real `flwr run`, e2e), and what it refuses to touch."""
+"""``fedtalos demo``: the whole tour on generated data (one real `flwr run`, e2e: also the suite's check that a
+completed `flwr run` writes its run), and what it refuses to touch."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -57,6 +60,11 @@ def test_the_demo_runs_every_step_and_labels_its_data_and_numbers(tmp_path, monk
     finished = sorted(p.parent.name for p in runs.glob("*/summary.json"))
     assert len(finished) == 4, finished  # federated, editing, two sweep configurations
     assert [n for n in finished if n.startswith("demo-")] == ["demo-constant-seed0", "demo-cosine-seed0"]
+    federated = next(runs.glob("fedavg-*"))  # a completed `flwr run` and what it writes
+    rows = [json.loads(line) for line in (federated / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3] and all(r["clients_ok"] == 2 for r in rows)
+    summary = json.loads((federated / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["final"]["test_acc"] is not None
     editing = next(runs.glob("central-least-sensitive-*"))
     assert (editing / "mask.safetensors").is_file()
 
