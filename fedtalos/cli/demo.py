@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,7 @@ def run_demo(out: Path, app: Path) -> int:
     from fedtalos.cli import central, run, summarize, sweep
     from fedtalos.testing.synthetic import write_fake_cifar100
 
+    started = time.monotonic()
     data = out / DATA_FOLDER
     runs = out / "runs"
     configs = out / "configs"
@@ -172,7 +174,10 @@ def run_demo(out: Path, app: Path) -> int:
 
     editing = write_toml(configs / "editing.toml", {**base, **EDITING})
     argv = ["--config", str(editing)]
-    step("2/4 an editing run: ridge head, a least-sensitive mask freezing 90 % of the backbone", ["central", *argv])
+    step(
+        "2/4 an editing run, centralized: ridge head, a least-sensitive mask freezing 90 % of the backbone",
+        ["central", *argv],
+    )
     if status := central.main(argv, prog="fedtalos central"):
         return status
 
@@ -188,6 +193,7 @@ def run_demo(out: Path, app: Path) -> int:
     if status := summarize.main(argv, prog="fedtalos summarize"):
         return status
     print(f"\n{CHANCE_NOTE}")
+    print(f"\ndemo finished in {time.monotonic() - started:.0f} s")
     print(f"\nfigures: {runs / 'summary' / 'figures'}")
     print(f"runs:    {runs}  (one directory per run: config.json, metrics.csv, summary.json, plots/)")
     print("next:    `make run` is the real job (GPU, CIFAR-100 and the DINO weights downloaded): see README.md")
