@@ -81,17 +81,20 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Write stand-in data in CIFAR-100's file format (generated images, NOT CIFAR-100), then run a "
-        "tiny federated run, an editing run, a sweep of two configurations and `fedtalos summarize` through the "
-        "real commands, on the CPU, in a few minutes. The model is the random-init test ViT, so every accuracy is "
-        "near chance level on purpose.",
+        "tiny federated run, a centralized editing run, a sweep of two configurations and `fedtalos summarize` "
+        "through the real commands, on the CPU, in a few minutes. The model is the random-init test ViT, so every "
+        "accuracy is near chance level on purpose.",
     )
     parser.add_argument(
         "--out",
         default=DEFAULT_OUT,
+        metavar="DIR",
         help=f"where the data, configs, runs and figures go (default: {DEFAULT_OUT}); a directory that is not "
         "empty is refused unless an earlier demo made it, which is then replaced",
     )
-    parser.add_argument("--app", help="the Flower app directory (default: this checkout of fedtalos, else .)")
+    parser.add_argument(
+        "--app", metavar="DIR", help="the Flower app directory (default: this checkout of fedtalos, else .)"
+    )
     return parser
 
 
@@ -114,8 +117,11 @@ def prepare_out(out: Path) -> Path:
                 "give an empty or new directory"
             )
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("made by `fedtalos demo`; a later demo with the same --out replaces this directory\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text("made by `fedtalos demo`; a later demo with the same --out replaces this directory\n")
+    except OSError as e:
+        raise DemoError(f"--out {out}: cannot write there ({e.strerror})") from None
     return out
 
 

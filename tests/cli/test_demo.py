@@ -24,6 +24,8 @@ def test_a_directory_the_demo_did_not_make_is_refused_and_left_alone(tmp_path, c
     a_file.write_text("keep me")
     assert main(["demo", "--out", str(a_file)]) == 2
     assert "is a file" in capsys.readouterr().err and a_file.read_text() == "keep me"
+    assert main(["demo", "--out", str(a_file / "demo")]) == 2
+    assert "cannot write there" in capsys.readouterr().err
 
 
 def test_an_earlier_demo_is_replaced_and_a_new_directory_is_made(tmp_path):
