@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from fedtalos.config import aggregation_keys as agg
 from fedtalos.config.keys import (
     ConfigError,
     KeyFacts,
@@ -37,8 +38,6 @@ __all__ = ["ConfigError", "KeyFacts", "RunConfig", "read_overrides", "read_toml"
 
 MODELS = tuple(BACKBONES)
 PARTITIONINGS = ("iid", "noniid")
-# The names of strategies/registry.py's STRATEGIES, listed here because the registry imports this module.
-STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad")
 # server-lr when the key is left at 0: the defaults of Flower's classes (flwr.serverapp.strategy, 1.42). Adaptive
 # steps of 1.0 would move each weight by up to ~1 per round and wreck a pretrained model. fedavg and fedprox take
 # no server step; their resolved server-lr is 1.0, the value their result hashes hold.
@@ -199,7 +198,7 @@ class RunConfig:
         1, "fewest successful replies a round may be aggregated from", in_range(1), scope="federated"
     )
     local_steps: int = opt(4, "J: local SGD steps per client per round", in_range(1), scope="federated")
-    strategy: str = opt("fedavg", "server strategy: " + ", ".join(STRATEGIES), choice(*STRATEGIES), scope="federated")
+    strategy: str = agg.STRATEGY
     server_lr: float = opt(
         0.0,
         "fedavgm: server lr; fedadam/fedyogi/fedadagrad: eta; 0 = the strategy's default: "
@@ -221,6 +220,14 @@ class RunConfig:
     server_tau: float = opt(
         1e-3, "fedadam/fedyogi/fedadagrad: adaptivity tau", in_range(0.0, lo_open=True), scope="federated"
     )
+    # --- robust aggregation and differential privacy (their facts and checks: config/aggregation_keys.py)
+    num_malicious_nodes: int = agg.NUM_MALICIOUS_NODES
+    num_nodes_to_select: int = agg.NUM_NODES_TO_SELECT
+    beta: float = agg.BETA
+    q: float = agg.Q
+    dp: str = agg.DP
+    clipping_norm: float = agg.CLIPPING_NORM
+    noise_multiplier: float = agg.NOISE_MULTIPLIER
     eval_every: int = opt(
         5,
         "evaluate on the validation split every N rounds/epochs",
@@ -394,6 +401,7 @@ class RunConfig:
                 "by freeze, so nothing would be fine-tuned; use freeze = 'none' (or head = 'train' for a linear probe)"
             )
         problems += self._mask_file_problems()
+        problems += agg.aggregation_problems(self)
         if self.lr_min > self.lr:
             problems.append(f"lr-min = {self.lr_min}: must not exceed lr = {self.lr}")
         if problems:

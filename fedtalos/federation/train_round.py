@@ -1,8 +1,9 @@
 """Training rounds: fine-tuning (``train``, sparse once a mask exists) and linear probing (``head = "probe"``).
 
 One round: the cohort of (seed, stream, round) → one ``train`` message (global weights, the round's config, the mask
-for nodes that lack it) → each upload checked → its example-weighted mean in partition-id order → the strategy's
-update of the global weights, in place.
+for nodes that lack it) → each upload checked → its example-weighted mean in partition-id order (a strategy that
+``combines_updates`` combines the checked updates itself instead) → the strategy's update of the global weights, in
+place.
 """
 
 from __future__ import annotations
@@ -78,8 +79,11 @@ class TrainRounds:
 
         # the drift is per weight of the whole model, uploaded or not: dense and sparse rounds on one scale
         coordinates = sum(v.numel() for v in weights.values())
-        result = aggregate(list(replies.accepted.values()), reference, coordinates=coordinates)
+        updates = list(replies.accepted.values())
+        result = aggregate(updates, reference, coordinates=coordinates)
         average = result.average
+        if self.strategy.combines_updates:  # a rule over every update (a median, a selection): not their mean
+            average = self.strategy.combine(updates, reference)
         if mask is not None:
             flat = average.pop(P.MASKED_VALUES)
             scattered = scatter_trainable(flat, mask, weights)
