@@ -20,7 +20,7 @@ from fedtalos.federation import transport
 from fedtalos.federation.mask_sync import MaskCache
 from fedtalos.federation.timing import client_stamps
 from fedtalos.seeds import client_generator
-from fedtalos.strategies.dp import clip_update
+from fedtalos.strategies.dp import NORM_BIT, clip_update
 from fedtalos.task.device import empty_cache, is_out_of_memory, out_of_memory
 from fedtalos.task.model import backbone_parameters, set_trainable
 from fedtalos.task.resources import Resources, get_resources
@@ -145,7 +145,7 @@ def train(msg: Message, context: Context) -> Message:
         def regularizer() -> torch.Tensor:
             return 0.5 * mu * sum((p - anchors[n]).pow(2).sum() for n, p in params.items())
 
-    clipping_norm = round_config.get("clipping-norm")  # dp = "client-fixed": clip the upload (fixedclipping_mod)
+    clipping_norm = round_config.get("clipping-norm")  # dp on the client side: clip the upload, as Flower's mods
     start = _upload({n: p.detach().cpu().clone() for n, p in params.items()}, mask) if clipping_norm else None
     images, labels = resources.client_data(pid)
     stream, round_index = str(round_config["stream"]), int(round_config["round"])
@@ -162,10 +162,11 @@ def train(msg: Message, context: Context) -> Message:
     )
     steps_s = time.perf_counter() - stepping  # includes the loss read-back (train_steps syncs once at its end)
     upload = staging.read(_upload({n: p.detach() for n, p in params.items()}, mask))
-    if start is not None:
-        upload = clip_update(upload, start, float(clipping_norm))
-    arrays = transport.send(upload, round_config, pid)
     metrics = {P.NUM_EXAMPLES: len(labels), "train-loss": stats.loss, "train-acc": stats.accuracy}
+    if start is not None:
+        upload, clipped = clip_update(upload, start, float(clipping_norm))
+        metrics[NORM_BIT] = float(clipped)  # the adaptive wrappers adapt the norm to the fraction clipped
+    arrays = transport.send(upload, round_config, pid)
     metrics.update(client_stamps(started, steps_s))
     return Message(P.make_reply(arrays, metrics), reply_to=msg)
 

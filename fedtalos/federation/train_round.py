@@ -106,11 +106,12 @@ def check_train_reply(
     reference: Mapping[str, torch.Tensor],
 ) -> ClientUpdate:
     """A train reply as an update: its registered example count, the expected tensors (``dense`` ones, and the
-    ``masked_count`` trainable entries of masked ones), finite values, and its train loss / accuracy."""
+    ``masked_count`` trainable entries of masked ones), finite values, and its train loss / accuracy (and norm bit)."""
     n = P.check_num_examples(reply.metrics, reply.registered_examples)
     tensors = P.check_tensors(reply.upload(), dense, masked_count)
     distance = P.squared_distance(tensors, reference)
-    metrics = {k: v for k in ("train-loss", "train-acc") if (v := P.check_metric(reply.metrics, k)) is not None}
+    wanted = ("train-loss", "train-acc", "norm-bit")  # norm-bit: a client clipped its upload (adaptive DP)
+    metrics = {k: v for k in wanted if (v := P.check_metric(reply.metrics, k)) is not None}
     return ClientUpdate(reply.pid, n, tensors, metrics, distance)
 
 

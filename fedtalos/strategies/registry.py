@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fedtalos.strategies.base import ServerStrategy
-from fedtalos.strategies.dp import FixedClipping
+from fedtalos.strategies.dp import AdaptiveClipping, Clipping
 from fedtalos.strategies.fedavg import FedAvg
 from fedtalos.strategies.fedavgm import FedAvgM
 from fedtalos.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
@@ -30,8 +30,6 @@ STRATEGIES: dict[str, Callable[[Any], ServerStrategy]] = {
     "bulyan": lambda c: Bulyan(c.num_malicious_nodes),
     "qfedavg": lambda c: QFedAvg(c.lr, c.q),
 }
-# dp = "server-fixed" / "client-fixed": the side that clips
-DP_SIDES = {"server-fixed": "server", "client-fixed": "client"}
 
 
 def build(config: Any) -> ServerStrategy:
@@ -39,5 +37,19 @@ def build(config: Any) -> ServerStrategy:
     strategy = STRATEGIES[config.strategy](config)
     if config.dp == "none":
         return strategy
-    m = config.cohort_size
-    return FixedClipping(strategy, DP_SIDES[config.dp], config.noise_multiplier, config.clipping_norm, m, config.seed)
+    side, kind = config.dp.split("-")  # 'server' or 'client' clips; 'fixed' or 'adaptive' clipping norm
+    m, sigma = config.cohort_size, config.noise_multiplier
+    if kind == "fixed":
+        return Clipping(strategy, side, sigma, config.clipping_norm, m, config.seed)
+    count_std = config.clipped_count_stddev or None  # 0: Flower's default
+    return AdaptiveClipping(
+        strategy,
+        side,
+        sigma,
+        m,
+        config.seed,
+        config.initial_clipping_norm,
+        config.target_clipped_quantile,
+        config.clip_norm_lr,
+        count_std,
+    )

@@ -13,8 +13,9 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.app.message import arrayrecord as flwr_arrayrecord
 from flwr.serverapp import strategy as flwr_strategy
 
-from fedtalos.config import RunConfig, aggregation_keys
-from fedtalos.federation.aggregate import ClientUpdate
+from fedtalos.config import RunConfig, strategy_keys
+from fedtalos.config.strategy_keys import DP_MODES
+from fedtalos.federation.aggregate import ClientUpdate, aggregate
 from fedtalos.strategies import make_strategy
 from fedtalos.strategies.registry import STRATEGIES
 from tests.strategies.test_registry import FLOWER, _checkpointed, _initial_weights, _numpy, _records, _relative
@@ -60,7 +61,8 @@ def _uploads(weights: dict[str, torch.Tensor], server_round: int, clients: int =
     for pid, n in enumerate(EXAMPLES[:clients]):
         scale = 1.0 if pid == 2 else 0.05
         tensors = {k: v + scale * torch.randn(v.shape, generator=g) for k, v in weights.items()}
-        updates.append(ClientUpdate(pid, n, tensors, {"train-loss": 0.5 + float(torch.rand(1, generator=g))}))
+        metrics = {"train-loss": 0.5 + float(torch.rand(1, generator=g)), "norm-bit": float(pid % 2)}
+        updates.append(ClientUpdate(pid, n, tensors, metrics))
     return updates
 
 
@@ -89,7 +91,7 @@ def _flower_round(strategy: Any, server_round: int, current: dict, uploads: list
 
 
 def test_every_strategy_is_compared_with_flower():
-    assert set(FLOWER) | set(COMBINING) == set(STRATEGIES) == set(aggregation_keys.STRATEGIES)
+    assert set(FLOWER) | set(COMBINING) == set(STRATEGIES) == set(strategy_keys.STRATEGIES)
     config = {**CONFIG, "num-malicious-nodes": 0}
     assert {
         n for n in STRATEGIES if make_strategy(RunConfig.from_mapping({**config, "strategy": n})).combines_updates
@@ -134,10 +136,20 @@ def test_combine_leaves_the_updates_as_they_were(name: str):
     assert all(torch.equal(u.tensors[k], b[k]) for u, b in zip(uploads, before, strict=True) for k in b)
 
 
-@pytest.mark.parametrize("dp", ["none", "server-fixed", "client-fixed"])
-@pytest.mark.parametrize("name", COMBINING)
+def _round(strategy: Any, weights: dict[str, torch.Tensor], server_round: int) -> None:
+    uploads = _uploads(weights, server_round)
+    if strategy.combines_updates:
+        combined = strategy.combine(uploads, weights)
+    else:
+        combined = aggregate(uploads, weights, coordinates=sum(v.numel() for v in weights.values())).average
+    strategy.apply(weights, combined, server_round)
+
+
+@pytest.mark.parametrize("dp", DP_MODES)
+@pytest.mark.parametrize("name", [*COMBINING, "fedavg", "fedadam"])
 def test_state_dict_resumes_mid_run_identically(name: str, dp: str):
-    config = RunConfig.from_mapping({**CONFIG, "strategy": name, "dp": dp, "noise-multiplier": 0.5})
+    values = {"strategy": name, "dp": dp, "noise-multiplier": 0.5, "clipped-count-stddev": 1.0}
+    config = RunConfig.from_mapping({**CONFIG, **values})
     straight, first = make_strategy(config), make_strategy(config)
     a = _initial_weights()
     b = {k: v.clone() for k, v in a.items()}
@@ -146,9 +158,14 @@ def test_state_dict_resumes_mid_run_identically(name: str, dp: str):
             state = _checkpointed(first)
             first = make_strategy(config)  # a restarted server
             first.load_state_dict(state)
-        straight.apply(a, straight.combine(_uploads(a, server_round), a), server_round)
-        first.apply(b, first.combine(_uploads(b, server_round), b), server_round)
+        _round(straight, a, server_round)
+        _round(first, b, server_round)
         assert all(torch.equal(a[k], b[k]) for k in a), f"round {server_round}"
+    state = straight.state_dict()
+    if dp != "none":
+        assert int(state["dp/releases"]) == ROUNDS, "the noise stream's position is in the checkpoint"
+    if dp.endswith("-adaptive"):
+        assert float(state["dp/clipping-norm"]) != config.initial_clipping_norm, "the adapted norm is checkpointed"
 
 
 def test_bulyan_with_too_few_replies_keeps_the_model():
@@ -177,6 +194,9 @@ def test_qfedavg_needs_the_train_loss():
         ({"dp": "server-fixed", "clipping-norm": 0.0}, "clipping-norm = 0.0"),
         ({"dp": "client-fixed", "noise-multiplier": -0.1}, "noise-multiplier = -0.1"),
         ({"dp": "local"}, "dp = 'local'"),
+        ({"dp": "server-adaptive", "noise-multiplier": 1.0}, "noise-multiplier = 1.0"),  # ≥ 2 · 7/20
+        ({"dp": "client-adaptive", "target-clipped-quantile": 1.5}, "target-clipped-quantile = 1.5"),
+        ({"dp": "client-adaptive", "clip-norm-lr": 0.0}, "clip-norm-lr = 0.0"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(values: dict[str, Any], key: str):

@@ -12,7 +12,13 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flwr_strategy
-from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
+from flwr.supercore.differential_privacy import (
+    KEY_CLIPPING_NORM,
+    KEY_NORM_BIT,
+    compute_adaptive_noise_params,
+    compute_clip_model_update,
+    compute_stdv,
+)
 from safetensors.torch import load_file
 
 from fedtalos.config import RunConfig
@@ -46,12 +52,14 @@ def _uploads(weights: dict[str, torch.Tensor], scales: tuple[float, ...] = (0.01
 def test_clipping_is_flowers_to_the_bit():
     weights = _initial_weights()
     for update in _uploads(weights):
-        ours = clip_update(update.tensors, weights, 0.3)
+        ours, clipped = clip_update(update.tensors, weights, 0.3)
         theirs = [v.numpy().copy() for v in update.tensors.values()]
         compute_clip_model_update(theirs, [v.numpy() for v in weights.values()], 0.3)
         assert all(np.array_equal(ours[k].numpy(), t) for k, t in zip(weights, theirs, strict=True))
         norm = math.sqrt(sum(float((ours[k] - weights[k]).double().square().sum()) for k in weights))
         assert norm <= 0.3 * (1 + 1e-6)
+        unclipped = math.sqrt(sum(float((update.tensors[k] - weights[k]).double().square().sum()) for k in weights))
+        assert clipped == (unclipped > 0.3)
 
 
 def test_server_side_clipping_matches_flowers_wrapper():
@@ -80,7 +88,7 @@ def test_server_side_clipping_matches_flowers_wrapper():
     ]
     arrays, _ = theirs.aggregate_train(1, replies)
     assert arrays is not None
-    clipped_ours = [clip_update(u.tensors, weights, 0.3) for u in uploads]
+    clipped_ours = [clip_update(u.tensors, weights, 0.3)[0] for u in uploads]
     for ours_clipped in clipped_ours:  # the replies reach Flower in its sampled order: match each by content
         assert any(all(np.array_equal(ours_clipped[k].numpy(), r[k]) for k in weights) for r in clipped_replies)
     flower = _numpy(arrays)
@@ -113,6 +121,69 @@ def test_noise_is_seeded_by_the_run_seed_and_the_release():
     assert not torch.equal(first, a.combine(uploads, weights)["w"]), "the next release draws anew"
     other = make_strategy(config.replace(seed=1)).combine(uploads, weights)["w"]
     assert not torch.equal(first, other)
+
+
+def _replies(messages: list[Message], uploads: list[ClientUpdate], norm_bits: bool = False) -> list[Message]:
+    def metrics(u: ClientUpdate) -> MetricRecord:
+        bit = {KEY_NORM_BIT: int(u.metrics["norm-bit"])} if norm_bits else {}
+        return MetricRecord({"num-examples": u.num_examples, **bit})
+
+    return [
+        Message(RecordDict({"arrays": _records(u.tensors), "metrics": metrics(u)}), reply_to=m)
+        for m, u in zip(messages, uploads, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_adaptive_clipping_follows_flowers_wrapper_round_by_round(side: str):
+    # noise-multiplier 0 (the count is then exact, as in Flower): the clipping norms and the models of four rounds
+    values = {
+        "dp": f"{side}-adaptive",
+        "initial-clipping-norm": 0.4,
+        "clip-norm-lr": 0.3,
+        "target-clipped-quantile": 0.3,
+    }
+    config = RunConfig.from_mapping({**CONFIG, **values})
+    ours = make_strategy(config)
+    flower_class = getattr(flwr_strategy, f"DifferentialPrivacy{side.capitalize()}SideAdaptiveClipping")
+    inner = flwr_strategy.FedAvg(min_train_nodes=4, min_available_nodes=4)
+    theirs = flower_class(inner, 0.0, 4, initial_clipping_norm=0.4, target_clipped_quantile=0.3, clip_norm_lr=0.3)
+    weights = _initial_weights()
+    flower_weights = {k: v.clone() for k, v in weights.items()}
+    norms = []
+    for server_round in range(1, 5):
+        uploads = _uploads(weights, scales=(0.01, 0.2, 0.5, 3.0))
+        messages = list(theirs.configure_train(server_round, _records(flower_weights), ConfigRecord({}), _Grid()))
+        if side == "client":  # the clients clip with the norm the round's config carries, and say if they did
+            sent = messages[0].content.config_records["config"][KEY_CLIPPING_NORM]
+            assert ours.client_config()["clipping-norm"] == pytest.approx(sent, rel=1e-12)
+            clipped = [clip_update(u.tensors, weights, sent) for u in uploads]
+            uploads = [
+                ClientUpdate(u.pid, u.num_examples, t, {"norm-bit": float(bit)})
+                for u, (t, bit) in zip(uploads, clipped, strict=True)
+            ]
+        arrays, _ = theirs.aggregate_train(server_round, _replies(messages, uploads, norm_bits=side == "client"))
+        assert arrays is not None
+        ours.apply(weights, ours.combine(uploads, weights), server_round)
+        assert ours.clipping_norm == pytest.approx(theirs.clipping_norm, rel=1e-12)
+        flower_weights = {k: torch.from_numpy(v.copy()) for k, v in _numpy(arrays).items()}
+        for k in weights:
+            np.testing.assert_allclose(weights[k].numpy(), flower_weights[k].numpy(), rtol=1e-5, atol=1e-6)
+        norms.append(ours.clipping_norm)
+    assert len(set(norms)) == len(norms), "the norm adapted every round"
+
+
+def test_adaptive_noise_std_is_flowers_formula():
+    # σ = 1 with σ_b = 2: z = (σ⁻² − (2σ_b)⁻²)^(−1/2), and the noise of the round uses the adapted norm
+    values = {"dp": "server-adaptive", "noise-multiplier": 1.0, "clipped-count-stddev": 2.0}
+    strategy = make_strategy(RunConfig.from_mapping({**CONFIG, **values}))
+    weights = {"w": torch.zeros(200, 200)}
+    uploads = [ClientUpdate(pid, n, {"w": torch.zeros(200, 200)}) for pid, n in enumerate(EXAMPLES)]
+    noise = strategy.combine(uploads, weights)["w"].double()
+    count_std, z = compute_adaptive_noise_params(1.0, 4, 2.0)
+    assert (strategy.clipped_count_stddev, strategy.noise_multiplier) == (count_std, pytest.approx(z))
+    assert strategy.clipping_norm != 0.1, "the count's noise moved the norm"
+    assert float(noise.std()) == pytest.approx(compute_stdv(z, strategy.clipping_norm, 4), rel=0.02)
 
 
 def test_client_side_clipping_goes_to_the_clients():

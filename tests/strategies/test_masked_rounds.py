@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fedtalos.config import RunConfig
+from fedtalos.config.strategy_keys import DP_MODES
 from fedtalos.editing.sparse import gather_trainable
 from fedtalos.federation import protocol as P
 from fedtalos.federation.aggregate import ClientUpdate
@@ -41,7 +42,7 @@ class _Wire:
             }
             upload = {k: v for k, v in trained.items() if trains(k, SPEC.frozen) and k not in mask}
             upload[P.MASKED_VALUES] = gather_trainable(trained, mask)
-            accepted[pid] = ClientUpdate(pid, 3 + pid, upload, {"train-loss": 1.0 + 0.1 * pid})
+            accepted[pid] = ClientUpdate(pid, 3 + pid, upload, {"train-loss": 1.0 + 0.1 * pid, "norm-bit": 1.0})
         return Replies(accepted, {"clients_ok": len(accepted)})
 
 
@@ -60,10 +61,12 @@ def _state() -> ServerState:
     return ServerState(step=0, phase="train", phase_round=0, weights=weights, mask=mask)
 
 
-@pytest.mark.parametrize("dp", ["none", "server-fixed", "client-fixed"])
+@pytest.mark.parametrize("dp", DP_MODES)
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_frozen_entries_never_move(name: str, dp: str):
-    config = RunConfig.from_mapping({**CONFIG, "strategy": name, "dp": dp, "clipping-norm": 0.5})
+    config = RunConfig.from_mapping(
+        {**CONFIG, "strategy": name, "dp": dp, "clipping-norm": 0.5, "noise-multiplier": 0.1}
+    )
     rounds = TrainRounds(SPEC, config, Hooks(), make_strategy(config))
     state = _state()
     wire = _Wire()

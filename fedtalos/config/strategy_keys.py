@@ -1,6 +1,6 @@
-"""The run-config keys of the strategies that combine every client's update (robust rules, q-FedAvg) and of the
-differential-privacy wrappers, with Flower 1.42's hyper-parameter names (kebab-case) and defaults, and the checks
-that need the cohort size. ``RunConfig`` declares one field per key from the facts below."""
+"""The run-config keys of the server strategies beyond ``server-*`` (robust rules, q-FedAvg, the differential-privacy
+wrappers) with Flower 1.42's hyper-parameter names (kebab-case) and defaults, the checks that need the cohort size,
+and the server-lr defaults of Flower's server optimisers. ``RunConfig`` declares one field per key from these."""
 
 from __future__ import annotations
 
@@ -23,9 +23,13 @@ STRATEGIES = (
     "bulyan",
     "qfedavg",
 )
-# 'none', Flower's fixed-clipping wrappers: clipping on the server (DifferentialPrivacyServerSideFixedClipping) or on
-# the clients (DifferentialPrivacyClientSideFixedClipping with the fixedclipping_mod).
-DP_MODES = ("none", "server-fixed", "client-fixed")
+# server-lr when the key is left at 0: the defaults of Flower's classes (flwr.serverapp.strategy, 1.42). Adaptive
+# steps of 1.0 would move each weight by up to ~1 per round and wreck a pretrained model. fedavg and fedprox take
+# no server step; their resolved server-lr is 1.0, the value their result hashes hold.
+SERVER_LR_DEFAULTS = {"fedavgm": 1.0, "fedadam": 0.1, "fedyogi": 0.01, "fedadagrad": 0.1}
+# 'none', and Flower's wrappers: fixed clipping (DifferentialPrivacy{Server,Client}SideFixedClipping) or adaptive
+# clipping (DifferentialPrivacy{Server,Client}SideAdaptiveClipping), on the server or on the clients.
+DP_MODES = ("none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive")
 BYZANTINE = ("krum", "multikrum", "bulyan")
 
 STRATEGY = opt("fedavg", "server strategy: " + ", ".join(STRATEGIES), choice(*STRATEGIES), scope="federated")
@@ -44,13 +48,13 @@ BETA = opt(
 Q = opt(0.1, "qfedavg: fairness exponent q (its client-learning-rate is lr)", in_range(0.0), scope="federated")
 DP = opt(
     "none",
-    "differential privacy around the strategy: 'none', 'server-fixed' or 'client-fixed' clipping, then Gaussian "
-    "noise of std noise-multiplier·clipping-norm/cohort-size",
+    "differential privacy around the strategy: " + ", ".join(repr(m) for m in DP_MODES) + " (clipping, then Gaussian "
+    "noise of std noise-multiplier·clipping-norm/clients-per-round)",
     choice(*DP_MODES),
     scope="federated",
 )
 CLIPPING_NORM = opt(
-    1.0, "dp: L2 norm each client's update is clipped to", in_range(0.0, lo_open=True), scope="federated"
+    1.0, "dp fixed: L2 norm each client's update is clipped to", in_range(0.0, lo_open=True), scope="federated"
 )
 NOISE_MULTIPLIER = opt(
     1.0,
@@ -58,9 +62,27 @@ NOISE_MULTIPLIER = opt(
     in_range(0.0),
     scope="federated",
 )
+INITIAL_CLIPPING_NORM = opt(
+    0.1, "dp adaptive: the clipping norm of the first round", in_range(0.0, lo_open=True), scope="federated"
+)
+TARGET_CLIPPED_QUANTILE = opt(
+    0.5, "dp adaptive: the fraction of updates the norm adapts to clip", in_range(0.0, 1.0), scope="federated"
+)
+CLIP_NORM_LR = opt(
+    0.2,
+    "dp adaptive: learning rate of the clipping norm's geometric update",
+    in_range(0.0, lo_open=True),
+    scope="federated",
+)
+CLIPPED_COUNT_STDDEV = opt(
+    0.0,
+    "dp adaptive: std of the noise on the count of clipped updates; 0 = clients-per-round/20 (Flower's default)",
+    in_range(0.0),
+    scope="federated",
+)
 
 
-def aggregation_problems(config: Any) -> list[str]:
+def strategy_problems(config: Any) -> list[str]:
     """What the cohort size (fraction-train × num-clients) makes impossible for the chosen strategy, one line each.
 
     Krum's score sums the n − f − 2 nearest distances and needs n ≥ 2f + 3 (Blanchard et al., 2017); Bulyan's
@@ -82,4 +104,12 @@ def aggregation_problems(config: Any) -> list[str]:
         )
     if name == "multikrum" and config.num_nodes_to_select > n:
         problems.append(f"num-nodes-to-select = {config.num_nodes_to_select}: more than {cohort}")
+    sigma, count_std = config.noise_multiplier, config.clipped_count_stddev or n / 20
+    if config.dp.endswith("-adaptive") and sigma > 0 and sigma >= 2 * count_std:
+        problems.append(
+            f"noise-multiplier = {sigma} with dp = {config.dp!r}: must be below 2 × clipped-count-stddev = "
+            f"{2 * count_std:g} (the count's noise takes part of the budget); raise clipped-count-stddev"
+            + (f" (0: {cohort} / 20)" if not config.clipped_count_stddev else "")
+            + " or lower noise-multiplier"
+        )
     return problems
