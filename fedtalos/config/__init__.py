@@ -443,7 +443,7 @@ class RunConfig:
         values = {k: v for k, v in self.to_dict().items() if facts[k].result or (facts[k].length and horizon)}
         # the server lr in effect: an unset key and the same value set explicitly compute the same thing
         values["server-lr"] = self.resolved_server_lr
-        return values
+        return sk.without_added_defaults(values)
 
     def result_hash(self) -> str:
         """A short hash of ``result_dict()``: two runs with equal hashes compute the same thing."""

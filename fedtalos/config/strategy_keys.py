@@ -81,6 +81,30 @@ CLIPPED_COUNT_STDDEV = opt(
     scope="federated",
 )
 
+# The keys above, which runs from before them did not have: at their defaults they stay out of the result hash, so
+# those runs keep their hashes, names and directories (tests/tracking/test_identity.py).
+ADDED_DEFAULTS = {
+    name: key.default
+    for name, key in {
+        "num-malicious-nodes": NUM_MALICIOUS_NODES,
+        "num-nodes-to-select": NUM_NODES_TO_SELECT,
+        "beta": BETA,
+        "q": Q,
+        "dp": DP,
+        "clipping-norm": CLIPPING_NORM,
+        "noise-multiplier": NOISE_MULTIPLIER,
+        "initial-clipping-norm": INITIAL_CLIPPING_NORM,
+        "target-clipped-quantile": TARGET_CLIPPED_QUANTILE,
+        "clip-norm-lr": CLIP_NORM_LR,
+        "clipped-count-stddev": CLIPPED_COUNT_STDDEV,
+    }.items()
+}
+
+
+def without_added_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (result keys → values) without the keys of :data:`ADDED_DEFAULTS` that hold their defaults."""
+    return {k: v for k, v in values.items() if k not in ADDED_DEFAULTS or v != ADDED_DEFAULTS[k]}
+
 
 def strategy_problems(config: Any) -> list[str]:
     """What the cohort size (fraction-train × num-clients) makes impossible for the chosen strategy, one line each.

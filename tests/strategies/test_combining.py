@@ -202,3 +202,14 @@ def test_qfedavg_needs_the_train_loss():
 def test_bad_values_are_refused_with_the_key_named(values: dict[str, Any], key: str):
     with pytest.raises(ValueError, match=key):
         RunConfig.from_mapping({**CONFIG, **values})
+
+
+def test_the_new_keys_enter_the_result_hash_only_when_set_off_their_defaults():
+    # runs from before these keys keep their hashes (tests/tracking/test_identity.py); a set key is a new run
+    values = {"num-clients": 7, "fraction-train": 1.0}
+    base = RunConfig.from_mapping(values)
+    for key, default in strategy_keys.ADDED_DEFAULTS.items():
+        assert key not in base.result_dict()
+        assert RunConfig.from_mapping({**values, key: default}).result_hash() == base.result_hash()
+    assert RunConfig.from_mapping({**values, "beta": 0.1}).result_hash() != base.result_hash()
+    assert RunConfig.from_mapping({**values, "dp": "server-fixed"}).result_hash() != base.result_hash()
