@@ -164,7 +164,7 @@ def train(msg: Message, context: Context) -> Message:
     upload = staging.read(_upload({n: p.detach() for n, p in params.items()}, mask))
     metrics = {P.NUM_EXAMPLES: len(labels), "train-loss": stats.loss, "train-acc": stats.accuracy}
     if start is not None:
-        upload, clipped = clip_update(upload, start, float(clipping_norm))
+        upload, clipped = clip_update({k: v.cpu() for k, v in upload.items()}, start, float(clipping_norm))
         metrics[NORM_BIT] = float(clipped)  # the adaptive wrappers adapt the norm to the fraction clipped
     arrays = transport.send(upload, round_config, pid)
     metrics.update(client_stamps(started, steps_s))

@@ -24,6 +24,7 @@ from fedtalos.federation.timing import Stopwatch
 from fedtalos.federation.wire import Outgoing, Reply, Wire
 from fedtalos.run.phases import PhaseSpec, Row
 from fedtalos.strategies.base import ServerStrategy
+from fedtalos.strategies.dp import NORM_BIT
 from fedtalos.task.lr_schedule import lr_at
 from fedtalos.task.model import trains
 from fedtalos.tracking.hooks import Hooks
@@ -110,7 +111,7 @@ def check_train_reply(
     n = P.check_num_examples(reply.metrics, reply.registered_examples)
     tensors = P.check_tensors(reply.upload(), dense, masked_count)
     distance = P.squared_distance(tensors, reference)
-    wanted = ("train-loss", "train-acc", "norm-bit")  # norm-bit: a client clipped its upload (adaptive DP)
+    wanted = ("train-loss", "train-acc", NORM_BIT)  # NORM_BIT: the client clipped its upload (adaptive DP)
     metrics = {k: v for k in wanted if (v := P.check_metric(reply.metrics, k)) is not None}
     return ClientUpdate(reply.pid, n, tensors, metrics, distance)
 
