@@ -289,7 +289,8 @@ def client_drift(groups: Sequence[Group], out: Path) -> list[Path]:
                 label = partition_label(g.config) + (f", {settings_text(g, extra_keys)}" if extra_keys else "")
                 curve = curve_points(f"J = {j}", label, g, "drift", _round_of, train_rows)
                 points += curve
-                band(ax, curve, color=colors[partition_label(g.config)], label=label)
+                style = "-" if g.head == "train" else "--"  # a frozen head: its partition's colour, dashed
+                band(ax, curve, color=colors[partition_label(g.config)], ls=style, label=label)
             ax.set_yscale("log")
             style_axes(ax, "communication round", DRIFT_LABEL if j == steps[0] else "", f"J = {j} local steps", True)
             ax.legend(fontsize=7, frameon=False)

@@ -301,7 +301,7 @@ def mask_density_per_layer(groups: Sequence[Group], out: Path) -> list[Path]:
 def _density_figure(
     chosen: Sequence[Group], colors: Sequence[Any], labels: Sequence[str], title: str, path: Path
 ) -> Path:
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.4), constrained_layout=True)
     flat = axes.ravel()
     width = 0.8 / len(chosen)
     points: list[Point] = []
@@ -339,7 +339,7 @@ def _density_figure(
         flat[5].set_xticks(range(len(others)), others, fontsize=8)
     style_axes(flat[5], "", "trainable entries (%)", "outside the blocks")
     handles, names = flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside right upper", fontsize=8, frameon=False)
+    fig.legend(handles, names, loc="outside lower center", ncol=min(5, len(names)), fontsize=8, frameon=False)
     fig.suptitle(f"{title}\ndotted: the overall density 1 − sparsity; {seeds_note(chosen)}", fontsize=11)
     return save_with_data(fig, path, points)
 
