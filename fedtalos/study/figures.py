@@ -195,7 +195,8 @@ def _partition_j_families(groups: Sequence[Group]) -> dict[str, list[Group]]:
 
 def _j_row(g: Group) -> tuple[int, str, str]:
     """(J, head, mask file) of a configuration: a frozen head or a mask file makes an arm of its own."""
-    return g.config.get("local-steps"), g.head, mask_source_label(g.runs[0]) or ""
+    mask_file = mask_source_label(g.runs[0]) or Path(str(g.config.get("mask-path", ""))).name
+    return g.config.get("local-steps"), g.head, mask_file
 
 
 def _j_row_text(row: tuple[int, str, str]) -> str:

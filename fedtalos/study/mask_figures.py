@@ -68,9 +68,10 @@ def accuracy_vs_sparsity(groups: Sequence[Group], out: Path) -> list[Path]:
     matched dense reference (:func:`dense_reference`); only configurations that differ in these alone
     (:func:`controlled`)."""
     editing, _ = controlled(editing_groups(groups), ("sparsity", "mask-rule", "calibration-rounds", "mask-scope"))
-    if len({g.config.get("sparsity") for g in editing}) < 2:
+    if not any(len({g.config.get("sparsity") for g in m}) > 1 for m in by_partition(editing).values()):
         return []
-    facets = by_partition(editing)
+    # a facet per partition that varies the sparsity
+    facets = {p: m for p, m in by_partition(editing).items() if len({g.config.get("sparsity") for g in m}) > 1}
     scopes = scopes_vary(editing)
     points: list[Point] = []
     fig, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 4.3), squeeze=False, constrained_layout=True)
@@ -109,9 +110,12 @@ def accuracy_vs_calibration_rounds(groups: Sequence[Group], out: Path) -> list[P
     configurations that differ in these alone (:func:`controlled`)."""
     calibrating = [g for g in editing_groups(groups) if calibrates(g)]
     editing, _ = controlled(calibrating, ("calibration-rounds", "mask-rule", "sparsity", "mask-scope"))
-    if len({g.config.get("calibration-rounds") for g in editing}) < 2:
+    # a facet per partition that varies R'
+    facets = {
+        p: m for p, m in by_partition(editing).items() if len({g.config.get("calibration-rounds") for g in m}) > 1
+    }
+    if not facets:
         return []
-    facets = by_partition(editing)
     scopes = scopes_vary(editing)
     points: list[Point] = []
     fig, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 4.3), squeeze=False, constrained_layout=True)
