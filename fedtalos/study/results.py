@@ -19,11 +19,10 @@ import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from fedtalos.config import RunConfig
+from fedtalos.config import ConfigError, RunConfig
 from fedtalos.run.phases import SENSITIVITY_RULES, fine_tunes_sparsely, fine_tuning_head
 from fedtalos.study.plan import read_manifests
 from fedtalos.tracking.identity import partition_label, short_label, split_name
@@ -62,6 +61,7 @@ class RunData:
     seed: int
     kind: str
     config: dict[str, Any]
+    run_config: RunConfig  # ``config`` validated (keys this version does not know are left out)
     rows: list[dict[str, Any]]
     finished: bool
     point: dict[str, Any] = field(default_factory=dict)
@@ -140,10 +140,10 @@ class Group:
     def seeds(self) -> list[int]:
         return [r.seed for r in self.runs]
 
-    @cached_property
+    @property
     def run_config(self) -> RunConfig:
         """The stored config, validated (keys this version does not know are left out)."""
-        return RunConfig.from_mapping(self.config, allow_unknown=True)
+        return self.runs[0].run_config
 
     @property
     def sparse(self) -> bool:
@@ -236,6 +236,11 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
         except ValueError:
             warnings.append(f"{path}: unreadable config.json, skipped")
             continue
+        try:
+            settings = RunConfig.from_mapping(stored.get("config", {}), allow_unknown=True)
+        except ConfigError as error:
+            warnings.append(f"{path}: config.json does not validate ({'; '.join(error.problems)}), skipped")
+            continue
         label, seed = split_name(path.name)
         entry = manifests.get(path.name, {})
         agreement_file = path / "analysis" / "mask_agreement.json"
@@ -247,6 +252,7 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
             seed=int(stored.get("config", {}).get("seed", seed or 0)),
             kind=stored.get("kind", "federated"),
             config=stored.get("config", {}),
+            run_config=settings,
             rows=read_rows(path),
             finished=(path / SUMMARY_FILE).is_file(),
             point=entry.get("point", {}),

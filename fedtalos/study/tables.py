@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedtalos.study.figure_common import dense_reference
+from fedtalos.study.figure_common import controlled, dense_reference, editing_groups
 from fedtalos.study.figures import study_figures
 from fedtalos.study.results import Group, collect, settings_text, varied_settings
 
@@ -169,6 +169,23 @@ def markdown_table(groups: Sequence[Group]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def left_out_of_figures(groups: Sequence[Group]) -> list[str]:
+    """A note naming the editing configurations the accuracy figures leave out (:func:`controlled`), with their
+    fine-tuning length, e.g. the one-round runs of an analysis family."""
+    axes = ("sparsity", "mask-rule", "calibration-rounds", "mask-scope")
+    _, left = controlled(editing_groups(groups), axes)
+    if not left:
+        return []
+    names = ", ".join(
+        f"{g.label} (J × rounds = {g.config.get('local-steps', 1) * g.config.get('num-server-rounds', 0)})"
+        for g in left
+    )
+    return [
+        "Left out of the accuracy figures (they compare configurations that differ only in rule, sparsity and R', "
+        f"at the longest fine-tuning; docs/figures.md): {names}."
+    ]
+
+
 def _paired_cell(group: Group, reference: Group | None) -> str:
     """``−3.10 ± 0.40 (n = 3) vs noniid-iid-J4-head-ridge``: the paired difference of the final test accuracy."""
     if reference is None:
@@ -205,6 +222,8 @@ def summarize(
     if unfinished:
         notes.append(f"Left out, unfinished: {', '.join(r.name for r in unfinished)}.")
     notes += [f"Note: {w}" for w in warnings]
+    if figures:
+        notes += left_out_of_figures(groups)
     md_path = out / "summary.md"
     md_path.write_text("# Results\n\n" + md + "\n" + "\n\n".join(notes) + "\n")
     written = study_figures(groups, out / "figures") if figures and groups else []

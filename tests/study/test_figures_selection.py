@@ -191,5 +191,10 @@ def test_the_mask_file_family_is_an_editing_run_with_its_files_head(figures: Pat
     assert rows["noniid-head-train"]["reference"] == "", "a dense configuration has no dense reference"
 
 
+def test_the_summary_names_what_the_accuracy_figures_leave_out(figures: Path):
+    notes = (figures.parent / "summary.md").read_text().split("Left out of the accuracy figures")[1]
+    assert "maskagree-iid-least-sensitive (J × rounds = 2)" in notes and "rules-" not in notes
+
+
 def test_the_analysis_figure_draws_the_analysis_runs(figures: Path):
     assert {r.split("-")[0] for r in runs_of(read(figures, "mask-agreement"))} == {"maskagree"}

@@ -134,3 +134,17 @@ def test_run_time_with_start_up_stands_beside_time_in_rounds(tmp_path: Path):
     assert float(row["wall_min_mean"]) == pytest.approx(24 / 60)
     header = result["markdown"].read_text().splitlines()[2]
     assert header.index("time in rounds") < header.index("run time (min)")
+
+
+def test_a_run_whose_stored_config_does_not_validate_is_skipped_with_a_note(tmp_path: Path):
+    import json
+
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run({"output-root": str(root), "run-name": f"fam-a-seed{seed}", "seed": seed}, train_rows(2, 0.5))
+    stored = json.loads((root / "fam-a-seed1" / "config.json").read_text())
+    stored["config"]["sparsity"] = 2.0
+    (root / "fam-a-seed1" / "config.json").write_text(json.dumps(stored))
+    result = summarize(root, tmp_path / "summary", figures=False)
+    assert [r.name for g in result["groups"] for r in g.runs] == ["fam-a-seed0"]
+    assert any("fam-a-seed1" in w and "sparsity = 2.0" in w for w in result["warnings"])
