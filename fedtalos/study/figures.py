@@ -4,7 +4,8 @@ Each function draws one kind of figure from whatever configurations fit it and r
 (none when nothing fits). This module: learning curves per family, the Nc × J heat-map, client drift, accuracy vs
 uploaded bytes; :mod:`fedtalos.study.mask_figures`: accuracy vs sparsity and vs calibration rounds, the calibration
 rules side by side, per-layer mask density and the mask agreement across clients. Bands and error bars are ± one
-sample standard deviation over seeds.
+sample standard deviation over seeds. Beside each PNG, a CSV of its points (:mod:`fedtalos.study.figure_data`);
+which runs each figure takes: docs/figures.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """``fedtalos summarize RUNS_DIR``: one table of every configuration (mean ± std over seeds) and the study figures.
 
 The configurations and their numbers come from :mod:`fedtalos.study.results`. Writes ``<out>/summary.csv`` (mean,
-std and n of every metric, one row per configuration), ``<out>/summary.md`` (the readable table) and
-``<out>/figures/*.png`` (see :mod:`fedtalos.study.figures`); ``<out>`` defaults to ``RUNS_DIR/summary``.
+std and n of every metric, one row per configuration, and for a configuration that fine-tunes sparsely its matched
+dense control and the paired difference to it over seeds), ``<out>/summary.md`` (the readable table) and
+``<out>/figures/*.png`` with a CSV of the drawn points beside each (see :mod:`fedtalos.study.figures` and
+docs/figures.md); ``<out>`` defaults to ``RUNS_DIR/summary``.
 """
 
 from __future__ import annotations
