@@ -275,8 +275,8 @@ def mask_density_per_layer(groups: Sequence[Group], out: Path) -> list[Path]:
     if not editing:
         return []
     part = most_common([partition_label(g.config) for g in editing])
-    chosen = [g for g in editing if partition_label(g.config) == part and g.config.get("mask-scope") == "global"]
-    chosen, _ = controlled(chosen, ("mask-rule", "sparsity"))
+    chosen = [g for g in editing if partition_label(g.config) == part]
+    chosen, _ = controlled(chosen, ("mask-rule", "sparsity"))  # one mask scope, R', fine-tuning, ...
     r_common = most_common([g.config.get("calibration-rounds") for g in chosen if calibrates(g)])
     picked = one_per_point(chosen, lambda g: (g.config.get("mask-rule"), g.config.get("sparsity")))
     unique = [g for g, _ in picked.values()]
