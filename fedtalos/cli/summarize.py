@@ -1,6 +1,7 @@
 """``fedtalos summarize RUNS_DIR [RUNS_DIR ...]``: one table of one or more runs directories (CSV + Markdown, mean ±
 std over seeds) and figures. Several directories (e.g. output roots copied from machines that each ran a
-``fedtalos sweep --shard k/N``) are pooled into one table.
+``fedtalos sweep --shard k/N``) are pooled into one table. Beside every figure, a CSV of the points it draws (value,
+n, the runs behind it); docs/figures.md says which runs each figure takes.
 
 What the table and the figures hold is :mod:`fedtalos.study.tables`.
 """

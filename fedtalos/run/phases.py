@@ -17,6 +17,18 @@ from fedtalos.config import RunConfig
 Row = dict[str, Any]  # one metric row: a unit's numbers, as metrics.csv / metrics.jsonl hold them
 Kind = Literal["federated", "centralized"]
 SENSITIVITY_RULES = ("least-sensitive", "most-sensitive")  # the mask rules that score in R' calibration rounds
+# The keys that say how a mask is made or read: a run that fine-tunes densely computes nothing with them.
+MASK_KEYS = (
+    "mask-rule",
+    "sparsity",
+    "calibration-rounds",
+    "calibration-fraction",
+    "calibration-redraw",
+    "fisher-samples",
+    "fisher-target",
+    "mask-scope",
+    "mask-path",
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,21 @@ def fine_tuning_frozen(config: RunConfig, kind: Kind) -> str:
     if config.head_frozen:
         return "head"
     return config.freeze if kind == "centralized" else "none"
+
+
+def fine_tunes_sparsely(config: RunConfig) -> bool:
+    """True for an editing run: it fine-tunes under a mask, calibrated by itself (``mask-rule``) or read from a mask
+    file (``mask-path``; such a run stores mask-rule 'none'). False for dense fine-tuning."""
+    return config.editing or bool(config.mask_path)
+
+
+def fine_tuning_head(config: RunConfig, mask_file_head: str | None = None) -> str:
+    """The head a run fine-tunes with: 'train' (trained with the backbone), else how its frozen head was made:
+    'ridge' or 'probe' (step 0) or, for a mask-path run, the mask file's head (``mask_file_head``, as its
+    ``mask_source.json`` records it; 'mask-file' when unknown)."""
+    if config.mask_path:
+        return mask_file_head or "mask-file"
+    return config.head
 
 
 def remaining(phases: Sequence[PhaseSpec], phase: str, done: int) -> Iterator[tuple[PhaseSpec, int]]:

@@ -4,13 +4,15 @@ Each function draws one kind of figure from whatever configurations fit it and r
 (none when nothing fits). This module: learning curves per family, the Nc × J heat-map, client drift, accuracy vs
 uploaded bytes; :mod:`fedtalos.study.mask_figures`: accuracy vs sparsity and vs calibration rounds, the calibration
 rules side by side, per-layer mask density and the mask agreement across clients. Bands and error bars are ± one
-sample standard deviation over seeds.
+sample standard deviation over seeds. Beside each PNG, a CSV of its points (:mod:`fedtalos.study.figure_data`);
+which runs each figure takes: docs/figures.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -24,25 +26,26 @@ from fedtalos.study.figure_common import (
     RULE_COLORS,
     band,
     by_partition,
-    calibrates,
+    controlled,
     dense_reference,
     editing_groups,
-    error_points,
-    most_common,
+    one_per_point,
     palette,
-    seed_curve,
     seeds_note,
 )
+from fedtalos.study.figure_data import Point, curve_points, group_point, save_with_data
 from fedtalos.study.mask_figures import (
     accuracy_vs_calibration_rounds,
     accuracy_vs_sparsity,
     mask_agreement,
     mask_density_per_layer,
+    rule_text,
     rules_comparison,
+    scopes_vary,
 )
-from fedtalos.study.results import Group, partition_order, settings_text, varied_settings
+from fedtalos.study.results import Group, RunData, mask_source_label, partition_order, settings_text, varied_settings
 from fedtalos.tracking.identity import partition_label
-from fedtalos.tracking.plots import save_figure, style_axes
+from fedtalos.tracking.plots import style_axes
 
 DRIFT_LABEL = "client drift (weighted RMS distance of client\nupdates from their mean, per model weight)"
 
@@ -112,33 +115,34 @@ def learning_curves(groups: Sequence[Group], out: Path) -> list[Path]:
             sum(r.get("test_acc") is not None for r in run.train_rows()) > 1 for g in members for run in g.runs
         )
         split = "test" if tested_curves else "val"
+        points: list[Point] = []
         n_cols = len(facets)
         if facet_key:  # accuracy above loss, a column per facet
             fig, axes = plt.subplots(
                 2, n_cols, figsize=(4.2 * n_cols, 7.2), squeeze=False, constrained_layout=True, sharex="col"
             )
             pairs = [(axes[0][c], axes[1][c]) for c in range(n_cols)]
-        else:  # accuracy beside loss, the legend on the right
-            fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.6), squeeze=False, constrained_layout=True)
+        else:  # accuracy beside loss, the legend below
+            fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.0), squeeze=False, constrained_layout=True)
             pairs = [(axes[0][0], axes[0][1])]
         for col, (facet, facet_groups) in enumerate(facets.items()):
             ax_acc, ax_loss = pairs[col]
             colors = palette(len(facet_groups))
             for g, color in zip(facet_groups, colors, strict=True):
                 label = settings_text(g, line_keys) or g.label
-                x, mean, std = seed_curve(g, f"{split}_acc", x_of, lambda run: run.train_rows())
-                if len(x):
-                    band(ax_acc, x, mean, std, 100.0, color=color, label=label)
-                x, mean, std = seed_curve(g, f"{split}_loss", x_of, lambda run: run.train_rows())
-                if len(x):
-                    band(ax_loss, x, mean, std, 1.0, color=color, label=label)
+                for ax, metric, scale in ((ax_acc, f"{split}_acc", 100.0), (ax_loss, f"{split}_loss", 1.0)):
+                    curve = curve_points(facet, label, g, metric, x_of, train_rows, scale)
+                    points += curve
+                    if curve:
+                        band(ax, curve, color=color, label=label)
                 if split == "val":
-                    x, mean, std = seed_curve(g, "test_acc", x_of, lambda run: run.train_rows())
-                    if len(x):
+                    tested = curve_points(facet, label, g, "test_acc", x_of, train_rows, 100.0)[-1:]
+                    points += tested
+                    for p in tested:
                         ax_acc.errorbar(
-                            x[-1:],
-                            100 * mean[-1:],
-                            yerr=100 * std[-1:],
+                            [p.x],
+                            [p.value],
+                            yerr=[p.std or 0],
                             fmt="*",
                             ms=10,
                             color=color,
@@ -153,11 +157,20 @@ def learning_curves(groups: Sequence[Group], out: Path) -> list[Path]:
                 ax_acc.legend(fontsize=7, frameon=False, loc="best")
         if not facet_key:
             handles, labels = pairs[0][0].get_legend_handles_labels()
-            fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
+            # below the axes, so that they span the whole width (a column on the right leaves most of it empty)
+            fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
         note = "; ★ = final test accuracy" if split == "val" else ""
         fig.suptitle(f"{family}: learning curves ({seeds_note(members)}{note})", fontsize=11)
-        written.append(save_figure(fig, out / f"curves-{family}.png"))
+        written.append(save_with_data(fig, out / f"curves-{family}.png", points))
     return written
+
+
+def train_rows(run: RunData) -> list[dict[str, Any]]:
+    return run.train_rows()
+
+
+def _round_of(run: RunData, row: dict[str, Any]) -> float:
+    return row["round"]
 
 
 SETTING_NAMES_TITLE = {"partition": "", "local-steps": "J =", "lr-schedule": "schedule:", "mask-rule": "rule:"}
@@ -168,10 +181,11 @@ SETTING_NAMES_TITLE = {"partition": "", "local-steps": "J =", "lr-schedule": "sc
 
 
 def _partition_j_families(groups: Sequence[Group]) -> dict[str, list[Group]]:
-    """Families of dense federated configurations that vary both the partition and J."""
+    """Families of federated configurations without a calibration of their own (dense, or fine-tuning under a mask
+    file) that vary both the partition and J."""
     families: dict[str, list[Group]] = {}
     for g in groups:
-        if g.kind == "federated" and g.config.get("mask-rule") == "none":
+        if g.kind == "federated" and not g.run_config.editing:
             families.setdefault(g.family, []).append(g)
     return {
         f: m
@@ -180,26 +194,44 @@ def _partition_j_families(groups: Sequence[Group]) -> dict[str, list[Group]]:
     }
 
 
-def _j_row(g: Group) -> tuple[int, str]:
-    """(J, step-0 head) of a dense configuration: the brief's frozen ridge head is an arm of its own."""
-    return g.config.get("local-steps"), g.config.get("head", "train")
+def _j_row(g: Group) -> tuple[int, str, str]:
+    """(J, head, mask file) of a configuration: a frozen head or a mask file makes an arm of its own."""
+    mask_file = mask_source_label(g.runs[0]) or Path(str(g.config.get("mask-path", ""))).name
+    return g.config.get("local-steps"), g.head, mask_file
+
+
+def _j_row_text(row: tuple[int, str, str]) -> str:
+    j, head, mask = row
+    return f"J = {j}" + ("" if head == "train" else f", {head} head") + (f"\n{mask}" if mask else "")
+
+
+def _fine_tuning_text(members: Sequence[Group]) -> str:
+    """What the family's runs fine-tune, for the title (:attr:`Group.sparse`)."""
+    kinds = {g.sparse for g in members}
+    if kinds == {False}:
+        return "dense fine-tuning"
+    return "sparse fine-tuning under a mask file" if kinds == {True} else "dense and sparse (mask file) fine-tuning"
 
 
 def nc_j_heatmap(groups: Sequence[Group], out: Path) -> list[Path]:
-    """``heatmap-<family>.png``: final test accuracy for every (partition, J), mean with ± std in each cell."""
+    """``heatmap-<family>.png``: final test accuracy for every (partition, J), mean with ± std in each cell; a row
+    per J and head (and mask file), the title says whether the runs fine-tune densely or under a mask file."""
     written = []
     for family, members in _partition_j_families(groups).items():
         parts = sorted({partition_label(g.config) for g in members}, key=partition_order)
-        steps = sorted({_j_row(g) for g in members}, key=lambda row: (row[1] != "train", row))  # (J, head)
+        steps = sorted({_j_row(g) for g in members}, key=lambda row: (row[1] != "train", row))
         grid = np.full((len(steps), len(parts)), np.nan)
         text = [["—"] * len(parts) for _ in steps]
-        for g in members:
-            i, j = steps.index(_j_row(g)), parts.index(partition_label(g.config))
-            mean, std, _ = g.stat("final_test_acc")
-            if mean is not None:
-                grid[i, j] = 100 * mean
-                text[i][j] = f"{100 * mean:.1f}" + (f"\n± {100 * std:.1f}" if std is not None else "")
-        fig, ax = plt.subplots(figsize=(1.5 * len(parts) + 2.5, 1.0 * len(steps) + 2.0), constrained_layout=True)
+        points: list[Point] = []
+        cells = one_per_point(members, lambda g: (_j_row(g), partition_label(g.config)))
+        for (row, part), (g, also) in cells.items():
+            i, j = steps.index(row), parts.index(part)
+            point = group_point("", _j_row_text(row).replace("\n", ", "), part, g, "final_test_acc", 100.0, also=also)
+            points.append(point)
+            if point.value is not None:
+                grid[i, j] = point.value
+                text[i][j] = f"{point.value:.1f}" + (f"\n± {point.std:.1f}" if point.std is not None else "")
+        fig, ax = plt.subplots(figsize=(1.5 * len(parts) + 3.5, 1.0 * len(steps) + 2.0), constrained_layout=True)
         image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
         finite = grid[np.isfinite(grid)]
         middle = (finite.min() + finite.max()) / 2 if finite.size else 0
@@ -208,7 +240,7 @@ def nc_j_heatmap(groups: Sequence[Group], out: Path) -> list[Path]:
                 dark = np.isfinite(grid[i, j]) and grid[i, j] < middle
                 ax.text(j, i, text[i][j], ha="center", va="center", fontsize=9, color="white" if dark else "black")
         ax.set_xticks(range(len(parts)), [p.replace("Nc=", "Nc = ") for p in parts])
-        ax.set_yticks(range(len(steps)), [f"J = {s}" + ("" if h == "train" else f", {h} head") for s, h in steps])
+        ax.set_yticks(range(len(steps)), [_j_row_text(row) for row in steps], fontsize=8)
         ax.set_xlabel("client data: classes per client (Nc), or iid")
         ax.set_ylabel("local steps per round (J)")
         rounds = {g.config.get("local-steps"): g.config.get("num-server-rounds") for g in members}
@@ -218,9 +250,12 @@ def nc_j_heatmap(groups: Sequence[Group], out: Path) -> list[Path]:
             if len(budget) == 1
             else "rounds: " + ", ".join(f"J={s}: {r}" for s, r in sorted(rounds.items()))
         )
-        ax.set_title(f"{family}: final test accuracy (%), {seeds_note(members)}\n{subtitle}", fontsize=10)
+        ax.set_title(
+            f"{family}: final test accuracy (%), {_fine_tuning_text(members)}\n{seeds_note(members)}; {subtitle}",
+            fontsize=10,
+        )
         fig.colorbar(image, ax=ax, label="final test accuracy (%)")
-        written.append(save_figure(fig, out / f"heatmap-{family}.png"))
+        written.append(save_with_data(fig, out / f"heatmap-{family}.png", points))
     return written
 
 
@@ -248,33 +283,47 @@ def client_drift(groups: Sequence[Group], out: Path) -> list[Path]:
             ax.sharey(axes[0][0])  # one drift scale for every J
         colors = dict(zip(parts, palette(len(parts)), strict=True))
         extra_keys = [k for k in varied_settings(members) if k not in ("partition", "local-steps", "num-server-rounds")]
+        points: list[Point] = []
         for ax, j in zip(axes[0], steps, strict=False):
             for g in members:
                 if g.config.get("local-steps") != j:
                     continue
-                x, mean, std = seed_curve(g, "drift", lambda run, row: row["round"], lambda run: run.train_rows())
                 label = partition_label(g.config) + (f", {settings_text(g, extra_keys)}" if extra_keys else "")
-                band(ax, x, mean, std, color=colors[partition_label(g.config)], label=label)
+                curve = curve_points(f"J = {j}", label, g, "drift", _round_of, train_rows)
+                points += curve
+                style = "-" if g.head == "train" else "--"  # a frozen head: its partition's colour, dashed
+                band(ax, curve, color=colors[partition_label(g.config)], ls=style, label=label)
             ax.set_yscale("log")
             style_axes(ax, "communication round", DRIFT_LABEL if j == steps[0] else "", f"J = {j} local steps", True)
             ax.legend(fontsize=7, frameon=False)
         ax = axes[0][-1]
         arms = sorted({_j_row(g) for g in members}, key=lambda row: (row[1] != "train", row))
-        for (j, head), color in zip(arms, palette(len(arms)), strict=True):
-            at_j = [m for m in members if _j_row(m) == (j, head)]
-            xs, ys, es = error_points(
-                (i, g.stat("mean_drift"))
-                for i, part in enumerate(parts)
-                if (g := next((m for m in at_j if partition_label(m.config) == part), None)) is not None
+        cells = one_per_point(members, lambda g: (_j_row(g), partition_label(g.config)))
+        for arm, color in zip(arms, palette(len(arms)), strict=True):
+            label = _j_row_text(arm).replace("\n", ", ")
+            drawn = [
+                group_point("mean drift vs heterogeneity", label, part, g, "mean_drift", also=also)
+                for part in parts
+                if (arm, part) in cells
+                for g, also in [cells[(arm, part)]]
+            ]
+            points += drawn
+            shown = [p for p in drawn if p.value is not None]
+            ax.errorbar(
+                [parts.index(p.x) for p in shown],
+                [p.value for p in shown],
+                yerr=[p.std or 0 for p in shown],
+                marker="o",
+                capsize=3,
+                color=color,
+                label=label,
             )
-            label = f"J = {j}" + ("" if head == "train" else f", {head} head")
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color, label=label)
         ax.set_xticks(range(len(parts)), parts)
         ax.set_yscale("log")
         style_axes(ax, "client data", "mean drift over training rounds", "mean drift vs heterogeneity")
         ax.legend(fontsize=8, frameon=False)
         fig.suptitle(f"{family}: client-update drift per round ({seeds_note(members)})", fontsize=11)
-        written.append(save_figure(fig, out / f"drift-{family}.png"))
+        written.append(save_with_data(fig, out / f"drift-{family}.png", points))
     return written
 
 
@@ -284,51 +333,53 @@ def client_drift(groups: Sequence[Group], out: Path) -> list[Path]:
 
 def communication(groups: Sequence[Group], out: Path) -> list[Path]:
     """``communication.png``: validation accuracy vs cumulative bytes uploaded by clients (all phases: head,
-    calibration scores, training), dense FedAvg against sparse fine-tuning; ★ = final test accuracy."""
-    editing = editing_groups(groups)
+    calibration scores, training), the matched dense reference against sparse fine-tuning (only configurations
+    that differ in the rule and sparsity alone, :func:`controlled`); ★ = final test accuracy."""
+    editing, _ = controlled(editing_groups(groups), ("mask-rule", "sparsity", "mask-scope"))
     if not editing:
         return []
     facets = by_partition(editing)
+    points: list[Point] = []
     fig, axes = plt.subplots(1, len(facets), figsize=(5.6 * len(facets), 4.5), squeeze=False, constrained_layout=True)
     for ax, (part, members) in zip(axes[0], facets.items(), strict=True):
-        r_common = most_common([g.config.get("calibration-rounds") for g in members])
-        members = [g for g in members if not calibrates(g) or g.config.get("calibration-rounds") == r_common]
-        members = sorted(members, key=lambda g: (g.config.get("mask-rule"), g.config.get("sparsity")))[:MAX_LINES]
         dense = dense_reference(groups, members[0])
-        lines = ([dense] if dense else []) + members
-        sparsities = sorted({g.config.get("sparsity") for g in members})
-        for g in lines:
-            rule = g.config.get("mask-rule")
-            x, mean, std = _cumulative_accuracy(g)
-            if not len(x):
-                continue
-            label = "dense FedAvg" if rule == "none" else f"{rule}, sparsity {100 * g.config.get('sparsity'):g} %"
+        picked = one_per_point(
+            members, lambda g: (g.config.get("mask-rule"), g.config.get("mask-scope"), g.config.get("sparsity"))
+        )
+        chosen = [picked[key] for key in sorted(picked)][:MAX_LINES]
+        sparsities = sorted({g.config.get("sparsity") for g, _ in chosen})
+        scopes = scopes_vary([g for g, _ in chosen])
+        lines = ([(dense, [])] if dense else []) + chosen
+        for g, also in lines:
+            sparse = g is not dense
+            label = (
+                f"{rule_text(g, scopes)}, sparsity {100 * g.config.get('sparsity'):g} %"
+                if sparse
+                else f"dense FedAvg, {g.head} head"
+            )
             shade = (
-                1.0
-                if rule == "none" or len(sparsities) < 2
-                else 0.4 + 0.6 * sparsities.index(g.config.get("sparsity")) / (len(sparsities) - 1)
+                0.4 + 0.6 * sparsities.index(g.config.get("sparsity")) / (len(sparsities) - 1)
+                if sparse and len(sparsities) > 1
+                else 1.0
             )
-            band(
-                ax,
-                x,
-                mean,
-                std,
-                100.0,
-                color=RULE_COLORS.get(rule),
-                alpha=shade,
-                label=label,
-                lw=2.0 if rule == "none" else 1.3,
-            )
-            final, fstd, _ = g.stat("final_test_acc")
+            color = RULE_COLORS.get(g.config.get("mask-rule")) if sparse else RULE_COLORS["none"]
+            curve = _cumulative_accuracy(part, label, g)
+            points += curve
+            if not curve:
+                continue
+            band(ax, curve, color=color, alpha=shade, label=label, lw=1.3 if sparse else 2.0)
+            star = group_point(part, label, "", g, "final_test_acc", 100.0, dense if sparse else None, also)
             total, _, _ = g.stat("uploaded_gb")
-            if final is not None and total is not None:
+            star.x = total
+            points.append(star)
+            if star.value is not None and total is not None:
                 ax.errorbar(
                     [total],
-                    [100 * final],
-                    yerr=None if fstd is None else [100 * fstd],
+                    [star.value],
+                    yerr=None if star.std is None else [star.std],
                     fmt="*",
                     ms=10,
-                    color=RULE_COLORS.get(rule),
+                    color=color,
                     alpha=shade,
                     mec="white",
                     mew=0.5,
@@ -340,11 +391,11 @@ def communication(groups: Sequence[Group], out: Path) -> list[Path]:
         style_axes(ax, "cumulative upload by all clients (GB, log scale)", "validation accuracy (%)", part)
         ax.legend(fontsize=7, frameon=False)
     fig.suptitle(f"Communication: accuracy vs uploaded bytes (★ = final test; {seeds_note(editing)})", fontsize=11)
-    return [save_figure(fig, out / "communication.png")]
+    return [save_with_data(fig, out / "communication.png", points)]
 
 
-def _cumulative_accuracy(group: Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validation accuracy at each evaluated training round against the bytes uploaded up to it (mean over
+def _cumulative_accuracy(panel: str, series: str, group: Group) -> list[Point]:
+    """Validation accuracy (%) at each evaluated training round, at the bytes uploaded up to it (GB; mean over
     seeds, by round: seeds send (nearly) the same bytes per round)."""
     gb: dict[int, list[float]] = {}
     for run in group.runs:
@@ -353,6 +404,7 @@ def _cumulative_accuracy(group: Group) -> tuple[np.ndarray, np.ndarray, np.ndarr
             total += (row.get("bytes_up") or 0) / 1e9
             if row.get("phase") == "train" and row.get("val_acc") is not None:
                 gb.setdefault(row["round"], []).append(total)
-    rounds, mean, std = seed_curve(group, "val_acc", lambda run, row: row["round"], lambda run: run.train_rows())
-    x = np.array([float(np.mean(gb[int(r)])) for r in rounds])
-    return x, mean, std
+    curve = curve_points(panel, series, group, "val_acc", _round_of, train_rows, 100.0)
+    for point in curve:
+        point.x = float(np.mean(gb[int(point.x)]))
+    return curve

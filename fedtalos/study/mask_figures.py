@@ -22,15 +22,17 @@ from fedtalos.study.figure_common import (
     RULE_COLORS,
     by_partition,
     calibrates,
+    controlled,
     dense_line,
     dense_reference,
     editing_groups,
-    error_points,
     most_common,
+    one_per_point,
     palette,
     seeds_note,
 )
-from fedtalos.study.results import Group, mean_std, partition_order
+from fedtalos.study.figure_data import Point, group_point, save_with_data, values_point
+from fedtalos.study.results import Group, partition_order
 from fedtalos.tracking.identity import partition_label
 from fedtalos.tracking.mask_report import DENSITY_FILE, layer_of, read_density_rows
 from fedtalos.tracking.plots import save_figure, style_axes
@@ -39,80 +41,116 @@ from fedtalos.tracking.plots import save_figure, style_axes
 # Accuracy vs sparsity, vs calibration rounds, and the rules side by side.
 
 
-def accuracy_vs_sparsity(groups: Sequence[Group], out: Path) -> list[Path]:
-    """``accuracy-vs-sparsity.png``: final test accuracy vs the frozen fraction, a line per rule (and R')."""
-    editing = editing_groups(groups)
-    if len({g.config.get("sparsity") for g in editing}) < 2:
+def rule_text(group: Group, scopes: bool) -> str:
+    """The rule's name, with its threshold's scope when the figure shows both scopes."""
+    rule = str(group.config.get("mask-rule"))
+    return rule + (" (per tensor)" if group.config.get("mask-scope") == "local" else " (global)") if scopes else rule
+
+
+def scopes_vary(members: Sequence[Group]) -> bool:
+    """Whether the configurations use both mask scopes (a global threshold and one per tensor)."""
+    return len({g.config.get("mask-scope", "global") for g in members}) > 1
+
+
+def _error_bars(ax: plt.Axes, points: Sequence[Point], **kwargs: Any) -> None:
+    drawn = [p for p in points if p.value is not None]
+    ax.errorbar([p.x for p in drawn], [p.value for p in drawn], yerr=[p.std or 0 for p in drawn], capsize=3, **kwargs)
+
+
+def _dense_point(panel: str, dense: Group | None) -> list[Point]:
+    if dense is None:
         return []
-    facets = by_partition(editing)
+    return [group_point(panel, f"dense FedAvg (no mask), {dense.head} head", "", dense, "final_test_acc", 100.0)]
+
+
+def accuracy_vs_sparsity(groups: Sequence[Group], out: Path) -> list[Path]:
+    """``accuracy-vs-sparsity.png``: final test accuracy vs the frozen fraction, a line per rule (and R'), beside the
+    matched dense reference (:func:`dense_reference`); only configurations that differ in these alone
+    (:func:`controlled`)."""
+    editing, _ = controlled(editing_groups(groups), ("sparsity", "mask-rule", "calibration-rounds", "mask-scope"))
+    if not any(len({g.config.get("sparsity") for g in m}) > 1 for m in by_partition(editing).values()):
+        return []
+    # a facet per partition that varies the sparsity
+    facets = {p: m for p, m in by_partition(editing).items() if len({g.config.get("sparsity") for g in m}) > 1}
+    scopes = scopes_vary(editing)
+    points: list[Point] = []
     fig, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 4.3), squeeze=False, constrained_layout=True)
     for ax, (part, members) in zip(axes[0], facets.items(), strict=True):
-        lines: dict[tuple[str, int], list[Group]] = {}
-        for g in members:
-            rounds = g.config.get("calibration-rounds") if calibrates(g) else 0
-            lines.setdefault((g.config.get("mask-rule"), rounds), []).append(g)
+        dense = dense_reference(groups, members[0])
+
+        def line_of(g: Group) -> tuple[str, int]:
+            return rule_text(g, scopes), g.config.get("calibration-rounds") if calibrates(g) else 0
+
+        picked = one_per_point(members, lambda g: (line_of(g), g.config.get("sparsity")))
+        lines: dict[tuple[str, int], list[tuple[Group, list[Group]]]] = {}
+        for (line, _), chosen in picked.items():
+            lines.setdefault(line, []).append(chosen)
         r_values = sorted({r for _, r in lines if r})
         shades = {r: 0.35 + 0.65 * i / (len(r_values) - 1) for i, r in enumerate(r_values)} if len(r_values) > 1 else {}
         for (rule, rounds), line in sorted(lines.items()):
-            # one point per sparsity: the same configuration may come from two families (e.g. sparse and rules)
-            line = list({g.config.get("sparsity"): g for g in reversed(line)}.values())
-            line.sort(key=lambda g: g.config.get("sparsity"))
-            xs, ys, es = error_points(((100 * g.config["sparsity"], g.stat("final_test_acc")) for g in line), 100)
+            line.sort(key=lambda chosen: chosen[0].config.get("sparsity"))
             label = rule + (f", R' = {rounds}" if len(r_values) > 1 and rounds else "")
-            ax.errorbar(
-                xs,
-                ys,
-                yerr=es,
-                marker="o",
-                ms=4,
-                capsize=3,
-                color=RULE_COLORS.get(rule),
-                alpha=shades.get(rounds, 1.0),
-                label=label,
-            )
-        dense_line(ax, groups, members[0])
+            drawn = [
+                group_point(part, label, 100 * g.config["sparsity"], g, "final_test_acc", 100.0, dense, also)
+                for g, also in line
+            ]
+            points += drawn
+            color = RULE_COLORS.get(line[0][0].config.get("mask-rule"))
+            _error_bars(ax, drawn, marker="o", ms=4, color=color, alpha=shades.get(rounds, 1.0), label=label)
+        dense_line(ax, dense)
+        points += _dense_point(part, dense)
         style_axes(ax, "sparsity: frozen fraction of the backbone (%)", "final test accuracy (%)", part)
         ax.legend(fontsize=7, frameon=False)
     fig.suptitle(f"Sparse fine-tuning: accuracy vs sparsity ({seeds_note(editing)})", fontsize=11)
-    return [save_figure(fig, out / "accuracy-vs-sparsity.png")]
+    return [save_with_data(fig, out / "accuracy-vs-sparsity.png", points)]
 
 
 def accuracy_vs_calibration_rounds(groups: Sequence[Group], out: Path) -> list[Path]:
-    """``accuracy-vs-calibration-rounds.png``: final test accuracy vs R', a line per (rule, sparsity)."""
-    editing = [g for g in editing_groups(groups) if calibrates(g)]
-    if len({g.config.get("calibration-rounds") for g in editing}) < 2:
+    """``accuracy-vs-calibration-rounds.png``: final test accuracy vs R', a line per (rule, sparsity); only
+    configurations that differ in these alone (:func:`controlled`)."""
+    calibrating = [g for g in editing_groups(groups) if calibrates(g)]
+    editing, _ = controlled(calibrating, ("calibration-rounds", "mask-rule", "sparsity", "mask-scope"))
+    # a facet per partition that varies R'
+    facets = {
+        p: m for p, m in by_partition(editing).items() if len({g.config.get("calibration-rounds") for g in m}) > 1
+    }
+    if not facets:
         return []
-    facets = by_partition(editing)
+    scopes = scopes_vary(editing)
+    points: list[Point] = []
     fig, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 4.3), squeeze=False, constrained_layout=True)
     for ax, (part, members) in zip(axes[0], facets.items(), strict=True):
-        lines: dict[tuple[str, float], list[Group]] = {}
-        for g in members:
-            lines.setdefault((g.config.get("mask-rule"), g.config.get("sparsity")), []).append(g)
+        dense = dense_reference(groups, members[0])
+        picked = one_per_point(
+            members, lambda g: (rule_text(g, scopes), g.config.get("sparsity"), g.config.get("calibration-rounds"))
+        )
+        lines: dict[tuple[str, float], list[tuple[Group, list[Group]]]] = {}
+        for (rule, sparsity, _), chosen in picked.items():
+            lines.setdefault((rule, sparsity), []).append(chosen)
         colors = palette(len(lines))
         for ((rule, sparsity), line), color in zip(sorted(lines.items()), colors, strict=True):
-            line.sort(key=lambda g: g.config.get("calibration-rounds"))
-            xs, ys, es = error_points(((g.config["calibration-rounds"], g.stat("final_test_acc")) for g in line), 100)
-            ax.errorbar(
-                xs,
-                ys,
-                yerr=es,
-                marker="o",
-                ms=4,
-                capsize=3,
-                color=color,
-                label=f"{rule}, sparsity {100 * sparsity:g} %",
-            )
+            line.sort(key=lambda chosen: chosen[0].config.get("calibration-rounds"))
+            label = f"{rule}, sparsity {100 * sparsity:g} %"
+            drawn = [
+                group_point(part, label, g.config["calibration-rounds"], g, "final_test_acc", 100.0, dense, also)
+                for g, also in line
+            ]
+            points += drawn
+            _error_bars(ax, drawn, marker="o", ms=4, color=color, label=label)
+        points += _dense_point(part, dense)
         ax.set_xscale("log", base=2)
         ticks = sorted({g.config["calibration-rounds"] for g in members})
         ax.set_xticks(ticks, [str(t) for t in ticks])
         style_axes(ax, "calibration rounds R'", "final test accuracy (%)", part)
         ax.legend(fontsize=7, frameon=False)
     fig.suptitle(f"Mask calibration: accuracy vs calibration rounds ({seeds_note(editing)})", fontsize=11)
-    return [save_figure(fig, out / "accuracy-vs-calibration-rounds.png")]
+    return [save_with_data(fig, out / "accuracy-vs-calibration-rounds.png", points)]
 
 
 def rules_comparison(groups: Sequence[Group], out: Path) -> list[Path]:
-    """``rules.png``: the calibration rules side by side at equal sparsity, grouped by partition."""
+    """``rules.png``: the calibration rules side by side at equal sparsity, grouped by partition, with the matched
+    dense reference as the last bar; only configurations that differ in the rule (and its scope) alone
+    (:func:`controlled`)."""
     editing = editing_groups(groups)
     rules_at: dict[float, set[str]] = {}
     for g in editing:
@@ -121,39 +159,48 @@ def rules_comparison(groups: Sequence[Group], out: Path) -> list[Path]:
     if not candidates:
         return []
     sparsity = max(candidates, key=lambda s: len(rules_at[s]))
-    chosen = [g for g in editing if g.config.get("sparsity") == sparsity]
-    r_common = most_common([g.config.get("calibration-rounds") for g in chosen])
-    chosen = [g for g in chosen if not calibrates(g) or g.config.get("calibration-rounds") == r_common]
+    chosen, _ = controlled([g for g in editing if g.config.get("sparsity") == sparsity], ("mask-rule", "mask-scope"))
+    r_common = most_common([g.config.get("calibration-rounds") for g in chosen if calibrates(g)])
     facets = by_partition(chosen)
-    rules = [r for r in RULE_COLORS if any(g.config.get("mask-rule") == r for g in chosen)]
-    bars = [*rules, "none"]
-    width = 0.8 / len(bars)
+    scopes = scopes_vary(chosen)
+    order = {rule: i for i, rule in enumerate(RULE_COLORS)}
+    bars = sorted(
+        {(g.config.get("mask-rule"), g.config.get("mask-scope")) for g in chosen},
+        key=lambda b: (order.get(b[0], len(order)), b[1] != "global"),
+    )
+    width = 0.8 / (len(bars) + 1)
+    points: list[Point] = []
     fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(facets) + 3), 4.5), constrained_layout=True)
-    for j, rule in enumerate(bars):
-        for i, members in enumerate(facets.values()):
-            g = next((m for m in members if m.config.get("mask-rule") == rule), None)
-            if rule == "none":
-                g = dense_reference(groups, members[0])
+    for i, (part, members) in enumerate(facets.items()):
+        dense = dense_reference(groups, members[0])
+        picked = one_per_point(members, lambda g: (g.config.get("mask-rule"), g.config.get("mask-scope")))
+        for j, bar in enumerate([*bars, None]):
+            if bar is None:
+                g, also, ref = dense, [], None
+                label = f"dense FedAvg (no mask), {dense.head} head" if dense is not None else ""
+            elif bar in picked:
+                (g, also), label, ref = picked[bar], rule_text(picked[bar][0], scopes), dense
+            else:
+                continue
             if g is None:
                 continue
-            mean, std, _ = g.stat("final_test_acc")
-            if mean is None:
+            point = group_point(part, label, "", g, "final_test_acc", 100.0, ref, also)
+            points.append(point)
+            if point.value is None:
                 continue
-            x = i + (j - (len(bars) - 1) / 2) * width
-            dense = rule == "none"
+            x = i + (j - len(bars) / 2) * width
             ax.bar(
                 x,
-                100 * mean,
+                point.value,
                 width * 0.95,
-                yerr=None if std is None else 100 * std,
+                yerr=point.std,
                 capsize=2,
-                color="white" if dense else RULE_COLORS[rule],
-                edgecolor="black" if dense else None,
-                hatch="//" if dense else None,
-                label="dense FedAvg (no mask)" if dense else rule,
+                color="white" if bar is None else RULE_COLORS.get(bar[0]),
+                edgecolor="black" if bar is None else None,
+                hatch="//" if bar is None else ("" if bar[1] == "global" else ".."),
+                label=label,
             )
-            top = 100 * (mean + (std or 0))
-            ax.text(x, top + 0.5, f"{100 * mean:.1f}", ha="center", va="bottom", fontsize=7)
+            ax.text(x, point.value + (point.std or 0) + 0.5, f"{point.value:.1f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(facets)), list(facets))
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
@@ -174,7 +221,7 @@ def rules_comparison(groups: Sequence[Group], out: Path) -> list[Path]:
         f"sensitivity rules\n{seeds_note(chosen)}",
     )
     ax.set_xlabel("client data")
-    return [save_figure(fig, out / "rules.png")]
+    return [save_with_data(fig, out / "rules.png", points)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -229,10 +276,10 @@ def mask_density_per_layer(groups: Sequence[Group], out: Path) -> list[Path]:
         return []
     part = most_common([partition_label(g.config) for g in editing])
     chosen = [g for g in editing if partition_label(g.config) == part]
-    r_common = most_common([g.config.get("calibration-rounds") for g in chosen])
-    chosen = [g for g in chosen if not calibrates(g) or g.config.get("calibration-rounds") == r_common]
-    # one configuration per (rule, sparsity): the same one may come from two families
-    unique = list({(g.config.get("mask-rule"), g.config.get("sparsity")): g for g in reversed(chosen)}.values())
+    chosen, _ = controlled(chosen, ("mask-rule", "sparsity"))  # one mask scope, R', fine-tuning, ...
+    r_common = most_common([g.config.get("calibration-rounds") for g in chosen if calibrates(g)])
+    picked = one_per_point(chosen, lambda g: (g.config.get("mask-rule"), g.config.get("sparsity")))
+    unique = [g for g, _ in picked.values()]
     written = []
     s_common = most_common([g.config.get("sparsity") for g in unique])
     by_rule = [g for g in unique if g.config.get("sparsity") == s_common]
@@ -258,32 +305,47 @@ def mask_density_per_layer(groups: Sequence[Group], out: Path) -> list[Path]:
 def _density_figure(
     chosen: Sequence[Group], colors: Sequence[Any], labels: Sequence[str], title: str, path: Path
 ) -> Path:
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.4), constrained_layout=True)
     flat = axes.ravel()
     width = 0.8 / len(chosen)
+    points: list[Point] = []
     for idx, (g, color, label) in enumerate(zip(chosen, colors, labels, strict=True)):
-        per_seed = [density_by_block(read_density_rows(r.path / DENSITY_FILE)) for r in g.runs]
+        per_seed = [(r.name, density_by_block(read_density_rows(r.path / DENSITY_FILE))) for r in g.runs]
         overall = 100 * (1 - g.config["sparsity"])
         for ax, (kind, kind_title) in zip(flat[:5], WEIGHT_KINDS, strict=True):
-            series = [s[0].get(kind, {}) for s in per_seed]
-            blocks = sorted(set().union(*series))
+            blocks = sorted(set().union(*(s[0].get(kind, {}) for _, s in per_seed)))
             if not blocks:
                 continue
-            values = np.array([[s.get(b, np.nan) for b in blocks] for s in series]) * 100
-            std = np.nanstd(values, 0, ddof=1) if len(series) > 1 else None
-            ax.errorbar(blocks, np.nanmean(values, 0), yerr=std, marker="o", ms=3, capsize=2, color=color, label=label)
+            drawn = [
+                values_point(
+                    kind_title,
+                    label,
+                    b,
+                    "trainable_pct",
+                    [(n, 100 * s[0].get(kind, {}).get(b, np.nan)) for n, s in per_seed],
+                )
+                for b in blocks
+            ]
+            points += drawn
+            _error_bars(ax, drawn, marker="o", ms=3, color=color, label=label)
             ax.axhline(overall, color=color, ls=":", lw=0.8)
             style_axes(ax, "transformer block", "trainable entries (%)", kind_title, integer_x=True)
-        others = sorted(set().union(*(s[1] for s in per_seed)))
-        values = np.array([[s[1].get(o, np.nan) for o in others] for s in per_seed]) * 100
+        others = sorted(set().union(*(s[1] for _, s in per_seed)))
+        drawn = [
+            values_point(
+                "outside the blocks", label, o, "trainable_pct", [(n, 100 * s[1].get(o, np.nan)) for n, s in per_seed]
+            )
+            for o in others
+        ]
+        points += drawn
         x = np.arange(len(others)) + (idx - (len(chosen) - 1) / 2) * width
-        flat[5].bar(x, np.nanmean(values, 0), width, color=color, label=label)
+        flat[5].bar(x, [p.value for p in drawn], width, color=color, label=label)
         flat[5].set_xticks(range(len(others)), others, fontsize=8)
     style_axes(flat[5], "", "trainable entries (%)", "outside the blocks")
     handles, names = flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside right upper", fontsize=8, frameon=False)
+    fig.legend(handles, names, loc="outside lower center", ncol=min(5, len(names)), fontsize=8, frameon=False)
     fig.suptitle(f"{title}\ndotted: the overall density 1 − sparsity; {seeds_note(chosen)}", fontsize=11)
-    return save_figure(fig, path)
+    return save_with_data(fig, path, points)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -304,27 +366,32 @@ def mask_agreement(groups: Sequence[Group], out: Path) -> list[Path]:
     parts = sorted({partition_label(g.config) for g in with_records}, key=partition_order)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(parts) + 3), 4.5), constrained_layout=True)
     chance = []
+    points: list[Point] = []
     for (rule, sparsity, rounds), members in sorted(lines.items()):
         color = RULE_COLORS.get(rule)
+        picked = one_per_point(members, lambda g: partition_label(g.config))
         for metric, style, what in (
             ("mean_jaccard", "-", "client vs aggregated mask"),
             ("pairwise_jaccard", ":", "client vs client"),
             ("noise_floor_jaccard", "-.", "iid subset of a client's size vs aggregated mask (noise floor)"),
         ):
-            xs, ys, es = error_points(
-                (i, mean_std([r.agreement.get(metric) for r in g.runs if r.agreement.get(metric) is not None]))
-                for i, part in enumerate(parts)
-                if (g := next((m for m in members if partition_label(m.config) == part), None)) is not None
-            )
+            label = f"{what} ({rule}, sparsity {100 * sparsity:g} %, R' = {rounds})"
+            drawn = [
+                values_point("", label, part, metric, [(r.name, (r.agreement or {}).get(metric)) for r in g.runs])
+                for part in parts
+                if (g := picked.get(part, (None,))[0]) is not None
+            ]
+            points += drawn
+            shown = [p for p in drawn if p.value is not None]
             ax.errorbar(
-                xs,
-                ys,
-                yerr=es,
+                [parts.index(p.x) for p in shown],
+                [p.value for p in shown],
+                yerr=[p.std or 0 for p in shown],
                 ls=style,
                 marker="o",
                 capsize=3,
                 color=color,
-                label=f"{what} ({rule}, sparsity {100 * sparsity:g} %, R' = {rounds})",
+                label=label,
             )
         chance += [r.agreement["chance_jaccard"] for g in members for r in g.runs if r.agreement]
     if chance:
@@ -338,7 +405,7 @@ def mask_agreement(groups: Sequence[Group], out: Path) -> list[Path]:
         f"Do single clients find the federated mask? ({seeds_note(with_records)})",
     )
     ax.legend(fontsize=7, frameon=False, loc="upper left")
-    return [save_figure(fig, out / "mask-agreement.png")]
+    return [save_with_data(fig, out / "mask-agreement.png", points)]
 
 
 def plot_client_agreement(record: dict[str, Any], out: Path) -> Path:

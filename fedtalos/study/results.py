@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedtalos.config import RunConfig
-from fedtalos.run.phases import SENSITIVITY_RULES
+from fedtalos.config import ConfigError, RunConfig
+from fedtalos.run.phases import SENSITIVITY_RULES, fine_tunes_sparsely, fine_tuning_head
 from fedtalos.study.plan import read_manifests
 from fedtalos.tracking.identity import partition_label, short_label, split_name
 from fedtalos.tracking.mask_artifact import read_mask_source
@@ -61,6 +61,7 @@ class RunData:
     seed: int
     kind: str
     config: dict[str, Any]
+    run_config: RunConfig  # ``config`` validated (keys this version does not know are left out)
     rows: list[dict[str, Any]]
     finished: bool
     point: dict[str, Any] = field(default_factory=dict)
@@ -139,9 +140,40 @@ class Group:
     def seeds(self) -> list[int]:
         return [r.seed for r in self.runs]
 
+    @property
+    def run_config(self) -> RunConfig:
+        """The stored config, validated (keys this version does not know are left out)."""
+        return self.runs[0].run_config
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the configuration fine-tunes under a mask (its own or a mask file's): :func:`fine_tunes_sparsely`."""
+        return fine_tunes_sparsely(self.run_config)
+
+    @property
+    def head(self) -> str:
+        """The head it fine-tunes with (:func:`fine_tuning_head`; a mask-path run's from its mask file)."""
+        return fine_tuning_head(self.run_config, (self.runs[0].mask_source or {}).get("head"))
+
     def stat(self, metric: str) -> tuple[float | None, float | None, int]:
         """(mean, sample std (ddof = 1; None for one value), n) of ``metric`` over the seeds that have it."""
         return mean_std([r.metrics()[metric] for r in self.runs])
+
+    def run_names(self, metric: str) -> list[str]:
+        """The runs that have a value of ``metric`` (those behind :meth:`stat`)."""
+        return [r.name for r in self.runs if r.metrics()[metric] is not None]
+
+    def paired(self, reference: Group, metric: str) -> tuple[float | None, float | None, int]:
+        """(mean, sample std, n) over seeds of this configuration's ``metric`` minus the reference's at the same
+        seed: the seeds are paired (same cohorts, batches and calibration draws), so the per-seed difference
+        leaves out the variation the two share. Only seeds both have count."""
+        theirs = {r.seed: r.metrics()[metric] for r in reference.runs}
+        diffs = [
+            value - theirs[r.seed]
+            for r in self.runs
+            if (value := r.metrics()[metric]) is not None and theirs.get(r.seed) is not None
+        ]
+        return mean_std(diffs)
 
     def setting(self, key: str) -> Any:
         if key == "partition":
@@ -204,6 +236,11 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
         except ValueError:
             warnings.append(f"{path}: unreadable config.json, skipped")
             continue
+        try:
+            settings = RunConfig.from_mapping(stored.get("config", {}), allow_unknown=True)
+        except ConfigError as error:
+            warnings.append(f"{path}: config.json does not validate ({'; '.join(error.problems)}), skipped")
+            continue
         label, seed = split_name(path.name)
         entry = manifests.get(path.name, {})
         agreement_file = path / "analysis" / "mask_agreement.json"
@@ -215,6 +252,7 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
             seed=int(stored.get("config", {}).get("seed", seed or 0)),
             kind=stored.get("kind", "federated"),
             config=stored.get("config", {}),
+            run_config=settings,
             rows=read_rows(path),
             finished=(path / SUMMARY_FILE).is_file(),
             point=entry.get("point", {}),
@@ -230,9 +268,9 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
         groups[key].runs.append(run)
     for group in groups.values():
         group.runs.sort(key=lambda r: r.seed)
-        reference = _identity(group.runs[0].config)
+        reference = identity_settings(group.runs[0].config)
         for run in group.runs[1:]:
-            differing = sorted(k for k, v in _identity(run.config).items() if reference.get(k) != v)
+            differing = sorted(k for k, v in identity_settings(run.config).items() if reference.get(k) != v)
             if differing:
                 warnings.append(
                     f"{group.label}: {run.name} differs from {group.runs[0].name} in {', '.join(differing)} "
@@ -245,7 +283,8 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
     return ordered, unfinished, warnings
 
 
-def _identity(config: dict[str, Any]) -> dict[str, Any]:
+def identity_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a stored config that tell configurations apart: its result identity and run lengths, no seed."""
     return {k: v for k, v in config.items() if k not in _NOT_SETTINGS}
 
 
@@ -265,7 +304,7 @@ def _sort_key(group: Group) -> tuple:
 def varied_settings(groups: Sequence[Group]) -> list[str]:
     """The keys (and 'partition') that differ between these configurations, in a readable order."""
     keys = []
-    for key in (*LEADING_SETTINGS, *sorted({k for g in groups for k in _identity(g.config)})):
+    for key in (*LEADING_SETTINGS, *sorted({k for g in groups for k in identity_settings(g.config)})):
         if key in keys or key in ("partitioning", "classes-per-client"):
             continue
         if len({json.dumps(g.setting(key)) for g in groups}) > 1:

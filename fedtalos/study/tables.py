@@ -1,8 +1,10 @@
 """``fedtalos summarize RUNS_DIR``: one table of every configuration (mean ± std over seeds) and the study figures.
 
 The configurations and their numbers come from :mod:`fedtalos.study.results`. Writes ``<out>/summary.csv`` (mean,
-std and n of every metric, one row per configuration), ``<out>/summary.md`` (the readable table) and
-``<out>/figures/*.png`` (see :mod:`fedtalos.study.figures`); ``<out>`` defaults to ``RUNS_DIR/summary``.
+std and n of every metric, one row per configuration, and for a configuration that fine-tunes sparsely its matched
+dense control and the paired difference to it over seeds), ``<out>/summary.md`` (the readable table) and
+``<out>/figures/*.png`` with a CSV of the drawn points beside each (see :mod:`fedtalos.study.figures` and
+docs/figures.md); ``<out>`` defaults to ``RUNS_DIR/summary``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedtalos.study.figure_common import controlled, dense_reference, editing_groups
 from fedtalos.study.figures import study_figures
 from fedtalos.study.results import Group, collect, settings_text, varied_settings
 
@@ -81,9 +84,26 @@ def format_mean_std(mean: float | None, std: float | None, scale: float = 1.0, d
     return text + (f" ± {std * scale:.{decimals}f}" if std is not None else "")
 
 
+# Metrics also reported as paired differences against the configuration's reference (same seeds).
+PAIRED_METRICS = ("final_test_acc", "best_val_acc")
+
+
+def references(groups: Sequence[Group]) -> dict[int, Group]:
+    """id(configuration) → its reference: for a configuration that fine-tunes sparsely, its matched dense control
+    (:func:`~fedtalos.study.figure_common.dense_reference`: same head, partition, J, rounds and the rest)."""
+    found = {}
+    for group in groups:
+        reference = dense_reference(groups, group) if group.kind == "federated" and group.sparse else None
+        if reference is not None:
+            found[id(group)] = reference
+    return found
+
+
 def table_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
-    """One CSV row per configuration: identity, settings, and mean/std/n of every metric."""
+    """One CSV row per configuration: identity, settings, mean/std/n of every metric, and the paired differences
+    (mean/std/n over seeds of the per-seed difference) of :data:`PAIRED_METRICS` against its reference."""
     out = []
+    refs = references(groups)
     for group in groups:
         row: dict[str, Any] = {
             "family": group.family,
@@ -98,6 +118,12 @@ def table_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
         for metric in METRICS:
             mean, std, n = group.stat(metric)
             row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_n"] = mean, std, n
+        reference = refs.get(id(group))
+        row["reference"] = reference.label if reference is not None else None
+        for metric in PAIRED_METRICS:
+            mean, std, n = group.paired(reference, metric) if reference is not None else (None, None, None)
+            row[f"{metric}_paired_diff_mean"], row[f"{metric}_paired_diff_std"] = mean, std
+            row[f"{metric}_paired_diff_n"] = n
         out.append(row)
     return out
 
@@ -121,8 +147,13 @@ def markdown_table(groups: Sequence[Group]) -> str:
     for m in metrics:
         largest = max(abs(g.stat(m)[0] or 0.0) for g in groups)
         units[m] = SMALL_UNITS[m] if m in SMALL_UNITS and largest < 1.0 else METRICS[m]
-    header = ["family", "configuration", "settings", "seeds", *(units[m][0] for m in metrics)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * len(metrics)) + "|"]
+    refs = references(groups)
+    paired = ["Δ final test acc vs dense (pp, paired over seeds)"] if refs else []
+    header = ["family", "configuration", "settings", "seeds", *(units[m][0] for m in metrics), *paired]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * 4 + ["---:"] * (len(metrics) + len(paired))) + "|",
+    ]
     by_family: dict[str, list[Group]] = {}
     for group in groups:
         by_family.setdefault(group.family, []).append(group)
@@ -134,8 +165,35 @@ def markdown_table(groups: Sequence[Group]) -> str:
                 _, scale, decimals = units[metric]
                 mean, std, _ = group.stat(metric)
                 cells.append(format_mean_std(mean, std, scale, decimals))
+            if paired:
+                cells.append(_paired_cell(group, refs.get(id(group))))
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def left_out_of_figures(groups: Sequence[Group]) -> list[str]:
+    """A note naming the editing configurations the accuracy figures leave out (:func:`controlled`), with their
+    fine-tuning length, e.g. the one-round runs of an analysis family."""
+    axes = ("sparsity", "mask-rule", "calibration-rounds", "mask-scope")
+    _, left = controlled(editing_groups(groups), axes)
+    if not left:
+        return []
+    names = ", ".join(
+        f"{g.label} (J × rounds = {g.config.get('local-steps', 1) * g.config.get('num-server-rounds', 0)})"
+        for g in left
+    )
+    return [
+        "Left out of the accuracy figures (they compare configurations that differ only in rule, sparsity and R', "
+        f"at the longest fine-tuning; docs/figures.md): {names}."
+    ]
+
+
+def _paired_cell(group: Group, reference: Group | None) -> str:
+    """``−3.10 ± 0.40 (n = 3) vs noniid-iid-J4-head-ridge``: the paired difference of the final test accuracy."""
+    if reference is None:
+        return "—"
+    mean, std, n = group.paired(reference, "final_test_acc")
+    return f"{format_mean_std(mean, std, 100.0, 2)} (n = {n}) vs {reference.label}" if mean is not None else "—"
 
 
 def summarize(
@@ -159,11 +217,15 @@ def summarize(
         "distance of client updates from their mean per weight of the whole model (frozen weights count, so dense and "
         "sparse runs compare), averaged over training rounds; trainable = mask density "
         "(1 − sparsity); time in rounds = the rounds' own wall time (start-up not included); run time = the "
-        "whole wall time of the launch that finished the run, from `flwr run` to its end (start-up included)."
+        "whole wall time of the launch that finished the run, from `flwr run` to its end (start-up included); "
+        "Δ vs dense = mean ± std over seeds of (this configuration − its matched dense control) at the same seed, "
+        "the control fine-tuning densely with the same head, partition, J and rounds (docs/figures.md)."
     ]
     if unfinished:
         notes.append(f"Left out, unfinished: {', '.join(r.name for r in unfinished)}.")
     notes += [f"Note: {w}" for w in warnings]
+    if figures:
+        notes += left_out_of_figures(groups)
     md_path = out / "summary.md"
     md_path.write_text("# Results\n\n" + md + "\n" + "\n\n".join(notes) + "\n")
     written = study_figures(groups, out / "figures") if figures and groups else []

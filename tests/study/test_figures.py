@@ -3,6 +3,7 @@ from the runs' own mask reports."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,23 @@ ALL_FIGURES = [
 ]
 
 
-def test_every_figure_is_drawn(tmp_path: Path):
-    result = summarize(write_study(tmp_path / "runs"), tmp_path / "summary")
+def test_every_figure_is_drawn_with_the_data_it_plots(tmp_path: Path):
+    root = write_study(tmp_path / "runs")
+    result = summarize(root, tmp_path / "summary")
     names = [p.name for p in result["figures"]]
     assert sorted(names) == sorted(ALL_FIGURES)
-    assert all(p.stat().st_size > 20_000 for p in result["figures"]), "real figures, not empty canvases"
+    finished = {p.name for p in root.iterdir() if (p / "summary.json").is_file()}
+    for png in result["figures"]:
+        with open(png.with_suffix(".csv")) as f:
+            rows = list(csv.DictReader(f))
+        assert rows, f"{png.name}: a row per point"
+        for row in rows:
+            runs = row["runs"].split()
+            assert set(runs) <= finished, f"{png.name}: {row}"
+            assert int(row["n"]) == len(runs) > 0 or row["value"] == "", f"{png.name}: n is the runs behind it: {row}"
+    curves = list(csv.DictReader((tmp_path / "summary" / "figures" / "curves-noniid.csv").read_text().splitlines()))
+    last = next(r for r in curves if r["series"].startswith("Nc=1, J=2") and r["metric"] == "test_acc")
+    assert (float(last["value"]), int(last["n"])) == (pytest.approx(11.0), 2), "seeds 0, 1: 10 % and 12 %"
 
 
 def test_densities_are_grouped_by_layer(tmp_path: Path):

@@ -35,7 +35,9 @@ def test_table_has_one_row_per_configuration_with_mean_and_std(study: Path, tmp_
     with open(result["csv"]) as f:
         rows = list(csv.DictReader(f))
     labels = [r["configuration"] for r in rows]
-    assert len(labels) == 6 + 2 + 4 + 6 == len(set(labels)), "noniid 6, central 2, sparse 4, rules 6"
+    assert len(labels) == 8 + 2 + 4 + 6 == len(set(labels)), (
+        "noniid 6 + 2 ridge-head arms, central 2, sparse 4, rules 6"
+    )
     assert [r.name for r in result["unfinished"]] == ["noniid-nc1-J2-seed2"]
     by_label = {r["configuration"]: r for r in rows}
     nc1 = by_label["noniid-nc1-J2"]
@@ -58,9 +60,24 @@ def test_table_has_one_row_per_configuration_with_mean_and_std(study: Path, tmp_
     assert central["kind"] == "centralized" and float(central["final_test_acc_mean"]) == pytest.approx(0.805)
     assert central["uploaded_gb_mean"] == ""
     md = result["markdown"].read_text()
-    assert "| noniid | noniid-nc1-J2 | Nc=1, J=2, rounds=4 | 2 | 11.00 ± 1.41 |" in md
+    assert "| noniid | noniid-nc1-J2 | Nc=1, J=2, rounds=4, head=train | 2 | 11.00 ± 1.41 |" in md
     assert "| central | central-cosine | cosine | 2 | 80.50 ± 0.71 |" in md
     assert "noniid-nc1-J2-seed2" in md, "the unfinished run is named under the table"
+
+
+def test_sparse_configurations_report_the_paired_difference_to_their_dense_control(study: Path, tmp_path: Path):
+    result = summarize(study, tmp_path / "summary", figures=False)
+    rows = {r["configuration"]: r for r in csv.DictReader(result["csv"].read_text().splitlines())}
+    random = rows["rules-nc5-random"]
+    assert random["reference"] == "noniid-nc5-J2-head-ridge", "the same head, partition, J and rounds"
+    # per seed: rules 0.55 − 0.18 − 0.05 − 0.2 + 0.01 s + 0.02 (R' = 2) vs dense 0.4 + 0.03 + 0.02 s
+    diffs = [(0.14 + 0.01 * s) - (0.43 + 0.02 * s) for s in (0, 1)]
+    assert float(random["final_test_acc_paired_diff_mean"]) == pytest.approx(sum(diffs) / 2)
+    assert float(random["final_test_acc_paired_diff_std"]) == pytest.approx(0.01 / math.sqrt(2))
+    assert random["final_test_acc_paired_diff_n"] == "2"
+    assert rows["noniid-nc5-J2"]["reference"] == "" and rows["noniid-nc5-J2"]["final_test_acc_paired_diff_n"] == ""
+    md = result["markdown"].read_text()
+    assert "| -29.50 ± 0.71 (n = 2) vs noniid-nc5-J2-head-ridge |" in md
 
 
 def test_the_mask_source_of_mask_path_runs_tells_their_configurations_apart(tmp_path: Path):
@@ -117,3 +134,17 @@ def test_run_time_with_start_up_stands_beside_time_in_rounds(tmp_path: Path):
     assert float(row["wall_min_mean"]) == pytest.approx(24 / 60)
     header = result["markdown"].read_text().splitlines()[2]
     assert header.index("time in rounds") < header.index("run time (min)")
+
+
+def test_a_run_whose_stored_config_does_not_validate_is_skipped_with_a_note(tmp_path: Path):
+    import json
+
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run({"output-root": str(root), "run-name": f"fam-a-seed{seed}", "seed": seed}, train_rows(2, 0.5))
+    stored = json.loads((root / "fam-a-seed1" / "config.json").read_text())
+    stored["config"]["sparsity"] = 2.0
+    (root / "fam-a-seed1" / "config.json").write_text(json.dumps(stored))
+    result = summarize(root, tmp_path / "summary", figures=False)
+    assert [r.name for g in result["groups"] for r in g.runs] == ["fam-a-seed0"]
+    assert any("fam-a-seed1" in w and "sparsity = 2.0" in w for w in result["warnings"])
