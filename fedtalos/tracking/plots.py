@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
+from fedtalos.config import RunConfig
 from fedtalos.task.backbones import BACKBONES
 from fedtalos.tracking.identity import SHORT_NAMES, format_value, partition_label, short_label
 from fedtalos.tracking.metrics import read_rows
@@ -84,9 +85,13 @@ def x_label(x: str, kinds: set[str | None]) -> str:
 
 
 def _settings(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings the run ran with (``config``; ``result_config`` for a record without it) and its kind."""
+    """The settings the run ran with (``config``; ``result_config`` for a record without it) that its kind of run
+    reads (a centralized run has no ``local-steps``), and its kind."""
+    kind = info.get("kind")
+    facts = RunConfig.facts()
     values = dict(info.get("config") or info.get("result_config") or {})
-    values["kind"] = info.get("kind")
+    values = {k: v for k, v in values.items() if k not in facts or facts[k].scope in ("both", kind)}
+    values["kind"] = kind
     return values
 
 
@@ -115,12 +120,13 @@ def run_labels(run_dirs: Sequence[Path]) -> list[str]:
     keys = sorted(
         set().union(*map(_result_keys, infos)), key=lambda k: (order.index(k) if k in order else len(order), k)
     )
-    differ = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1]
+    # a key differs when the runs that read it disagree on it
+    differ = [k for k in keys if len({json.dumps(s[k], sort_keys=True) for s in settings if k in s}) > 1]
     if "partitioning" in differ and "classes-per-client" in differ:
         differ.remove("classes-per-client")  # one partition label names both
     labels = []
     for values in settings:
-        parts = list(dict.fromkeys(_setting_text(k, values) for k in differ))
+        parts = list(dict.fromkeys(_setting_text(k, values) for k in differ if k in values))
         cut = parts[:MAX_LABEL_SETTINGS] + (["…"] if len(parts) > MAX_LABEL_SETTINGS else [])
         labels.append(", ".join(cut))
     if len(set(labels)) < len(labels) or not all(labels):

@@ -99,6 +99,8 @@ def test_labels_name_the_partition_once_and_fall_back_on_run_names(tmp_path: Pat
         for s in ("cosine", "constant")
     )
     assert run_labels([cosine, constant]) == ["cosine", "constant"]
+    central = write_run({**BASE, "output-root": str(tmp_path)}, [], kind="centralized")
+    assert run_labels([iid, central]) == ["federated", "centralized"], "no J=4 for the run without local steps"
     same = fed_run(tmp_path / "elsewhere")
     assert run_labels([iid, same]) == [iid.name, same.name], "nothing tells them apart: the names do"
 
