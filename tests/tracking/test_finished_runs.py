@@ -80,3 +80,14 @@ def test_the_launcher_leaves_a_summary_written_before_its_launch(tmp_path: Path)
     os.utime(path, (1000.0, 1000.0))
     assert record_launch(tmp_path, 2000.0, 2100.0) == {"rounds": 3}
     assert path.read_text() == json.dumps({"rounds": 3}) and path.stat().st_mtime == 1000.0
+
+
+def test_a_federated_run_keeps_its_log_lines(fake_cifar_root: Path, tmp_path: Path):
+    from tests.support.fakegrid import run_server
+    from tests.support.tiny import TINY_FEDERATION, offline_tiny, task_identity
+
+    values = offline_tiny(fake_cifar_root, tmp_path, {**TINY_FEDERATION, "num-server-rounds": 1, "run-name": "r"})
+    with task_identity():
+        run_dir, _ = run_server(values)
+    lines = (run_dir / LOG_FILE).read_text().splitlines()
+    assert lines[0].endswith(f"run directory: {run_dir}") and any("train    1 |" in line for line in lines)
