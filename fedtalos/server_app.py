@@ -16,8 +16,8 @@ from fedtalos.federation.transport import in_simulation
 from fedtalos.launch.flwr_run import simulation_problems
 from fedtalos.run.preflight import preflight
 from fedtalos.task.device import environment
-from fedtalos.tracking.log_setup import log_through_flower
-from fedtalos.tracking.rundir import open_run_dir
+from fedtalos.tracking.log_setup import log_through_flower, run_log
+from fedtalos.tracking.rundir import already_finished_message, finished_summary, open_run_dir
 
 app = ServerApp()
 
@@ -38,10 +38,14 @@ def main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_mapping(context.run_config)
     if in_simulation(grid) and (problems := simulation_problems(config)):
         raise ConfigError(problems)
+    if finished_summary(config, "federated") is not None:  # before the preflight: nothing to build or check
+        logging.getLogger("fedtalos").info("%s", already_finished_message(config.run_dir("federated")))
+        return
     resources = preflight(config, "federated")  # bad input fails here, before a run directory exists
     model = model_record(config, resources.model)
     environment_record = environment(resources.device, resources.dtype)
-    with open_run_dir(config, "federated", environment=environment_record, model=model) as run_dir:
+    run_dir = open_run_dir(config, "federated", environment=environment_record, model=model)
+    with run_dir, run_log(run_dir.path):
         log = logging.getLogger("fedtalos")
         log.info("run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else "")
         log.info("%s", describe_model(model))

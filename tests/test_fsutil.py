@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from fedtalos.fsutil import atomic_path, atomic_write_bytes, try_lock
+from fedtalos.fsutil import atomic_path, atomic_write_bytes, current_umask, try_lock
 
 
 @pytest.mark.parametrize("durable", [True, False])
@@ -40,3 +42,14 @@ def test_one_lock_holder_at_a_time_in_any_process_until_it_closes_the_lock(tmp_p
     again = try_lock(lock)
     assert again is not None and lock.read_bytes() == b"", "released on close; the file is never written"
     again.close()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_an_atomic_write_gives_the_file_the_mode_the_umask_allows(tmp_path: Path, umask: int, mode: int):
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        atomic_write_bytes(tmp_path / "metrics.csv", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "metrics.csv").stat().st_mode) == mode

@@ -13,14 +13,12 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from fedtalos.central.head_and_mask import calibrate, calibration_sample_count, fit_ridge_head
 from fedtalos.central.schedulers import Scheduler, after_evaluation, after_step, current_lr, make_scheduler
@@ -37,11 +35,19 @@ from fedtalos.task.device import environment
 from fedtalos.task.model import set_trainable
 from fedtalos.task.resources import Resources, get_resources
 from fedtalos.task.train import train_steps
+from fedtalos.tracking.checkpoint import CheckpointStore
 from fedtalos.tracking.hooks import run_hooks
+from fedtalos.tracking.log_setup import progress, run_log
 from fedtalos.tracking.mask_artifact import open_mask_path, record_mask_source
 from fedtalos.tracking.mask_report import mask_title, write_mask_report
-from fedtalos.tracking.metrics import format_row
-from fedtalos.tracking.rundir import RunDir, open_run_dir
+from fedtalos.tracking.metrics import format_row, read_rows
+from fedtalos.tracking.rundir import (
+    CHECKPOINTS,
+    RunDir,
+    already_finished_message,
+    finished_summary,
+    open_run_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -254,16 +260,7 @@ class CentralizedTrainer:
         batches = itertools.islice(resources.train_batches(images, labels, generator), state.step_in_epoch, None)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
 
-        bar = tqdm(
-            total=total,
-            initial=state.step_in_epoch,
-            desc=f"{phase.name} epoch {epoch}/{phase.units}",
-            unit="step",
-            disable=not c.progress,
-            leave=False,
-            dynamic_ncols=True,
-            mininterval=0.1 if sys.stderr.isatty() else 30.0,  # a log file gets a line now and then, not a stream
-        )
+        bar = progress(total, state.step_in_epoch, f"{phase.name} epoch {epoch}/{phase.units}", c.progress)
 
         def step_done(_: int) -> None:
             state.global_step += 1
@@ -353,10 +350,20 @@ def run_centralized(
     Call :func:`fedtalos.run.preflight.preflight` first to fail on bad input before a directory exists.
     """
     config = config if config.run_name else config.replace(run_name=config.resolved_run_name(KIND))
+    summary = finished_summary(config, KIND)
+    if summary is not None:
+        path = config.run_dir(KIND)
+        log.info("%s", already_finished_message(path))
+        if on_evaluation is not None:  # the caller sees the whole validation curve, as after a resume
+            for row in read_rows(path):
+                if row.get("phase") == "train" and row.get("val_acc") is not None:
+                    on_evaluation(row)
+        store = CheckpointStore(path / CHECKPOINTS, config.result_hash(), keep=config.checkpoint_keep)
+        return RunDir(path=path, config=config, checkpoints=store, resumed=True), summary
     resources = get_resources(config, pretrained=True)  # the trainer's own, cached for it
     model = model_record(config, resources.model)
     environment_record = environment(resources.device, resources.dtype)
-    with open_run_dir(config, KIND, environment=environment_record, model=model) as run_dir:
+    with open_run_dir(config, KIND, environment=environment_record, model=model) as run_dir, run_log(run_dir.path):
         log.info("run directory: %s%s", run_dir.path, " (resuming)" if run_dir.resumed else "")
         log.info("%s", describe_model(model))
         trainer = CentralizedTrainer(config, run_dir, evaluate_test=evaluate_test, on_evaluation=on_evaluation)

@@ -12,7 +12,8 @@ from fedtalos.task.resources import Resources
 
 
 def evaluate_split(resources: Resources, weights: dict[str, torch.Tensor], split: str) -> dict[str, float]:
-    """``{split}_loss`` (nats) and ``{split}_acc`` of ``weights`` on the server's 'val' or 'test' split."""
+    """``{split}_loss`` (nats), ``{split}_acc`` and ``{split}_top5`` of ``weights`` on the server's 'val' or 'test'
+    split."""
     resources.load_weights(weights)
     return resources.evaluate(split)
 

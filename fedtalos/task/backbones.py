@@ -18,6 +18,8 @@ class Backbone:
     name: str
     label: str  # for messages: 'DINO ViT-S/16'
     patch_size: int  # pixels; image-size must be a multiple of it
+    width: int  # embedding dimension; with depth, what the memory estimates (task/memory.py) scale by
+    depth: int  # transformer blocks
     # Extra keyword arguments of timm.create_model; they never change the weight names or shapes.
     create_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -25,9 +27,9 @@ class Backbone:
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
-        Backbone("vit_small_patch16_224.dino", "DINO ViT-S/16", 16),
-        Backbone("vit_base_patch16_224.dino", "DINO ViT-B/16", 16),
-        Backbone("vit_small_patch14_dinov2.lvd142m", "DINOv2 ViT-S/14", 14),
+        Backbone("vit_small_patch16_224.dino", "DINO ViT-S/16", 16, 384, 12),
+        Backbone("vit_base_patch16_224.dino", "DINO ViT-B/16", 16, 768, 12),
+        Backbone("vit_small_patch14_dinov2.lvd142m", "DINOv2 ViT-S/14", 14, 384, 12),
         # timm builds it with dynamic_img_size=True and average pooling; here the rotary embedding is computed for
         # the one configured resolution (what the per-layer Fisher scorer and a fixed-size run need) and the head
         # reads the CLS token, as upstream DINOv3 and the other backbones do.
@@ -35,10 +37,15 @@ BACKBONES: dict[str, Backbone] = {
             "vit_small_patch16_dinov3.lvd1689m",
             "DINOv3 ViT-S/16",
             16,
+            384,
+            12,
             {"dynamic_img_size": False, "global_pool": "token"},
         ),
-        Backbone("vit_small_patch16_224.augreg_in21k_ft_in1k", "supervised AugReg ViT-S/16", 16),
-        Backbone(TINY_TEST_VIT, "tiny test ViT", 8),
+        Backbone("vit_small_patch16_224.augreg_in21k_ft_in1k", "supervised AugReg ViT-S/16", 16, 384, 12),
+        # the seeds' tiny and large sizes, from what timm 1.0.31 serves pretrained
+        Backbone("vit_tiny_patch16_224.augreg_in21k_ft_in1k", "supervised AugReg ViT-Ti/16", 16, 192, 12),
+        Backbone("vit_large_patch14_dinov2.lvd142m", "DINOv2 ViT-L/14", 14, 1024, 24),
+        Backbone(TINY_TEST_VIT, "tiny test ViT", 8, 32, 2),
     )
 }
 """name → backbone, the default first."""

@@ -71,8 +71,8 @@ def build_model(
         model = timm.models.VisionTransformer(
             img_size=image_size,
             patch_size=backbone.patch_size,
-            embed_dim=32,
-            depth=depth or 2,
+            embed_dim=backbone.width,
+            depth=depth or backbone.depth,
             num_heads=2,
             mlp_ratio=2.0,
             num_classes=num_classes,

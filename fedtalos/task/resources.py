@@ -94,10 +94,11 @@ class Resources:
         return iterate_batches(images, labels, self.eval_transform, batch_size=self.config.eval_batch_size)
 
     def evaluate(self, split: str) -> dict[str, float]:
-        """``{split}_loss`` (mean cross-entropy, nats) and ``{split}_acc`` (top-1 in [0, 1]) of the current model."""
+        """``{split}_loss`` (mean cross-entropy, nats), ``{split}_acc`` (top-1 in [0, 1]) and ``{split}_top5``
+        (top-5, as timm's ``eval_top5``) of the current model."""
         images, labels = self.split(split)
         stats = evaluate(self.model, self.eval_batches(images, labels), autocast_dtype=self.dtype)
-        return {f"{split}_loss": stats.loss, f"{split}_acc": stats.accuracy}
+        return {f"{split}_loss": stats.loss, f"{split}_acc": stats.accuracy, f"{split}_top5": stats.top5_accuracy}
 
     # -------------------------------------------------------------------------------------------- model
     def load_weights(self, weights: Mapping[str, torch.Tensor]) -> None:

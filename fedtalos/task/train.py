@@ -43,6 +43,18 @@ class LoopStats:
         return self.correct / self.count if self.count else float("nan")
 
 
+@dataclass(frozen=True)
+class EvalStats(LoopStats):
+    """An evaluation's sums: :class:`LoopStats` and the top-5 hits (``top5_accuracy`` in [0, 1]). Training counts
+    top-1 alone, so a checkpoint's epoch sums keep their fields."""
+
+    correct_top5: int = 0
+
+    @property
+    def top5_accuracy(self) -> float:
+        return self.correct_top5 / self.count if self.count else float("nan")
+
+
 def train_steps(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -100,22 +112,32 @@ def evaluate(
     batches: Iterable[Batch],
     *,
     autocast_dtype: torch.dtype | None = None,
-) -> LoopStats:
-    """Mean cross-entropy and top-1 accuracy of ``model`` (in eval mode) over ``batches``."""
+) -> EvalStats:
+    """Mean cross-entropy, top-1 and top-5 accuracy of ``model`` (in eval mode) over ``batches``."""
     model.eval()
     device = next(model.parameters()).device
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     losses: list[torch.Tensor] = []
     corrects: list[torch.Tensor] = []
+    corrects_top5: list[torch.Tensor] = []
     sizes: list[int] = []
     for inputs, labels in batches:
         with autocast(device, autocast_dtype):
             logits = model(inputs)
         losses.append(loss_fn(logits.float(), labels))
         corrects.append((logits.argmax(-1) == labels).sum())
+        corrects_top5.append(top_k_correct(logits, labels, 5))
         sizes.append(len(labels))
     loss_sum, correct = _host_sums(losses, corrects, sizes, weighted=False)
-    return LoopStats(loss_sum, correct, sum(sizes), len(sizes))
+    top5 = int(torch.stack(corrects_top5).cpu().sum()) if corrects_top5 else 0
+    return EvalStats(loss_sum, correct, sum(sizes), len(sizes), top5)
+
+
+def top_k_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """How many labels are among their row's ``k`` largest logits (all of them when there are ``k`` classes or
+    fewer), as a device scalar."""
+    k = min(k, logits.shape[-1])
+    return (logits.topk(k, dim=-1).indices == labels[:, None]).any(-1).sum()
 
 
 def _host_sums(

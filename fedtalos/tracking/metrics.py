@@ -9,10 +9,12 @@ Weights & Biases) receive each row too.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,8 +32,10 @@ LEADING_COLUMNS = (
     "train_acc",
     "val_loss",
     "val_acc",
+    "val_top5",
     "test_loss",
     "test_acc",
+    "test_top5",
     "clients_ok",
     "clients_failed",
     "bytes_up",
@@ -41,6 +45,7 @@ LEADING_COLUMNS = (
 )
 
 Row = dict[str, Any]
+WANDB_ID_NAME_CHARS = 48  # of the run name in a W&B id, before the place hash (ids stay under 64 characters)
 # Columns shown in the one-line log of a row, when present and finite.
 LOG_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr", "mask_density", "drift", "wall_s")
 
@@ -135,10 +140,35 @@ class TensorBoardSink:
         self.writer.close()
 
 
-class WandbSink:
-    """Logs rows to Weights & Biases; the W&B run id is the run name, so a resumed run continues the same W&B run."""
+def wandb_identity(run_dir: Path, result_hash: str, configuration_hash: str) -> dict[str, str]:
+    """W&B's ``id``, ``name``, ``group`` and ``job_type`` of the run in ``run_dir``.
 
-    def __init__(self, run_dir: Path, project: str, config: dict[str, Any]) -> None:
+    ``result_hash``: the run's (``RunConfig.result_hash``); ``configuration_hash``: the same without the seed, shared by
+    a configuration's seeds. The name ends with the result hash (a sweep's ``noniid-nc5-J4-seed0`` does not, and a
+    smoke sweep names its runs as the real one does); the id adds the run directory's place, so that no two run
+    directories, even of one configuration, resume into each other's W&B run, while a resumed run continues its own.
+    The group is the configuration (its seeds together), the job type the family or kind (the name's first word).
+    """
+    run_dir = Path(run_dir)
+    name = run_dir.name
+    if not name.endswith(result_hash[:6]):
+        name = f"{name}-{result_hash[:6]}"
+    label = name[: -len(result_hash[:6]) - 1]  # without the hash
+    label = re.sub(r"-seed\d+$", "", label)  # the configuration: its seeds in one group
+    place = hashlib.sha256(f"{run_dir.resolve()}\n{result_hash}".encode()).hexdigest()[:8]
+    return {
+        "id": f"{name[:WANDB_ID_NAME_CHARS]}-{place}",
+        "name": name,
+        "group": f"{label}-{configuration_hash[:6]}",
+        "job_type": label.split("-")[0],
+    }
+
+
+class WandbSink:
+    """Logs rows to Weights & Biases under :func:`wandb_identity`: a resumed run continues its W&B run, and runs of
+    other directories or configurations never share one."""
+
+    def __init__(self, run_dir: Path, project: str, config: dict[str, Any], identity: dict[str, str]) -> None:
         try:
             import wandb
         except ImportError as e:
@@ -146,9 +176,7 @@ class WandbSink:
                 "wandb = true needs `pip install wandb` (extra: fedtalos[wandb]) and `wandb login`"
             ) from e
         run_dir = Path(run_dir)
-        self.run = wandb.init(
-            project=project, name=run_dir.name, id=run_dir.name, resume="allow", config=config, dir=str(run_dir)
-        )
+        self.run = wandb.init(project=project, resume="allow", config=config, dir=str(run_dir), **identity)
 
     def log(self, row: Row) -> None:
         step = row.get("step", row.get("round", row.get("epoch")))
@@ -159,14 +187,21 @@ class WandbSink:
 
 
 def make_sinks(
-    run_dir: Path, *, tensorboard: bool, wandb: bool, project: str, config: dict[str, Any]
+    run_dir: Path,
+    *,
+    tensorboard: bool,
+    wandb: bool,
+    project: str,
+    config: dict[str, Any],
+    wandb_ids: dict[str, str] | None = None,
 ) -> list[MetricSink]:
-    """The optional sinks a run config asks for (``tensorboard``, ``wandb``), writing into ``run_dir``."""
+    """The optional sinks a run config asks for (``tensorboard``, ``wandb``), writing into ``run_dir``;
+    ``wandb_ids``: :func:`wandb_identity`."""
     sinks: list[MetricSink] = []
     if tensorboard:
         sinks.append(TensorBoardSink(run_dir))
     if wandb:
-        sinks.append(WandbSink(run_dir, project, config))
+        sinks.append(WandbSink(run_dir, project, config, wandb_ids or {}))
     return sinks
 
 

@@ -20,12 +20,14 @@ from typing import IO, Any
 
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.fsutil import atomic_write_bytes, try_lock
+from fedtalos.run.phases import run_phases, total_units
 from fedtalos.tracking.checkpoint import CheckpointStore
-from fedtalos.tracking.metrics import MetricsLog, make_sinks
+from fedtalos.tracking.metrics import MetricsLog, make_sinks, wandb_identity
 
 CONFIG_FILE = "config.json"
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
+CHECKPOINTS = "checkpoints"
 
 
 class RunConfigMismatch(RuntimeError):
@@ -81,8 +83,14 @@ class RunDir:
     def open_metrics(self) -> MetricsLog:
         """The run's metric log, with the TensorBoard / W&B sinks its config asks for."""
         c = self.config
+        ids = wandb_identity(self.path, c.result_hash(), c.replace(seed=0).result_hash()) if c.wandb else None
         sinks = make_sinks(
-            self.path, tensorboard=c.tensorboard, wandb=c.wandb, project=c.wandb_project, config=c.to_dict()
+            self.path,
+            tensorboard=c.tensorboard,
+            wandb=c.wandb,
+            project=c.wandb_project,
+            config=c.to_dict(),
+            wandb_ids=ids,
         )
         return MetricsLog(self.path, sinks)
 
@@ -102,6 +110,8 @@ def record_launch(run_path: Path, launched_at: float, ended_at: float) -> dict[s
     path = run_path / SUMMARY_FILE
     try:
         summary = json.loads(path.read_text())
+        if path.stat().st_mtime < launched_at:  # finished by an earlier launch: this one found it done
+            return summary
     except (OSError, ValueError):
         return None
     summary["run_wall_s"] = ended_at - launched_at
@@ -163,6 +173,35 @@ def read_record(path: Path) -> dict[str, Any] | None:
 def is_this_run(record: Mapping[str, Any], config: RunConfig, kind: str) -> bool:
     """Whether a run directory's ``config.json`` record is of this run: the same kind and result hash."""
     return record.get("kind") == kind and record.get("result_hash") == config.result_hash()
+
+
+def finished_summary(config: RunConfig, kind: str) -> dict[str, Any] | None:
+    """The ``summary.json`` of ``config``'s run when its directory holds this run (:func:`is_this_run`) finished to
+    ``config``'s length, else None (also with ``resume = false``, which starts it over). A finished run is not run
+    again: starting it would rewrite its files with the same numbers. A longer run of a constant schedule (the
+    length is not part of its identity) continues it."""
+    path = config.run_dir(kind)
+    try:
+        record = read_record(path) if config.resume else None
+        if record is None or not is_this_run(record, config, kind):
+            return None
+        summary = json.loads((path / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if kind == "federated":  # rounds over every phase
+        done, wanted = summary.get("rounds", 0), total_units(config, kind)
+    else:  # epochs of the fine-tuning phase
+        last = run_phases(config, kind)[-1]
+        done, wanted = summary.get("epochs", 0), last.units if last.name == "train" else 0
+    return summary if done >= wanted else None
+
+
+def already_finished_message(path: Path) -> str:
+    """What a run says when it finds itself finished."""
+    return (
+        f"already finished: {path} (summary.json; nothing was run or rewritten; "
+        "resume=false starts it over, keeping the old directory renamed)"
+    )
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -262,5 +301,5 @@ def open_run_dir(
     else:
         record["created"] = record["updated"]
     atomic_write_bytes(stored_file, json.dumps(record, indent=1).encode())
-    store = CheckpointStore(path / "checkpoints", config.result_hash(), keep=config.checkpoint_keep)
+    store = CheckpointStore(path / CHECKPOINTS, config.result_hash(), keep=config.checkpoint_keep)
     return RunDir(path=path, config=config, checkpoints=store, resumed=resumed, lock=lock)

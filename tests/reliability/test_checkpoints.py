@@ -115,12 +115,16 @@ def test_no_usable_checkpoint_refuses_to_start_over_silently(two_rounds: Path, t
     shutil.copytree(two_rounds, run_dir)
     for path in (run_dir / "checkpoints").glob("*.safetensors"):
         path.write_bytes(path.read_bytes()[:-1])
-    before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != "config.json"}
+    kept = {"config.json", "log.txt"}  # log.txt: appended to (the refusal is logged there too)
+    before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name not in kept}
+    log_before = (run_dir / "log.txt").read_text()
     with pytest.raises(CheckpointError, match="no usable checkpoint") as e:
         run_server(config)
     assert "resume=false" in str(e.value)
-    after = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != "config.json"}
+    after = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name not in kept}
     assert after == before, "nothing deleted or rewritten"
+    log_after = (run_dir / "log.txt").read_text()
+    assert log_after.startswith(log_before) and "skipping checkpoint" in log_after[len(log_before) :]
 
 
 def test_run_directory_of_another_config_is_refused_untouched(two_rounds: Path, tiny_run_config_module, tmp_path):

@@ -43,7 +43,25 @@ def test_the_issue_list_is_supported():
         "vit_small_patch14_dinov2.lvd142m",
         "vit_small_patch16_dinov3.lvd1689m",
         "vit_small_patch16_224.augreg_in21k_ft_in1k",
+        "vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+        "vit_large_patch14_dinov2.lvd142m",
     ]
+
+
+def test_timm_serves_every_backbone_pretrained_and_its_sizes_are_the_models():
+    """The names are timm 1.0.31's pretrained tags; width, depth and patch size (what the config checks and the
+    memory estimates read) are the model's own tensor shapes (built on the meta device: no weights)."""
+    import timm
+
+    served = set(timm.list_pretrained())
+    for name in PRETRAINED:
+        assert name in served, name
+        backbone, shapes = get_backbone(name), expected_backbone_shapes(name)
+        blocks = {key.split(".")[1] for key in shapes if key.startswith("blocks.")}
+        assert (shapes["cls_token"][-1], len(blocks)) == (backbone.width, backbone.depth), name
+        assert shapes["patch_embed.proj.weight"][-2:] == (backbone.patch_size,) * 2, name
+    tiny = build_model(TINY_TEST_VIT, image_size=16)
+    assert (get_backbone(TINY_TEST_VIT).width, get_backbone(TINY_TEST_VIT).depth) == (tiny.embed_dim, 2)
 
 
 # Tokens per image at 2×2 patches (prefix tokens: cls, and DINOv3's 4 registers) and the width.
@@ -53,7 +71,10 @@ TOKENS_AND_WIDTH = {
     "vit_small_patch14_dinov2.lvd142m": (1 + 4, 384),
     "vit_small_patch16_dinov3.lvd1689m": (1 + 4 + 4, 384),
     "vit_small_patch16_224.augreg_in21k_ft_in1k": (1 + 4, 384),
+    "vit_tiny_patch16_224.augreg_in21k_ft_in1k": (1 + 4, 192),
+    "vit_large_patch14_dinov2.lvd142m": (1 + 4, 1024),
 }
+AUGREG_S16 = "vit_small_patch16_224.augreg_in21k_ft_in1k"
 
 
 @pytest.mark.parametrize("name", PRETRAINED)
@@ -93,7 +114,9 @@ def test_dinov3_has_rotary_embeddings_and_register_tokens_at_the_configured_size
 def test_normalisation_follows_the_model(fake_cifar_root: Path):
     assert input_normalisation("vit_small_patch16_224.dino") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert input_normalisation("vit_small_patch16_224.augreg_in21k_ft_in1k") == ((0.5,) * 3, (0.5,) * 3)
-    config = RunConfig.from_mapping(offline_tiny(fake_cifar_root, values={"model": PRETRAINED[-1]}))
+    assert input_normalisation("vit_tiny_patch16_224.augreg_in21k_ft_in1k") == ((0.5,) * 3, (0.5,) * 3)
+    assert input_normalisation("vit_large_patch14_dinov2.lvd142m") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    config = RunConfig.from_mapping(offline_tiny(fake_cifar_root, values={"model": AUGREG_S16}))
     resources = get_resources.__wrapped__(config)  # uncached: a model other than the tiny one
     images = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
     assert resources.eval_transform.mean == (0.5,) * 3
@@ -128,7 +151,7 @@ def test_weights_of_another_architecture_are_refused(name: str, meta_files: dict
 
 def test_the_two_vit_s16_files_share_one_architecture():
     """DINO and AugReg ViT-S/16 differ in weights and normalisation only: a file check cannot tell them apart."""
-    assert expected_backbone_shapes(PRETRAINED[0]) == expected_backbone_shapes(PRETRAINED[-1])
+    assert expected_backbone_shapes(PRETRAINED[0]) == expected_backbone_shapes(AUGREG_S16)
 
 
 @pytest.mark.parametrize("name", ["vit_small_patch14_dinov2.lvd142m", "vit_small_patch16_dinov3.lvd1689m"])
@@ -144,9 +167,10 @@ def test_local_weights_load_and_position_embeddings_follow_the_image_size(name: 
     loaded, saved = model.state_dict(), source.state_dict()
     assert torch.equal(loaded["blocks.1.mlp.fc1.weight"], saved["blocks.1.mlp.fc1.weight"])
     assert torch.equal(loaded["cls_token"], saved["cls_token"])
+    width = get_backbone(name).width
     if source.pos_embed is not None:  # DINOv2: 37×37 at 518 px, resampled to 2×2 (+ cls)
-        assert saved["pos_embed"].shape == (1, 1 + 37 * 37, 384)
-        assert loaded["pos_embed"].shape == (1, 1 + 2 * 2, 384)
+        assert saved["pos_embed"].shape == (1, 1 + 37 * 37, width)
+        assert loaded["pos_embed"].shape == (1, 1 + 2 * 2, width)
     else:  # DINOv3: rotary, computed for the grid
         assert model.rope.get_embed().shape[0] == 2 * 2
     assert model(torch.zeros(1, 3, size, size)).shape == (1, 100)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from fedtalos.config import RunConfig
 from fedtalos.editing.fisher import DEFAULT_CHUNK_SIZES, fitting_chunk_size
-from fedtalos.task.memory import GIB, actor_peak_bytes, fisher_bytes_per_sample, train_activation_bytes
+from fedtalos.task.memory import (
+    GIB,
+    actor_peak_bytes,
+    fisher_bytes_per_sample,
+    fixed_bytes,
+    memory_table,
+    train_activation_bytes,
+)
 
 
 def test_budget_at_224_px_and_its_scaling_with_the_image_size():
@@ -41,3 +50,20 @@ def test_a_deterministic_run_sizes_the_chunk_from_the_total_memory(monkeypatch):
     for free in (1 * GIB, 6 * GIB):  # whatever else holds memory at the time
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: (free, 16 * GIB))
         assert fitting_chunk_size(torch.device("cuda"), per_sample, stable=True) == 64  # 8 GiB / 79 MB → 108 → 64
+
+
+def test_the_estimates_scale_with_the_backbones_tokens_width_and_depth():
+    small = RunConfig()  # DINO ViT-S/16 at 224 px: 197 tokens, width 384, depth 12
+    tiny = RunConfig(model="vit_tiny_patch16_224.augreg_in21k_ft_in1k")  # width 192: half the activations
+    large = RunConfig(model="vit_large_patch14_dinov2.lvd142m")  # 257 tokens, width 1024, depth 24
+    assert train_activation_bytes(tiny) == pytest.approx(train_activation_bytes(small) / 2)
+    assert fisher_bytes_per_sample(large) == pytest.approx(79e6 * 257 / 197 * 1024 * 24 / (384 * 12))
+    # the weights, gradients and momentum follow the parameter count (12 w² per block), 12 bytes each
+    assert fixed_bytes(large) - fixed_bytes(small) == pytest.approx(12 * 12 * (1024**2 * 24 - 384**2 * 12))
+    assert fixed_bytes(small) == GIB and fixed_bytes(tiny) < GIB
+
+
+def test_the_docs_table_is_the_estimate():
+    table = memory_table((32, 224))
+    assert table in (Path(__file__).parents[2] / "docs" / "memory.md").read_text()
+    assert "vit_large_patch14_dinov2.lvd142m | 224 px" in table and "vit-tiny-test" not in table

@@ -11,7 +11,7 @@ from fedtalos.seeds import make_generator
 from fedtalos.task.batches import ImageTransform, iterate_batches
 from fedtalos.task.cifar import load_cifar100
 from fedtalos.task.model import TINY_TEST_VIT, build_model
-from fedtalos.task.train import LoopStats, evaluate, train_steps
+from fedtalos.task.train import LoopStats, evaluate, top_k_correct, train_steps
 
 
 def test_tiny_model_learns_generated_data_above_chance(fake_cifar_root):
@@ -45,6 +45,19 @@ def test_evaluate_matches_a_direct_computation():
     assert stats.count == 10 and stats.steps == 2
     assert abs(stats.loss - nn.functional.cross_entropy(logits, y).item()) < 1e-6
     assert stats.correct == int((logits.argmax(-1) == y).sum())
+
+
+def test_top5_counts_a_label_among_the_five_largest_logits():
+    logits = torch.tensor([[9.0, 8, 7, 6, 5, 4, 0], [0.0, 1, 2, 3, 4, 5, 6], [1.0, 0, 0, 0, 0, 0, 0]])
+    labels = torch.tensor([4, 1, 0])  # 5th largest (in), 6th largest (out), largest (in)
+    assert int(top_k_correct(logits, labels, 5)) == 2
+    assert int(top_k_correct(logits[:, :3], torch.tensor([2, 0, 1]), 5)) == 3, "three classes: every label is in"
+    model = nn.Linear(7, 7, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(7))  # logits = inputs
+    stats = evaluate(model, [(logits[:2], labels[:2]), (logits[2:], labels[2:])])
+    assert (stats.correct, stats.correct_top5, stats.count) == (1, 2, 3)
+    assert stats.top5_accuracy == 2 / 3 and stats.accuracy == 1 / 3
 
 
 def test_train_steps_reports_pre_step_loss_and_calls_hooks():

@@ -76,3 +76,46 @@ def test_records_through_flowers_handler_reach_the_current_stderr_after_the_old_
     monkeypatch.setattr(sys, "stderr", second)
     flower.info("after it was closed")
     assert "after it was closed" in second.getvalue() and "Logging error" not in second.getvalue()
+
+
+def test_progress_is_a_bar_on_a_terminal_and_periodic_lines_in_a_log_file(bare_logger, monkeypatch, caplog):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: not a terminal
+    clock = iter([0.0, 10.0, 31.0, 40.0, 70.0]).__next__
+    lines = log_setup.ProgressLines(total=100, initial=20, desc="train epoch 1/3", clock=clock)
+    assert isinstance(log_setup.progress(100, 0, "x"), log_setup.ProgressLines)
+    caplog.set_level(logging.INFO, logger=bare_logger.name)
+    bare_logger.propagate = True
+    lines.set_postfix(loss="4.6000")
+    for _ in range(4):  # at 10, 31, 40 and 70 s: a line at 31 s and at 70 s (30 s apart at least)
+        lines.update(10)
+    assert [r.getMessage() for r in caplog.records] == [
+        "train epoch 1/3: step 40/100 (40 %), 0.6 steps/s, loss=4.6000",
+        "train epoch 1/3: step 60/100 (60 %), 0.5 steps/s, loss=4.6000",
+    ]
+    assert sys.stderr.getvalue() == "", "no carriage-return bar states in the log file"
+    caplog.clear()
+    quiet = log_setup.progress(100, 0, "x", enabled=False)  # progress = false
+    quiet.update(100)
+    assert caplog.records == [] and sys.stderr.getvalue() == ""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    from tqdm import tqdm
+
+    bar = log_setup.progress(100, 0, "x")
+    assert isinstance(bar, tqdm) and not bar.disable
+    bar.close()
+
+
+def test_run_log_copies_the_lines_with_times_into_the_run_directory(bare_logger, tmp_path):
+    bare_logger.info("before")
+    with log_setup.run_log(tmp_path) as path:
+        bare_logger.info("during %d", 1)
+        bare_logger.getChild("central").info("from a module")
+    bare_logger.info("after")
+    lines = path.read_text().splitlines()
+    assert path == tmp_path / "log.txt" and [line.split(" ", 2)[2] for line in lines] == ["during 1", "from a module"]
+    assert bare_logger.level == logging.NOTSET and not bare_logger.handlers, "left as it was"
