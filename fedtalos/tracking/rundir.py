@@ -21,6 +21,7 @@ from typing import IO, Any
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.fsutil import atomic_write_bytes, try_lock
 from fedtalos.run.phases import run_phases, total_units
+from fedtalos.strategies.dp import privacy_record
 from fedtalos.tracking.checkpoint import CheckpointStore
 from fedtalos.tracking.metrics import MetricsLog, make_sinks, wandb_identity
 
@@ -294,6 +295,7 @@ def open_run_dir(
         "versions": package_versions(),
         **({"environment": dict(environment)} if environment is not None else {}),
         **({"model": dict(model)} if model is not None else {}),
+        **({"privacy": privacy} if (privacy := privacy_record(config)) is not None else {}),
         "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if resumed:

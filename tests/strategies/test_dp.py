@@ -3,6 +3,7 @@ deviation σ·C/m (Flower's ``compute_stdv``), seeded noise, the client-side cli
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,5 @@ def test_clients_clip_their_uploads_in_a_real_round(fake_cifar_root: Path, tmp_p
     weights = [k for k in first if k.startswith("weights/")]
     moved = math.sqrt(sum(float((second[k] - first[k]).double().square().sum()) for k in weights))
     assert 0 < moved <= clip * (1 + 1e-4)
+    recorded = json.loads((run_dir / "config.json").read_text())["privacy"]
+    assert (recorded["clipping-norm"], recorded["noise-multiplier"]) == (clip, 0.0)
