@@ -27,7 +27,6 @@ from fedtalos.config import ConfigError, RunConfig
 from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos edit"
-HELP = "calibrate a mask (step 0 + calibration, federated or --central) and write it as a reusable mask file"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -73,14 +72,16 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Calibrate and write the mask file; 0 on success, 2 on bad input (nothing started), 1 if the run failed."""
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
+    try:
+        values = edit_overrides(args)
+        config = RunConfig.from_mapping(values)
+    except ConfigError as e:  # before importing torch: bad input is answered at once
+        return fail(prog, str(e))
+    from fedtalos.run.preflight import preflight
     from fedtalos.task.cifar import DatasetIntegrityError, DatasetNotFoundError
     from fedtalos.task.model import WeightsError
 
     try:
-        values = edit_overrides(args)
-        config = RunConfig.from_mapping(values)
-        from fedtalos.run.preflight import preflight
-
         preflight(config, "centralized" if args.central else "federated")
     except (ConfigError, DatasetNotFoundError, DatasetIntegrityError, WeightsError, RuntimeError) as e:
         return fail(prog, str(e))
