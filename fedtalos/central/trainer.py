@@ -352,6 +352,7 @@ def run_centralized(
 
     Call :func:`fedtalos.run.preflight.preflight` first to fail on bad input before a directory exists.
     """
+    config = config.for_kind(KIND)  # the federated-only keys take no part in it
     config = config if config.run_name else config.replace(run_name=config.resolved_run_name(KIND))
     resources = get_resources(config, pretrained=True)  # the trainer's own, cached for it
     model = model_record(config, resources.model)

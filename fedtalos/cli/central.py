@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
     try:
-        config = RunConfig.from_mapping(overrides_from_args(args))
+        config = RunConfig.from_mapping(overrides_from_args(args)).for_kind("centralized")
     except ConfigError as e:  # before importing torch: bad input is answered at once
         return fail(prog, str(e))
     from fedtalos.run.preflight import preflight

@@ -62,8 +62,8 @@ def edit_overrides(args: argparse.Namespace) -> dict[str, Any]:
     # the editing keys' defaults here (KeyFacts.defaults_in): the TaLoS pipeline, a ridge head and least-sensitive
     values = {**RunConfig.defaults_in("edit"), **values, "mask-save-path": str(out)}
     values["epochs" if args.central else "num-server-rounds"] = 0
-    config = RunConfig.from_mapping(values)
-    values["run-name"] = config.resolved_run_name("centralized" if args.central else "federated", edit=True)
+    kind = "centralized" if args.central else "federated"
+    values["run-name"] = RunConfig.from_mapping(values).for_kind(kind).resolved_run_name(kind, edit=True)
     RunConfig.from_mapping(values)
     return values
 
