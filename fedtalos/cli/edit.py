@@ -36,7 +36,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         epilog="examples:\n"
         f"  {prog} --out ~/masks/fed-s0.9.safetensors --sparsity 0.9 --calibration-rounds 4\n"
         f"  {prog} --central --out ~/masks/central-s0.9.safetensors --sparsity 0.9\n"
-        "  fedtalos run . --run-config 'mask-path=\"~/masks/fed-s0.9.safetensors\" local-steps=8'",
+        "  fedtalos run . -c 'mask-path=~/masks/fed-s0.9.safetensors local-steps=8'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", required=True, metavar="MASK.safetensors", help="the mask file to write (new)")
