@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from fedtalos.cli import search
 from fedtalos.cli.options import add_run_config_options, fail, overrides_from_args
 from fedtalos.config import ConfigError, RunConfig
+from fedtalos.config.kinds import for_kind
 from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos central"
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
     try:
-        config = RunConfig.from_mapping(overrides_from_args(args)).for_kind("centralized")
+        config = for_kind(RunConfig.from_mapping(overrides_from_args(args)), "centralized")
     except ConfigError as e:  # before importing torch: bad input is answered at once
         return fail(prog, str(e))
     from fedtalos.run.preflight import preflight

@@ -24,6 +24,7 @@ from typing import Any
 
 from fedtalos.cli.options import add_run_config_options, fail, overrides_from_args
 from fedtalos.config import ConfigError, RunConfig
+from fedtalos.config.kinds import for_kind
 from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos edit"
@@ -63,7 +64,7 @@ def edit_overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = {**RunConfig.defaults_in("edit"), **values, "mask-save-path": str(out)}
     values["epochs" if args.central else "num-server-rounds"] = 0
     kind = "centralized" if args.central else "federated"
-    values["run-name"] = RunConfig.from_mapping(values).for_kind(kind).resolved_run_name(kind, edit=True)
+    values["run-name"] = for_kind(RunConfig.from_mapping(values), kind).resolved_run_name(kind, edit=True)
     RunConfig.from_mapping(values)
     return values
 

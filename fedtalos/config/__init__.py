@@ -490,10 +490,3 @@ class RunConfig:
     def run_dir(self, kind: Kind = "federated") -> Path:
         """``<output-root>/<run-name>``."""
         return self.resolved_output_root() / self.resolved_run_name(kind)
-
-    def for_kind(self, kind: Kind) -> RunConfig:
-        """As a run of ``kind`` reads it: a centralized run has its federated-only keys (``KeyFacts.scope``) at default,
-        out of its identity (``tests/cli/test_central.py::test_federated_only_keys_do_not_name_a_centralized_run``)."""
-        defaults, facts = self.defaults(), self.facts()
-        federated = {k: defaults[k] for k in facts if kind == "centralized" and facts[k].scope == "federated"}
-        return self.replace(**federated) if federated else self

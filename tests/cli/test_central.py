@@ -109,6 +109,7 @@ def test_federated_only_keys_do_not_name_a_centralized_run(tmp_path: Path, monke
     """``--local-steps 8`` (and every other federated-only key) is the centralized run without it."""
     from fedtalos.central import trainer
     from fedtalos.config import RunConfig
+    from fedtalos.config.kinds import for_kind
     from fedtalos.run import preflight
 
     started = []
@@ -123,6 +124,6 @@ def test_federated_only_keys_do_not_name_a_centralized_run(tmp_path: Path, monke
     plain = RunConfig.from_mapping({"output-root": str(tmp_path)})
     assert started[1].run_dir("centralized") == plain.run_dir("centralized"), "the name of the run without them"
     # a config with the federated keys at their defaults is unchanged: existing run directories keep their names
-    assert plain.for_kind("centralized") == plain
+    assert for_kind(plain, "centralized") == plain
     federated = RunConfig.from_mapping(FEDERATED_ONLY)
-    assert federated.for_kind("federated") == federated, "a federated run reads them all"
+    assert for_kind(federated, "federated") == federated, "a federated run reads them all"
