@@ -5,9 +5,18 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Flower's runtime would otherwise `uv sync` the app's dependencies (torch included) into a fresh env per run.
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup run test lint
+.PHONY: setup run demo test lint
 
-$(VENV)/.installed: pyproject.toml overrides.txt scripts/setup.sh
+# What the install reads from pyproject.toml: [build-system], [project*] and [tool.hatch*]. The file is rewritten only
+# when that part changes, so editing the run config ([tool.flwr.app.config], the Flower habit) does not reinstall.
+INSTALL_INPUTS := $(VENV)/.install-inputs
+
+$(INSTALL_INPUTS): pyproject.toml
+	@mkdir -p $(VENV)
+	@awk '/^\[/ { keep = /^\[(build-system|project|tool\.hatch)[].]/ } keep' pyproject.toml > $@.new
+	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
+$(VENV)/.installed: $(INSTALL_INPUTS) overrides.txt scripts/setup.sh
 	scripts/setup.sh
 	touch $@
 
@@ -17,6 +26,11 @@ setup: $(VENV)/.installed
 #   check of the run config, data and weights, and with a non-zero exit unless the run completed.
 run: setup
 	fedtalos run . $(ARGS)
+
+# The smoke path: a few minutes on a CPU, nothing downloaded (generated stand-in data, NOT CIFAR-100): a federated
+# run, an editing run, a two-configuration sweep and the summary's figures, under ~/fedtalos/demo.
+demo: setup
+	fedtalos demo $(ARGS)
 
 test: setup
 	$(VENV)/bin/python -m pytest -q $(ARGS)

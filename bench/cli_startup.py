@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[list[str], int]] = {
     "fedtalos summarize --help": (["summarize", "--help"], 0),
     "fedtalos analyze --help": (["analyze", "--help"], 0),
     "fedtalos plot --help": (["plot", "--help"], 0),
+    "fedtalos demo --help": (["demo", "--help"], 0),
     "fedtalos run . -c 'lr=fast' --check (argument error)": (["run", str(ROOT), "-c", "lr=fast", "--check"], 2),
     "fedtalos central --lr fast (argument error)": (["central", "--lr", "fast"], 2),
     "fedtalos bogus (unknown command)": (["bogus"], 2),

@@ -20,6 +20,7 @@ from fedtalos.federation import transport
 from fedtalos.federation.mask_sync import MaskCache
 from fedtalos.federation.timing import client_stamps
 from fedtalos.seeds import client_generator
+from fedtalos.strategies.dp import NORM_BIT, clip_update
 from fedtalos.task.device import empty_cache, is_out_of_memory, out_of_memory
 from fedtalos.task.model import backbone_parameters, set_trainable
 from fedtalos.task.resources import Resources, get_resources
@@ -144,6 +145,8 @@ def train(msg: Message, context: Context) -> Message:
         def regularizer() -> torch.Tensor:
             return 0.5 * mu * sum((p - anchors[n]).pow(2).sum() for n, p in params.items())
 
+    clipping_norm = round_config.get("clipping-norm")  # dp on the client side: clip the upload, as Flower's mods
+    start = _upload({n: p.detach().cpu().clone() for n, p in params.items()}, mask) if clipping_norm else None
     images, labels = resources.client_data(pid)
     stream, round_index = str(round_config["stream"]), int(round_config["round"])
     generator = client_generator(config.seed, stream, round_index, pid)
@@ -158,13 +161,22 @@ def train(msg: Message, context: Context) -> Message:
         regularizer=regularizer,
     )
     steps_s = time.perf_counter() - stepping  # includes the loss read-back (train_steps syncs once at its end)
-    upload = {n: p.detach() for n, p in params.items() if n not in mask}
-    if mask:
-        upload[P.MASKED_VALUES] = gather_trainable(params, mask)
-    arrays = transport.send(staging.read(upload), round_config, pid)
+    upload = staging.read(_upload({n: p.detach() for n, p in params.items()}, mask))
     metrics = {P.NUM_EXAMPLES: len(labels), "train-loss": stats.loss, "train-acc": stats.accuracy}
+    if start is not None:
+        upload, clipped = clip_update({k: v.cpu() for k, v in upload.items()}, start, float(clipping_norm))
+        metrics[NORM_BIT] = float(clipped)  # the adaptive wrappers adapt the norm to the fraction clipped
+    arrays = transport.send(upload, round_config, pid)
     metrics.update(client_stamps(started, steps_s))
     return Message(P.make_reply(arrays, metrics), reply_to=msg)
+
+
+def _upload(params: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a train reply carries of ``params``: unmasked tensors whole, masked ones as their trainable entries."""
+    upload = {n: p for n, p in params.items() if n not in mask}
+    if mask:
+        upload[P.MASKED_VALUES] = gather_trainable(params, mask)
+    return upload
 
 
 @app.evaluate()

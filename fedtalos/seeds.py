@@ -23,6 +23,7 @@ depends on it; add new streams with new tags instead.
 | mask-agreement iid subsets (noise floor) | seed, ``AGREEMENT``, subset (, round, ``LABELS``) | ``study.agreement`` |
 | centralized labels / random mask rule | seed, ``CENTRAL``, calibration code | ``central.head_and_mask`` |
 | search proposals (Optuna TPE) | seed, trials so far | ``study.search`` |
+| DP noise of the n-th noised aggregate | seed, ``DP_NOISE``, n | ``strategies.dp`` |
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ CENTRAL_PHASES = {"head": 1, "calibration": 2, "train": 3}
 # false``): a code of its own, distinct from the stream and phase codes above, so it shares no seed with a round's.
 FIXED_CALIBRATION = 6
 AGREEMENT = 0xA64EE
+DP_NOISE = 0xD90153
 
 
 def derive_seed(*parts: int) -> int:
@@ -110,6 +112,11 @@ def client_label_seed(seed: int, round_index: int, pid: int) -> int:
 def federated_random_mask_seed(seed: int) -> int:
     """The subset of the federated 'random' mask rule."""
     return seed
+
+
+def dp_noise_generator(seed: int, release: int) -> torch.Generator:
+    """The Gaussian noise of the ``release``-th noised aggregate of a run (0-based; the count is checkpointed)."""
+    return make_generator(seed, DP_NOISE, release)
 
 
 # ------------------------------------------------------------------------------------------------ centralized

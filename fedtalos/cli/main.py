@@ -8,6 +8,7 @@
     fedtalos summarize RUNS_DIR [...]                          table (CSV + Markdown, mean ± std) and figures
     fedtalos analyze mask-agreement RUN_DIR [...]              single-client masks vs the aggregated mask
     fedtalos plot RUN_DIR [...]                                loss/accuracy curves of some runs
+    fedtalos demo [--out DIR]                                  a few-minute CPU tour on generated stand-in data
 
 ``fedtalos COMMAND --help`` shows a command's options; ``fedtalos-central`` is an alias of ``fedtalos central``.
 This module only dispatches: everything after the command's name goes to that command's ``main``. A command's
@@ -37,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "summarize": "one table (mean ± std over seeds) and the figures of one or more runs directories",
     "analyze": "analyses of finished runs (mask-agreement: single-client masks vs the aggregated mask)",
     "plot": "loss/accuracy curves of one or several run directories into a PNG",
+    "demo": "a few-minute CPU tour on generated stand-in data (not CIFAR): federated run, editing run, sweep, summary",
 }
 
 

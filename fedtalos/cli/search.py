@@ -24,7 +24,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         prog=prog,
         description="Hyper-parameter search with Optuna on the validation split; running the same command again "
         "continues the study. Each trial is a centralized run under <output-root>/search-<study>/.",
-        epilog="The space file format: configs/search/central.toml, README.md, fedtalos/study/search_space.py.",
+        epilog="The space file format: configs/search/central.toml, docs/centralized.md, study/search_space.py.",
     )
     parser.add_argument("space", help="search space TOML file (e.g. configs/search/central.toml)")
     parser.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")

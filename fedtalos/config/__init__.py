@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from fedtalos.config import strategy_keys as sk
 from fedtalos.config.keys import (
     ConfigError,
     KeyFacts,
@@ -37,12 +38,6 @@ __all__ = ["ConfigError", "KeyFacts", "RunConfig", "read_overrides", "read_toml"
 
 MODELS = tuple(BACKBONES)
 PARTITIONINGS = ("iid", "noniid")
-# The names of strategies/registry.py's STRATEGIES, listed here because the registry imports this module.
-STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad")
-# server-lr when the key is left at 0: the defaults of Flower's classes (flwr.serverapp.strategy, 1.42). Adaptive
-# steps of 1.0 would move each weight by up to ~1 per round and wreck a pretrained model. fedavg and fedprox take
-# no server step; their resolved server-lr is 1.0, the value their result hashes hold.
-SERVER_LR_DEFAULTS = {"fedavgm": 1.0, "fedadam": 0.1, "fedyogi": 0.01, "fedadagrad": 0.1}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 HEADS = ("train", "ridge", "probe")
@@ -199,11 +194,11 @@ class RunConfig:
         1, "fewest successful replies a round may be aggregated from", in_range(1), scope="federated"
     )
     local_steps: int = opt(4, "J: local SGD steps per client per round", in_range(1), scope="federated")
-    strategy: str = opt("fedavg", "server strategy: " + ", ".join(STRATEGIES), choice(*STRATEGIES), scope="federated")
+    strategy: str = sk.STRATEGY
     server_lr: float = opt(
         0.0,
         "fedavgm: server lr; fedadam/fedyogi/fedadagrad: eta; 0 = the strategy's default: "
-        + ", ".join(f"{k} {v:g}" for k, v in SERVER_LR_DEFAULTS.items()),
+        + ", ".join(f"{k} {v:g}" for k, v in sk.SERVER_LR_DEFAULTS.items()),
         in_range(0.0),
         scope="federated",
     )
@@ -221,6 +216,18 @@ class RunConfig:
     server_tau: float = opt(
         1e-3, "fedadam/fedyogi/fedadagrad: adaptivity tau", in_range(0.0, lo_open=True), scope="federated"
     )
+    # --- robust aggregation and differential privacy (their facts and checks: config/strategy_keys.py)
+    num_malicious_nodes: int = sk.NUM_MALICIOUS_NODES
+    num_nodes_to_select: int = sk.NUM_NODES_TO_SELECT
+    beta: float = sk.BETA
+    q: float = sk.Q
+    dp: str = sk.DP
+    clipping_norm: float = sk.CLIPPING_NORM
+    noise_multiplier: float = sk.NOISE_MULTIPLIER
+    initial_clipping_norm: float = sk.INITIAL_CLIPPING_NORM
+    target_clipped_quantile: float = sk.TARGET_CLIPPED_QUANTILE
+    clip_norm_lr: float = sk.CLIP_NORM_LR
+    clipped_count_stddev: float = sk.CLIPPED_COUNT_STDDEV
     eval_every: int = opt(
         5,
         "evaluate on the validation split every N rounds/epochs",
@@ -394,6 +401,7 @@ class RunConfig:
                 "by freeze, so nothing would be fine-tuned; use freeze = 'none' (or head = 'train' for a linear probe)"
             )
         problems += self._mask_file_problems()
+        problems += sk.strategy_problems(self)
         if self.lr_min > self.lr:
             problems.append(f"lr-min = {self.lr_min}: must not exceed lr = {self.lr}")
         if problems:
@@ -435,7 +443,7 @@ class RunConfig:
         values = {k: v for k, v in self.to_dict().items() if facts[k].result or (facts[k].length and horizon)}
         # the server lr in effect: an unset key and the same value set explicitly compute the same thing
         values["server-lr"] = self.resolved_server_lr
-        return values
+        return sk.without_added_defaults(values)
 
     def result_hash(self) -> str:
         """A short hash of ``result_dict()``: two runs with equal hashes compute the same thing."""
@@ -459,8 +467,8 @@ class RunConfig:
 
     @property
     def resolved_server_lr(self) -> float:
-        """``server-lr``, or when it is 0 the strategy's default (``SERVER_LR_DEFAULTS``; 1.0 for the others)."""
-        return self.server_lr or SERVER_LR_DEFAULTS.get(self.strategy, 1.0)
+        """``server-lr``, or when it is 0 the strategy's default (``strategy_keys.SERVER_LR_DEFAULTS``; else 1.0)."""
+        return self.server_lr or sk.SERVER_LR_DEFAULTS.get(self.strategy, 1.0)
 
     @property
     def editing(self) -> bool:

@@ -65,3 +65,17 @@ def aggregate(updates: Sequence[ClientUpdate], reference: Mapping[str, torch.Ten
     metric_keys = set.intersection(*(set(u.metrics) for u in updates))
     metrics = {k: sum(u.metrics[k] * u.num_examples for u in updates) / total for k in sorted(metric_keys)}
     return Aggregate(average, math.sqrt(max(spread - mean_sq, 0.0) / coordinates), metrics, total)
+
+
+def weighted_mean(updates: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
+    """The example-weighted mean of ``updates``' tensors, in the given order, as :func:`aggregate` computes it."""
+    total = sum(u.num_examples for u in updates)
+    average: dict[str, torch.Tensor] = {}
+    for update in updates:
+        p = update.num_examples / total
+        for key, value in update.tensors.items():
+            if key in average:
+                average[key].add_(value, alpha=p)
+            else:
+                average[key] = value.mul(p)
+    return average

@@ -1,8 +1,9 @@
 """Training rounds: fine-tuning (``train``, sparse once a mask exists) and linear probing (``head = "probe"``).
 
 One round: the cohort of (seed, stream, round) → one ``train`` message (global weights, the round's config, the mask
-for nodes that lack it) → each upload checked → its example-weighted mean in partition-id order → the strategy's
-update of the global weights, in place.
+for nodes that lack it) → each upload checked → its example-weighted mean in partition-id order (a strategy that
+``combines_updates`` combines the checked updates itself instead) → the strategy's update of the global weights, in
+place.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fedtalos.federation.timing import Stopwatch
 from fedtalos.federation.wire import Outgoing, Reply, Wire
 from fedtalos.run.phases import PhaseSpec, Row
 from fedtalos.strategies.base import ServerStrategy
+from fedtalos.strategies.dp import NORM_BIT
 from fedtalos.task.lr_schedule import lr_at
 from fedtalos.task.model import trains
 from fedtalos.tracking.hooks import Hooks
@@ -78,8 +80,11 @@ class TrainRounds:
 
         # the drift is per weight of the whole model, uploaded or not: dense and sparse rounds on one scale
         coordinates = sum(v.numel() for v in weights.values())
-        result = aggregate(list(replies.accepted.values()), reference, coordinates=coordinates)
+        updates = list(replies.accepted.values())
+        result = aggregate(updates, reference, coordinates=coordinates)
         average = result.average
+        if self.strategy.combines_updates:  # a rule over every update (a median, a selection): not their mean
+            average = self.strategy.combine(updates, reference)
         if mask is not None:
             flat = average.pop(P.MASKED_VALUES)
             scattered = scatter_trainable(flat, mask, weights)
@@ -102,11 +107,12 @@ def check_train_reply(
     reference: Mapping[str, torch.Tensor],
 ) -> ClientUpdate:
     """A train reply as an update: its registered example count, the expected tensors (``dense`` ones, and the
-    ``masked_count`` trainable entries of masked ones), finite values, and its train loss / accuracy."""
+    ``masked_count`` trainable entries of masked ones), finite values, and its train loss / accuracy (and norm bit)."""
     n = P.check_num_examples(reply.metrics, reply.registered_examples)
     tensors = P.check_tensors(reply.upload(), dense, masked_count)
     distance = P.squared_distance(tensors, reference)
-    metrics = {k: v for k in ("train-loss", "train-acc") if (v := P.check_metric(reply.metrics, k)) is not None}
+    wanted = ("train-loss", "train-acc", NORM_BIT)  # NORM_BIT: the client clipped its upload (adaptive DP)
+    metrics = {k: v for k in wanted if (v := P.check_metric(reply.metrics, k)) is not None}
     return ClientUpdate(reply.pid, n, tensors, metrics, distance)
 
 

@@ -48,8 +48,8 @@ def out_of_memory(what: str, error: BaseException) -> ResourceError:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return ResourceError(
         f"out of memory in {what} ({first[:300]}). Lower {MEMORY_ADVICE.get(what, 'batch-size')} or image-size, "
-        "or run fewer clients per GPU (a larger client-resources-num-gpus in the federation config); see the "
-        "README's GPU section for the memory each needs"
+        "or run fewer clients per GPU (a larger client-resources-num-gpus in the federation config); see "
+        "docs/gpus-and-scaling.md for the memory each needs"
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 from fedtalos.cli import central, main, search
 
 REPO = Path(__file__).resolve().parents[2]
-EXPECTED = ["run", "central", "edit", "search", "sweep", "summarize", "analyze", "plot"]
+EXPECTED = ["run", "central", "edit", "search", "sweep", "summarize", "analyze", "plot", "demo"]
 
 
 def help_text(capsys: pytest.CaptureFixture, call) -> str:
@@ -148,6 +148,7 @@ BAD_INPUT = {
     "summarize": ["nowhere"],
     "analyze": ["mask-agreement", "nowhere"],
     "plot": ["nowhere"],
+    "demo": ["--app", "nowhere"],
 }
 
 

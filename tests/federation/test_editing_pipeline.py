@@ -145,7 +145,7 @@ def test_federated_ridge_equals_ridge_on_the_union(editing_config: dict[str, Any
     assert torch.allclose(head["head.bias"], (scale * bias).float(), rtol=1e-4, atol=1e-5)
     assert sum(len(p) for p in res.partitions) == stats.count
     # the head row reports the loss the temperature was fitted to, on the server's validation split, and the
-    # phase's val_loss is measured on that same split (README, the ridge-lambda help)
+    # phase's val_loss is measured on that same split (docs/editing.md, the ridge-lambda help)
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert row["phase"] == "head" and row["ridge_scale"] == pytest.approx(scale, rel=1e-5)
     logits = scale * (features.double() @ weight.T + bias)

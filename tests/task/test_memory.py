@@ -1,4 +1,4 @@
-"""The GPU memory budget estimates (the README's table) and the Fisher chunk sized from free memory."""
+"""The GPU memory budget estimates (docs/gpus-and-scaling.md's table) and the Fisher chunk sized from free memory."""
 
 from __future__ import annotations
 
