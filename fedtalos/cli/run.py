@@ -11,6 +11,7 @@ exits with 0 only if Flower reports the run ``finished:completed``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,6 +84,20 @@ def settings_and_config(app: Path, texts: list[str] | None) -> tuple[dict[str, A
     return settings, RunConfig.from_mapping({**app_config, **settings})
 
 
+def with_environment_paths(settings: dict[str, Any], config: RunConfig) -> dict[str, Any]:
+    """``settings`` plus ``output-root`` / ``dataset-root`` where neither they nor APP set them but this process's
+    environment does (``$FEDTALOS_OUTPUT_ROOT``, ``$FEDTALOS_DATA``): the SuperLink that runs the app may have been
+    started with another environment, and the run must go where this command said it would."""
+    pinned = dict(settings)
+    for key, variable, resolved in (
+        ("output-root", "FEDTALOS_OUTPUT_ROOT", config.resolved_output_root),
+        ("dataset-root", "FEDTALOS_DATA", config.resolved_dataset_root),
+    ):
+        if not getattr(config, key.replace("-", "_")) and os.environ.get(variable):
+            pinned[key] = str(resolved())
+    return pinned
+
+
 def preflight_locally(config: RunConfig) -> None:
     """The server's preflight, on the CPU and without keeping what it loaded, plus the simulation's device rules.
 
@@ -116,7 +131,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     federation = default_federation_config(config, args.federation_config)
     started: list[str] = []
     try:
-        result = flwr_run(Path(args.app), overrides, federation, on_start=started.append)
+        settings = with_environment_paths(overrides, config)
+        result = flwr_run(Path(args.app), settings, federation, on_start=started.append)
     except KeyboardInterrupt:
         # Interrupting `flwr run --stream` only ends the stream; the run would go on writing its directory.
         if started:

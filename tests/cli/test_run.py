@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import tomli_w
@@ -76,3 +77,24 @@ def test_preflight_refuses_cuda_n(fake_cifar_root, tmp_path, capsys: pytest.Capt
     toml.write_bytes(tomli_w.dumps(offline_tiny(fake_cifar_root, tmp_path / "runs", {"device": "cuda:1"})).encode())
     assert run_command.main([".", "--run-config", str(toml), "--check"]) == 2
     assert "in Flower's simulation every client actor sees only the GPU" in capsys.readouterr().err
+
+
+def test_paths_from_the_environment_go_to_flower_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A SuperLink started with another environment must not put the run elsewhere than this command said."""
+    sent = []
+
+    def fake_flwr_run(app, settings, federation, **kwargs):
+        sent.append(settings)
+        return SimpleNamespace(ok=True)
+
+    monkeypatch.setattr(run_command, "flwr_run", fake_flwr_run)
+    monkeypatch.setattr(run_command, "preflight_locally", lambda config: None)
+    monkeypatch.setattr(run_command, "default_federation_config", lambda config, extra: "num-supernodes=4")
+    monkeypatch.setenv("FEDTALOS_OUTPUT_ROOT", str(tmp_path / "env-runs"))
+    monkeypatch.delenv("FEDTALOS_DATA", raising=False)
+    assert run_command.main([str(REPO), "-c", "seed=2"]) == 0
+    assert run_command.main([str(REPO), "-c", f"seed=2 output-root={tmp_path / 'mine'}"]) == 0
+    assert sent == [
+        {"seed": 2, "output-root": str(tmp_path / "env-runs")},
+        {"seed": 2, "output-root": str(tmp_path / "mine")},
+    ], "the data root stays unset: no $FEDTALOS_DATA"
