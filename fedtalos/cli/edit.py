@@ -25,6 +25,7 @@ from typing import Any
 from fedtalos.cli.options import add_run_config_options, fail, overrides_from_args
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.config.kinds import for_kind
+from fedtalos.launch.flwr_run import run_config_of
 from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos edit"
@@ -75,7 +76,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     log_to_stderr()
     try:
         values = edit_overrides(args)
-        config = RunConfig.from_mapping(values)
+        # federated: what `flwr run APP` will run, APP's run config under these values
+        config = RunConfig.from_mapping(values) if args.central else run_config_of(Path(args.app), values)
     except ConfigError as e:  # before importing torch: bad input is answered at once
         return fail(prog, str(e))
     from fedtalos.run.preflight import preflight
