@@ -24,6 +24,7 @@ from fedtalos.central.head_and_mask import calibrate, calibration_sample_count, 
 from fedtalos.central.schedulers import Scheduler, after_evaluation, after_step, current_lr, make_scheduler
 from fedtalos.central.state import TrainState, capture_rng, restore_rng
 from fedtalos.config import RunConfig
+from fedtalos.config.kinds import for_kind
 from fedtalos.editing.masks import mask_stats
 from fedtalos.editing.optim import SparseSGDM
 from fedtalos.editing.scoring import describe_model, model_record
@@ -349,6 +350,7 @@ def run_centralized(
 
     Call :func:`fedtalos.run.preflight.preflight` first to fail on bad input before a directory exists.
     """
+    config = for_kind(config, KIND)  # the federated-only keys take no part in it
     config = config if config.run_name else config.replace(run_name=config.resolved_run_name(KIND))
     summary = finished_summary(config, KIND)
     if summary is not None:

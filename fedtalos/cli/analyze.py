@@ -16,8 +16,6 @@ from pathlib import Path
 
 from fedtalos.cli.options import fail
 from fedtalos.tracking.log_setup import log_to_stderr
-from fedtalos.tracking.mask_report import MASK_FILE, run_mask_path
-from fedtalos.tracking.rundir import CONFIG_FILE
 
 PROG = "fedtalos analyze"
 HELP = "analyses of finished runs (mask-agreement: single-client masks vs the aggregated mask)"
@@ -110,6 +108,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
     prog = f"{prog} {args.analysis}"
+    from fedtalos.tracking.mask_report import MASK_FILE, run_mask_path  # torch: only once a command is given
+    from fedtalos.tracking.rundir import CONFIG_FILE
+
     # A mistyped path fails here, before the first run's calibration (minutes) rather than after it.
     lacking = {
         run: [name for name in (CONFIG_FILE,) if not (Path(run) / name).is_file()]

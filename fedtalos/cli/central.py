@@ -19,13 +19,11 @@ from collections.abc import Sequence
 from fedtalos.cli import search
 from fedtalos.cli.options import add_run_config_options, fail, overrides_from_args
 from fedtalos.config import ConfigError, RunConfig
-from fedtalos.tracking.checkpoint import CheckpointError
+from fedtalos.config.kinds import for_kind
 from fedtalos.tracking.log_setup import log_to_stderr
-from fedtalos.tracking.rundir import RunConfigMismatch
 
 PROG = "fedtalos central"
 ALIAS = "fedtalos-central"
-HELP = "one centralized run (the baseline): fine-tune, validate every epoch, test at the end; resumable"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -51,19 +49,23 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         return search.main(argv[1:], prog=f"{prog} search")
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
+    try:
+        config = for_kind(RunConfig.from_mapping(overrides_from_args(args)), "centralized")
+    except ConfigError as e:  # before importing torch: bad input is answered at once
+        return fail(prog, str(e))
+    from fedtalos.run.preflight import preflight
     from fedtalos.task.cifar import DatasetIntegrityError, DatasetNotFoundError
     from fedtalos.task.model import ModelError
 
     try:
-        config = RunConfig.from_mapping(overrides_from_args(args))
-        from fedtalos.run.preflight import preflight
-
         preflight(config, "centralized")
     except (ConfigError, DatasetNotFoundError, DatasetIntegrityError, ModelError) as e:
         return fail(prog, str(e))
     except RuntimeError as e:  # e.g. device = 'cuda' without CUDA
         return fail(prog, str(e))
     from fedtalos.central.trainer import run_centralized
+    from fedtalos.tracking.checkpoint import CheckpointError
+    from fedtalos.tracking.rundir import RunConfigMismatch
 
     try:
         run_dir, summary = run_centralized(config)

@@ -24,10 +24,11 @@ from typing import Any
 
 from fedtalos.cli.options import add_run_config_options, fail, overrides_from_args
 from fedtalos.config import ConfigError, RunConfig
+from fedtalos.config.kinds import for_kind
+from fedtalos.launch.flwr_run import run_config_of
 from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos edit"
-HELP = "calibrate a mask (step 0 + calibration, federated or --central) and write it as a reusable mask file"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         epilog="examples:\n"
         f"  {prog} --out ~/masks/fed-s0.9.safetensors --sparsity 0.9 --calibration-rounds 4\n"
         f"  {prog} --central --out ~/masks/central-s0.9.safetensors --sparsity 0.9\n"
-        "  fedtalos run . --run-config 'mask-path=\"~/masks/fed-s0.9.safetensors\" local-steps=8'",
+        "  fedtalos run . -c 'mask-path=~/masks/fed-s0.9.safetensors local-steps=8'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", required=True, metavar="MASK.safetensors", help="the mask file to write (new)")
@@ -63,8 +64,8 @@ def edit_overrides(args: argparse.Namespace) -> dict[str, Any]:
     # the editing keys' defaults here (KeyFacts.defaults_in): the TaLoS pipeline, a ridge head and least-sensitive
     values = {**RunConfig.defaults_in("edit"), **values, "mask-save-path": str(out)}
     values["epochs" if args.central else "num-server-rounds"] = 0
-    config = RunConfig.from_mapping(values)
-    values["run-name"] = config.resolved_run_name("centralized" if args.central else "federated", edit=True)
+    kind = "centralized" if args.central else "federated"
+    values["run-name"] = for_kind(RunConfig.from_mapping(values), kind).resolved_run_name(kind, edit=True)
     RunConfig.from_mapping(values)
     return values
 
@@ -73,14 +74,17 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Calibrate and write the mask file; 0 on success, 2 on bad input (nothing started), 1 if the run failed."""
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
+    try:
+        values = edit_overrides(args)
+        # federated: what `flwr run APP` will run, APP's run config under these values
+        config = RunConfig.from_mapping(values) if args.central else run_config_of(Path(args.app), values)
+    except ConfigError as e:  # before importing torch: bad input is answered at once
+        return fail(prog, str(e))
+    from fedtalos.run.preflight import preflight
     from fedtalos.task.cifar import DatasetIntegrityError, DatasetNotFoundError
     from fedtalos.task.model import WeightsError
 
     try:
-        values = edit_overrides(args)
-        config = RunConfig.from_mapping(values)
-        from fedtalos.run.preflight import preflight
-
         preflight(config, "centralized" if args.central else "federated")
     except (ConfigError, DatasetNotFoundError, DatasetIntegrityError, WeightsError, RuntimeError) as e:
         return fail(prog, str(e))

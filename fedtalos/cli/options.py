@@ -1,21 +1,20 @@
 """What several commands share: the exit-2 error line, and every run-config key as a command-line option.
 
-The options are those of ``fedtalos central`` and ``fedtalos search`` (whose trials are centralized runs): every
+The options are those of ``fedtalos central``, ``edit`` and ``search`` (whose trials are centralized runs): every
 run-config key (``python -m fedtalos.config`` lists them) is an option, ``--lr 0.03``; booleans are flags,
-``--progress`` / ``--no-progress``. ``--config`` reads a TOML file of the same keys; options override it.
+``--progress`` / ``--no-progress``. ``--config`` reads a TOML file of the same keys, ``-c 'key=value ...'`` takes
+settings as ``fedtalos run -c`` does (:mod:`fedtalos.cli.settings`); the file < ``-c`` < the options.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from fedtalos.config import ConfigError, KeyFacts, RunConfig, read_overrides
+from fedtalos.cli.settings import absolute_paths, parse_settings, read_settings_file, typed_option
+from fedtalos.config import ConfigError, KeyFacts, RunConfig
 
 # The exit status of every command on bad input, before any compute (argparse's own errors use it too).
 USAGE_ERROR = 2
@@ -30,6 +29,13 @@ def fail(prog: str, message: str) -> int:
 def add_run_config_options(parser: argparse.ArgumentParser) -> None:
     """``--config FILE`` and one option per run-config key (values stay strings until :func:`overrides_from_args`)."""
     parser.add_argument("--config", metavar="FILE.toml", help="run-config overrides (same keys); options win")
+    parser.add_argument(
+        "--run-config",
+        "-c",
+        action="append",
+        metavar="'KEY=VALUE ...'",
+        help="settings as for `fedtalos run -c`: 'lr=0.05 partitioning=noniid' (repeatable); options win",
+    )
     main = parser.add_argument_group("run config (every key of `python -m fedtalos.config`)")
     federated = parser.add_argument_group("federated-only keys (accepted, not used by the centralized run)")
     defaults = {**RunConfig.defaults(), **RunConfig.defaults_in("centralized")}
@@ -48,52 +54,35 @@ def add_run_config_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(f"--{key}", dest=f.name, metavar=metavar, help=help_text)
 
 
-def _coerce(key: str, raw: Any, expected: type) -> tuple[Any, str | None]:
-    """A command-line string as the key's type (TOML values are typed already and pass through)."""
-    if not isinstance(raw, str) or expected is str:
-        return raw, None
-    try:
-        return (int(raw) if expected is int else float(raw)), None
-    except ValueError:
-        kind = "an integer" if expected is int else "a number"
-        return None, f"--{key} {raw!r}: must be {kind}"
-
-
-def resolve_paths(values: Mapping[str, Any], cwd: Path | None = None) -> dict[str, Any]:
-    """``values`` with relative path keys made absolute against ``cwd`` (default: the current directory)."""
-    cwd = cwd or Path.cwd()
-    out = dict(values)
-    for key in RunConfig.path_keys():
-        value = out.get(key)
-        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
-            out[key] = str((cwd / value).resolve())
-    return out
-
-
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The run-config overrides of a parsed command line: the centralized defaults (``KeyFacts.defaults_in``), the
-    --config file, the options.
+    --config file, the -c settings, the options.
 
     Raises:
         ConfigError: every problem at once (unreadable file, values of the wrong type, unknown keys, ranges).
     """
     values: dict[str, Any] = RunConfig.defaults_in("centralized")
-    if args.config:
-        values.update(read_overrides(args.config, f"--config {str(args.config)!r}"))
     problems = []
-    defaults = RunConfig.defaults()
+    for read in (
+        lambda: read_settings_file(args.config, f"--config {str(args.config)!r}") if args.config else {},
+        lambda: parse_settings(getattr(args, "run_config", None) or [], "--run-config"),
+    ):
+        try:
+            values.update(read())
+        except ConfigError as e:
+            problems += e.problems
     for f in dataclasses.fields(RunConfig):
         raw = getattr(args, f.name, None)
         if raw is None:
             continue
         key = f.name.replace("_", "-")
-        value, problem = _coerce(key, raw, type(defaults[key]))
+        value, problem = typed_option(key, raw) if isinstance(raw, str) else (raw, None)
         if problem:
-            problems.append(problem)
+            problems.append(f"--{key} {raw!r}: {problem}")
             values.pop(key, None)
         else:
             values[key] = value
-    values = resolve_paths(values)
+    values = absolute_paths(values)
     try:
         RunConfig.from_mapping(values)
     except ConfigError as e:

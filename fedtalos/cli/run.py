@@ -1,27 +1,27 @@
-"""``fedtalos run``: check a federated run locally in a second, then start it with ``flwr run`` and wait for it.
+"""``fedtalos run``: check a federated run locally in seconds, then start it with ``flwr run`` and wait for it.
 
 ``flwr run`` only validates the run config once Ray is up (about 30 s) and exits 0 even when the run fails.
-This command merges the overrides with the app's defaults, validates them and preflights the output root,
-the data set (downloading it once, here, rather than in every process) and the weights, then runs
-``flwr run APP --run-config <merged.toml> --federation-config "num-supernodes=<num-clients> ..." --stream`` and
+This command reads APP's run config (``[tool.flwr.app.config]`` of its ``pyproject.toml``, as ``flwr run`` does)
+under the ``--run-config`` settings (``key=value``, :mod:`fedtalos.cli.settings`), validates them and preflights
+the output root, the data set (downloading it once, here, rather than in every process) and the weights, then runs
+``flwr run APP --run-config <settings.toml> --federation-config "num-supernodes=<num-clients> ..." --stream`` and
 exits with 0 only if Flower reports the run ``finished:completed``.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import click
-from flwr.common.config import parse_config_args
-
 from fedtalos.cli.options import fail
+from fedtalos.cli.settings import parse_settings
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.launch.flwr_run import (
+    app_run_config,
     default_federation_config,
     flwr_run,
     simulation_problems,
@@ -30,14 +30,18 @@ from fedtalos.launch.flwr_run import (
 from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos run"
-# One ``key=value`` pair of a run-config string: the pattern of flwr.common.config.parse_config_args.
-_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
-HELP = "one federated run: validate and preflight here, then `flwr run` it and wait for its final status"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog,
+        description=__doc__,
+        epilog="examples:\n"
+        f"  {prog} . --check -c 'model=vit-tiny-test pretrained=false image-size=32'\n"
+        f"  {prog} . -c 'partitioning=noniid classes-per-client=5 local-steps=8 dataset-root=data'\n"
+        f"  {prog} . -c best.toml -c 'seed=1'\n"
+        "The keys, their defaults and what they do: `python -m fedtalos.config` (or APP's pyproject.toml).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("app", nargs="?", default=".", help="the Flower app directory (default: .)")
     parser.add_argument(
@@ -45,7 +49,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "-c",
         action="append",
         default=None,
-        help="overrides as for flwr run: 'k1=v1 k2=\"s\"' (repeatable) or one TOML file",
+        metavar="'KEY=VALUE ...'",
+        help="settings over APP's run config: 'lr=0.05 partitioning=noniid' (repeatable; a later one wins), or "
+        "one TOML file of them",
     )
     parser.add_argument(
         "--federation-config", default="", help="extra federation settings, e.g. 'client-resources-num-gpus=0.5'"
@@ -54,28 +60,42 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_run_config(values: list[str] | None) -> dict[str, Any]:
-    """The ``--run-config`` overrides, as ``flwr run`` parses them (a later string's key wins over an earlier one's).
+def settings_and_config(app: Path, texts: list[str] | None) -> tuple[dict[str, Any], RunConfig]:
+    """The ``--run-config`` settings and the config ``flwr run APP`` will run with them (APP's run config under
+    them).
 
-    Raises ConfigError, naming the string, for what Flower's parser only answers with a traceback: a key given twice
-    in one string (``'lr=0.1 lr=0.2'``), or a string that is not ``key=value`` pairs of TOML values.
+    Raises:
+        ConfigError: every bad pair and a directory that is not a Flower app, together; or the merged config's
+            problems.
     """
     problems = []
-    for value in values or []:
-        seen: dict[str, str] = {}
-        for key, literal in _PAIR.findall(value):
-            if key in seen:
-                problems.append(
-                    f"--run-config {value!r}: {key} is given twice ({key}={seen[key]} and {key}={literal}); "
-                    "give each key once"
-                )
-            seen.setdefault(key, literal)
+    settings: dict[str, Any] = {}
+    app_config: dict[str, Any] = {}
+    try:
+        settings = parse_settings(texts or [], "--run-config")
+    except ConfigError as e:
+        problems += e.problems
+    try:
+        app_config = app_run_config(app)
+    except ConfigError as e:
+        problems += e.problems
     if problems:
         raise ConfigError(problems)
-    try:
-        return parse_config_args(values)
-    except click.ClickException as e:
-        raise ConfigError([f"--run-config {' '.join(map(repr, values or []))}: {e.message}"]) from None
+    return settings, RunConfig.from_mapping({**app_config, **settings})
+
+
+def with_environment_paths(settings: dict[str, Any], config: RunConfig) -> dict[str, Any]:
+    """``settings`` plus ``output-root`` / ``dataset-root`` where neither they nor APP set them but this process's
+    environment does (``$FEDTALOS_OUTPUT_ROOT``, ``$FEDTALOS_DATA``): the SuperLink that runs the app may have been
+    started with another environment, and the run must go where this command said it would."""
+    pinned = dict(settings)
+    for key, variable, resolved in (
+        ("output-root", "FEDTALOS_OUTPUT_ROOT", config.resolved_output_root),
+        ("dataset-root", "FEDTALOS_DATA", config.resolved_dataset_root),
+    ):
+        if not getattr(config, key.replace("-", "_")) and os.environ.get(variable):
+            pinned[key] = str(resolved())
+    return pinned
 
 
 def preflight_locally(config: RunConfig) -> None:
@@ -101,22 +121,18 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
     try:
-        overrides = parse_run_config(args.run_config)
-        config = RunConfig.from_mapping(overrides)
+        overrides, config = settings_and_config(Path(args.app), args.run_config)
         preflight_locally(config)
     except (ConfigError, ValueError, OSError, RuntimeError) as e:
         return fail(prog, str(e))
-    print(f"run directory: {config.run_dir()}", flush=True)
+    print(f"run directory: {config.run_dir()}\nnum-supernodes: {config.num_clients} (num-clients)", flush=True)
     if args.check:
         return 0
+    federation = default_federation_config(config, args.federation_config)
     started: list[str] = []
     try:
-        result = flwr_run(
-            Path(args.app),
-            overrides,
-            default_federation_config(config, args.federation_config),
-            on_start=started.append,
-        )
+        settings = with_environment_paths(overrides, config)
+        result = flwr_run(Path(args.app), settings, federation, on_start=started.append)
     except KeyboardInterrupt:
         # Interrupting `flwr run --stream` only ends the stream; the run would go on writing its directory.
         if started:

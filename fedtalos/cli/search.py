@@ -17,7 +17,6 @@ from fedtalos.study.search import SearchError, search
 from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos search"
-HELP = "hyper-parameter search (Optuna) of centralized runs on the validation split; resumable"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -38,13 +37,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Run (or continue) a study; print the best trials and where ``best.toml`` is."""
-    from fedtalos.task.cifar import DatasetIntegrityError, DatasetNotFoundError
-    from fedtalos.task.model import ModelError
-
     args = build_parser(prog).parse_args(argv)
     log_to_stderr()
     if args.trials < 1:
         return fail(prog, "--trials must be at least 1")
+    from fedtalos.task.cifar import DatasetIntegrityError, DatasetNotFoundError
+    from fedtalos.task.model import ModelError
+
     try:
         base = overrides_from_args(args)
         result = search(

@@ -18,17 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedtalos.cli.options import fail
+from fedtalos.cli.settings import parse_settings
 from fedtalos.config import ConfigError
 from fedtalos.study import plan
 from fedtalos.study import runners as running
 from fedtalos.study import sweep as sweeping
 from fedtalos.study.claims import Claims
-from fedtalos.study.grid import parse_set
 from fedtalos.study.slots import make_slots, parse_gpus, parse_shard, shard
 from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos sweep"
-HELP = "run the runs of grid files, one or N at a time (skip finished, resume started)"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -57,8 +56,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument(
         "--set",
         action="append",
-        metavar="KEY=VALUE",
-        help="override a run-config key in every run (wins over the grid), e.g. --set image-size=32",
+        metavar="'KEY=VALUE ...'",
+        help="settings for every run (win over the grid), as for `fedtalos run -c`: --set 'image-size=32 "
+        "dataset-root=data' (repeatable)",
     )
     parser.add_argument("--only", action="append", metavar="GLOB", help="only runs whose name matches (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the planned runs, their state and commands")
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
             seeds=_seeds(args),
             output_root=args.output_root,
             base_files=args.base or (),
-            sets=parse_set(args.set or ()),
+            sets=parse_settings(args.set or [], "--set"),
         )
     except ConfigError as e:
         return fail(prog, str(e))

@@ -20,8 +20,7 @@ from typing import Any
 
 import tomli_w
 
-from fedtalos.config import ConfigError, RunConfig
-from fedtalos.tracking.rundir import record_launch
+from fedtalos.config import ConfigError, RunConfig, read_toml
 
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 # `flwr ls --format json` colours its JSON where its environment asks for colour (seen under a Jupyter kernel)
@@ -46,6 +45,45 @@ class LaunchResult:
     @property
     def ok(self) -> bool:
         return self.status == "finished:completed"
+
+
+def app_run_config(app: Path) -> dict[str, Any]:
+    """APP's ``[tool.flwr.app.config]``: the run config ``flwr run APP`` starts from, under the ``--run-config``
+    overrides (nested tables flattened to dotted keys, as Flower does).
+
+    Raises:
+        ConfigError: APP is not a Flower app directory (no directory, no ``pyproject.toml``, or no
+            ``[tool.flwr.app.components]`` in it), or its ``pyproject.toml`` cannot be read.
+    """
+    label = f"APP {str(app)!r}"
+    if not app.is_dir():
+        raise ConfigError([f"{label}: no such directory (give the directory of a Flower app, e.g. `.`)"])
+    pyproject = app / "pyproject.toml"
+    if not pyproject.is_file():
+        raise ConfigError([f"{label}: not a Flower app (it has no pyproject.toml)"])
+    flower = read_toml(pyproject, f"{label}: pyproject.toml").get("tool", {}).get("flwr", {}).get("app")
+    if not isinstance(flower, dict) or not isinstance(flower.get("components"), dict):
+        raise ConfigError([f"{label}: not a Flower app (its pyproject.toml has no [tool.flwr.app.components])"])
+    return _flatten(flower.get("config", {}))
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def run_config_of(app: Path, overrides: Mapping[str, Any]) -> RunConfig:
+    """The config that ``flwr run APP --run-config <overrides>`` runs: APP's run config under the overrides.
+
+    Raises:
+        ConfigError: APP is not a Flower app, or the merged values are invalid.
+    """
+    return RunConfig.from_mapping({**app_run_config(app), **overrides})
 
 
 def default_federation_config(config: RunConfig, extra: str = "") -> str:
@@ -157,8 +195,10 @@ def flwr_run(
     ended_at = time.time()
     status, details = wait_finished(run_id, full_env) if run_id else ("not started", "flwr run did not start a run")
     if status == "finished:completed":
+        from fedtalos.tracking.rundir import record_launch
+
         with contextlib.suppress(ConfigError):  # overrides that flwr accepted but we cannot place: no summary
-            record_launch(RunConfig.from_mapping(overrides).run_dir(), launched_at, ended_at)
+            record_launch(run_config_of(app, overrides).run_dir(), launched_at, ended_at)
     return LaunchResult(run_id, status, details, returncode, list(tail))
 
 

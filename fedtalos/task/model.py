@@ -95,22 +95,28 @@ def build_model(
 def _from_hub(backbone: Backbone, kwargs: dict) -> nn.Module:
     import timm
 
+    from fedtalos.task.hub import cached_file, hub_unreachable
+
     hub_id = timm.models.get_pretrained_cfg(backbone.name).hf_hub_id or f"timm/{backbone.name}"
+    unreachable = hub_unreachable()
     try:
-        return timm.create_model(backbone.name, pretrained=True, **kwargs)
+        if unreachable is None:
+            return timm.create_model(backbone.name, pretrained=True, **kwargs)
+        cached = cached_file(hub_id)
+        if cached is not None:  # downloaded before: load it without asking the hub
+            overlay = {"file": cached}
+            return timm.create_model(backbone.name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        reason = f"the hub cannot be reached: {unreachable}"
     except Exception as e:  # hub errors come in many types (OSError, HTTP errors, LocalEntryNotFoundError)
-        extra = (
-            " The original DINO checkpoint dino_deitsmall16_pretrain.pth works too."
-            if backbone.name == DINO_VIT_S16
-            else ""
-        )
-        raise WeightsError(
-            f"could not download the {backbone.label} weights from the Hugging Face hub "
-            f"({hub_id}): {type(e).__name__}.\n"
-            f"Offline? Download https://huggingface.co/{hub_id}/resolve/main/model.safetensors on a "
-            "machine with internet, copy it here and set weights-path=/abs/path/model.safetensors "
-            f"(centralized: --weights-path).{extra}"
-        ) from None
+        reason = type(e).__name__
+    dino = backbone.name == DINO_VIT_S16
+    extra = " The original DINO checkpoint dino_deitsmall16_pretrain.pth works too." if dino else ""
+    raise WeightsError(
+        f"could not download the {backbone.label} weights from the Hugging Face hub ({hub_id}): {reason}.\n"
+        f"Offline? Download https://huggingface.co/{hub_id}/resolve/main/model.safetensors on a "
+        "machine with internet, copy it here and set weights-path=/abs/path/model.safetensors "
+        f"(centralized: --weights-path).{extra}"
+    )
 
 
 def check_architecture(model: nn.Module) -> None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from fedtalos.cli import central as centralized
 from fedtalos.cli import main as cli
@@ -99,3 +100,30 @@ def test_sigkill_during_a_checkpoint_write_then_the_same_command(tmp_path, fake_
     assert (
         json.loads((b / "summary.json").read_text())["final"] == json.loads((a / "summary.json").read_text())["final"]
     )
+
+
+FEDERATED_ONLY = {"local-steps": 8, "strategy": "fedprox", "partitioning": "noniid", "classes-per-client": 5}
+
+
+def test_federated_only_keys_do_not_name_a_centralized_run(tmp_path: Path, monkeypatch):
+    """``--local-steps 8`` (and every other federated-only key) is the centralized run without it."""
+    from fedtalos.central import trainer
+    from fedtalos.config import RunConfig
+    from fedtalos.config.kinds import for_kind
+    from fedtalos.run import preflight
+
+    started = []
+    monkeypatch.setattr(preflight, "preflight", lambda config, kind: None)
+    done = (SimpleNamespace(path=tmp_path), {"final": {}})
+    monkeypatch.setattr(trainer, "run_centralized", lambda config: started.append(config) or done)
+    root = ["--output-root", str(tmp_path)]
+    for extra in ([], ["-c", " ".join(f"{k}={v}" for k, v in FEDERATED_ONLY.items())], ["--local-steps", "8"]):
+        assert cli.main(["central", *root, *extra]) == 0
+    assert len(started) == 3 and started[0] == started[1] == started[2]
+    assert started[1].local_steps == 4 and started[1].strategy == "fedavg"
+    plain = RunConfig.from_mapping({"output-root": str(tmp_path)})
+    assert started[1].run_dir("centralized") == plain.run_dir("centralized"), "the name of the run without them"
+    # a config with the federated keys at their defaults is unchanged: existing run directories keep their names
+    assert for_kind(plain, "centralized") == plain
+    federated = RunConfig.from_mapping(FEDERATED_ONLY)
+    assert for_kind(federated, "federated") == federated, "a federated run reads them all"

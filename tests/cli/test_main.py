@@ -74,13 +74,58 @@ def test_search_and_fedtalos_central_search_reach_the_same_parser(argv, prog, tm
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("argv", [["bogus"], [], ["--central"]])
-def test_an_unknown_or_missing_command_exits_2(argv, capsys):
+@pytest.mark.parametrize("argv", [["bogus"], ["--central"]])
+def test_an_unknown_command_exits_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main.main(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: fedtalos [-h] COMMAND ...") and "fedtalos: error:" in err
+    assert err.startswith("usage: fedtalos [-h] [--version] COMMAND ...") and "fedtalos: error:" in err
+
+
+def test_bare_fedtalos_prints_the_help(capsys):
+    assert main.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: fedtalos [-h] [--version] COMMAND ...") and "summarize" in out
+
+
+def test_version_comes_from_the_package_metadata(capsys, monkeypatch):
+    from importlib import metadata
+
+    monkeypatch.setattr(metadata, "version", lambda name: "9.8.7" if name == "fedtalos" else "?")
+    with pytest.raises(SystemExit) as e:
+        main.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == "fedtalos 9.8.7\n"
+
+
+def test_a_commands_own_help_line_is_the_one_the_dispatcher_lists():
+    import importlib
+
+    for name, line in main.COMMANDS.items():
+        module = importlib.import_module(f"fedtalos.cli.{name}")
+        assert getattr(module, "HELP", line) == line, name
+
+
+# Commands whose --help and argument errors answer before torch or Flower are imported (summarize, plot and sweep
+# import their machinery at the top of their modules).
+LIGHT_COMMANDS = ["run", "central", "edit", "search", "analyze"]
+
+
+def test_the_parsers_import_neither_torch_nor_flower():
+    """``fedtalos --help`` and a light command's parser: no torch, no flwr, no matplotlib in ``sys.modules``."""
+    code = (
+        "import importlib, sys\n"
+        "from fedtalos.cli import main\n"
+        "main.build_parser()\n"
+        f"for name in {LIGHT_COMMANDS!r}:\n"
+        "    importlib.import_module(f'fedtalos.cli.{name}').build_parser()\n"
+        "print(sorted(m for m in ('torch', 'flwr', 'matplotlib', 'timm', 'optuna') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_python_dash_m_fedtalos_cli_is_the_fedtalos_command(tmp_path):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fedtalos.cli.options import add_run_config_options, overrides_from_args, resolve_paths
+from fedtalos.cli.options import add_run_config_options, overrides_from_args
+from fedtalos.cli.settings import absolute_paths
 from fedtalos.config import ConfigError, RunConfig
 
 
@@ -57,10 +58,10 @@ def test_wrong_types_and_bad_values_are_reported_together():
     with pytest.raises(ConfigError) as e:
         parse(["--seed", "1.5", "--lr", "fast", "--epochs", "0"])
     assert len(e.value.problems) == 3
-    assert {"--seed '1.5': must be an integer", "--lr 'fast': must be a number"} <= set(e.value.problems)
+    assert {"--seed '1.5': must be an integer, got 1.5", "--lr 'fast': must be a number"} <= set(e.value.problems)
 
 
 def test_only_relative_paths_are_resolved(tmp_path: Path):
     values = {"output-root": "runs", "dataset-root": "/data/cifar", "weights-path": "", "lr": "0.1"}
-    resolved = resolve_paths(values, cwd=tmp_path)
+    resolved = absolute_paths(values, cwd=tmp_path)
     assert resolved == {**values, "output-root": str(tmp_path / "runs")}

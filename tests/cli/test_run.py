@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import tomli_w
 import torch
 
 from fedtalos.cli import run as run_command
+from fedtalos.cli.settings import parse_settings
 from fedtalos.task import resources
 from tests.support.tiny import offline_tiny
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -29,15 +33,15 @@ def nothing_may_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("lr=0.1 lr=0.2", "--run-config 'lr=0.1 lr=0.2': lr is given twice (lr=0.1 and lr=0.2); give each key once"),
+        ("lr=0.1 lr=0.2", "--run-config 'lr=0.2': lr is given twice (lr=0.1 and lr=0.2); give each key once"),
         ('seed=1 run-name="a" seed=1', "seed is given twice"),
-        ("lr=[", "is in an invalid format"),
+        ("lr=[", "--run-config 'lr=[': must be a number"),
     ],
 )
 def test_a_bad_run_config_string_is_one_clear_error_before_anything_starts(
     value: str, message: str, nothing_may_start: Path, capsys: pytest.CaptureFixture[str]
 ):
-    assert run_command.main([".", "-c", value]) == 2
+    assert run_command.main([str(REPO), "-c", value]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fedtalos run: invalid run configuration (1 problem(s))") and message in err, err
     assert "Traceback" not in err and list(nothing_may_start.iterdir()) == []
@@ -45,7 +49,7 @@ def test_a_bad_run_config_string_is_one_clear_error_before_anything_starts(
 
 def test_a_later_string_may_override_an_earlier_ones_key():
     # as flwr run merges several --run-config strings
-    assert run_command.parse_run_config(["lr=0.1 seed=3", "lr=0.2"]) == {"lr": 0.2, "seed": 3}
+    assert parse_settings(["lr=0.1 seed=3", "lr=0.2"], "--run-config") == {"lr": 0.2, "seed": 3}
 
 
 def test_preflight_builds_the_model_on_the_cpu_and_keeps_nothing(fake_cifar_root, tmp_path, monkeypatch):
@@ -73,3 +77,24 @@ def test_preflight_refuses_cuda_n(fake_cifar_root, tmp_path, capsys: pytest.Capt
     toml.write_bytes(tomli_w.dumps(offline_tiny(fake_cifar_root, tmp_path / "runs", {"device": "cuda:1"})).encode())
     assert run_command.main([".", "--run-config", str(toml), "--check"]) == 2
     assert "in Flower's simulation every client actor sees only the GPU" in capsys.readouterr().err
+
+
+def test_paths_from_the_environment_go_to_flower_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A SuperLink started with another environment must not put the run elsewhere than this command said."""
+    sent = []
+
+    def fake_flwr_run(app, settings, federation, **kwargs):
+        sent.append(settings)
+        return SimpleNamespace(ok=True)
+
+    monkeypatch.setattr(run_command, "flwr_run", fake_flwr_run)
+    monkeypatch.setattr(run_command, "preflight_locally", lambda config: None)
+    monkeypatch.setattr(run_command, "default_federation_config", lambda config, extra: "num-supernodes=4")
+    monkeypatch.setenv("FEDTALOS_OUTPUT_ROOT", str(tmp_path / "env-runs"))
+    monkeypatch.delenv("FEDTALOS_DATA", raising=False)
+    assert run_command.main([str(REPO), "-c", "seed=2"]) == 0
+    assert run_command.main([str(REPO), "-c", f"seed=2 output-root={tmp_path / 'mine'}"]) == 0
+    assert sent == [
+        {"seed": 2, "output-root": str(tmp_path / "env-runs")},
+        {"seed": 2, "output-root": str(tmp_path / "mine")},
+    ], "the data root stays unset: no $FEDTALOS_DATA"

@@ -156,6 +156,8 @@ def test_launcher_check_refuses_bad_input(
     case: str, tiny_run_config: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture
 ):
     _skip_if_not_applicable(case)
+    if case == "relative output root":
+        pytest.skip("made absolute here: tests/cli/test_settings.py::test_relative_paths_become_absolute")
     config = _overrides(case, tiny_run_config, tmp_path)
     toml = tmp_path / "overrides.toml"
     toml.write_bytes(tomli_w.dumps(config).encode())
