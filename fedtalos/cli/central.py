@@ -53,6 +53,11 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         config = for_kind(RunConfig.from_mapping(overrides_from_args(args)), "centralized")
     except ConfigError as e:  # before importing torch: bad input is answered at once
         return fail(prog, str(e))
+    from fedtalos.tracking.rundir import already_finished_message, finished_summary
+
+    if finished_summary(config, "centralized") is not None:  # before building anything
+        print(already_finished_message(config.run_dir("centralized")))
+        return 0
     from fedtalos.run.preflight import preflight
     from fedtalos.task.cifar import DatasetIntegrityError, DatasetNotFoundError
     from fedtalos.task.model import ModelError

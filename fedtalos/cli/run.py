@@ -122,6 +122,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     log_to_stderr()
     try:
         overrides, config = settings_and_config(Path(args.app), args.run_config)
+        if not args.check and _finished(config):  # Flower is not started for a finished run
+            return 0
         preflight_locally(config)
     except (ConfigError, ValueError, OSError, RuntimeError) as e:
         return fail(prog, str(e))
@@ -148,3 +150,13 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         return 1
     print(f"done: {config.run_dir()}")
     return 0
+
+
+def _finished(config: RunConfig) -> bool:
+    """Whether ``config``'s run directory holds this run, finished (then it says so)."""
+    from fedtalos.tracking.rundir import already_finished_message, finished_summary
+
+    if finished_summary(config, "federated") is None:
+        return False
+    print(already_finished_message(config.run_dir("federated")))
+    return True

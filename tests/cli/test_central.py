@@ -75,7 +75,7 @@ def test_run_then_the_same_command_resumes_and_plot_compares_runs(tmp_path, monk
     assert [r.name.split("-")[2] for r in runs] == ["cosine", "step"]
     before = rows(runs[0])
     assert centralized.main(tiny_args(fake_cifar_root, "--output-root", "runs", "--epochs", "1")) == 0
-    assert rows(runs[0]) == before, "finished: the same command only rewrites the summary"
+    assert rows(runs[0]) == before and "already finished" in capsys.readouterr().out, "finished: nothing rewritten"
     assert cli.main(["plot", str(runs[0]), str(runs[1]), "--out", "schedules.png"]) == 0
     assert (tmp_path / "schedules.png").stat().st_size > 10_000
     assert cli.main(["plot", str(runs[0])]) == 0, "default x axis: epoch for centralized runs"

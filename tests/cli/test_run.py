@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +12,10 @@ import torch
 
 from fedtalos.cli import run as run_command
 from fedtalos.cli.settings import parse_settings
+from fedtalos.run.phases import total_units
 from fedtalos.task import resources
+from fedtalos.tracking.rundir import SUMMARY_FILE
+from tests.support.fakeruns import train_rows, write_run
 from tests.support.tiny import offline_tiny
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,3 +102,19 @@ def test_paths_from_the_environment_go_to_flower_resolved(tmp_path: Path, monkey
         {"seed": 2, "output-root": str(tmp_path / "env-runs")},
         {"seed": 2, "output-root": str(tmp_path / "mine")},
     ], "the data root stays unset: no $FEDTALOS_DATA"
+
+
+def test_a_finished_run_is_not_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    def reached(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(run_command, "flwr_run", reached)
+    monkeypatch.setattr(run_command, "preflight_locally", reached)
+    settings = f"output-root={tmp_path} model=vit-tiny-test num-server-rounds=3 lr-schedule=constant"
+    _, config = run_command.settings_and_config(REPO, [settings])
+    run_dir = write_run(config.to_dict(), train_rows(3, 0.4), finished=False)
+    (run_dir / SUMMARY_FILE).write_text(json.dumps({"rounds": total_units(config, "federated")}))
+    assert run_command.main([str(REPO), "-c", settings]) == 0
+    assert f"already finished: {run_dir}" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="the run started"):  # a longer run continues the same directory
+        run_command.main([str(REPO), "-c", settings.replace("num-server-rounds=3", "num-server-rounds=5")])
