@@ -39,9 +39,10 @@ def test_noniid_grid_expands_exactly(tmp_path: Path):
         for s in (0, 1, 2)
         for name in [f"noniid-{p}-J{j}-seed{s}" for p in parts for j in (4, 8, 16)]
         + [f"noniid-{p}-J4-head-ridge-seed{s}" for p in parts]  # the brief's step 0: frozen ridge head, dense
+        + [f"noniid-{p}-J{j}-m0-lr0.0226-seed{s}" for p in parts for j in (4, 8, 16)]  # the momentum control
     ]
     assert [r.name for r in runs] == expected, "seed-major, then the blocks in file order, first axis slowest"
-    assert len({r.name for r in runs}) == len(runs) == 60
+    assert len({r.name for r in runs}) == len(runs) == 105
     for run in runs:
         c = run.config
         assert (c.num_clients, c.fraction_train, c.cohort_size) == (100, 0.1, 10)
@@ -59,7 +60,7 @@ def test_noniid_grid_expands_exactly(tmp_path: Path):
     assert rounds == {4: 400, 8: 200, 16: 100}
     assert {r.label for r in runs} == {f"noniid-{p}-J{j}" for p in parts for j in (4, 8, 16)} | {
         f"noniid-{p}-J4-head-ridge" for p in parts
-    }
+    } | {f"noniid-{p}-J{j}-m0-lr0.0226" for p in parts for j in (4, 8, 16)}
 
 
 def test_seeds_from_the_command_line(tmp_path: Path):
@@ -78,7 +79,7 @@ def test_every_experiment_of_the_brief_is_there(tmp_path: Path):
         "fedavg": 3,
         "maskagree": 30,
         "masks": 33,
-        "noniid": 60,
+        "noniid": 105,
         "rules": 45,
         "sparse": 48,
     }
@@ -176,15 +177,15 @@ def test_dry_run_lists_the_brief_grid(tmp_path: Path, capsys: pytest.CaptureFixt
     code = main(["sweep", str(CONFIGS / "noniid.toml"), "--seeds", "3", "--dry-run", "--output-root", str(root)])
     out = capsys.readouterr().out
     assert code == 0
-    assert "noniid (federated" in out and "20 configurations × 3 seeds [0, 1, 2] = 60 runs" in out
+    assert "noniid (federated" in out and "35 configurations × 3 seeds [0, 1, 2] = 105 runs" in out
     for nc in (1, 5, 10, 50):
         for j, rounds in ((4, 400), (8, 200), (16, 100)):
             assert f"noniid-nc{nc}-J{j}-seed2" in out
             assert f"classes-per-client={nc} local-steps={j} num-server-rounds={rounds}" in out
     for part in ("nc1", "nc5", "nc10", "nc50", "iid"):
         assert f"noniid-{part}-J4-head-ridge-seed2" in out
-    assert out.count(" flwr run ") + out.count("/flwr run ") == 60
-    assert "60 runs planned; nothing was run" in out
+    assert out.count(" flwr run ") + out.count("/flwr run ") == 105
+    assert "105 runs planned; nothing was run" in out
     assert not root.exists(), "a dry run writes nothing"
 
 

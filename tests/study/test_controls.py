@@ -1,0 +1,36 @@
+"""The study's control arms (docs/study.md § Controls) are planned by the grid files: planning only, no training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedtalos.study.grid import load_grid
+from fedtalos.study.plan import plan
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _round_movement(local_steps: int, momentum: float) -> float:
+    """lr-units one round of J steps of SGD with a fresh momentum buffer moves under a constant gradient."""
+    if momentum == 0.0:
+        return float(local_steps)
+    return sum((1 - momentum**k) / (1 - momentum) for k in range(1, local_steps + 1))
+
+
+def _step_mass(run) -> float:
+    c = run.config
+    return c.lr * c.num_server_rounds * _round_movement(c.local_steps, c.momentum)
+
+
+def test_the_local_momentum_control_holds_the_step_mass_fixed_across_j(tmp_path: Path):
+    runs = plan(load_grid(CONFIGS / "noniid.toml"), output_root=tmp_path, seeds=[0])
+    main = [r for r in runs if r.config.momentum == 0.9 and r.config.head == "train"]
+    control = [r for r in runs if r.config.momentum == 0.0]
+    cells = {(r.config.partitioning, r.config.classes_per_client, r.config.local_steps) for r in main}
+    assert {(r.config.partitioning, r.config.classes_per_client, r.config.local_steps) for r in control} == cells
+    masses = {r.config.local_steps: _step_mass(r) for r in control}
+    assert max(masses.values()) / min(masses.values()) < 1 + 1e-9, "momentum 0: the same step mass at every J"
+    momentum_masses = {r.config.local_steps: _step_mass(r) for r in main}
+    assert momentum_masses[16] / momentum_masses[4] > 2.3, "the confound the control removes"
+    assert abs(masses[4] / momentum_masses[4] - 1) < 0.01, "the control's step mass is the J = 4 momentum arm's"
+    assert all("-m0-" in r.name for r in control) and not any("-m0-" in r.name for r in main)
