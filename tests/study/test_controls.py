@@ -34,3 +34,17 @@ def test_the_local_momentum_control_holds_the_step_mass_fixed_across_j(tmp_path:
     assert momentum_masses[16] / momentum_masses[4] > 2.3, "the confound the control removes"
     assert abs(masses[4] / momentum_masses[4] - 1) < 0.01, "the control's step mass is the J = 4 momentum arm's"
     assert all("-m0-" in r.name for r in control) and not any("-m0-" in r.name for r in main)
+
+
+def test_the_data_free_rules_have_per_tensor_arms_beside_the_global_ones(tmp_path: Path):
+    runs = plan(load_grid(CONFIGS / "rules.toml"), output_root=tmp_path, seeds=[0])
+    arms = {(r.config.partitioning, r.config.classes_per_client, r.config.mask_rule, r.config.mask_scope) for r in runs}
+    partitions = {(r.config.partitioning, r.config.classes_per_client) for r in runs}
+    for partitioning, nc in partitions:
+        for rule in ("lowest-magnitude", "highest-magnitude", "random"):
+            assert {(partitioning, nc, rule, scope) for scope in ("global", "local")} <= arms
+        for rule in ("least-sensitive", "most-sensitive"):  # TaLoS's own rule: one global threshold
+            assert (partitioning, nc, rule, "local") not in arms
+    local = [r for r in runs if r.config.mask_scope == "local"]
+    assert len(local) == 9 and all(r.name.endswith("-local-seed0") for r in local)
+    assert all(r.config.sparsity == 0.9 and r.config.calibration_rounds == 4 for r in local), "otherwise the same"
