@@ -48,3 +48,19 @@ def test_the_data_free_rules_have_per_tensor_arms_beside_the_global_ones(tmp_pat
     local = [r for r in runs if r.config.mask_scope == "local"]
     assert len(local) == 9 and all(r.name.endswith("-local-seed0") for r in local)
     assert all(r.config.sparsity == 0.9 and r.config.calibration_rounds == 4 for r in local), "otherwise the same"
+
+
+def test_a_non_iid_calibration_arm_covers_every_class_with_about_the_same_samples(tmp_path: Path):
+    runs = plan(load_grid(CONFIGS / "rules.toml"), output_root=tmp_path, seeds=[0])
+    default = [r for r in runs if r.config.partitioning == "noniid" and r.config.calibration_fraction == 0.1]
+    wide = [r for r in runs if r.config.calibration_fraction == 1.0]
+    key = lambda r: (r.config.classes_per_client, r.config.mask_rule)  # noqa: E731
+    assert {key(r) for r in wide} == {(nc, rule) for nc in (1, 5) for rule in ("least-sensitive", "most-sensitive")}
+    assert {key(r) for r in wide} <= {key(r) for r in default}, "each beside its default-cohort run"
+    for run in wide:
+        c = run.config
+        assert c.calibration_cohort_size == c.num_clients, "every client, so every class, scores"
+        per_round = c.calibration_cohort_size * c.fisher_samples
+        reference = default[0].config.calibration_cohort_size * default[0].config.fisher_samples
+        assert abs(per_round / reference - 1) < 0.1, "about the default's samples per round"
+        assert not c.calibration_redraw, "the same data every round, as TaLoS"

@@ -80,7 +80,7 @@ def test_every_experiment_of_the_brief_is_there(tmp_path: Path):
         "maskagree": 30,
         "masks": 33,
         "noniid": 105,
-        "rules": 72,
+        "rules": 84,
         "sparse": 48,
     }
     assert all(len({r.seed for r in v}) == 3 for v in by_family.values()), "3 seeds everywhere"
