@@ -4,10 +4,15 @@ Precedence, lowest first: the app's defaults < ``--base FILE`` < ``[base]`` < a 
 ``[scale]`` < ``--set KEY=VALUE``. Run names are ``<family>-<axis parts>-seed<k>`` (short names:
 :data:`fedtalos.tracking.identity.SHORT_NAMES`); seed-major order, so an interrupted sweep already holds a complete
 replicate. README § "Grid file format" has the details.
+
+No run twice: runs of the same identity (:func:`sharing_key`) planned by several families, or already on disk
+under another name, are run once, in the directory of the first; the others *share* it (``PlannedRun.shares``)
+and their family's manifest names that directory (``"run"``), so every family that plans the run reads it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -22,7 +27,7 @@ from fedtalos.run.phases import Kind, run_phases, total_units
 from fedtalos.study.grid import SWEEP_OWNED, GridFile, ScaleRule, is_int, is_number, load_grid
 from fedtalos.tracking.identity import format_value, run_label
 from fedtalos.tracking.metrics import read_rows
-from fedtalos.tracking.rundir import SUMMARY_FILE, is_this_run, read_record
+from fedtalos.tracking.rundir import CONFIG_FILE, SUMMARY_FILE, is_this_run, read_record
 
 # Where a sweep keeps its per-run TOML files, logs and manifest: <output-root>/_sweeps/<family>/.
 SWEEPS_DIR = "_sweeps"
@@ -46,6 +51,7 @@ class PlannedRun:
     config: RunConfig
     mask_agreement_clients: int = 0
     grid_file: Path | None = field(default=None, compare=False)
+    shares: str = ""  # the directory name of the identical run this one shares ('' = its own directory)
 
     @property
     def run_dir(self) -> Path:
@@ -72,7 +78,8 @@ class PlannedRun:
     def settings(self) -> str:
         """The grid point and the derived keys, ``key=value`` (what tells this run from its neighbours)."""
         parts = [f"{k}={_literal(v)}" for k, v in {**self.point, **self.derived}.items()]
-        return " ".join(parts) if parts else "(base configuration)"
+        shared = f" (shares {self.shares}: run once)" if self.shares else ""
+        return (" ".join(parts) if parts else "(base configuration)") + shared
 
 
 def phase_rounds(config: RunConfig) -> dict[str, int]:
@@ -231,7 +238,60 @@ def plan_files(
             problems += e.problems
     if problems:
         raise ConfigError(problems)
-    return runs
+    return share_identical(runs)
+
+
+def sharing_key(kind: str, config: RunConfig) -> tuple[Any, ...]:
+    """What makes two runs one: the same kind, output root and result identity (``RunConfig.result_hash``), the
+    same length and the same evaluations (what their metric rows hold)."""
+    return (
+        kind,
+        str(config.resolved_output_root().resolve()),
+        config.result_hash(),
+        expected_steps(config, kind),  # type: ignore[arg-type]
+        config.eval_every,
+        config.test_every_eval,
+    )
+
+
+def share_identical(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """``runs`` with every run whose :func:`sharing_key` an earlier run (or a run directory on disk) has turned
+    into one that shares that run's directory (``shares``): it keeps its name, family, label and grid point."""
+    on_disk = _runs_on_disk({r.config.resolved_output_root() for r in runs})
+    owners: dict[tuple[Any, ...], PlannedRun] = {}
+    out = []
+    for run in runs:
+        key = sharing_key(run.kind, run.config)
+        owner = owners.get(key)
+        if owner is None:
+            names = on_disk.get(key, [])
+            if names and run.name not in names:  # run before under another name (an earlier sweep)
+                config = run.config.replace(run_name=names[0])
+                run = dataclasses.replace(run, config=config, overrides={**run.overrides, "run-name": names[0]})
+                run = dataclasses.replace(run, shares=names[0])
+            owners[key] = run
+            out.append(run)
+            continue
+        out.append(dataclasses.replace(run, config=owner.config, overrides=owner.overrides, shares=owner.run_dir.name))
+    return out
+
+
+def _runs_on_disk(roots: set[Path]) -> dict[tuple[Any, ...], list[str]]:
+    """:func:`sharing_key` → names of the run directories under ``roots`` with it, sorted."""
+    found: dict[tuple[Any, ...], list[str]] = {}
+    for root in sorted(roots):
+        if not root.is_dir():
+            continue
+        for path in sorted(root.iterdir()):
+            if ".old-" in path.name or not (path / CONFIG_FILE).is_file():
+                continue
+            try:
+                stored = read_record(path) or {}
+                config = RunConfig.from_mapping({**stored.get("config", {}), "output-root": str(root)})
+            except (ValueError, ConfigError):
+                continue  # unreadable, or of another version: never shared
+            found.setdefault(sharing_key(stored.get("kind", "federated"), config), []).append(path.name)
+    return found
 
 
 def run_toml(run: PlannedRun) -> str:
@@ -300,7 +360,13 @@ def write_manifest(runs: Sequence[PlannedRun]) -> list[Path]:
         previous = json.loads(path.read_text()) if path.is_file() else {}
         known = {r["name"]: r for r in previous.get("runs", [])}
         for run in members:  # a later sweep with more seeds adds to the manifest, never drops runs
-            known[run.name] = {"name": run.name, "label": run.label, "seed": run.seed, "point": run.point}
+            known[run.name] = {
+                "name": run.name,
+                "label": run.label,
+                "seed": run.seed,
+                "point": run.point,
+                "run": run.run_dir.name,  # the directory that holds it (another family's when shared)
+            }
         record = {
             "family": members[0].family,
             "kind": members[0].kind,
@@ -311,6 +377,17 @@ def write_manifest(runs: Sequence[PlannedRun]) -> list[Path]:
         path.write_text(json.dumps(record, indent=1))
         written.append(path)
     return written
+
+
+def planned_as(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """Run directory name → every manifest entry that plans it under ``root`` (a shared run: several families);
+    each entry as :func:`read_manifests` gives it. The entry of the directory's own name comes first."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, entry in read_manifests(root).items():
+        out.setdefault(entry.get("run", name), []).append(entry)
+    for directory, entries in out.items():
+        entries.sort(key=lambda e: e["name"] != directory)
+    return out
 
 
 def read_manifests(root: Path) -> dict[str, dict[str, Any]]:

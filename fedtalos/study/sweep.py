@@ -3,7 +3,8 @@
 Each run's overrides go to ``<output-root>/_sweeps/<family>/<run>.toml`` and its output to ``<run>.log`` beside it.
 Finished runs are skipped, started ones resumed; a failed run is reported and the sweep goes on (exit status 1).
 Runs are handed to the first free slot (:mod:`~fedtalos.study.slots`) once claimed (:mod:`~fedtalos.study.claims`);
-Ctrl-C stops every slot's run and releases its claim. Progress lines: :mod:`~fedtalos.study.progress`.
+Ctrl-C stops every slot's run and releases its claim. Progress lines: :mod:`~fedtalos.study.progress`. A run that
+shares another's directory (``PlannedRun.shares``) is run once, as the first of them in the plan.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from fedtalos.study.claims import Claims
@@ -69,7 +71,8 @@ class Sweep:
         claims: Claims | None = None,
         slots: Sequence[Slot] | None = None,
     ) -> None:
-        self.runs = list(runs)
+        self.planned = list(runs)  # every family's runs, shared ones included (the manifests list them all)
+        self.runs = _one_per_directory(self.planned)
         self.slot_runners = [runners] if isinstance(runners, Mapping) else list(runners)
         self.slots = list(slots) if slots is not None else [None] * len(self.slot_runners)
         if not self.slot_runners or len(self.slots) != len(self.slot_runners):
@@ -128,7 +131,13 @@ class Sweep:
                 else ""
             )
         )
-        write_manifest(self.runs)
+        write_manifest(self.planned)
+        shared = [r for r in self.planned if r not in self.runs]
+        if shared:
+            self.say(
+                f"    {len(shared)} planned runs share the directory of an identical run, run once: "
+                + ", ".join(f"{r.name} → {r.run_dir.name}" for r in shared)
+            )
         report.skipped = [r.name for r in self.runs if states[r.name][0] == DONE]
         todo = [r for r in pending if states[r.name][0] != CONFLICT]
         for run in conflicts:
@@ -287,6 +296,14 @@ class Sweep:
                 return runner(run, log)
             except Exception as e:  # a runner bug must not end the sweep: report it as this run's failure
                 return RunOutcome(False, f"{type(e).__name__}: {e}")
+
+
+def _one_per_directory(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """The first run of ``runs`` for each run directory, in order (runs that share a directory run once)."""
+    first: dict[Path, PlannedRun] = {}
+    for run in runs:
+        first.setdefault(run.run_dir, run)
+    return list(first.values())
 
 
 def _outcome(job: _Job) -> RunOutcome:
