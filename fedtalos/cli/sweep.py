@@ -23,6 +23,7 @@ from fedtalos.study import plan
 from fedtalos.study import runners as running
 from fedtalos.study import sweep as sweeping
 from fedtalos.study.claims import Claims
+from fedtalos.study.compute import compute_table
 from fedtalos.study.grid import parse_set
 from fedtalos.study.slots import make_slots, parse_gpus, parse_shard, shard
 from fedtalos.tracking.log_setup import log_to_stderr
@@ -118,8 +119,9 @@ def _print_plan(runs: list[plan.PlannedRun], runners: dict[str, running.Runner])
     for family, members in families.items():
         configs = len({r.label for r in members})
         seeds = sorted({r.seed for r in members})
+        kind = next((r.kind for r in members if not r.edit), members[0].kind)
         print(
-            f"{family} ({members[0].kind}, {members[0].grid_file}): {configs} configurations × {len(seeds)} "
+            f"{family} ({kind}, {members[0].grid_file}): {configs} configurations × {len(seeds)} "
             f"seeds {seeds} = {len(members)} runs under {members[0].config.resolved_output_root()}"
         )
         for i, run in enumerate(members, 1):
@@ -127,7 +129,14 @@ def _print_plan(runs: list[plan.PlannedRun], runners: dict[str, running.Runner])
             status = state + (f" ({detail})" if detail else "")
             print(f"  {i:3d}  {run.name:<40} {status:<12} {run.settings()}")
             print(f"       $ {shlex.join(runners[run.kind].command(run))}")
-    print(f"{len(runs)} runs planned; nothing was run (--dry-run).")
+    shared = sum(1 for r in runs if r.shares)
+    for line in compute_table(runs):
+        print(line)
+    print(
+        f"{len(runs)} runs planned"
+        + (f" ({len(runs) - shared} to run: {shared} share the directory of an identical run)" if shared else "")
+        + "; nothing was run (--dry-run)."
+    )
 
 
 def _visible_gpus() -> int:
@@ -157,7 +166,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     except ConfigError as e:
         return fail(prog, str(e))
     if args.only:
-        runs = [r for r in runs if any(fnmatch.fnmatchcase(r.name, pattern) for pattern in args.only)]
+        runs = plan.with_needs([r for r in runs if any(fnmatch.fnmatchcase(r.name, p) for p in args.only)], runs)
         if not runs:
             return fail(prog, f"no planned run matches {' '.join(args.only)}")
     if part is not None:

@@ -301,6 +301,13 @@ class RunConfig:
         path=True,
     )
 
+    # --- study controls: what a mask file may have been fitted on
+    mask_any_split: bool = opt(
+        False,
+        "accept a mask-path file whose head was fitted on another seed's (or val-fraction's) train split",
+        result=False,
+    )
+
     # ------------------------------------------------------------------------------------------------------
     @classmethod
     def keys(cls) -> list[str]:

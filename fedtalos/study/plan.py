@@ -24,7 +24,8 @@ import tomli_w
 
 from fedtalos.config import ConfigError, RunConfig, read_overrides
 from fedtalos.run.phases import Kind, run_phases, total_units
-from fedtalos.study.grid import SWEEP_OWNED, GridFile, ScaleRule, is_int, is_number, load_grid
+from fedtalos.study.files_needed import missing_base_file, missing_mask_file
+from fedtalos.study.grid import MASK_FROM, SWEEP_OWNED, EditStep, GridFile, ScaleRule, is_int, is_number, load_grid
 from fedtalos.tracking.identity import format_value, run_label
 from fedtalos.tracking.metrics import read_rows
 from fedtalos.tracking.rundir import CONFIG_FILE, SUMMARY_FILE, is_this_run, read_record
@@ -32,6 +33,8 @@ from fedtalos.tracking.rundir import CONFIG_FILE, SUMMARY_FILE, is_this_run, rea
 # Where a sweep keeps its per-run TOML files, logs and manifest: <output-root>/_sweeps/<family>/.
 SWEEPS_DIR = "_sweeps"
 MANIFEST = "manifest.json"
+# Where a family's [[edit]] steps write their mask files: <output-root>/_masks/<family>/<name>-seed<k>.safetensors.
+MASKS_DIR = "_masks"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -52,6 +55,8 @@ class PlannedRun:
     mask_agreement_clients: int = 0
     grid_file: Path | None = field(default=None, compare=False)
     shares: str = ""  # the directory name of the identical run this one shares ('' = its own directory)
+    needs: tuple[str, ...] = ()  # names of the runs that must finish first (the [[edit]] steps whose files it uses)
+    edit: str = ""  # an [[edit]] step: the name of the mask file it writes ('' = a run of the family)
 
     @property
     def run_dir(self) -> Path:
@@ -77,6 +82,8 @@ class PlannedRun:
 
     def settings(self) -> str:
         """The grid point and the derived keys, ``key=value`` (what tells this run from its neighbours)."""
+        if self.edit:
+            return f"writes the mask file {self.config.mask_save_path} (step 0 and calibration, no fine-tuning)"
         parts = [f"{k}={_literal(v)}" for k, v in {**self.point, **self.derived}.items()]
         shared = f" (shares {self.shares}: run once)" if self.shares else ""
         return (" ".join(parts) if parts else "(base configuration)") + shared
@@ -135,8 +142,15 @@ def plan(
     runs: dict[str, PlannedRun] = {}
     errors: dict[str, list[str]] = {}
     for seed in seeds:
+        edits = {step.name: _edit_run(grid, step, seed, base, sets, root, errors) for step in grid.edits}
+        for step in grid.edits:
+            if edits[step.name] is not None:
+                runs[edits[step.name].name] = edits[step.name]  # type: ignore[union-attr]
         for constants, point, derived in points:
-            label = run_label(grid.family, point)
+            source = {**constants, **point}.get(MASK_FROM)
+            edit = edits.get(source) if source is not None else None
+            named = {(k if k != MASK_FROM else "mask-path"): v for k, v in point.items()}  # names as mask-path's
+            label = run_label(grid.family, named)
             name = f"{label}-seed{seed}"
             overrides = {
                 **base,
@@ -148,6 +162,9 @@ def plan(
                 "run-name": name,
                 "output-root": str(root),
             }
+            overrides.pop(MASK_FROM, None)
+            if edit is not None:
+                overrides["mask-path"] = edit.config.mask_save_path
             if not _NAME.match(name):
                 problems.append(f"run name {name!r}: use values made of letters, digits, '.', '_' and '-'")
                 continue
@@ -157,6 +174,8 @@ def plan(
                 for problem in e.problems:
                     errors.setdefault(problem, []).append(name)
                 continue
+            if edit is None and config.mask_path and not Path(config.mask_path).expanduser().is_file():
+                errors.setdefault(missing_mask_file(config), []).append(name)
             run = PlannedRun(
                 name=name,
                 label=label,
@@ -169,6 +188,7 @@ def plan(
                 config=config,
                 mask_agreement_clients=grid.mask_agreement_clients,
                 grid_file=grid.path,
+                needs=(edit.name,) if edit is not None else (),
             )
             if name in runs and runs[name].overrides != overrides:
                 problems.append(
@@ -182,6 +202,65 @@ def plan(
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))
     return list(runs.values())
+
+
+def with_needs(selected: Sequence[PlannedRun], planned: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """``selected`` (e.g. by ``--only``) and the planned runs they need (``[[edit]]`` steps), in plan order."""
+    names = {r.name for r in selected} | {n for r in selected for n in r.needs}
+    return [r for r in planned if r.name in names]
+
+
+def mask_file_path(root: Path, family: str, step: str, seed: int) -> Path:
+    """The mask file an ``[[edit]]`` step of ``family`` writes for ``seed``."""
+    return root / MASKS_DIR / family / f"{step}-seed{seed}.safetensors"
+
+
+def _edit_run(
+    grid: GridFile,
+    step: EditStep,
+    seed: int,
+    base: Mapping[str, Any],
+    sets: Mapping[str, Any],
+    root: Path,
+    errors: dict[str, list[str]],
+) -> PlannedRun | None:
+    """The run of ``fedtalos edit`` (``--central``) that writes ``step``'s mask file for ``seed``: step 0 and the
+    calibration, no fine-tuning; the editing defaults (ridge head, least-sensitive) under ``[base]``."""
+    kind = "centralized" if step.central else "federated"
+    label = f"{grid.family}-edit-{step.name}"
+    name = f"{label}-seed{seed}"
+    overrides = {
+        **RunConfig.defaults_in("edit"),
+        **base,
+        **step.values,
+        **sets,
+        "mask-save-path": str(mask_file_path(root, grid.family, step.name, seed)),
+        "epochs" if step.central else "num-server-rounds": 0,
+        "seed": seed,
+        "run-name": name,
+        "output-root": str(root),
+    }
+    if not step.central:
+        overrides.pop("epochs", None)  # a federated run takes rounds; a centralized one epochs
+    try:
+        config = RunConfig.from_mapping(overrides)
+    except ConfigError as e:
+        for problem in e.problems:
+            errors.setdefault(problem, []).append(name)
+        return None
+    return PlannedRun(
+        name=name,
+        label=label,
+        family=grid.family,
+        kind=kind,
+        seed=seed,
+        point={},
+        derived={},
+        overrides=overrides,
+        config=config,
+        grid_file=grid.path,
+        edit=step.name,
+    )
 
 
 def _resolve_root(output_root: str | Path | None, from_config: Any) -> Path:
@@ -221,6 +300,9 @@ def plan_files(
     base: dict[str, Any] = {}
     problems: list[str] = []
     for path in base_files:
+        if not Path(path).expanduser().is_file():
+            problems.append(missing_base_file(Path(path)))
+            continue
         try:
             base.update(read_overrides(Path(path).expanduser(), f"--base {path}"))
         except ConfigError as e:
@@ -367,9 +449,11 @@ def write_manifest(runs: Sequence[PlannedRun]) -> list[Path]:
                 "point": run.point,
                 "run": run.run_dir.name,  # the directory that holds it (another family's when shared)
             }
+            if run.edit:  # writes a mask file the family's runs use; trains nothing (not a result to plot)
+                known[run.name]["edit"] = run.edit
         record = {
             "family": members[0].family,
-            "kind": members[0].kind,
+            "kind": next((r.kind for r in members if not r.edit), members[0].kind),
             "grid_file": str(members[0].grid_file),
             "axes": list(dict.fromkeys(k for r in members for k in r.point)),
             "runs": list(known.values()),

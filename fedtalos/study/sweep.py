@@ -4,7 +4,9 @@ Each run's overrides go to ``<output-root>/_sweeps/<family>/<run>.toml`` and its
 Finished runs are skipped, started ones resumed; a failed run is reported and the sweep goes on (exit status 1).
 Runs are handed to the first free slot (:mod:`~fedtalos.study.slots`) once claimed (:mod:`~fedtalos.study.claims`);
 Ctrl-C stops every slot's run and releases its claim. Progress lines: :mod:`~fedtalos.study.progress`. A run that
-shares another's directory (``PlannedRun.shares``) is run once, as the first of them in the plan.
+shares another's directory (``PlannedRun.shares``) is run once, as the first of them in the plan. A run that needs
+others (``PlannedRun.needs``: the ``[[edit]]`` steps whose mask files it uses) waits until they are done, and fails
+if one of them failed.
 """
 
 from __future__ import annotations
@@ -171,6 +173,11 @@ class Sweep:
         finally:
             beating.set()
             pool.shutdown(wait=False, cancel_futures=True)
+        for run in todo:  # still waiting for a needed run: another worker holds it, or --only left it out
+            waiting = self._needs(run, report)[0]
+            if waiting and run.name not in self.held:
+                report.failed[run.name] = f"waits for {', '.join(waiting)}, which did not finish here"
+                self.say(f"[{self._done}/{total}] NOT RUN {run.name}: {report.failed[run.name]}")
         if self.analyze is not None:
             for run in self.runs:
                 if run.mask_agreement_clients and run_state(run)[0] == DONE:
@@ -191,6 +198,14 @@ class Sweep:
         """The first run of ``todo`` this worker may run now (claimed for ``slot``), removed from ``todo``."""
         for run in list(todo):
             how = ""
+            waiting, failed = self._needs(run, report)
+            if failed:
+                todo.remove(run)
+                report.failed[run.name] = f"needs {', '.join(failed)}, which failed"
+                self.say(f"[{self._done}/{total}] FAILED {run.name}: {report.failed[run.name]}")
+                continue
+            if waiting:
+                continue
             if self.claims is not None and run_state(run)[0] == DONE:  # finished by another worker: no claim
                 todo.remove(run)
                 self._done_elsewhere(run, report, total)
@@ -225,6 +240,13 @@ class Sweep:
             )
             return job
         return None
+
+    def _needs(self, run: PlannedRun, report: SweepReport) -> tuple[list[str], list[str]]:
+        """(needed runs not done yet, needed runs that failed in this sweep) of ``run``."""
+        by_name = {r.name: r for r in self.planned}
+        failed = [n for n in run.needs if n in report.failed]
+        waiting = [n for n in run.needs if n not in failed and n in by_name and run_state(by_name[n])[0] != DONE]
+        return waiting, failed
 
     def _done_elsewhere(self, run: PlannedRun, report: SweepReport, total: int) -> None:
         self.held.pop(run.name, None)

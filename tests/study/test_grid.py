@@ -77,13 +77,14 @@ def test_every_experiment_of_the_brief_is_there(tmp_path: Path):
     assert {f: len(v) for f, v in by_family.items()} == {
         "central": 18,
         "fedavg": 3,
+        "fllr": 4,
         "maskagree": 30,
-        "masks": 33,
+        "masks": 39,
         "noniid": 105,
         "rules": 84,
         "sparse": 48,
     }
-    assert all(len({r.seed for r in v}) == 3 for v in by_family.values()), "3 seeds everywhere"
+    assert all(len({r.seed for r in v}) == 3 for f, v in by_family.items() if f != "fllr"), "3 seeds everywhere"
     central = by_family["central"]
     assert all(r.kind == "centralized" for r in central)
     assert {r.config.lr_schedule for r in central} == {
@@ -106,17 +107,16 @@ def test_every_experiment_of_the_brief_is_there(tmp_path: Path):
     assert {s[2] for s in settings} == set(RULES)
     assert {(p, n if p == "noniid" else None) for p, n, _ in settings} == {("iid", None), ("noniid", 1), ("noniid", 5)}
     assert {r.config.sparsity for r in rules} == {0.9}, "rules compared at equal sparsity"
-    masks = by_family["masks"]
+    masks = [r for r in by_family["masks"] if not r.edit]
     assert all(r.config.mask_path and r.config.mask_rule == "none" for r in masks), "fine-tuning with mask files"
     sources = {(r.config.partitioning, r.config.local_steps, Path(r.config.mask_path).name) for r in masks}
     assert {s for s in sources if s[0] == "iid"} == {
-        ("iid", 4, "central-s0.9.safetensors"),
-        ("iid", 4, "federated-s0.9.safetensors"),
-    }, "central vs federated calibration, the same fine-tuning"
+        ("iid", 4, f"{source}-s0.9-seed{seed}.safetensors") for source in ("central", "federated") for seed in (0, 1, 2)
+    }, "central vs federated calibration, the same fine-tuning, one mask file per seed"
     noniid = {(r.config.classes_per_client, r.config.local_steps) for r in masks if r.config.partitioning == "noniid"}
     assert noniid == {(n, j) for n in (1, 5, 10) for j in (4, 8, 16)}, "one mask, several Nc × J settings"
     assert {Path(r.config.mask_path).name for r in masks if r.config.partitioning == "noniid"} == {
-        "federated-s0.9.safetensors"
+        f"federated-s0.9-seed{seed}.safetensors" for seed in (0, 1, 2)
     }
     agree = by_family["maskagree"]
     assert all(r.mask_agreement_clients == 20 for r in agree)
