@@ -338,6 +338,8 @@ def _outcome(job: _Job) -> RunOutcome:
 
 
 def _result_line(run: PlannedRun) -> str:
+    if run.edit:  # an [[edit]] step trains nothing: what it made is its mask file
+        return f"mask file {run.config.mask_save_path}"
     rows = [r for r in read_rows(run.run_dir) if r.get("phase") == "train"]
     tested, best = last_with(rows, "test_acc"), best_row(rows)
     parts = []
