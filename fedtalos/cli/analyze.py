@@ -85,18 +85,22 @@ def _mask_agreement(args: argparse.Namespace, prog: str) -> int:
                 if record["reproduced_exactly"]
                 else f" · reproduced mask vs the run's mask: Jaccard {record['reproduced_jaccard']:.4f}"
             )
-        pairwise = record["pairwise_jaccard"]
+        pairwise, mean, cohort = record["pairwise_jaccard"], record["mean_jaccard"], record["cohort_mean_jaccard"]
         print(
-            f"{run_dir.name}: Jaccard(client mask, aggregated mask) = {record['mean_jaccard']:.3f}"
+            f"{run_dir.name}: Jaccard(client mask, aggregated mask) = "
+            + (f"{mean:.3f}" if mean is not None else "—")
             + (f" ± {record['std_jaccard']:.3f}" if record["std_jaccard"] is not None else "")
-            + f" over {len(record['clients'])} clients; client vs client "
+            + f" over {record['clients_outside_cohort']} clients outside the calibration cohort"
+            + (f" ({cohort:.3f} over {record['clients_in_cohort']} in it)" if cohort is not None else "")
+            + "; client vs client "
             + (f"{pairwise:.3f}" if pairwise is not None else "—")
             + f"; random masks {record['chance_jaccard']:.3f}{check}"
         )
         if record["noise_floor_jaccard"] is not None:
             floor, std, size = record["noise_floor_jaccard"], record["noise_floor_std"], record["noise_floor"][0]
             print(
-                f"  noise floor: iid subsets of {size['samples']} pooled calibration samples vs the aggregated mask "
+                f"  noise floor: iid subsets of {size['samples']} pooled calibration samples vs the aggregate of the "
+                "rest of the pool "
                 f"= {floor:.3f}" + (f" ± {std:.3f}" if std is not None else "") + f" over {len(record['noise_floor'])}"
             )
         print(f"  {run_dir / OUTPUT_JSON}, {run_dir / OUTPUT_PNG}")

@@ -37,7 +37,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "run the runs of grid files, one or N at a time (skip finished, resume started)",
     "summarize": "one table (mean ± std over seeds) and the figures of one or more runs directories",
     "analyze": "analyses of finished runs (mask-agreement: single-client masks vs the aggregated mask)",
-    "plot": "loss/accuracy curves of one or several run directories into a PNG",
+    "plot": "loss/accuracy curves of one or several run directories into a PNG, PDF or SVG",
     "demo": "a few-minute CPU tour on generated stand-in data (not CIFAR): federated run, editing run, sweep, summary",
 }
 

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedtalos.cli.options import fail
-from fedtalos.tracking.log_setup import log_to_stderr
-from fedtalos.tracking.plots import FORMATS, X_AXES, default_x, plot_runs
+from fedtalos.tracking.figure_options import FORMATS, X_AXES
 
 PROG = "fedtalos plot"
 HELP = "loss/accuracy curves of one or several run directories into a PNG, PDF or SVG"
@@ -58,6 +57,9 @@ def _not_runs(paths: Sequence[Path]) -> str | None:
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Draw the curves; print the figure's path."""
     args = build_parser(prog).parse_args(argv)
+    from fedtalos.tracking.log_setup import log_to_stderr
+    from fedtalos.tracking.plots import default_x, plot_runs  # matplotlib once the command runs
+
     log_to_stderr()
     runs = [Path(p) for p in args.runs]
     problem = _not_runs(runs)

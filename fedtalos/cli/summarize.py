@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedtalos.cli.options import fail
-from fedtalos.study.tables import summarize
-from fedtalos.tracking.log_setup import log_to_stderr
 
 PROG = "fedtalos summarize"
 HELP = "one table (mean ± std over seeds) and the figures of one or more runs directories"
@@ -35,6 +33,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Write the table (and figures) of the finished runs under RUNS_DIR; print the table and the paths."""
     args = build_parser(prog).parse_args(argv)
+    from fedtalos.study.tables import summarize  # the figures' imports once the command runs
+    from fedtalos.tracking.log_setup import log_to_stderr
+
     log_to_stderr()
     roots = [Path(d) for d in args.runs_dir]
     for root in roots:

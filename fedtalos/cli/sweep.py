@@ -16,16 +16,15 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedtalos.cli.options import fail
 from fedtalos.cli.settings import parse_settings
 from fedtalos.config import ConfigError
-from fedtalos.study import plan
-from fedtalos.study import runners as running
-from fedtalos.study import sweep as sweeping
-from fedtalos.study.claims import Claims
-from fedtalos.study.slots import make_slots, parse_gpus, parse_shard, shard
-from fedtalos.tracking.log_setup import log_to_stderr
+
+if TYPE_CHECKING:
+    from fedtalos.study.plan import PlannedRun
+    from fedtalos.study.runners import Runner
 
 PROG = "fedtalos sweep"
 
@@ -110,16 +109,20 @@ def _seeds(args: argparse.Namespace) -> list[int] | None:
     return list(range(args.seeds)) if args.seeds is not None else None
 
 
-def _print_plan(runs: list[plan.PlannedRun], runners: dict[str, running.Runner]) -> None:
+def _print_plan(runs: list[PlannedRun], runners: dict[str, Runner]) -> None:
     """Per family: its size and root, then each run's state, settings and the command that runs it."""
-    families: dict[str, list[plan.PlannedRun]] = {}
+    from fedtalos.study import plan
+    from fedtalos.study.compute import compute_table
+
+    families: dict[str, list[PlannedRun]] = {}
     for run in runs:
         families.setdefault(run.family, []).append(run)
     for family, members in families.items():
         configs = len({r.label for r in members})
         seeds = sorted({r.seed for r in members})
+        kind = next((r.kind for r in members if not r.edit), members[0].kind)
         print(
-            f"{family} ({members[0].kind}, {members[0].grid_file}): {configs} configurations × {len(seeds)} "
+            f"{family} ({kind}, {members[0].grid_file}): {configs} configurations × {len(seeds)} "
             f"seeds {seeds} = {len(members)} runs under {members[0].config.resolved_output_root()}"
         )
         for i, run in enumerate(members, 1):
@@ -127,7 +130,14 @@ def _print_plan(runs: list[plan.PlannedRun], runners: dict[str, running.Runner])
             status = state + (f" ({detail})" if detail else "")
             print(f"  {i:3d}  {run.name:<40} {status:<12} {run.settings()}")
             print(f"       $ {shlex.join(runners[run.kind].command(run))}")
-    print(f"{len(runs)} runs planned; nothing was run (--dry-run).")
+    shared = sum(1 for r in runs if r.shares)
+    for line in compute_table(runs):
+        print(line)
+    print(
+        f"{len(runs)} runs planned"
+        + (f" ({len(runs) - shared} to run: {shared} share the directory of an identical run)" if shared else "")
+        + "; nothing was run (--dry-run)."
+    )
 
 
 def _visible_gpus() -> int:
@@ -139,6 +149,13 @@ def _visible_gpus() -> int:
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Plan the grid files' runs and run them (or print them with ``--dry-run``); 1 if any run failed."""
     args = build_parser(prog).parse_args(argv)
+    from fedtalos.study import plan  # the study's modules once a command runs: --help stays instant
+    from fedtalos.study import runners as running
+    from fedtalos.study import sweep as sweeping
+    from fedtalos.study.claims import Claims
+    from fedtalos.study.slots import make_slots, parse_gpus, parse_shard, shard
+    from fedtalos.tracking.log_setup import log_to_stderr
+
     log_to_stderr()
     try:  # every scaling option is checked before anything is planned or run
         slots = make_slots(args.parallel, parse_gpus(args.gpus, _visible_gpus()) if args.gpus is not None else None)
@@ -157,7 +174,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     except ConfigError as e:
         return fail(prog, str(e))
     if args.only:
-        runs = [r for r in runs if any(fnmatch.fnmatchcase(r.name, pattern) for pattern in args.only)]
+        runs = plan.with_needs([r for r in runs if any(fnmatch.fnmatchcase(r.name, p) for p in args.only)], runs)
         if not runs:
             return fail(prog, f"no planned run matches {' '.join(args.only)}")
     if part is not None:

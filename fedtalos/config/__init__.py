@@ -22,10 +22,12 @@ from fedtalos.config.keys import (
     ConfigError,
     KeyFacts,
     choice,
+    device_spec,
     did_you_mean,
     directory_name,
     in_range,
     opt,
+    positive_pixels,
     read_overrides,
     read_toml,
     type_name,
@@ -49,17 +51,6 @@ FREEZE = ("none", "backbone")
 TRANSPORTS = ("auto", "message", "shared-memory")
 
 Kind = Literal["federated", "centralized"]
-
-
-def _image_size(v: int) -> str | None:
-    return None if v >= 1 else "must be a positive number of pixels (a multiple of the model's patch size)"
-
-
-def _device(v: str) -> str | None:
-    base, _, index = v.partition(":")
-    if base in DEVICES and (not index or (base == "cuda" and index.isdigit())):
-        return None
-    return "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
 
 
 @dataclass(frozen=True)
@@ -128,9 +119,13 @@ class RunConfig:
         "", "local weights file of the model (.safetensors or .pth); empty = download via timm", path=True
     )
     image_size: int = opt(
-        224, "input resolution in pixels, a multiple of the model's patch size (CIFAR images are resized)", _image_size
+        224,
+        "input resolution in pixels, a multiple of the model's patch size (CIFAR images are resized)",
+        positive_pixels,
     )
-    device: str = opt("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'", _device)
+    device: str = opt(
+        "auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'", device_spec(*DEVICES)
+    )
     precision: str = opt(
         "auto", "'auto' (bf16 on CUDA from compute capability 8.0, else fp32), 'fp32' or 'bf16'", choice(*PRECISIONS)
     )
@@ -306,6 +301,11 @@ class RunConfig:
         "write the calibrated mask, its head and their provenance to this mask file at the end",
         result=False,
         path=True,
+    )
+    mask_any_split: bool = opt(
+        False,
+        "accept a mask-path file whose head was fitted on another seed's (or val-fraction's) train split",
+        result=False,
     )
 
     # ------------------------------------------------------------------------------------------------------

@@ -100,6 +100,22 @@ def choice(*choices: str) -> Check:
     return lambda v: None if v in choices else f"must be one of {', '.join(repr(c) for c in choices)}"
 
 
+def positive_pixels(v: int) -> str | None:
+    return None if v >= 1 else "must be a positive number of pixels (a multiple of the model's patch size)"
+
+
+def device_spec(*bases: str) -> Check:
+    """One of ``bases``, or 'cuda:N'."""
+
+    def check(v: str) -> str | None:
+        base, _, index = v.partition(":")
+        if base in bases and (not index or (base == "cuda" and index.isdigit())):
+            return None
+        return f"must be {', '.join(repr(b) for b in bases)} or 'cuda:N'"
+
+    return check
+
+
 def in_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Check:
     left, right = "(" if lo_open else "[", ")" if hi_open else "]"
     interval = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"

@@ -4,20 +4,25 @@ Sensitivity rules: a ``calibration-fraction`` cohort (the same clients and sampl
 ``calibration-redraw``) scores its samples under the current mask; the sums, added in partition-id order, are the
 score over the union of their samples, and round r of R' keeps the least (most) sensitive ⌊(1−s)^(r/R')·N⌋ alive
 entries. The magnitude and random rules need no clients: one round that only computes the mask. The last round
-writes the mask and its report into the run directory.
+writes the mask and its report into the run directory. A sensitivity round's row names the classes its samples
+hold (``calibration_classes``, ``calibration_class_ids``) and how many the calibration has seen so far
+(``calibration_classes_seen``): at Nc = 1 a fixed 10-client cohort sees 10 of the 100 classes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fedtalos.config import RunConfig
 from fedtalos.editing.calibration import next_mask, sum_scores
 from fedtalos.editing.masks import mask_stats
+from fedtalos.editing.scoring import calibration_samples
 from fedtalos.federation import protocol as P
 from fedtalos.federation.aggregate import ClientUpdate
 from fedtalos.federation.cohort import calibration_cohort
@@ -28,6 +33,7 @@ from fedtalos.federation.wire import Outgoing, Reply, Wire
 from fedtalos.run.phases import SENSITIVITY_RULES, PhaseSpec, Row
 from fedtalos.seeds import federated_random_mask_seed
 from fedtalos.task.model import HEAD_PREFIX
+from fedtalos.task.resources import get_resources
 from fedtalos.tracking.hooks import Hooks
 from fedtalos.tracking.mask_report import mask_title, write_mask_report
 
@@ -67,9 +73,22 @@ class Calibration:
         row["mask_density"] = mask_stats(state.mask)["density"]
         if c.mask_rule in SENSITIVITY_RULES:
             row["fisher_samples"] = sum(u.num_examples for u in updates)
+            row |= self._classes_row(index)
         if index == self.rounds:
             write_mask_report(self.run_dir, state.mask, mask_title(c))
         return row | {"aggregate_s": clock.lap()}
+
+    def _classes_row(self, index: int) -> Row:
+        """The classes scored in round ``index`` and in rounds 1..``index`` together (the server's own shards: the
+        same cuts and sample draws as the clients')."""
+        resources = get_resources(self.config, pretrained=True)  # the server's, cached
+        labels = resources.data.train_labels.numpy()[resources.train_idx]
+        rounds = [calibration_classes(self.config, labels, resources.partitions, r) for r in range(1, index + 1)]
+        return {
+            "calibration_classes": len(rounds[-1]),
+            "calibration_class_ids": " ".join(map(str, rounds[-1])),
+            "calibration_classes_seen": len(set().union(*rounds)),
+        }
 
     def _next_mask(self, state: ServerState, index: int, updates: list[ClientUpdate]) -> dict[str, torch.Tensor]:
         """Round ``index``'s mask (:func:`~fedtalos.editing.calibration.next_mask`): from the weights (magnitude), a
@@ -88,6 +107,19 @@ class Calibration:
             weights={k: state.weights[k] for k in shapes},
             seed=federated_random_mask_seed(c.seed),
         )
+
+
+def calibration_classes(
+    config: RunConfig, train_labels: np.ndarray, partitions: Sequence[np.ndarray], round_index: int
+) -> list[int]:
+    """The sorted class ids among the samples the calibration cohort scores in round ``round_index`` (1-based):
+    each member's draw (:func:`~fedtalos.editing.scoring.calibration_samples`) from its shard."""
+    classes: set[int] = set()
+    for pid in calibration_cohort(config, round_index):
+        shard_labels = train_labels[partitions[pid]]
+        take = calibration_samples(config, len(shard_labels), round_index, pid).numpy()
+        classes.update(int(y) for y in shard_labels[take])
+    return sorted(classes)
 
 
 def _shapes(state: ServerState) -> Shapes:

@@ -2,9 +2,12 @@
 
 Each analysed client re-runs the run's whole calibration on its own shard only (its samples, label draws and soft
 zeroing as in the federated calibration, from the same global weights) and its mask is compared with the run's
-aggregated mask by the Jaccard index. The noise floor does the same for iid subsets of the pooled calibration
-samples of one client's size. Every calibration goes through :func:`fedtalos.editing.calibration.calibrate`;
-``docs/editing.md`` (mask agreement) has the reference levels and how the calibration weights are rebuilt.
+aggregated mask by the Jaccard index; the clients of the calibration cohort, whose samples built that mask, are
+averaged apart (``cohort_mean_jaccard``) from the others (``mean_jaccard``). The noise floor is out-of-sample: an
+iid subset of the pooled calibration samples, of one client's size, calibrated alone, against the aggregate of the
+pooled samples it left out (:func:`split_pool`). Every calibration goes through
+:func:`fedtalos.editing.calibration.calibrate`; ``docs/editing.md`` (mask agreement) has the reference levels and
+how the calibration weights are rebuilt.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from fedtalos.editing.masks import Mask, mask_stats
 from fedtalos.fsutil import atomic_write_bytes
 from fedtalos.run.codec import checkpoint_weights
 from fedtalos.run.phases import SENSITIVITY_RULES
+from fedtalos.seeds import AGREEMENT, LABELS, derive_seed
 from fedtalos.study.results import mean_std
 from fedtalos.tracking.checkpoint import CheckpointStore
 from fedtalos.tracking.mask_report import read_run_mask
@@ -32,6 +36,8 @@ OUTPUT_JSON = "analysis/mask_agreement.json"
 OUTPUT_CSV = "analysis/mask_agreement.csv"
 OUTPUT_FLOOR_CSV = "analysis/mask_agreement_noise_floor.csv"
 OUTPUT_PNG = "plots/mask_agreement.png"
+# The label draws of a floor subset's left-out aggregate: the subset's own stream (seeds.agreement_label_seed) + this.
+LEFT_OUT = 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -110,20 +116,28 @@ class Calibrator:
             pool.append(images[calibration_samples(self.config, len(labels), round_index, pid).to(images.device)])
         return torch.cat(pool)
 
-    def subset_mask(self, subset: int, size: int) -> Mask:
-        """The mask of iid subset ``subset``: ``size`` of the pooled calibration samples (the same positions in
-        every round's pool), calibrated alone with their own label draws."""
+    def subset_masks(self, subset: int, size: int) -> tuple[Mask, Mask]:
+        """(the mask of iid subset ``subset``, the mask of the rest of the pool): ``size`` of the pooled calibration
+        samples (the same positions in every round's pool, :func:`split_pool`) calibrated alone with their own label
+        draws, and the pooled samples it left out calibrated together, the subset's out-of-sample aggregate."""
         from fedtalos.editing.scoring import sample_scores
         from fedtalos.seeds import agreement_label_seed, agreement_subset_generator
 
-        def score_round(r: int, alive: Mask | None) -> dict[str, torch.Tensor]:
-            pool = self.pooled_samples(r)
-            pick = torch.randperm(len(pool), generator=agreement_subset_generator(self.config.seed, subset))[:size]
-            label_seed = agreement_label_seed(self.config.seed, subset, r)
-            scores = sample_scores(self.config, self.resources, pool[pick.to(pool.device)], label_seed, alive)
-            return {k: v.cpu() for k, v in scores.items()}
+        c = self.config
 
-        return self._calibrate(score_round)
+        def score_round(left_out: bool, r: int, alive: Mask | None) -> dict[str, torch.Tensor]:
+            pool = self.pooled_samples(r)
+            pick, rest = split_pool(len(pool), size, agreement_subset_generator(c.seed, subset))
+            if left_out:
+                label_seed = derive_seed(c.seed, AGREEMENT, subset, r, LABELS, LEFT_OUT)
+                images = pool[rest.to(pool.device)]
+            else:
+                label_seed = agreement_label_seed(c.seed, subset, r)
+                images = pool[pick.to(pool.device)]
+            return {k: v.cpu() for k, v in sample_scores(c, self.resources, images, label_seed, alive).items()}
+
+        alone = self._calibrate(lambda r, alive: score_round(False, r, alive))
+        return alone, self._calibrate(lambda r, alive: score_round(True, r, alive))
 
     def client_mask(self, pid: int) -> Mask:
         """The mask client ``pid`` would calibrate alone: every round on its own samples, with its own mask."""
@@ -137,6 +151,49 @@ class Calibrator:
             return sum_scores((self.scores(pid, r, alive) for pid in calibration_cohort(self.config, r)), self.shapes)
 
         return self._calibrate(score_round)
+
+
+def split_pool(pool_size: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``size`` positions of a pool of ``pool_size`` samples, the other positions): a disjoint split, one
+    permutation drawn from ``generator``."""
+    order = torch.randperm(pool_size, generator=generator)
+    return order[:size], order[size:]
+
+
+def cohort_members(config: RunConfig) -> set[int]:
+    """The partition ids that scored in any calibration round (their samples built the aggregated mask)."""
+    from fedtalos.federation.cohort import calibration_cohort
+
+    return {pid for r in range(1, config.calibration_rounds + 1) for pid in calibration_cohort(config, r)}
+
+
+def client_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean and std of the clients' Jaccard: of the clients outside the calibration cohort (``mean_jaccard``,
+    out-of-sample) and of the cohort's members apart (``cohort_mean_jaccard``: in-sample)."""
+    outside = [r["jaccard"] for r in rows if not r["in_cohort"]]
+    inside = [r["jaccard"] for r in rows if r["in_cohort"]]
+    mean, std, n = mean_std(outside)
+    cohort_mean, cohort_std, cohort_n = mean_std(inside)
+    return {
+        "mean_jaccard": mean,
+        "std_jaccard": std,
+        "clients_outside_cohort": n,
+        "cohort_mean_jaccard": cohort_mean,
+        "cohort_std_jaccard": cohort_std,
+        "clients_in_cohort": cohort_n,
+    }
+
+
+def floor_row(subset: int, samples: int, alone: Mask, left_out: Mask, aggregated: Mask) -> dict[str, Any]:
+    """One noise-floor subset: its mask against the aggregate that left it out (``jaccard``, the floor) and, for
+    reference, against the run's aggregate, which its samples helped build (``jaccard_in_sample``)."""
+    return {
+        "subset": subset,
+        "samples": samples,
+        "density": mask_stats(alone)["density"],
+        "jaccard": jaccard(alone, left_out),
+        "jaccard_in_sample": jaccard(alone, aggregated),
+    }
 
 
 def calibration_weights(run_dir: Path, config: RunConfig) -> tuple[dict[str, torch.Tensor], str]:
@@ -199,6 +256,7 @@ def mask_agreement(
     weights, source = calibration_weights(run_dir, config)
     calibrator = Calibrator(config, weights)
     pids = list(range(config.num_clients if clients is None else min(clients, config.num_clients)))
+    cohort = cohort_members(config)
     masks, rows = [], []
     for pid in pids:
         mask = calibrator.client_mask(pid)
@@ -211,21 +269,16 @@ def mask_agreement(
                 "classes": len(torch.unique(labels)),
                 "density": mask_stats(mask)["density"],
                 "jaccard": jaccard(mask, aggregated),
+                "in_cohort": pid in cohort,
             }
         )
-    mean, std, _ = mean_std([r["jaccard"] for r in rows])
-    size = min(config.fisher_samples, len(calibrator.pooled_samples(1)))
-    floor = []
-    for subset in range(subsets):
-        mask = calibrator.subset_mask(subset, size)
-        floor.append(
-            {
-                "subset": subset,
-                "samples": size,
-                "density": mask_stats(mask)["density"],
-                "jaccard": jaccard(mask, aggregated),
-            }
-        )
+    pooled = len(calibrator.pooled_samples(1))
+    size = min(config.fisher_samples, pooled)
+    # a pool of one client's size leaves nothing out to compare a subset with: no floor
+    floor = [
+        floor_row(s, size, *calibrator.subset_masks(s, size), aggregated)
+        for s in range(subsets if pooled > size else 0)
+    ]
     floor_mean, floor_std, _ = mean_std([r["jaccard"] for r in floor])
     record: dict[str, Any] = {
         "run": run_dir.name,
@@ -237,8 +290,7 @@ def mask_agreement(
         "clients_requested": clients,
         "weights": source,
         "aggregated_density": aggregated_density,
-        "mean_jaccard": mean,
-        "std_jaccard": std,
+        **client_summary(rows),
         "pairwise_jaccard": mean_pairwise_jaccard(masks),
         "chance_jaccard": chance_jaccard(aggregated_density, aggregated_density),
         "noise_floor_jaccard": floor_mean,

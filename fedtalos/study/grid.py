@@ -27,7 +27,15 @@
     [analysis]                         # optional: analyses of the finished runs, at the end of the sweep
     mask-agreement = 20                # per-client masks of the first 20 clients vs the aggregated one
 
-``[grid]`` (a single table) is one block. Without any grid the family is one configuration.
+    [[edit]]                           # optional: a mask file the family writes itself, one per seed
+    name = "federated-s0.9"            #   a block's `mask-from = "federated-s0.9"` fine-tunes with it
+    central = false                    #   true: `fedtalos edit --central` (calibrated on the train split)
+    sparsity = 0.9                     #   run-config keys of the editing run (over [base])
+
+``[grid]`` (a single table) is one block. Without any grid the family is one configuration. An ``[[edit]]`` step
+is the run of ``fedtalos edit`` (step 0 and calibration, no fine-tuning) for each seed, planned before that seed's
+runs; its file is ``<output-root>/_masks/<family>/<name>-seed<k>.safetensors`` and a run whose block says
+``mask-from = "<name>"`` (a value or an axis) gets that file of its own seed as ``mask-path`` and waits for it.
 
 A grid file only describes configurations; :mod:`fedtalos.study.plan` expands it into named, validated runs
 (precedence of the overrides, run names, order) and reads what is already on disk.
@@ -52,10 +60,14 @@ else:  # pragma: no cover - Python 3.10
 from fedtalos.config import ConfigError, read_toml
 
 KINDS = ("federated", "centralized")
-SECTIONS = ("sweep", "base", "grid", "scale", "analysis")
+SECTIONS = ("sweep", "base", "grid", "scale", "analysis", "edit")
 SWEEP_KEYS = ("kind", "family", "seeds", "description")
 # Keys the sweep sets for every run; a grid file or --set may not.
 SWEEP_OWNED = ("run-name", "output-root", "seed")
+# A block key of the sweep, not of the run config: the [[edit]] step whose mask file (of the run's seed) it uses.
+MASK_FROM = "mask-from"
+# Keys an [[edit]] step may not set: the sweep sets where its mask goes and that it does not fine-tune.
+EDIT_OWNED = ("mask-save-path", "mask-path", "num-server-rounds", "epochs")
 
 _FAMILY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 
@@ -83,6 +95,15 @@ class Block:
 
 
 @dataclass(frozen=True)
+class EditStep:
+    """One ``[[edit]]`` table: a mask file the family writes for each seed (``fedtalos edit``, ``--central``)."""
+
+    name: str
+    central: bool
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class GridFile:
     """A parsed grid file (see the module docstring)."""
 
@@ -95,6 +116,7 @@ class GridFile:
     blocks: tuple[Block, ...]
     scale: tuple[ScaleRule, ...]
     mask_agreement_clients: int = 0
+    edits: tuple[EditStep, ...] = ()
 
     @property
     def axes(self) -> list[str]:
@@ -173,6 +195,16 @@ def parse_grid(data: Mapping[str, Any], path: Path = Path("<grid>")) -> GridFile
     if not is_int(clients) or clients < 0:
         problems.append(f"{where}: [analysis] mask-agreement = {clients!r}: a number of clients (0 = off)")
         clients = 0
+    edits = _edit_steps(data.get("edit", []), where, problems)
+    names = {e.name for e in edits}
+    for i, block in enumerate(blocks):
+        wanted = block.axes.get(MASK_FROM, [block.constants[MASK_FROM]] if MASK_FROM in block.constants else [])
+        for name in wanted:
+            if name not in names:
+                known = ", ".join(sorted(names)) or "none"
+                problems.append(
+                    f"{where}: [[grid]] #{i + 1} {MASK_FROM} = {name!r}: no [[edit]] of that name ({known})"
+                )
     owned = {"base": base, **{f"grid #{i + 1}": {**b.constants, **b.axes} for i, b in enumerate(blocks)}}
     owned["scale"] = {r.key: None for r in scale}
     for section, values in owned.items():
@@ -195,7 +227,36 @@ def parse_grid(data: Mapping[str, Any], path: Path = Path("<grid>")) -> GridFile
         blocks=tuple(blocks),
         scale=tuple(scale),
         mask_agreement_clients=int(clients),
+        edits=tuple(edits),
     )
+
+
+def _edit_steps(raw: Any, where: str, problems: list[str]) -> list[EditStep]:
+    """The ``[[edit]]`` tables, checked: a unique file-name-safe ``name``, ``central`` true/false, scalar keys."""
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list):
+        problems.append(f"{where}: [[edit]] must be tables")
+        return []
+    steps: list[EditStep] = []
+    for i, table in enumerate(raw):
+        label = f"[[edit]] #{i + 1}"
+        values = dict(_table(table, label, where, problems))
+        name, central = values.pop("name", None), values.pop("central", False)
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            problems.append(f"{where}: {label} name = {name!r}: letters, digits, '.', '_' and '-' (it names the file)")
+            continue
+        if any(step.name == name for step in steps):
+            problems.append(f"{where}: {label} name = {name!r}: two [[edit]] steps of that name")
+        if not isinstance(central, bool):
+            problems.append(f"{where}: {label} central = {central!r}: true or false")
+        for key, value in values.items():
+            if isinstance(value, list | dict):
+                problems.append(f"{where}: {label} {key}: a single value (an edit step has no axes)")
+            if key in EDIT_OWNED or key in SWEEP_OWNED:
+                problems.append(f"{where}: {label} {key}: the sweep sets it for the editing run")
+        steps.append(EditStep(name, bool(central), values))
+    return steps
 
 
 def _table(value: Any, label: str, where: str, problems: list[str]) -> dict[str, Any]:

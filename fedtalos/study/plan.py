@@ -4,10 +4,15 @@ Precedence, lowest first: the app's defaults < ``--base FILE`` < ``[base]`` < a 
 ``[scale]`` < ``--set KEY=VALUE``. Run names are ``<family>-<axis parts>-seed<k>`` (short names:
 :data:`fedtalos.tracking.identity.SHORT_NAMES`); seed-major order, so an interrupted sweep already holds a complete
 replicate. README § "Grid file format" has the details.
+
+No run twice: runs of the same identity (:func:`sharing_key`) planned by several families, or already on disk
+under another name, are run once, in the directory of the first; the others *share* it (``PlannedRun.shares``)
+and their family's manifest names that directory (``"run"``), so every family that plans the run reads it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -19,14 +24,17 @@ import tomli_w
 
 from fedtalos.config import ConfigError, RunConfig, read_overrides
 from fedtalos.run.phases import Kind, run_phases, total_units
-from fedtalos.study.grid import SWEEP_OWNED, GridFile, ScaleRule, is_int, is_number, load_grid
+from fedtalos.study.files_needed import missing_base_file, missing_mask_file
+from fedtalos.study.grid import MASK_FROM, SWEEP_OWNED, EditStep, GridFile, ScaleRule, is_int, is_number, load_grid
 from fedtalos.tracking.identity import format_value, run_label
 from fedtalos.tracking.metrics import read_rows
-from fedtalos.tracking.rundir import SUMMARY_FILE, is_this_run, read_record
+from fedtalos.tracking.rundir import CONFIG_FILE, SUMMARY_FILE, is_this_run, read_record
 
 # Where a sweep keeps its per-run TOML files, logs and manifest: <output-root>/_sweeps/<family>/.
 SWEEPS_DIR = "_sweeps"
 MANIFEST = "manifest.json"
+# Where a family's [[edit]] steps write their mask files: <output-root>/_masks/<family>/<name>-seed<k>.safetensors.
+MASKS_DIR = "_masks"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -46,6 +54,9 @@ class PlannedRun:
     config: RunConfig
     mask_agreement_clients: int = 0
     grid_file: Path | None = field(default=None, compare=False)
+    shares: str = ""  # the directory name of the identical run this one shares ('' = its own directory)
+    needs: tuple[str, ...] = ()  # names of the runs that must finish first (the [[edit]] steps whose files it uses)
+    edit: str = ""  # an [[edit]] step: the name of the mask file it writes ('' = a run of the family)
 
     @property
     def run_dir(self) -> Path:
@@ -71,8 +82,11 @@ class PlannedRun:
 
     def settings(self) -> str:
         """The grid point and the derived keys, ``key=value`` (what tells this run from its neighbours)."""
+        if self.edit:
+            return f"writes the mask file {self.config.mask_save_path} (step 0 and calibration, no fine-tuning)"
         parts = [f"{k}={_literal(v)}" for k, v in {**self.point, **self.derived}.items()]
-        return " ".join(parts) if parts else "(base configuration)"
+        shared = f" (shares {self.shares}: run once)" if self.shares else ""
+        return (" ".join(parts) if parts else "(base configuration)") + shared
 
 
 def phase_rounds(config: RunConfig) -> dict[str, int]:
@@ -128,8 +142,15 @@ def plan(
     runs: dict[str, PlannedRun] = {}
     errors: dict[str, list[str]] = {}
     for seed in seeds:
+        edits = {step.name: _edit_run(grid, step, seed, base, sets, root, errors) for step in grid.edits}
+        for step in grid.edits:
+            if edits[step.name] is not None:
+                runs[edits[step.name].name] = edits[step.name]  # type: ignore[union-attr]
         for constants, point, derived in points:
-            label = run_label(grid.family, point)
+            source = {**constants, **point}.get(MASK_FROM)
+            edit = edits.get(source) if source is not None else None
+            named = {(k if k != MASK_FROM else "mask-path"): v for k, v in point.items()}  # names as mask-path's
+            label = run_label(grid.family, named)
             name = f"{label}-seed{seed}"
             overrides = {
                 **base,
@@ -141,6 +162,9 @@ def plan(
                 "run-name": name,
                 "output-root": str(root),
             }
+            overrides.pop(MASK_FROM, None)
+            if edit is not None:
+                overrides["mask-path"] = edit.config.mask_save_path
             if not _NAME.match(name):
                 problems.append(f"run name {name!r}: use values made of letters, digits, '.', '_' and '-'")
                 continue
@@ -150,6 +174,8 @@ def plan(
                 for problem in e.problems:
                     errors.setdefault(problem, []).append(name)
                 continue
+            if edit is None and config.mask_path and not Path(config.mask_path).expanduser().is_file():
+                errors.setdefault(missing_mask_file(config), []).append(name)
             run = PlannedRun(
                 name=name,
                 label=label,
@@ -162,6 +188,7 @@ def plan(
                 config=config,
                 mask_agreement_clients=grid.mask_agreement_clients,
                 grid_file=grid.path,
+                needs=(edit.name,) if edit is not None else (),
             )
             if name in runs and runs[name].overrides != overrides:
                 problems.append(
@@ -175,6 +202,65 @@ def plan(
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))
     return list(runs.values())
+
+
+def with_needs(selected: Sequence[PlannedRun], planned: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """``selected`` (e.g. by ``--only``) and the planned runs they need (``[[edit]]`` steps), in plan order."""
+    names = {r.name for r in selected} | {n for r in selected for n in r.needs}
+    return [r for r in planned if r.name in names]
+
+
+def mask_file_path(root: Path, family: str, step: str, seed: int) -> Path:
+    """The mask file an ``[[edit]]`` step of ``family`` writes for ``seed``."""
+    return root / MASKS_DIR / family / f"{step}-seed{seed}.safetensors"
+
+
+def _edit_run(
+    grid: GridFile,
+    step: EditStep,
+    seed: int,
+    base: Mapping[str, Any],
+    sets: Mapping[str, Any],
+    root: Path,
+    errors: dict[str, list[str]],
+) -> PlannedRun | None:
+    """The run of ``fedtalos edit`` (``--central``) that writes ``step``'s mask file for ``seed``: step 0 and the
+    calibration, no fine-tuning; the editing defaults (ridge head, least-sensitive) under ``[base]``."""
+    kind = "centralized" if step.central else "federated"
+    label = f"{grid.family}-edit-{step.name}"
+    name = f"{label}-seed{seed}"
+    overrides = {
+        **RunConfig.defaults_in("edit"),
+        **base,
+        **step.values,
+        **sets,
+        "mask-save-path": str(mask_file_path(root, grid.family, step.name, seed)),
+        "epochs" if step.central else "num-server-rounds": 0,
+        "seed": seed,
+        "run-name": name,
+        "output-root": str(root),
+    }
+    if not step.central:
+        overrides.pop("epochs", None)  # a federated run takes rounds; a centralized one epochs
+    try:
+        config = RunConfig.from_mapping(overrides)
+    except ConfigError as e:
+        for problem in e.problems:
+            errors.setdefault(problem, []).append(name)
+        return None
+    return PlannedRun(
+        name=name,
+        label=label,
+        family=grid.family,
+        kind=kind,
+        seed=seed,
+        point={},
+        derived={},
+        overrides=overrides,
+        config=config,
+        grid_file=grid.path,
+        edit=step.name,
+    )
 
 
 def _resolve_root(output_root: str | Path | None, from_config: Any) -> Path:
@@ -214,6 +300,9 @@ def plan_files(
     base: dict[str, Any] = {}
     problems: list[str] = []
     for path in base_files:
+        if not Path(path).expanduser().is_file():
+            problems.append(missing_base_file(Path(path)))
+            continue
         try:
             base.update(read_overrides(Path(path).expanduser(), f"--base {path}"))
         except ConfigError as e:
@@ -231,7 +320,60 @@ def plan_files(
             problems += e.problems
     if problems:
         raise ConfigError(problems)
-    return runs
+    return share_identical(runs)
+
+
+def sharing_key(kind: str, config: RunConfig) -> tuple[Any, ...]:
+    """What makes two runs one: the same kind, output root and result identity (``RunConfig.result_hash``), the
+    same length and the same evaluations (what their metric rows hold)."""
+    return (
+        kind,
+        str(config.resolved_output_root().resolve()),
+        config.result_hash(),
+        expected_steps(config, kind),  # type: ignore[arg-type]
+        config.eval_every,
+        config.test_every_eval,
+    )
+
+
+def share_identical(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """``runs`` with every run whose :func:`sharing_key` an earlier run (or a run directory on disk) has turned
+    into one that shares that run's directory (``shares``): it keeps its name, family, label and grid point."""
+    on_disk = _runs_on_disk({r.config.resolved_output_root() for r in runs})
+    owners: dict[tuple[Any, ...], PlannedRun] = {}
+    out = []
+    for run in runs:
+        key = sharing_key(run.kind, run.config)
+        owner = owners.get(key)
+        if owner is None:
+            names = on_disk.get(key, [])
+            if names and run.name not in names:  # run before under another name (an earlier sweep)
+                config = run.config.replace(run_name=names[0])
+                run = dataclasses.replace(run, config=config, overrides={**run.overrides, "run-name": names[0]})
+                run = dataclasses.replace(run, shares=names[0])
+            owners[key] = run
+            out.append(run)
+            continue
+        out.append(dataclasses.replace(run, config=owner.config, overrides=owner.overrides, shares=owner.run_dir.name))
+    return out
+
+
+def _runs_on_disk(roots: set[Path]) -> dict[tuple[Any, ...], list[str]]:
+    """:func:`sharing_key` → names of the run directories under ``roots`` with it, sorted."""
+    found: dict[tuple[Any, ...], list[str]] = {}
+    for root in sorted(roots):
+        if not root.is_dir():
+            continue
+        for path in sorted(root.iterdir()):
+            if ".old-" in path.name or not (path / CONFIG_FILE).is_file():
+                continue
+            try:
+                stored = read_record(path) or {}
+                config = RunConfig.from_mapping({**stored.get("config", {}), "output-root": str(root)})
+            except (ValueError, ConfigError):
+                continue  # unreadable, or of another version: never shared
+            found.setdefault(sharing_key(stored.get("kind", "federated"), config), []).append(path.name)
+    return found
 
 
 def run_toml(run: PlannedRun) -> str:
@@ -300,10 +442,18 @@ def write_manifest(runs: Sequence[PlannedRun]) -> list[Path]:
         previous = json.loads(path.read_text()) if path.is_file() else {}
         known = {r["name"]: r for r in previous.get("runs", [])}
         for run in members:  # a later sweep with more seeds adds to the manifest, never drops runs
-            known[run.name] = {"name": run.name, "label": run.label, "seed": run.seed, "point": run.point}
+            known[run.name] = {
+                "name": run.name,
+                "label": run.label,
+                "seed": run.seed,
+                "point": run.point,
+                "run": run.run_dir.name,  # the directory that holds it (another family's when shared)
+            }
+            if run.edit:  # writes a mask file the family's runs use; trains nothing (not a result to plot)
+                known[run.name]["edit"] = run.edit
         record = {
             "family": members[0].family,
-            "kind": members[0].kind,
+            "kind": next((r.kind for r in members if not r.edit), members[0].kind),
             "grid_file": str(members[0].grid_file),
             "axes": list(dict.fromkeys(k for r in members for k in r.point)),
             "runs": list(known.values()),
@@ -311,6 +461,17 @@ def write_manifest(runs: Sequence[PlannedRun]) -> list[Path]:
         path.write_text(json.dumps(record, indent=1))
         written.append(path)
     return written
+
+
+def planned_as(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """Run directory name → every manifest entry that plans it under ``root`` (a shared run: several families);
+    each entry as :func:`read_manifests` gives it. The entry of the directory's own name comes first."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, entry in read_manifests(root).items():
+        out.setdefault(entry.get("run", name), []).append(entry)
+    for directory, entries in out.items():
+        entries.sort(key=lambda e: e["name"] != directory)
+    return out
 
 
 def read_manifests(root: Path) -> dict[str, dict[str, Any]]:

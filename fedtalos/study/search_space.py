@@ -2,6 +2,8 @@
 ``"float"`` | ``"int"`` with ``low``, ``high``, optional ``log`` / ``step``; ``"categorical"`` with ``choices``)
 and plain ``key = value`` lines fixed in every trial (``configs/search/central.toml``). Every bound and choice is
 checked as a run-config value first, so an invalid space fails before anything runs, with every problem listed.
+A run's length (``epochs``) is fixed, never searched: every trial is scored by its final validation accuracy and
+pruned against the others at the same epoch, which compares like with like only when all trials are as long.
 """
 
 from __future__ import annotations
@@ -120,6 +122,12 @@ def load_space(path: str | Path, base: Mapping[str, Any]) -> Space:
             continue
         if key in FORBIDDEN:
             problems.append(f"{key!r} cannot be searched or fixed in a space (the search decides it)")
+            continue
+        if isinstance(table, dict) and RunConfig.facts()[key].length:
+            problems.append(
+                f"[{key}]: a run's length cannot be searched (trials of different lengths are scored and pruned "
+                f"against each other at the same epoch); fix it: {key} = N"
+            )
             continue
         if isinstance(table, dict):
             param, found = _parse_param(key, table)

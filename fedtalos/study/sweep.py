@@ -3,7 +3,10 @@
 Each run's overrides go to ``<output-root>/_sweeps/<family>/<run>.toml`` and its output to ``<run>.log`` beside it.
 Finished runs are skipped, started ones resumed; a failed run is reported and the sweep goes on (exit status 1).
 Runs are handed to the first free slot (:mod:`~fedtalos.study.slots`) once claimed (:mod:`~fedtalos.study.claims`);
-Ctrl-C stops every slot's run and releases its claim. Progress lines: :mod:`~fedtalos.study.progress`.
+Ctrl-C stops every slot's run and releases its claim. Progress lines: :mod:`~fedtalos.study.progress`. A run that
+shares another's directory (``PlannedRun.shares``) is run once, as the first of them in the plan. A run that needs
+others (``PlannedRun.needs``: the ``[[edit]]`` steps whose mask files it uses) waits until they are done, and fails
+if one of them failed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from fedtalos.study.claims import Claims
@@ -69,7 +73,8 @@ class Sweep:
         claims: Claims | None = None,
         slots: Sequence[Slot] | None = None,
     ) -> None:
-        self.runs = list(runs)
+        self.planned = list(runs)  # every family's runs, shared ones included (the manifests list them all)
+        self.runs = _one_per_directory(self.planned)
         self.slot_runners = [runners] if isinstance(runners, Mapping) else list(runners)
         self.slots = list(slots) if slots is not None else [None] * len(self.slot_runners)
         if not self.slot_runners or len(self.slots) != len(self.slot_runners):
@@ -128,7 +133,13 @@ class Sweep:
                 else ""
             )
         )
-        write_manifest(self.runs)
+        write_manifest(self.planned)
+        shared = [r for r in self.planned if r not in self.runs]
+        if shared:
+            self.say(
+                f"    {len(shared)} planned runs share the directory of an identical run, run once: "
+                + ", ".join(f"{r.name} → {r.run_dir.name}" for r in shared)
+            )
         report.skipped = [r.name for r in self.runs if states[r.name][0] == DONE]
         todo = [r for r in pending if states[r.name][0] != CONFLICT]
         for run in conflicts:
@@ -162,6 +173,11 @@ class Sweep:
         finally:
             beating.set()
             pool.shutdown(wait=False, cancel_futures=True)
+        for run in todo:  # still waiting for a needed run: another worker holds it, or --only left it out
+            waiting = self._needs(run, report)[0]
+            if waiting and run.name not in self.held:
+                report.failed[run.name] = f"waits for {', '.join(waiting)}, which did not finish here"
+                self.say(f"[{self._done}/{total}] NOT RUN {run.name}: {report.failed[run.name]}")
         if self.analyze is not None:
             for run in self.runs:
                 if run.mask_agreement_clients and run_state(run)[0] == DONE:
@@ -182,6 +198,14 @@ class Sweep:
         """The first run of ``todo`` this worker may run now (claimed for ``slot``), removed from ``todo``."""
         for run in list(todo):
             how = ""
+            waiting, failed = self._needs(run, report)
+            if failed:
+                todo.remove(run)
+                report.failed[run.name] = f"needs {', '.join(failed)}, which failed"
+                self.say(f"[{self._done}/{total}] FAILED {run.name}: {report.failed[run.name]}")
+                continue
+            if waiting:
+                continue
             if self.claims is not None and run_state(run)[0] == DONE:  # finished by another worker: no claim
                 todo.remove(run)
                 self._done_elsewhere(run, report, total)
@@ -216,6 +240,13 @@ class Sweep:
             )
             return job
         return None
+
+    def _needs(self, run: PlannedRun, report: SweepReport) -> tuple[list[str], list[str]]:
+        """(needed runs not done yet, needed runs that failed in this sweep) of ``run``."""
+        by_name = {r.name: r for r in self.planned}
+        failed = [n for n in run.needs if n in report.failed]
+        waiting = [n for n in run.needs if n not in failed and n in by_name and run_state(by_name[n])[0] != DONE]
+        return waiting, failed
 
     def _done_elsewhere(self, run: PlannedRun, report: SweepReport, total: int) -> None:
         self.held.pop(run.name, None)
@@ -289,6 +320,14 @@ class Sweep:
                 return RunOutcome(False, f"{type(e).__name__}: {e}")
 
 
+def _one_per_directory(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """The first run of ``runs`` for each run directory, in order (runs that share a directory run once)."""
+    first: dict[Path, PlannedRun] = {}
+    for run in runs:
+        first.setdefault(run.run_dir, run)
+    return list(first.values())
+
+
 def _outcome(job: _Job) -> RunOutcome:
     """The finished job's outcome; an error outside the runner (e.g. writing its TOML) fails only this run."""
     assert job.future is not None
@@ -299,6 +338,8 @@ def _outcome(job: _Job) -> RunOutcome:
 
 
 def _result_line(run: PlannedRun) -> str:
+    if run.edit:  # an [[edit]] step trains nothing: what it made is its mask file
+        return f"mask file {run.config.mask_save_path}"
     rows = [r for r in read_rows(run.run_dir) if r.get("phase") == "train"]
     tested, best = last_with(rows, "test_acc"), best_row(rows)
     parts = []

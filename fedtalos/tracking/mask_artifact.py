@@ -1,8 +1,8 @@
 """A run's mask file (``editing/mask_file.py``): reading ``mask-path``, writing ``mask-save-path``, the record.
 
-- :func:`open_mask_path`: the run's ``mask-path`` file, read, verified and checked against the run's model and
-  starting weights; every problem is a :class:`~fedtalos.config.ConfigError`, raised by the preflights before a
-  run directory exists.
+- :func:`open_mask_path`: the run's ``mask-path`` file, read, verified and checked against the run's model,
+  starting weights and validation split (:func:`split_problem`); every problem is a
+  :class:`~fedtalos.config.ConfigError`, raised by the preflights before a run directory exists.
 - :func:`save_run_mask`: an editing run's mask and head, written to ``mask-save-path`` when the run ends.
 - :func:`record_mask_source`: ``mask_source.json`` in the run directory of a run that fine-tunes with a mask file
   (its path, content hash, rule, sparsity, where it was calibrated); a resumed run refuses a file whose hash
@@ -54,7 +54,24 @@ def open_mask_path(config: RunConfig, initial_weights: Mapping[str, Tensor]) -> 
         mf.check_fits(found, config.model, initial_weights, any_weights=config.mask_any_weights)
     except mf.MaskFileError as e:
         raise ConfigError([f"mask-path = {config.mask_path!r}: {e}"]) from None
+    problem = None if config.mask_any_split else split_problem(found, config)
+    if problem:
+        raise ConfigError([f"mask-path = {config.mask_path!r}: {problem}"])
     return found
+
+
+def split_problem(found: mf.MaskFile, config: RunConfig) -> str | None:
+    """Why the mask file's frozen head does not fit the run's data split, or None: the head was fitted on the train
+    split of the calibrating run's seed and val-fraction, and another seed's validation split holds ≈ 90 % of
+    those images (its validation accuracy would be partly on the head's training data)."""
+    val_fraction = found.config.get("val-fraction", config.val_fraction)
+    if found.seed == config.seed and val_fraction == config.val_fraction:
+        return None
+    return (
+        f"its head was fitted on the train split of seed {found.seed} (val-fraction {val_fraction}), and this "
+        f"run's validation split (seed {config.seed}, val-fraction {config.val_fraction}) overlaps it: write a mask "
+        f"file for this split (fedtalos edit --seed {config.seed} ...), or set mask-any-split = true to use it anyway"
+    )
 
 
 def save_run_mask(

@@ -20,17 +20,11 @@ from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from fedtalos.config import RunConfig
 from fedtalos.task.backbones import BACKBONES
+from fedtalos.tracking.figure_options import X_AXES
 from fedtalos.tracking.identity import SHORT_NAMES, format_value, partition_label, short_label
 from fedtalos.tracking.metrics import read_rows
 
 DPI = 130
-FORMATS = ("png", "pdf", "svg")
-
-X_AXES = {
-    "round": "communication round",
-    "client-steps": "local SGD steps per client (round × J)",
-    "epoch": "epoch",
-}
 SPLIT_STYLE = {"train": ":", "val": "-", "test": "--"}
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 SPLIT_COLORS = {"train": "#7f7f7f", "val": "#1f77b4", "test": "#d62728"}  # one run: a colour per split

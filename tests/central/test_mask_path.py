@@ -83,7 +83,8 @@ def test_a_mask_scored_on_other_starting_weights_is_refused_unless_accepted(runs
     err = _refused(runs, tmp_path, capsys, runs["mask"], seed=1)  # the tiny test ViT's random init follows the seed
     assert "other starting weights" in err and "mask-any-weights" in err
     values = {**runs["values"], "output-root": str(tmp_path / "out"), "mask-path": str(runs["mask"]), "seed": 1}
-    preflight(RunConfig.from_mapping({**values, "mask-any-weights": True}), "centralized")  # accepted explicitly
+    accepted = {**values, "mask-any-weights": True, "mask-any-split": True}  # and another seed's split: both
+    preflight(RunConfig.from_mapping(accepted), "centralized")  # accepted explicitly
 
 
 def test_a_corrupted_mask_file_is_refused(runs, tmp_path: Path, capsys):

@@ -108,7 +108,7 @@ def test_a_commands_own_help_line_is_the_one_the_dispatcher_lists():
 
 # Commands whose --help and argument errors answer before torch or Flower are imported (summarize, plot and sweep
 # import their machinery at the top of their modules).
-LIGHT_COMMANDS = ["run", "central", "edit", "search", "analyze"]
+LIGHT_COMMANDS = ["run", "central", "edit", "search", "analyze", "sweep", "summarize", "plot", "demo"]
 
 
 def test_the_parsers_import_neither_torch_nor_flower():

@@ -3,6 +3,7 @@ re-scores the same data); with ``calibration-redraw`` a fresh cohort and fresh s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +12,10 @@ import torch
 from fedtalos.config import RunConfig
 from fedtalos.editing import scoring
 from fedtalos.federation import protocol as P
+from fedtalos.federation.calibration import calibration_classes
 from fedtalos.federation.cohort import calibration_cohort, sample_cohort
+from fedtalos.task.resources import get_resources
+from fedtalos.tracking.metrics import read_rows
 from tests.support.fakegrid import run_server
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -69,3 +73,24 @@ def test_calibration_redraw_draws_a_new_cohort_and_new_samples_per_round(tiny_ru
     assert again, "some client scores in two consecutive rounds (seed 0)"
     for pid, r in again:
         assert not torch.equal(scored[pid, r], scored[pid, r + 1]), f"client {pid} re-scored the same samples"
+    _rows_name_the_classes_scored(values, scored)
+
+
+def _rows_name_the_classes_scored(values: dict[str, Any], scored: dict) -> None:
+    """Each calibration row names the classes of the samples its cohort scored, and how many so far."""
+    run_dir = Path(values["output-root"]) / values["run-name"]
+    rows = [r for r in read_rows(run_dir) if r["phase"] == "calibration"]
+    config = RunConfig.from_mapping(values)
+    resources = get_resources(config, pretrained=True)
+    labels = resources.data.train_labels.numpy()[resources.train_idx]
+    union: set[int] = set()
+    for row in rows:
+        r = row["round"]
+        scored_labels = {
+            int(y) for (pid, rr), take in scored.items() if rr == r for y in labels[resources.partitions[pid]][take]
+        }
+        assert row["calibration_class_ids"] == " ".join(map(str, sorted(scored_labels)))
+        assert row["calibration_classes"] == len(scored_labels)
+        assert scored_labels == set(calibration_classes(config, labels, resources.partitions, r))
+        union |= scored_labels
+        assert row["calibration_classes_seen"] == len(union)

@@ -14,7 +14,17 @@ import torch
 from fedtalos.cli.main import main
 from fedtalos.config import RunConfig
 from fedtalos.federation.aggregate import ClientUpdate, aggregate
-from fedtalos.study.agreement import chance_jaccard, jaccard, mask_agreement, mean_pairwise_jaccard
+from fedtalos.federation.cohort import calibration_cohort
+from fedtalos.study.agreement import (
+    chance_jaccard,
+    client_summary,
+    cohort_members,
+    floor_row,
+    jaccard,
+    mask_agreement,
+    mean_pairwise_jaccard,
+    split_pool,
+)
 from fedtalos.tracking.mask_report import read_run_mask
 from tests.support.fakegrid import run_server
 from tests.support.tiny import offline_tiny
@@ -122,6 +132,8 @@ def test_a_single_client_federation_agrees_with_itself(fake_cifar_root: Path, tm
     assert record["weights"].startswith("checkpoint of step 3"), "the last calibration checkpoint was kept"
     assert record["reproduced_exactly"] and record["reproduced_jaccard"] == 1.0
     assert [c["jaccard"] for c in record["clients"]] == [1.0], "the only client's mask is the aggregated one"
+    assert record["mean_jaccard"] is None and record["cohort_mean_jaccard"] == 1.0, "its only client is in the cohort"
+    assert record["noise_floor"] == [] and record["noise_floor_jaccard"] is None, "nothing left out of the pool"
     assert record["pairwise_jaccard"] is None
 
 
@@ -153,9 +165,15 @@ def test_mask_agreement_of_a_federated_run(fake_cifar_root: Path, tmp_path: Path
         assert client["density"] == pytest.approx(0.2, abs=0.002), "each client keeps (1 − s) of the entries"
         assert client["classes"] == 25
         assert record["chance_jaccard"] < client["jaccard"] < 1.0
-    values = [c["jaccard"] for c in record["clients"]]
-    assert record["mean_jaccard"] == pytest.approx(sum(values) / 3)
-    assert record["std_jaccard"] == pytest.approx(math.sqrt(sum((v - record["mean_jaccard"]) ** 2 for v in values) / 2))
+    config = RunConfig.from_mapping(json.loads((run_dir / "config.json").read_text())["config"])
+    assert config.calibration_rounds == 2
+    cohort = {pid for r in (1, 2) for pid in calibration_cohort(config, r)}
+    assert [c["in_cohort"] for c in record["clients"]] == [pid in cohort for pid in (0, 1, 2)]
+    outside = [c["jaccard"] for c in record["clients"] if not c["in_cohort"]]
+    inside = [c["jaccard"] for c in record["clients"] if c["in_cohort"]]
+    assert record["clients_outside_cohort"] == len(outside) and record["clients_in_cohort"] == len(inside)
+    assert record["mean_jaccard"] == (pytest.approx(sum(outside) / len(outside)) if outside else None)
+    assert record["cohort_mean_jaccard"] == (pytest.approx(sum(inside) / len(inside)) if inside else None)
     assert record["chance_jaccard"] == pytest.approx(chance_jaccard(0.2, 0.2), abs=1e-3)
     assert (run_dir / "analysis" / "mask_agreement.csv").read_text().startswith("client,examples,classes")
     assert (run_dir / "plots" / "mask_agreement.png").stat().st_size > 10_000
@@ -169,7 +187,6 @@ def test_the_noise_floor_calibrates_iid_subsets_of_the_pooled_samples(
     # those 16 pooled samples, the size of one client's, in both rounds, and calibrates a mask on them alone
     from fedtalos.editing import scoring
     from fedtalos.editing.scoring import calibration_samples
-    from fedtalos.federation.cohort import calibration_cohort
     from fedtalos.task.resources import get_resources
 
     run_dir = _editing_run(
@@ -203,11 +220,16 @@ def test_the_noise_floor_calibrates_iid_subsets_of_the_pooled_samples(
         pool.append(images[calibration_samples(config, len(labels), 1, pid)])
     pool_rows = {tuple(x.flatten().tolist()) for x in torch.cat(pool)}
     assert len(pool_rows) == 16
-    subsets = scored[-3 * 2 :]  # 3 subsets × 2 rounds, after the client's 2 rounds
-    assert [len(x) for x in subsets] == [8] * 6
-    for x in subsets:
-        rows_ = [tuple(r.flatten().tolist()) for r in x]
+    # after the client's 2 rounds, per subset: 2 rounds alone, then 2 rounds of the pooled samples it left out
+    calls = scored[-3 * 4 :]
+    subsets = [calls[4 * i + r] for i in range(3) for r in (0, 1)]
+    left_out = [calls[4 * i + 2 + r] for i in range(3) for r in (0, 1)]
+    assert [len(x) for x in subsets] == [8] * 6 and [len(x) for x in left_out] == [8] * 6
+    as_rows = lambda x: [tuple(r.flatten().tolist()) for r in x]  # noqa: E731
+    for x, rest in zip(subsets, left_out, strict=True):
+        rows_ = as_rows(x)
         assert len(set(rows_)) == 8 and set(rows_) <= pool_rows, "8 distinct samples of the pooled calibration data"
+        assert set(rows_).isdisjoint(as_rows(rest)) and set(rows_) | set(as_rows(rest)) == pool_rows, "the rest"
     assert all(torch.equal(subsets[2 * i], subsets[2 * i + 1]) for i in range(3)), "fixed calibration: same samples"
     assert not torch.equal(subsets[0], subsets[2]), "subsets are different draws"
     floor = record["noise_floor"]
@@ -218,4 +240,38 @@ def test_the_noise_floor_calibrates_iid_subsets_of_the_pooled_samples(
     values = [r["jaccard"] for r in floor]
     assert record["noise_floor_jaccard"] == pytest.approx(sum(values) / 3)
     lines = (run_dir / "analysis" / "mask_agreement_noise_floor.csv").read_text().splitlines()
-    assert lines[0] == "subset,samples,density,jaccard" and len(lines) == 4
+    assert lines[0] == "subset,samples,density,jaccard,jaccard_in_sample" and len(lines) == 4
+
+
+def _mask(*bits: int) -> dict[str, torch.Tensor]:
+    return {"w": torch.tensor([bool(b) for b in bits])}
+
+
+def test_the_noise_floor_compares_a_subset_with_the_aggregate_that_left_it_out():
+    alone = _mask(1, 1, 0, 0)
+    aggregated = _mask(1, 1, 0, 0)  # the subset's samples helped build it: in-sample, it agrees perfectly
+    left_out = _mask(1, 0, 1, 0)
+    row = floor_row(3, 64, alone, left_out, aggregated)
+    assert row == {"subset": 3, "samples": 64, "density": 0.5, "jaccard": 1 / 3, "jaccard_in_sample": 1.0}
+
+
+def test_a_floor_subset_and_the_rest_of_the_pool_split_it():
+    pick, rest = split_pool(10, 3, torch.Generator().manual_seed(0))
+    assert len(pick) == 3 and sorted(pick.tolist() + rest.tolist()) == list(range(10))
+    again, _ = split_pool(10, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(pick, again), "the same positions in every round"
+
+
+def test_calibration_cohort_members_are_averaged_apart():
+    rows = [
+        {"client": 0, "jaccard": 0.2, "in_cohort": False},
+        {"client": 1, "jaccard": 0.9, "in_cohort": True},
+        {"client": 2, "jaccard": 0.4, "in_cohort": False},
+    ]
+    summary = client_summary(rows)
+    assert summary["mean_jaccard"] == pytest.approx(0.3) and summary["clients_outside_cohort"] == 2
+    assert summary["cohort_mean_jaccard"] == pytest.approx(0.9) and summary["clients_in_cohort"] == 1
+    assert summary["std_jaccard"] == pytest.approx(math.sqrt(0.02))
+    config = RunConfig.from_mapping({"calibration-rounds": 4, "calibration-redraw": True})
+    members = cohort_members(config)
+    assert members == {pid for r in range(1, 5) for pid in calibration_cohort(config, r)} and len(members) > 10

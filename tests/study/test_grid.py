@@ -39,9 +39,10 @@ def test_noniid_grid_expands_exactly(tmp_path: Path):
         for s in (0, 1, 2)
         for name in [f"noniid-{p}-J{j}-seed{s}" for p in parts for j in (4, 8, 16)]
         + [f"noniid-{p}-J4-head-ridge-seed{s}" for p in parts]  # the brief's step 0: frozen ridge head, dense
+        + [f"noniid-{p}-J{j}-m0-lr0.0226-seed{s}" for p in parts for j in (4, 8, 16)]  # the momentum control
     ]
     assert [r.name for r in runs] == expected, "seed-major, then the blocks in file order, first axis slowest"
-    assert len({r.name for r in runs}) == len(runs) == 60
+    assert len({r.name for r in runs}) == len(runs) == 105
     for run in runs:
         c = run.config
         assert (c.num_clients, c.fraction_train, c.cohort_size) == (100, 0.1, 10)
@@ -59,7 +60,7 @@ def test_noniid_grid_expands_exactly(tmp_path: Path):
     assert rounds == {4: 400, 8: 200, 16: 100}
     assert {r.label for r in runs} == {f"noniid-{p}-J{j}" for p in parts for j in (4, 8, 16)} | {
         f"noniid-{p}-J4-head-ridge" for p in parts
-    }
+    } | {f"noniid-{p}-J{j}-m0-lr0.0226" for p in parts for j in (4, 8, 16)}
 
 
 def test_seeds_from_the_command_line(tmp_path: Path):
@@ -76,13 +77,15 @@ def test_every_experiment_of_the_brief_is_there(tmp_path: Path):
     assert {f: len(v) for f, v in by_family.items()} == {
         "central": 18,
         "fedavg": 3,
+        "fllr": 4,
         "maskagree": 30,
-        "masks": 33,
-        "noniid": 60,
-        "rules": 45,
+        "masks": 39,
+        "noniid": 105,
+        "robust": 18,
+        "rules": 84,
         "sparse": 48,
     }
-    assert all(len({r.seed for r in v}) == 3 for v in by_family.values()), "3 seeds everywhere"
+    assert all(len({r.seed for r in v}) == 3 for f, v in by_family.items() if f != "fllr"), "3 seeds everywhere"
     central = by_family["central"]
     assert all(r.kind == "centralized" for r in central)
     assert {r.config.lr_schedule for r in central} == {
@@ -105,17 +108,16 @@ def test_every_experiment_of_the_brief_is_there(tmp_path: Path):
     assert {s[2] for s in settings} == set(RULES)
     assert {(p, n if p == "noniid" else None) for p, n, _ in settings} == {("iid", None), ("noniid", 1), ("noniid", 5)}
     assert {r.config.sparsity for r in rules} == {0.9}, "rules compared at equal sparsity"
-    masks = by_family["masks"]
+    masks = [r for r in by_family["masks"] if not r.edit]
     assert all(r.config.mask_path and r.config.mask_rule == "none" for r in masks), "fine-tuning with mask files"
     sources = {(r.config.partitioning, r.config.local_steps, Path(r.config.mask_path).name) for r in masks}
     assert {s for s in sources if s[0] == "iid"} == {
-        ("iid", 4, "central-s0.9.safetensors"),
-        ("iid", 4, "federated-s0.9.safetensors"),
-    }, "central vs federated calibration, the same fine-tuning"
+        ("iid", 4, f"{source}-s0.9-seed{seed}.safetensors") for source in ("central", "federated") for seed in (0, 1, 2)
+    }, "central vs federated calibration, the same fine-tuning, one mask file per seed"
     noniid = {(r.config.classes_per_client, r.config.local_steps) for r in masks if r.config.partitioning == "noniid"}
     assert noniid == {(n, j) for n in (1, 5, 10) for j in (4, 8, 16)}, "one mask, several Nc × J settings"
     assert {Path(r.config.mask_path).name for r in masks if r.config.partitioning == "noniid"} == {
-        "federated-s0.9.safetensors"
+        f"federated-s0.9-seed{seed}.safetensors" for seed in (0, 1, 2)
     }
     agree = by_family["maskagree"]
     assert all(r.mask_agreement_clients == 20 for r in agree)
@@ -176,15 +178,15 @@ def test_dry_run_lists_the_brief_grid(tmp_path: Path, capsys: pytest.CaptureFixt
     code = main(["sweep", str(CONFIGS / "noniid.toml"), "--seeds", "3", "--dry-run", "--output-root", str(root)])
     out = capsys.readouterr().out
     assert code == 0
-    assert "noniid (federated" in out and "20 configurations × 3 seeds [0, 1, 2] = 60 runs" in out
+    assert "noniid (federated" in out and "35 configurations × 3 seeds [0, 1, 2] = 105 runs" in out
     for nc in (1, 5, 10, 50):
         for j, rounds in ((4, 400), (8, 200), (16, 100)):
             assert f"noniid-nc{nc}-J{j}-seed2" in out
             assert f"classes-per-client={nc} local-steps={j} num-server-rounds={rounds}" in out
     for part in ("nc1", "nc5", "nc10", "nc50", "iid"):
         assert f"noniid-{part}-J4-head-ridge-seed2" in out
-    assert out.count(" flwr run ") + out.count("/flwr run ") == 60
-    assert "60 runs planned; nothing was run" in out
+    assert out.count(" flwr run ") + out.count("/flwr run ") == 105
+    assert "105 runs planned; nothing was run" in out
     assert not root.exists(), "a dry run writes nothing"
 
 

@@ -84,8 +84,16 @@ choices = ["cosine", "cyclic"]
 
 def test_example_space_is_valid():
     space = load_space(Path(__file__).resolve().parents[2] / "configs" / "search" / "central.toml", {})
-    assert {"lr", "momentum", "weight-decay", "lr-schedule", "epochs"} <= set(space.params)
+    assert {"lr", "momentum", "weight-decay", "label-smoothing"} == set(space.params)
     assert space.params["lr"].log and space.params["lr"].low == 1e-3 and space.params["lr"].high == 0.1
+    assert (space.fixed["lr-schedule"], space.fixed["epochs"]) == ("cosine", 5), "schedule and length fixed"
+
+
+def test_a_run_length_cannot_be_searched(tmp_path: Path):
+    path = tmp_path / "space.toml"
+    path.write_text('[lr]\ntype = "float"\nlow = 0.001\nhigh = 0.1\n[epochs]\ntype = "int"\nlow = 3\nhigh = 6\n')
+    with pytest.raises(ConfigError, match=r"\[epochs\]: a run's length cannot be searched"):
+        load_space(path, {})
 
 
 def test_search_ranks_writes_best_and_a_rerun_continues_the_study(central_config, space, monkeypatch):
