@@ -23,6 +23,7 @@ from typing import Any
 import tomli_w
 
 from fedtalos.config import ConfigError, RunConfig, read_overrides
+from fedtalos.config.kinds import for_kind
 from fedtalos.run.phases import Kind, run_phases, total_units
 from fedtalos.study.files_needed import missing_base_file, missing_mask_file
 from fedtalos.study.grid import MASK_FROM, SWEEP_OWNED, EditStep, GridFile, ScaleRule, is_int, is_number, load_grid
@@ -169,7 +170,7 @@ def plan(
                 problems.append(f"run name {name!r}: use values made of letters, digits, '.', '_' and '-'")
                 continue
             try:
-                config = RunConfig.from_mapping(overrides)
+                config = for_kind(RunConfig.from_mapping(overrides), grid.kind)
             except ConfigError as e:
                 for problem in e.problems:
                     errors.setdefault(problem, []).append(name)
@@ -243,7 +244,7 @@ def _edit_run(
     if not step.central:
         overrides.pop("epochs", None)  # a federated run takes rounds; a centralized one epochs
     try:
-        config = RunConfig.from_mapping(overrides)
+        config = for_kind(RunConfig.from_mapping(overrides), kind)
     except ConfigError as e:
         for problem in e.problems:
             errors.setdefault(problem, []).append(name)

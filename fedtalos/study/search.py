@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedtalos.config import ConfigError, RunConfig
+from fedtalos.config.kinds import for_kind
 from fedtalos.fsutil import atomic_write_bytes, try_lock
 from fedtalos.study.search_space import Space, load_space
 
@@ -254,7 +255,7 @@ def search(
 
     space = load_space(space_path, base)
     study_name = study_name or Path(space_path).stem
-    config = RunConfig.from_mapping({**base, **space.fixed})
+    config = for_kind(RunConfig.from_mapping({**base, **space.fixed}), "centralized")
     preflight(config, "centralized")  # output root, data, weights: fail before a study exists
     study_dir = config.resolved_output_root() / f"search-{study_name}"
     with study_lock(study_dir):

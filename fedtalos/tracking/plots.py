@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from fedtalos.config import RunConfig
+from fedtalos.config.kinds import keys_read_by
 from fedtalos.task.backbones import BACKBONES
 from fedtalos.tracking.figure_options import X_AXES
 from fedtalos.tracking.identity import SHORT_NAMES, format_value, partition_label, short_label
@@ -82,9 +83,9 @@ def _settings(info: Mapping[str, Any]) -> dict[str, Any]:
     """The settings the run ran with (``config``; ``result_config`` for a record without it) that its kind of run
     reads (a centralized run has no ``local-steps``), and its kind."""
     kind = info.get("kind")
-    facts = RunConfig.facts()
+    read, known = keys_read_by(str(kind)), RunConfig.facts()
     values = dict(info.get("config") or info.get("result_config") or {})
-    values = {k: v for k, v in values.items() if k not in facts or facts[k].scope in ("both", kind)}
+    values = {k: v for k, v in values.items() if k not in known or k in read}
     values["kind"] = kind
     return values
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fedtalos.config import ConfigError, RunConfig
+from fedtalos.config.kinds import keys_read_by
 from fedtalos.fsutil import atomic_write_bytes, try_lock
 from fedtalos.run.phases import run_phases, total_units
 from fedtalos.strategies.dp import privacy_record
@@ -197,6 +198,13 @@ def finished_summary(config: RunConfig, kind: str) -> dict[str, Any] | None:
     return summary if done >= wanted else None
 
 
+def recorded_config(config: RunConfig, kind: str) -> dict[str, Any]:
+    """The settings ``config.json`` lists: every key a run of ``kind`` reads (a centralized run reads no federated-only
+    key, :mod:`fedtalos.config.kinds`); ``result_config`` keeps what the result hash covers."""
+    read = keys_read_by(kind)
+    return {k: v for k, v in config.to_dict().items() if k in read}
+
+
 def already_finished_message(path: Path) -> str:
     """What a run says when it finds itself finished."""
     return (
@@ -290,7 +298,7 @@ def open_run_dir(
         "kind": kind,
         "run_name": path.name,
         "result_hash": config.result_hash(),
-        "config": config.to_dict(),
+        "config": recorded_config(config, kind),
         "result_config": config.result_dict(),
         "versions": package_versions(),
         **({"environment": dict(environment)} if environment is not None else {}),

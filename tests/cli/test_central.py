@@ -127,3 +127,15 @@ def test_federated_only_keys_do_not_name_a_centralized_run(tmp_path: Path, monke
     assert for_kind(plain, "centralized") == plain
     federated = RunConfig.from_mapping(FEDERATED_ONLY)
     assert for_kind(federated, "federated") == federated, "a federated run reads them all"
+
+
+def test_a_centralized_config_record_lists_only_the_keys_it_reads(tmp_path: Path):
+    from fedtalos.config import RunConfig
+    from fedtalos.tracking.rundir import open_run_dir
+
+    config = RunConfig.from_mapping({"output-root": str(tmp_path), "run-name": "c"})
+    for kind, has_federated in (("centralized", False), ("federated", True)):
+        with open_run_dir(config.replace(run_name=kind), kind) as run_dir:
+            record = json.loads((run_dir.path / "config.json").read_text())
+        assert ("local-steps" in record["config"]) is has_federated and "lr" in record["config"]
+        assert record["result_config"] == config.result_dict(), "the hash's settings are kept"

@@ -294,3 +294,11 @@ def test_expected_steps_count_every_federated_round_and_the_fine_tuning_epochs()
     assert expected_steps(config, "centralized") == 5, "the centralized progress counts fine-tuning epochs"
     random = config.replace(mask_rule="random", head="ridge")
     assert phase_rounds(random) == {"head": 1, "calibration": 1, "train": 7}
+
+
+def test_a_federated_only_setting_does_not_change_a_centralized_run(tmp_path: Path):
+    """``--set local-steps=8`` over the centralized family plans the same runs (a centralized run never reads it)."""
+    plain = plan_files([CONFIGS / "central.toml"], output_root=tmp_path)
+    with_federated = plan_files([CONFIGS / "central.toml"], output_root=tmp_path, sets={"local-steps": 8})
+    assert [r.config.result_hash() for r in with_federated] == [r.config.result_hash() for r in plain]
+    assert [r.config.run_dir("centralized") for r in with_federated] == [r.config.run_dir("centralized") for r in plain]
