@@ -36,7 +36,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "or N at a time with --parallel) through `flwr run` (federated) or `python -m fedtalos.cli central` "
         "(centralized). Finished runs are "
         "skipped, started ones resumed; a failed run is reported and the sweep goes on. The grid file format is "
-        "described in fedtalos/study/grid.py and the README (Reproducing the study).",
+        "described in fedtalos/study/grid.py and docs/sweeps.md.",
     )
     parser.add_argument("grids", nargs="+", help="grid files; families run in this order")
     seeds = parser.add_mutually_exclusive_group()
@@ -73,7 +73,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="at most one progress line per run this often (default: 30)",
     )
     parser.add_argument("--no-analysis", action="store_true", help="skip the analyses the grid files ask for")
-    scale = parser.add_argument_group("scaling out (README: Scaling out)")
+    scale = parser.add_argument_group("scaling out (docs/gpus-and-scaling.md)")
     scale.add_argument(
         "--parallel",
         type=int,

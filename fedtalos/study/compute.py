@@ -19,7 +19,7 @@ from fedtalos.study.plan import PlannedRun
 
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 FORWARD_UNITS = 1 / 3  # a forward pass against a training pass (forward + backward)
-CLIENT_ROUND_OVERHEAD_S = 0.04  # framework time per client and round (README § Performance: ≈ 0.4 s per 10 clients)
+CLIENT_ROUND_OVERHEAD_S = 0.04  # framework time per client and round (docs/performance.md: ≈ 0.4 s per 10 clients)
 RUN_STARTUP_S = 30.0  # Ray and the SuperLink per run
 
 

@@ -3,7 +3,7 @@
 Precedence, lowest first: the app's defaults < ``--base FILE`` < ``[base]`` < a block's constants < its axes <
 ``[scale]`` < ``--set KEY=VALUE``. Run names are ``<family>-<axis parts>-seed<k>`` (short names:
 :data:`fedtalos.tracking.identity.SHORT_NAMES`); seed-major order, so an interrupted sweep already holds a complete
-replicate. README § "Grid file format" has the details.
+replicate. docs/sweeps.md § Grid file format has the details.
 
 No run twice: runs of the same identity (:func:`sharing_key`) planned by several families, or already on disk
 under another name, are run once, in the directory of the first; the others *share* it (``PlannedRun.shares``)
