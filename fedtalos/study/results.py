@@ -2,7 +2,9 @@
 
 Run directories are the folders directly under the runs directory that hold a ``config.json``; unfinished ones
 (no ``summary.json``) are kept apart. A *configuration* is a run name without its ``-seed<k>`` suffix; the family
-comes from the sweep manifests in ``<runs>/_sweeps`` (else from the name's first part).
+comes from the sweep manifests in ``<runs>/_sweeps`` (else from the name's first part). A run that several families
+plan (run once, shared: :func:`fedtalos.study.plan.planned_as`) belongs to each of their configurations, with each
+family's grid point; the ``[[edit]]`` steps that write a family's mask files are not results and are left out.
 
 Per run (:meth:`RunData.metrics`), from its ``metrics.jsonl`` (training rows: ``phase`` 'train'): final test
 accuracy and loss (last row with a test evaluation), final and best validation accuracy, uploaded and downloaded
@@ -13,6 +15,7 @@ the mask-agreement analysis. Per configuration (:meth:`Group.stat`): mean and sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -24,7 +27,7 @@ from typing import Any
 
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.run.phases import SENSITIVITY_RULES, fine_tunes_sparsely, fine_tuning_head
-from fedtalos.study.plan import read_manifests
+from fedtalos.study.plan import planned_as
 from fedtalos.tracking.identity import partition_label, short_label, split_name
 from fedtalos.tracking.mask_artifact import read_mask_source
 from fedtalos.tracking.metrics import best_row, last_with, read_rows
@@ -214,9 +217,7 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
     pooled; a run found in more than one root counts once (the first finished copy, in the order given).
     """
     roots = [Path(root)] if isinstance(root, (str, Path)) else [Path(r) for r in root]
-    manifests: dict[str, dict[str, Any]] = {}
-    for r in reversed(roots):  # the first root's entry wins
-        manifests.update(read_manifests(r))
+    planned = _planned(roots)
     finished: list[RunData] = []
     unfinished: list[RunData] = []
     warnings: list[str] = []
@@ -231,6 +232,9 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
                 warnings.append(f"{path.name}: also in {path.parent}, counted once (from {seen[path.name]})")
             continue
         seen[path.name] = path.parent
+        entries = planned.get(path.name, [])
+        if any("edit" in e for e in entries) and all("edit" in e for e in entries):
+            continue  # an [[edit]] step: it writes a mask file, trains nothing
         try:
             stored = json.loads((path / CONFIG_FILE).read_text())
         except ValueError:
@@ -242,24 +246,33 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
             warnings.append(f"{path}: config.json does not validate ({'; '.join(error.problems)}), skipped")
             continue
         label, seed = split_name(path.name)
-        entry = manifests.get(path.name, {})
         agreement_file = path / "analysis" / "mask_agreement.json"
         run = RunData(
             path=path,
             name=path.name,
-            family=entry.get("family") or path.name.split("-")[0],
-            label=entry.get("label") or label,
+            family=path.name.split("-")[0],
+            label=label,
             seed=int(stored.get("config", {}).get("seed", seed or 0)),
             kind=stored.get("kind", "federated"),
             config=stored.get("config", {}),
             run_config=settings,
             rows=read_rows(path),
             finished=(path / SUMMARY_FILE).is_file(),
-            point=entry.get("point", {}),
             agreement=json.loads(agreement_file.read_text()) if agreement_file.is_file() else None,
             mask_source=read_mask_source(path),
         )
-        (finished if run.finished else unfinished).append(run)
+        # one RunData per family that plans the run (its own entry first), each with that family's label and point
+        members = [
+            dataclasses.replace(
+                run, family=e.get("family") or run.family, label=e.get("label") or label, point=e.get("point", {})
+            )
+            for e in entries
+            if "edit" not in e
+        ] or [run]
+        if run.finished:
+            finished += members
+        else:
+            unfinished.append(members[0])
     groups: dict[tuple[str, str], Group] = {}
     for run in finished:
         key = (run.family, run.label)
@@ -281,6 +294,19 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
             warnings.append(f"{group.label}: repeated seeds {seeds}")
     ordered = sorted(groups.values(), key=lambda g: (g.family, _sort_key(g)))
     return ordered, unfinished, warnings
+
+
+def _planned(roots: Sequence[Path]) -> dict[str, list[dict[str, Any]]]:
+    """Run directory name → the manifest entries that plan it (:func:`planned_as`), over several roots; an entry
+    (a run name) found under more than one root counts once, from the first root that has it."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    named: set[str] = set()
+    for r in roots:
+        for directory, entries in planned_as(r).items():
+            fresh = [e for e in entries if e["name"] not in named]
+            named |= {e["name"] for e in fresh}
+            out.setdefault(directory, []).extend(fresh)
+    return out
 
 
 def identity_settings(config: dict[str, Any]) -> dict[str, Any]:

@@ -210,7 +210,7 @@ def summarize(
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(groups, out / "summary.csv")
     md = markdown_table(groups)
-    n_runs = sum(len(g.runs) for g in groups)
+    n_runs = len({r.path for g in groups for r in g.runs})  # a run shared by two families counts once
     notes = [
         f"{len(groups)} configurations, {n_runs} finished runs under `{root}`. Metrics: mean ± sample std (ddof = 1) "
         "over seeds; accuracies in %; uploaded = bytes sent by clients over all phases; drift = weighted RMS "
