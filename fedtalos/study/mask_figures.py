@@ -19,7 +19,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fedtalos.study.figure_common import (
+    CALIBRATION_DATA,
     RULE_COLORS,
+    RULES_AXES,
+    SPARSITY_AXES,
     by_partition,
     calibrates,
     controlled,
@@ -52,6 +55,26 @@ def scopes_vary(members: Sequence[Group]) -> bool:
     return len({g.config.get("mask-scope", "global") for g in members}) > 1
 
 
+def _calibration_data(group: Group) -> tuple[Any, ...]:
+    return tuple(group.config.get(k) for k in CALIBRATION_DATA)
+
+
+def _bar(group: Group) -> tuple[Any, ...]:
+    """A bar of the rules figure: the rule, its scope and, for the rules that calibrate on client data, the share
+    of clients that calibrate and the samples each scores (the data-free rules use none: one bar whatever they say)."""
+    data = _calibration_data(group) if calibrates(group) else (None,) * len(CALIBRATION_DATA)
+    return (group.config.get("mask-rule"), group.config.get("mask-scope", "global"), *data)
+
+
+def _calibration_text(group: Group, common: tuple[Any, ...] | None) -> str:
+    """``, calibrated on 100 % of clients × 6 samples`` for a sensitivity rule whose calibration data differ from
+    the figure's most common; '' otherwise."""
+    if not calibrates(group) or _calibration_data(group) == common:
+        return ""
+    fraction, samples = _calibration_data(group)
+    return f", calibrated on {100 * fraction:g} % of clients × {samples} samples"
+
+
 def _error_bars(ax: plt.Axes, points: Sequence[Point], **kwargs: Any) -> None:
     drawn = [p for p in points if p.value is not None]
     ax.errorbar([p.x for p in drawn], [p.value for p in drawn], yerr=[p.std or 0 for p in drawn], capsize=3, **kwargs)
@@ -67,7 +90,7 @@ def accuracy_vs_sparsity(groups: Sequence[Group], out: Path) -> list[Path]:
     """``accuracy-vs-sparsity.png``: final test accuracy vs the frozen fraction, a line per rule (and R'), beside the
     matched dense reference (:func:`dense_reference`); only configurations that differ in these alone
     (:func:`controlled`)."""
-    editing, _ = controlled(editing_groups(groups), ("sparsity", "mask-rule", "calibration-rounds", "mask-scope"))
+    editing, _ = controlled(editing_groups(groups), SPARSITY_AXES)
     if not any(len({g.config.get("sparsity") for g in m}) > 1 for m in by_partition(editing).values()):
         return []
     # a facet per partition that varies the sparsity
@@ -159,27 +182,27 @@ def rules_comparison(groups: Sequence[Group], out: Path) -> list[Path]:
     if not candidates:
         return []
     sparsity = max(candidates, key=lambda s: len(rules_at[s]))
-    chosen, _ = controlled([g for g in editing if g.config.get("sparsity") == sparsity], ("mask-rule", "mask-scope"))
+    chosen, _ = controlled([g for g in editing if g.config.get("sparsity") == sparsity], RULES_AXES)
     r_common = most_common([g.config.get("calibration-rounds") for g in chosen if calibrates(g)])
     facets = by_partition(chosen)
     scopes = scopes_vary(chosen)
+    # the calibration data of the sensitivity rules (the coverage control): a bar per value; the most common unnamed
+    data_common = most_common([_calibration_data(g) for g in chosen if calibrates(g)])
     order = {rule: i for i, rule in enumerate(RULE_COLORS)}
-    bars = sorted(
-        {(g.config.get("mask-rule"), g.config.get("mask-scope")) for g in chosen},
-        key=lambda b: (order.get(b[0], len(order)), b[1] != "global"),
-    )
+    bars = sorted({_bar(g) for g in chosen}, key=lambda b: (order.get(b[0], len(order)), b[1] != "global", b))
     width = 0.8 / (len(bars) + 1)
     points: list[Point] = []
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(facets) + 3), 4.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(max(6.0, (0.4 * len(bars) + 0.8) * len(facets) + 3), 4.8), constrained_layout=True)
     for i, (part, members) in enumerate(facets.items()):
         dense = dense_reference(groups, members[0])
-        picked = one_per_point(members, lambda g: (g.config.get("mask-rule"), g.config.get("mask-scope")))
+        picked = one_per_point(members, _bar)
         for j, bar in enumerate([*bars, None]):
             if bar is None:
                 g, also, ref = dense, [], None
                 label = f"dense FedAvg (no mask), {dense.head} head" if dense is not None else ""
             elif bar in picked:
-                (g, also), label, ref = picked[bar], rule_text(picked[bar][0], scopes), dense
+                (g, also), ref = picked[bar], dense
+                label = rule_text(g, scopes) + _calibration_text(g, data_common)
             else:
                 continue
             if g is None:
@@ -189,6 +212,7 @@ def rules_comparison(groups: Sequence[Group], out: Path) -> list[Path]:
             if point.value is None:
                 continue
             x = i + (j - len(bars) / 2) * width
+            control = bar is not None and calibrates(g) and _calibration_data(g) != data_common
             ax.bar(
                 x,
                 point.value,
@@ -196,23 +220,15 @@ def rules_comparison(groups: Sequence[Group], out: Path) -> list[Path]:
                 yerr=point.std,
                 capsize=2,
                 color="white" if bar is None else RULE_COLORS.get(bar[0]),
-                edgecolor="black" if bar is None else None,
-                hatch="//" if bar is None else ("" if bar[1] == "global" else ".."),
+                edgecolor="black" if bar is None else ("white" if control else None),
+                hatch="//" if bar is None else ("xx" if control else "" if bar[1] == "global" else ".."),
                 label=label,
             )
-            ax.text(x, point.value + (point.std or 0) + 0.5, f"{point.value:.1f}", ha="center", va="bottom", fontsize=7)
+            ax.text(x, point.value + (point.std or 0) + 0.5, f"{point.value:.1f}", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(range(len(facets)), list(facets))
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
-    ax.legend(
-        unique.values(),
-        unique.keys(),
-        fontsize=8,
-        frameon=False,
-        ncol=3,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.12),
-    )
+    fig.legend(unique.values(), unique.keys(), fontsize=8, frameon=False, ncol=2, loc="outside lower center")
     style_axes(
         ax,
         "",

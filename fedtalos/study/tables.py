@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedtalos.study.figure_common import controlled, dense_reference, editing_groups
+from fedtalos.study.figure_common import CALIBRATION_DATA, SPARSITY_AXES, controlled, dense_reference, editing_groups
 from fedtalos.study.figures import study_figures
 from fedtalos.study.results import Group, collect, settings_text, varied_settings
 
@@ -174,8 +174,7 @@ def markdown_table(groups: Sequence[Group]) -> str:
 def left_out_of_figures(groups: Sequence[Group]) -> list[str]:
     """A note naming the editing configurations the accuracy figures leave out (:func:`controlled`), with their
     fine-tuning length, e.g. the one-round runs of an analysis family."""
-    axes = ("sparsity", "mask-rule", "calibration-rounds", "mask-scope")
-    _, left = controlled(editing_groups(groups), axes)
+    _, left = controlled(editing_groups(groups), (*SPARSITY_AXES, *CALIBRATION_DATA))
     if not left:
         return []
     names = ", ".join(
@@ -183,7 +182,8 @@ def left_out_of_figures(groups: Sequence[Group]) -> list[str]:
         for g in left
     )
     return [
-        "Left out of the accuracy figures (they compare configurations that differ only in rule, sparsity and R', "
+        "Left out of the accuracy figures (they compare configurations that differ only in rule and its scope, "
+        "sparsity, R' and the calibration's clients and samples, "
         f"at the longest fine-tuning; docs/figures.md): {names}."
     ]
 
