@@ -8,6 +8,7 @@ grouped by :func:`fedtalos.tracking.mask_report.layer_of`. :func:`plot_client_ag
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -368,30 +369,39 @@ def _density_figure(
 # Mask agreement.
 
 
+# The agreement record's keys (:mod:`fedtalos.study.agreement`) drawn per partition: (key, line style, marker, what
+# it is).
+AGREEMENT_LINES = (
+    ("mean_jaccard", "-", "o", "clients outside the calibration cohort vs aggregated mask"),
+    ("cohort_mean_jaccard", (0, (1, 3)), "x", "calibration-cohort members vs aggregated mask (in-sample)"),
+    ("pairwise_jaccard", ":", "s", "client vs client"),
+    ("noise_floor_jaccard", "-.", "^", "iid subset vs the aggregate that left it out (noise floor)"),
+)
+
+
 def mask_agreement(groups: Sequence[Group], out: Path) -> list[Path]:
-    """``mask-agreement.png``: Jaccard of single-client masks with the aggregated mask vs the partition (and
-    the mean Jaccard between clients, the noise floor of iid subsets as large as one client's samples, and the
-    level of independent random masks)."""
+    """``mask-agreement.png``: Jaccard of single-client masks with the aggregated mask vs the partition, the
+    clients outside the calibration cohort (out-of-sample) and the cohort's members apart (:data:`AGREEMENT_LINES`),
+    the mean Jaccard between clients, the out-of-sample noise floor (an iid subset of one client's size against
+    the aggregate of the pooled samples it left out), and the level of independent random masks."""
     with_records = [g for g in groups if any(r.agreement for r in g.runs)]
     if not with_records:
         return []
-    lines: dict[tuple[str, float, int], list[Group]] = {}
-    for g in with_records:
+    lines: dict[tuple[Any, ...], list[Group]] = {}
+    for g in with_records:  # a line per rule, sparsity, R' and calibration data: never two configurations in one
         key = (g.config.get("mask-rule"), g.config.get("sparsity"), g.config.get("calibration-rounds"))
-        lines.setdefault(key, []).append(g)
+        lines.setdefault((*key, _calibration_data(g)), []).append(g)
+    data_common = most_common([_calibration_data(g) for g in with_records])
     parts = sorted({partition_label(g.config) for g in with_records}, key=partition_order)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(parts) + 3), 4.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(parts) + 3), 4.8), constrained_layout=True)
     chance = []
     points: list[Point] = []
-    for (rule, sparsity, rounds), members in sorted(lines.items()):
+    for (rule, sparsity, rounds, _), members in sorted(lines.items(), key=lambda kv: json.dumps(kv[0])):
         color = RULE_COLORS.get(rule)
         picked = one_per_point(members, lambda g: partition_label(g.config))
-        for metric, style, what in (
-            ("mean_jaccard", "-", "client vs aggregated mask"),
-            ("pairwise_jaccard", ":", "client vs client"),
-            ("noise_floor_jaccard", "-.", "iid subset of a client's size vs aggregated mask (noise floor)"),
-        ):
-            label = f"{what} ({rule}, sparsity {100 * sparsity:g} %, R' = {rounds})"
+        arm = f"{rule}, sparsity {100 * sparsity:g} %, R' = {rounds}{_calibration_text(members[0], data_common)}"
+        for metric, style, marker, what in AGREEMENT_LINES:
+            label = f"{what} ({arm})"
             drawn = [
                 values_point("", label, part, metric, [(r.name, (r.agreement or {}).get(metric)) for r in g.runs])
                 for part in parts
@@ -399,12 +409,14 @@ def mask_agreement(groups: Sequence[Group], out: Path) -> list[Path]:
             ]
             points += drawn
             shown = [p for p in drawn if p.value is not None]
+            if not shown:
+                continue
             ax.errorbar(
                 [parts.index(p.x) for p in shown],
                 [p.value for p in shown],
                 yerr=[p.std or 0 for p in shown],
                 ls=style,
-                marker="o",
+                marker=marker,
                 capsize=3,
                 color=color,
                 label=label,
@@ -420,26 +432,37 @@ def mask_agreement(groups: Sequence[Group], out: Path) -> list[Path]:
         "Jaccard index |A ∩ B| / |A ∪ B|",
         f"Do single clients find the federated mask? ({seeds_note(with_records)})",
     )
-    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    fig.legend(fontsize=7, frameon=False, loc="outside lower center", ncol=1)
     return [save_with_data(fig, out / "mask-agreement.png", points)]
 
 
 def plot_client_agreement(record: dict[str, Any], out: Path) -> Path:
     """One run's analysis: Jaccard of each analysed client's mask with the aggregated mask."""
     rows = record["clients"]
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(rows) + 2.5), 4.0), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(max(9.0, 0.35 * len(rows) + 2.5), 4.4), constrained_layout=True)
     values = [r["jaccard"] for r in rows]
-    ax.bar(range(len(rows)), values, color=RULE_COLORS.get(record["mask_rule"], "#1f77b4"), width=0.7)
+    color = RULE_COLORS.get(record["mask_rule"], "#1f77b4")
+    # the cohort's members scored for the aggregate: in-sample, drawn hatched and left out of the clients' mean
+    for cohort, label in ((False, "outside the calibration cohort"), (True, "calibration-cohort member (in-sample)")):
+        at = [i for i, r in enumerate(rows) if bool(r.get("in_cohort")) == cohort]
+        bars = [values[i] for i in at]
+        style = {"alpha": 0.45, "hatch": "//", "edgecolor": "white"} if cohort else {}
+        ax.bar(at, bars, color=color, width=0.7, label=label if at else None, **style)
     if len(rows) <= 25:
         for i, v in enumerate(values):
             ax.text(i, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
     ax.axhline(record["chance_jaccard"], color="gray", ls="--", lw=1, label="independent random masks")
+    if record.get("mean_jaccard") is not None:
+        ax.axhline(record["mean_jaccard"], color=color, lw=1, label="mean of the clients outside the cohort")
     if record.get("pairwise_jaccard") is not None:
         ax.axhline(record["pairwise_jaccard"], color="black", ls=":", lw=1, label="mean client vs client")
     floor = record.get("noise_floor_jaccard")
     if floor is not None:
         size = record["noise_floor"][0]["samples"]
-        label = f"noise floor: iid subsets of {size} pooled samples ({len(record['noise_floor'])})"
+        label = (
+            f"noise floor: iid subsets of {size} pooled samples vs the aggregate that left them out "
+            f"({len(record['noise_floor'])})"
+        )
         ax.axhline(floor, color="#d62728", ls="-.", lw=1.2, label=label)
         if record.get("noise_floor_std") is not None:
             std = record["noise_floor_std"]

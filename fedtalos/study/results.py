@@ -98,7 +98,8 @@ class RunData:
             ),
             "mean_drift": sum(drifts) / len(drifts) if drifts else None,
             "mask_density": mask,
-            "mask_jaccard": self.agreement.get("mean_jaccard") if self.agreement else None,
+            "mask_jaccard": self.agreement.get("mean_jaccard") if self.agreement else None,  # outside the cohort
+            "mask_jaccard_cohort": self.agreement.get("cohort_mean_jaccard") if self.agreement else None,
             "mask_jaccard_floor": self.agreement.get("noise_floor_jaccard") if self.agreement else None,
             "wall_min": sum(r.get("wall_s") or 0.0 for r in self.rows) / 60.0,
             "run_min": _run_minutes(self),

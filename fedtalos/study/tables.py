@@ -29,8 +29,9 @@ METRICS: dict[str, tuple[str, float, int]] = {
     "downloaded_gb": ("downloaded (GB)", 1.0, 2),
     "mean_drift": ("mean drift", 1.0, 4),
     "mask_density": ("trainable (%)", 100.0, 1),
-    "mask_jaccard": ("client–aggregate Jaccard", 1.0, 3),
-    "mask_jaccard_floor": ("iid-subset–aggregate Jaccard (noise floor)", 1.0, 3),
+    "mask_jaccard": ("client–aggregate Jaccard (clients outside the calibration cohort)", 1.0, 3),
+    "mask_jaccard_cohort": ("client–aggregate Jaccard (calibration-cohort members, in-sample)", 1.0, 3),
+    "mask_jaccard_floor": ("iid subset–left-out aggregate Jaccard (noise floor)", 1.0, 3),
     "wall_min": ("time in rounds (min)", 1.0, 1),
     "run_min": ("run time (min)", 1.0, 1),
 }
