@@ -46,7 +46,7 @@ from fedtalos.study.mask_figures import (
     rules_comparison,
     scopes_vary,
 )
-from fedtalos.study.results import Group, RunData, mask_source_label, partition_order, settings_text, varied_settings
+from fedtalos.study.results import Group, RunData, partition_order, settings_text, varied_settings
 from fedtalos.tracking.identity import partition_label
 from fedtalos.tracking.plots import style_axes
 
@@ -200,7 +200,7 @@ def _partition_j_families(groups: Sequence[Group]) -> dict[str, list[Group]]:
 
 def _j_row(g: Group) -> tuple[int, str, str]:
     """(J, head, mask file) of a configuration: a frozen head or a mask file makes an arm of its own."""
-    mask_file = mask_source_label(g.runs[0]) or Path(str(g.config.get("mask-path", ""))).name
+    mask_file = g.mask_file_text() or Path(str(g.config.get("mask-path", ""))).name
     return g.config.get("local-steps"), g.head, mask_file
 
 

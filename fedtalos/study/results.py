@@ -27,6 +27,7 @@ from typing import Any
 
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.run.phases import SENSITIVITY_RULES, fine_tunes_sparsely, fine_tuning_head
+from fedtalos.study.grid import MASK_FROM
 from fedtalos.study.plan import planned_as
 from fedtalos.tracking.identity import partition_label, short_label, split_name
 from fedtalos.tracking.mask_artifact import read_mask_source
@@ -183,8 +184,18 @@ class Group:
         if key == "partition":
             return partition_label(self.config)
         if key == "mask-path":
-            return mask_source_label(self.runs[0])
+            return self.mask_file_text()
         return self.config.get(key)
+
+    def mask_file_text(self) -> str | None:
+        """Where its mask file comes from (:func:`mask_source_label`); for a family that writes its own file per
+        seed (an ``[[edit]]`` step its block names in ``mask-from``) the step: ``federated mask federated-s0.9, a
+        file per seed``. None for a configuration that calibrates its own mask (or has none)."""
+        step = self.runs[0].point.get(MASK_FROM)
+        if not step:
+            return mask_source_label(self.runs[0])
+        calibrated = (self.runs[0].mask_source or {}).get("calibrated")
+        return f"{f'{calibrated} mask ' if calibrated else ''}{step}, a file per seed"
 
 
 def mask_source_label(run: RunData) -> str | None:
@@ -283,8 +294,12 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
     for group in groups.values():
         group.runs.sort(key=lambda r: r.seed)
         reference = identity_settings(group.runs[0].config)
+        # a family that writes a mask file per seed (mask-from an [[edit]] step) differs in mask-path on purpose
+        per_seed = {"mask-path"} if len({r.point.get(MASK_FROM) for r in group.runs} - {None}) == 1 else set()
         for run in group.runs[1:]:
-            differing = sorted(k for k, v in identity_settings(run.config).items() if reference.get(k) != v)
+            differing = sorted(
+                k for k, v in identity_settings(run.config).items() if reference.get(k) != v and k not in per_seed
+            )
             if differing:
                 warnings.append(
                     f"{group.label}: {run.name} differs from {group.runs[0].name} in {', '.join(differing)} "

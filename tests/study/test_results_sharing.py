@@ -79,3 +79,8 @@ def test_edit_steps_are_not_configurations(summary: dict):
     assert (root / "masked-edit-fed-seed0" / "summary.json").is_file(), "the step's run directory is there"
     labels = set(summary["rows"])
     assert labels == {"wide-J1", "wide-J2", "lrs-lr0.01", "lrs-lr0.1", "masked-J1-mask-fed"}, sorted(labels)
+
+
+def test_a_mask_file_per_seed_is_one_configuration_named_by_its_step(summary: dict):
+    assert not [w for w in summary["result"]["warnings"] if "differs" in w], summary["result"]["warnings"]
+    assert summary["rows"]["masked-J1-mask-fed"]["mask_source"] == "fed, a file per seed"
