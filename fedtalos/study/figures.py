@@ -32,6 +32,7 @@ from fedtalos.study.figure_common import (
     controlled,
     dense_reference,
     editing_groups,
+    most_common,
     one_per_point,
     palette,
     seeds_note,
@@ -387,7 +388,11 @@ def communication(groups: Sequence[Group], out: Path) -> list[Path]:
         picked = one_per_point(
             members, lambda g: (g.config.get("mask-rule"), g.config.get("mask-scope"), g.config.get("sparsity"))
         )
-        chosen = [picked[key] for key in sorted(picked)][:MAX_LINES]
+        # every rule and scope at the most common sparsity first, then the other sparsities; a per-tensor arm dashed
+        common = most_common([g.config.get("sparsity") for g in members])
+        order = {rule: i for i, rule in enumerate(RULE_COLORS)}
+        keys = sorted(picked, key=lambda k: (k[2] != common, order.get(k[0], len(order)), k[1] != "global", k[2]))
+        chosen = [picked[key] for key in keys][: 2 * MAX_LINES]
         sparsities = sorted({g.config.get("sparsity") for g, _ in chosen})
         scopes = scopes_vary([g for g, _ in chosen])
         lines = ([(dense, [])] if dense else []) + chosen
@@ -408,7 +413,10 @@ def communication(groups: Sequence[Group], out: Path) -> list[Path]:
             points += curve
             if not curve:
                 continue
-            band(ax, curve, color=color, alpha=shade, label=label, lw=1.3 if sparse else 2.0)
+            dashed = sparse and g.config.get("mask-scope") == "local"
+            band(
+                ax, curve, color=color, alpha=shade, label=label, lw=1.3 if sparse else 2.0, ls="--" if dashed else "-"
+            )
             star = group_point(part, label, "", g, "final_test_acc", 100.0, dense if sparse else None, also)
             total, _, _ = g.stat("uploaded_gb")
             star.x = total
