@@ -245,7 +245,7 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
             continue
         seen[path.name] = path.parent
         entries = planned.get(path.name, [])
-        if any("edit" in e for e in entries) and all("edit" in e for e in entries):
+        if entries and all("edit" in e for e in entries):
             continue  # an [[edit]] step: it writes a mask file, trains nothing
         try:
             stored = json.loads((path / CONFIG_FILE).read_text())
