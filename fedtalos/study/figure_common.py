@@ -23,7 +23,7 @@ import numpy as np
 
 from fedtalos.run.phases import MASK_KEYS, SENSITIVITY_RULES
 from fedtalos.study.figure_data import Point
-from fedtalos.study.results import Group, identity_settings, partition_order
+from fedtalos.study.results import Group, identity_settings, partition_order, settings_text
 from fedtalos.tracking.identity import partition_label
 
 RULE_COLORS = {
@@ -35,6 +35,12 @@ RULE_COLORS = {
     "none": "#000000",
 }
 MAX_LINES = 8  # lines per axes before a figure is split into facets (or cut)
+# What the calibration-coverage control of the rules family changes (docs/study.md § Controls): the share of clients
+# that calibrate and the samples each scores. The rules figure draws a bar per value, never one bar for both.
+CALIBRATION_DATA = ("calibration-fraction", "fisher-samples")
+# The settings each accuracy figure compares (its axes; :func:`controlled` holds the rest fixed).
+SPARSITY_AXES = ("sparsity", "mask-rule", "calibration-rounds", "mask-scope")
+RULES_AXES = ("mask-rule", "mask-scope", *CALIBRATION_DATA)
 
 
 def palette(n: int) -> list[Any]:
@@ -122,6 +128,32 @@ def controlled(members: Sequence[Group], axes: Collection[str]) -> tuple[list[Gr
     best = max(complete, key=rank)
     kept = [g for g, h in zip(members, held, strict=True) if _agree(h, best)]
     return kept, [g for g in members if g not in kept]
+
+
+def arms(members: Sequence[Group], axes: Collection[str]) -> tuple[list[str], dict[int, tuple]]:
+    """(the keys that tell the arms apart, id(configuration) → its arm): configurations of a figure that differ in
+    a setting outside ``axes`` and the partition (e.g. the local-momentum control of the Nc × J family: momentum 0
+    and another lr) are arms of their own, drawn apart, never in one cell or point with another arm."""
+    dropped = {*axes, "partitioning", "classes-per-client"}
+    settings = {k for g in members for k in identity_settings(g.config) if k not in dropped}
+    keys = sorted(k for k in settings if len({json.dumps(g.config.get(k), default=str) for g in members}) > 1)
+    return keys, {id(g): tuple(json.dumps(g.config.get(k), default=str) for k in keys) for g in members}
+
+
+def arm_text(group: Group, keys: Sequence[str]) -> str:
+    """What sets an arm apart, for a title or legend: the local momentum said with what it does to the step (a
+    client restarts its momentum every round, so with momentum the step of a round grows with J; without, the
+    run's step mass is lr × J × rounds), then the other keys as ``name=value``."""
+    parts = []
+    if "momentum" in keys:
+        momentum = group.config.get("momentum")
+        parts.append(
+            "plain local SGD (momentum 0): step mass ∝ J × rounds"
+            if not momentum
+            else f"local momentum {momentum:g} restarted every round: step grows with J"
+        )
+    rest = settings_text(group, [k for k in keys if k != "momentum"])
+    return ", ".join(p for p in (*parts, rest) if p)
 
 
 def one_per_point(members: Sequence[Group], point: Callable[[Group], Any]) -> dict[Any, tuple[Group, list[Group]]]:

@@ -10,6 +10,7 @@ which runs each figure takes: docs/figures.md.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,14 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 from fedtalos.study.figure_common import (
     MAX_LINES,
     RULE_COLORS,
+    arm_text,
+    arms,
     band,
     by_partition,
     controlled,
     dense_reference,
     editing_groups,
+    most_common,
     one_per_point,
     palette,
     seeds_note,
@@ -43,10 +47,11 @@ from fedtalos.study.mask_figures import (
     rules_comparison,
     scopes_vary,
 )
-from fedtalos.study.results import Group, RunData, mask_source_label, partition_order, settings_text, varied_settings
+from fedtalos.study.results import Group, RunData, partition_order, settings_text, varied_settings
 from fedtalos.tracking.identity import partition_label
 from fedtalos.tracking.plots import style_axes
 
+LINE_STYLES = ("-", "--", ":", "-.")
 DRIFT_LABEL = "client drift (weighted RMS distance of client\nupdates from their mean, per model weight)"
 
 
@@ -196,7 +201,7 @@ def _partition_j_families(groups: Sequence[Group]) -> dict[str, list[Group]]:
 
 def _j_row(g: Group) -> tuple[int, str, str]:
     """(J, head, mask file) of a configuration: a frozen head or a mask file makes an arm of its own."""
-    mask_file = mask_source_label(g.runs[0]) or Path(str(g.config.get("mask-path", ""))).name
+    mask_file = g.mask_file_text() or Path(str(g.config.get("mask-path", ""))).name
     return g.config.get("local-steps"), g.head, mask_file
 
 
@@ -213,48 +218,75 @@ def _fine_tuning_text(members: Sequence[Group]) -> str:
     return "sparse fine-tuning under a mask file" if kinds == {True} else "dense and sparse (mask file) fine-tuning"
 
 
+# The heat-map's own axes (partition, J) and its rows (J, head, mask file); every other setting that varies makes an
+# arm of its own (:func:`arms`), a panel apart. The rounds scale with J (J × rounds fixed).
+HEATMAP_AXES = ("local-steps", "num-server-rounds", "head", "mask-path")
+
+
 def nc_j_heatmap(groups: Sequence[Group], out: Path) -> list[Path]:
     """``heatmap-<family>.png``: final test accuracy for every (partition, J), mean with ± std in each cell; a row
-    per J and head (and mask file), the title says whether the runs fine-tune densely or under a mask file."""
+    per J and head (and mask file), a panel per arm (e.g. the local-momentum control: momentum 0 at its own lr), one
+    colour scale for all; the title says whether the runs fine-tune densely or under a mask file."""
     written = []
     for family, members in _partition_j_families(groups).items():
+        keys, arm_of = arms(members, HEATMAP_AXES)
+        panels: dict[tuple, list[Group]] = {}
+        for g in members:
+            panels.setdefault(arm_of[id(g)], []).append(g)
+        ordered = sorted(panels.values(), key=lambda m: (-len(m), arm_text(m[0], keys)))
         parts = sorted({partition_label(g.config) for g in members}, key=partition_order)
-        steps = sorted({_j_row(g) for g in members}, key=lambda row: (row[1] != "train", row))
-        grid = np.full((len(steps), len(parts)), np.nan)
-        text = [["—"] * len(parts) for _ in steps]
         points: list[Point] = []
-        cells = one_per_point(members, lambda g: (_j_row(g), partition_label(g.config)))
-        for (row, part), (g, also) in cells.items():
-            i, j = steps.index(row), parts.index(part)
-            point = group_point("", _j_row_text(row).replace("\n", ", "), part, g, "final_test_acc", 100.0, also=also)
-            points.append(point)
-            if point.value is not None:
-                grid[i, j] = point.value
-                text[i][j] = f"{point.value:.1f}" + (f"\n± {point.std:.1f}" if point.std is not None else "")
-        fig, ax = plt.subplots(figsize=(1.5 * len(parts) + 3.5, 1.0 * len(steps) + 2.0), constrained_layout=True)
-        image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
-        finite = grid[np.isfinite(grid)]
-        middle = (finite.min() + finite.max()) / 2 if finite.size else 0
-        for i in range(len(steps)):
-            for j in range(len(parts)):
-                dark = np.isfinite(grid[i, j]) and grid[i, j] < middle
-                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=9, color="white" if dark else "black")
-        ax.set_xticks(range(len(parts)), [p.replace("Nc=", "Nc = ") for p in parts])
-        ax.set_yticks(range(len(steps)), [_j_row_text(row) for row in steps], fontsize=8)
-        ax.set_xlabel("client data: classes per client (Nc), or iid")
-        ax.set_ylabel("local steps per round (J)")
-        rounds = {g.config.get("local-steps"): g.config.get("num-server-rounds") for g in members}
-        budget = {s * r for s, r in rounds.items()}
-        subtitle = (
-            f"J × rounds = {budget.pop()}"
-            if len(budget) == 1
-            else "rounds: " + ", ".join(f"J={s}: {r}" for s, r in sorted(rounds.items()))
+        grids, texts, rows_of = [], [], []
+        for panel_groups in ordered:
+            panel = arm_text(panel_groups[0], keys)
+            steps = sorted({_j_row(g) for g in panel_groups}, key=lambda row: (row[1] != "train", row))
+            grid = np.full((len(steps), len(parts)), np.nan)
+            text = [["—"] * len(parts) for _ in steps]
+            cells = one_per_point(panel_groups, lambda g: (_j_row(g), partition_label(g.config)))
+            for (row, part), (g, also) in cells.items():
+                i, j = steps.index(row), parts.index(part)
+                series = _j_row_text(row).replace("\n", ", ")
+                point = group_point(panel, series, part, g, "final_test_acc", 100.0, also=also)
+                points.append(point)
+                if point.value is not None:
+                    grid[i, j] = point.value
+                    text[i][j] = f"{point.value:.1f}" + (f"\n± {point.std:.1f}" if point.std is not None else "")
+            grids.append(grid)
+            texts.append(text)
+            rows_of.append(steps)
+        finite = np.concatenate([g[np.isfinite(g)] for g in grids])
+        low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+        height = max(len(steps) for steps in rows_of)
+        fig, axes = plt.subplots(
+            1,
+            len(ordered),
+            figsize=(len(ordered) * (1.5 * len(parts) + 2.5) + 1.5, 1.0 * height + 2.4),
+            squeeze=False,
+            constrained_layout=True,
         )
-        ax.set_title(
-            f"{family}: final test accuracy (%), {_fine_tuning_text(members)}\n{seeds_note(members)}; {subtitle}",
-            fontsize=10,
+        for ax, panel_groups, grid, text, steps in zip(axes[0], ordered, grids, texts, rows_of, strict=True):
+            image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", vmin=low, vmax=high)
+            for i in range(len(steps)):
+                for j in range(len(parts)):
+                    dark = np.isfinite(grid[i, j]) and grid[i, j] < (low + high) / 2
+                    ax.text(j, i, text[i][j], ha="center", va="center", fontsize=9, color="white" if dark else "black")
+            ax.set_xticks(range(len(parts)), [p.replace("Nc=", "Nc = ") for p in parts])
+            ax.set_yticks(range(len(steps)), [_j_row_text(row) for row in steps], fontsize=8)
+            ax.set_xlabel("client data: classes per client (Nc), or iid")
+            ax.set_ylabel("local steps per round (J)")
+            rounds = {g.config.get("local-steps"): g.config.get("num-server-rounds") for g in panel_groups}
+            budget = {s * r for s, r in rounds.items()}
+            subtitle = (
+                f"J × rounds = {budget.pop()}"
+                if len(budget) == 1
+                else "rounds: " + ", ".join(f"J={s}: {r}" for s, r in sorted(rounds.items()))
+            )
+            title = arm_text(panel_groups[0], keys)
+            ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=9)
+        fig.colorbar(image, ax=axes[0].tolist(), label="final test accuracy (%)")
+        fig.suptitle(
+            f"{family}: final test accuracy (%), {_fine_tuning_text(members)}; {seeds_note(members)}", fontsize=10
         )
-        fig.colorbar(image, ax=ax, label="final test accuracy (%)")
         written.append(save_with_data(fig, out / f"heatmap-{family}.png", points))
     return written
 
@@ -283,6 +315,11 @@ def client_drift(groups: Sequence[Group], out: Path) -> list[Path]:
             ax.sharey(axes[0][0])  # one drift scale for every J
         colors = dict(zip(parts, palette(len(parts)), strict=True))
         extra_keys = [k for k in varied_settings(members) if k not in ("partition", "local-steps", "num-server-rounds")]
+        # an arm (e.g. the local-momentum control) and a frozen head each get a line style: never one line for two
+        keys, arm_of = arms(members, HEATMAP_AXES)
+        size = Counter(arm_of.values())
+        kinds = sorted({(arm_of[id(g)], g.head) for g in members}, key=lambda k: (k[1] != "train", -size[k[0]], k))
+        styles = {kind: LINE_STYLES[i % len(LINE_STYLES)] for i, kind in enumerate(kinds)}
         points: list[Point] = []
         for ax, j in zip(axes[0], steps, strict=False):
             for g in members:
@@ -291,21 +328,25 @@ def client_drift(groups: Sequence[Group], out: Path) -> list[Path]:
                 label = partition_label(g.config) + (f", {settings_text(g, extra_keys)}" if extra_keys else "")
                 curve = curve_points(f"J = {j}", label, g, "drift", _round_of, train_rows)
                 points += curve
-                style = "-" if g.head == "train" else "--"  # a frozen head: its partition's colour, dashed
+                style = styles[(arm_of[id(g)], g.head)]
                 band(ax, curve, color=colors[partition_label(g.config)], ls=style, label=label)
             ax.set_yscale("log")
             style_axes(ax, "communication round", DRIFT_LABEL if j == steps[0] else "", f"J = {j} local steps", True)
             ax.legend(fontsize=7, frameon=False)
         ax = axes[0][-1]
-        arms = sorted({_j_row(g) for g in members}, key=lambda row: (row[1] != "train", row))
-        cells = one_per_point(members, lambda g: (_j_row(g), partition_label(g.config)))
-        for arm, color in zip(arms, palette(len(arms)), strict=True):
-            label = _j_row_text(arm).replace("\n", ", ")
+        series = sorted(
+            {(_j_row(g), arm_of[id(g)]) for g in members},
+            key=lambda s: (-size[s[1]], s[0][1] != "train", s),
+        )
+        cells = one_per_point(members, lambda g, arm_of=arm_of: (_j_row(g), arm_of[id(g)], partition_label(g.config)))
+        for (row, arm), color in zip(series, palette(len(series)), strict=True):
+            example = next(g for g in members if arm_of[id(g)] == arm)
+            label = ", ".join(t for t in (_j_row_text(row).replace("\n", ", "), settings_text(example, keys)) if t)
             drawn = [
                 group_point("mean drift vs heterogeneity", label, part, g, "mean_drift", also=also)
                 for part in parts
-                if (arm, part) in cells
-                for g, also in [cells[(arm, part)]]
+                if (row, arm, part) in cells
+                for g, also in [cells[(row, arm, part)]]
             ]
             points += drawn
             shown = [p for p in drawn if p.value is not None]
@@ -316,12 +357,13 @@ def client_drift(groups: Sequence[Group], out: Path) -> list[Path]:
                 marker="o",
                 capsize=3,
                 color=color,
+                ls=styles[(arm, row[1])],
                 label=label,
             )
         ax.set_xticks(range(len(parts)), parts)
         ax.set_yscale("log")
         style_axes(ax, "client data", "mean drift over training rounds", "mean drift vs heterogeneity")
-        ax.legend(fontsize=8, frameon=False)
+        ax.legend(fontsize=7, frameon=False)
         fig.suptitle(f"{family}: client-update drift per round ({seeds_note(members)})", fontsize=11)
         written.append(save_with_data(fig, out / f"drift-{family}.png", points))
     return written
@@ -346,7 +388,11 @@ def communication(groups: Sequence[Group], out: Path) -> list[Path]:
         picked = one_per_point(
             members, lambda g: (g.config.get("mask-rule"), g.config.get("mask-scope"), g.config.get("sparsity"))
         )
-        chosen = [picked[key] for key in sorted(picked)][:MAX_LINES]
+        # every rule and scope at the most common sparsity first, then the other sparsities; a per-tensor arm dashed
+        common = most_common([g.config.get("sparsity") for g in members])
+        order = {rule: i for i, rule in enumerate(RULE_COLORS)}
+        keys = sorted(picked, key=lambda k: (k[2] != common, order.get(k[0], len(order)), k[1] != "global", k[2]))
+        chosen = [picked[key] for key in keys][: 2 * MAX_LINES]
         sparsities = sorted({g.config.get("sparsity") for g, _ in chosen})
         scopes = scopes_vary([g for g, _ in chosen])
         lines = ([(dense, [])] if dense else []) + chosen
@@ -367,7 +413,10 @@ def communication(groups: Sequence[Group], out: Path) -> list[Path]:
             points += curve
             if not curve:
                 continue
-            band(ax, curve, color=color, alpha=shade, label=label, lw=1.3 if sparse else 2.0)
+            dashed = sparse and g.config.get("mask-scope") == "local"
+            band(
+                ax, curve, color=color, alpha=shade, label=label, lw=1.3 if sparse else 2.0, ls="--" if dashed else "-"
+            )
             star = group_point(part, label, "", g, "final_test_acc", 100.0, dense if sparse else None, also)
             total, _, _ = g.stat("uploaded_gb")
             star.x = total

@@ -8,6 +8,7 @@ grouped by :func:`fedtalos.tracking.mask_report.layer_of`. :func:`plot_client_ag
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fedtalos.study.figure_common import (
+    CALIBRATION_DATA,
     RULE_COLORS,
+    RULES_AXES,
+    SPARSITY_AXES,
     by_partition,
     calibrates,
     controlled,
@@ -52,6 +56,26 @@ def scopes_vary(members: Sequence[Group]) -> bool:
     return len({g.config.get("mask-scope", "global") for g in members}) > 1
 
 
+def _calibration_data(group: Group) -> tuple[Any, ...]:
+    return tuple(group.config.get(k) for k in CALIBRATION_DATA)
+
+
+def _bar(group: Group) -> tuple[Any, ...]:
+    """A bar of the rules figure: the rule, its scope and, for the rules that calibrate on client data, the share
+    of clients that calibrate and the samples each scores (the data-free rules use none: one bar whatever they say)."""
+    data = _calibration_data(group) if calibrates(group) else (None,) * len(CALIBRATION_DATA)
+    return (group.config.get("mask-rule"), group.config.get("mask-scope", "global"), *data)
+
+
+def _calibration_text(group: Group, common: tuple[Any, ...] | None) -> str:
+    """``, calibrated on 100 % of clients × 6 samples`` for a sensitivity rule whose calibration data differ from
+    the figure's most common; '' otherwise."""
+    if not calibrates(group) or _calibration_data(group) == common:
+        return ""
+    fraction, samples = _calibration_data(group)
+    return f", calibrated on {100 * fraction:g} % of clients × {samples} samples"
+
+
 def _error_bars(ax: plt.Axes, points: Sequence[Point], **kwargs: Any) -> None:
     drawn = [p for p in points if p.value is not None]
     ax.errorbar([p.x for p in drawn], [p.value for p in drawn], yerr=[p.std or 0 for p in drawn], capsize=3, **kwargs)
@@ -67,7 +91,7 @@ def accuracy_vs_sparsity(groups: Sequence[Group], out: Path) -> list[Path]:
     """``accuracy-vs-sparsity.png``: final test accuracy vs the frozen fraction, a line per rule (and R'), beside the
     matched dense reference (:func:`dense_reference`); only configurations that differ in these alone
     (:func:`controlled`)."""
-    editing, _ = controlled(editing_groups(groups), ("sparsity", "mask-rule", "calibration-rounds", "mask-scope"))
+    editing, _ = controlled(editing_groups(groups), SPARSITY_AXES)
     if not any(len({g.config.get("sparsity") for g in m}) > 1 for m in by_partition(editing).values()):
         return []
     # a facet per partition that varies the sparsity
@@ -159,27 +183,27 @@ def rules_comparison(groups: Sequence[Group], out: Path) -> list[Path]:
     if not candidates:
         return []
     sparsity = max(candidates, key=lambda s: len(rules_at[s]))
-    chosen, _ = controlled([g for g in editing if g.config.get("sparsity") == sparsity], ("mask-rule", "mask-scope"))
+    chosen, _ = controlled([g for g in editing if g.config.get("sparsity") == sparsity], RULES_AXES)
     r_common = most_common([g.config.get("calibration-rounds") for g in chosen if calibrates(g)])
     facets = by_partition(chosen)
     scopes = scopes_vary(chosen)
+    # the calibration data of the sensitivity rules (the coverage control): a bar per value; the most common unnamed
+    data_common = most_common([_calibration_data(g) for g in chosen if calibrates(g)])
     order = {rule: i for i, rule in enumerate(RULE_COLORS)}
-    bars = sorted(
-        {(g.config.get("mask-rule"), g.config.get("mask-scope")) for g in chosen},
-        key=lambda b: (order.get(b[0], len(order)), b[1] != "global"),
-    )
+    bars = sorted({_bar(g) for g in chosen}, key=lambda b: (order.get(b[0], len(order)), b[1] != "global", b))
     width = 0.8 / (len(bars) + 1)
     points: list[Point] = []
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(facets) + 3), 4.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(max(6.0, (0.4 * len(bars) + 0.8) * len(facets) + 3), 4.8), constrained_layout=True)
     for i, (part, members) in enumerate(facets.items()):
         dense = dense_reference(groups, members[0])
-        picked = one_per_point(members, lambda g: (g.config.get("mask-rule"), g.config.get("mask-scope")))
+        picked = one_per_point(members, _bar)
         for j, bar in enumerate([*bars, None]):
             if bar is None:
                 g, also, ref = dense, [], None
                 label = f"dense FedAvg (no mask), {dense.head} head" if dense is not None else ""
             elif bar in picked:
-                (g, also), label, ref = picked[bar], rule_text(picked[bar][0], scopes), dense
+                (g, also), ref = picked[bar], dense
+                label = rule_text(g, scopes) + _calibration_text(g, data_common)
             else:
                 continue
             if g is None:
@@ -189,6 +213,7 @@ def rules_comparison(groups: Sequence[Group], out: Path) -> list[Path]:
             if point.value is None:
                 continue
             x = i + (j - len(bars) / 2) * width
+            control = bar is not None and calibrates(g) and _calibration_data(g) != data_common
             ax.bar(
                 x,
                 point.value,
@@ -196,23 +221,15 @@ def rules_comparison(groups: Sequence[Group], out: Path) -> list[Path]:
                 yerr=point.std,
                 capsize=2,
                 color="white" if bar is None else RULE_COLORS.get(bar[0]),
-                edgecolor="black" if bar is None else None,
-                hatch="//" if bar is None else ("" if bar[1] == "global" else ".."),
+                edgecolor="black" if bar is None else ("white" if control else None),
+                hatch="//" if bar is None else ("xx" if control else "" if bar[1] == "global" else ".."),
                 label=label,
             )
-            ax.text(x, point.value + (point.std or 0) + 0.5, f"{point.value:.1f}", ha="center", va="bottom", fontsize=7)
+            ax.text(x, point.value + (point.std or 0) + 0.5, f"{point.value:.1f}", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(range(len(facets)), list(facets))
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
-    ax.legend(
-        unique.values(),
-        unique.keys(),
-        fontsize=8,
-        frameon=False,
-        ncol=3,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.12),
-    )
+    fig.legend(unique.values(), unique.keys(), fontsize=8, frameon=False, ncol=2, loc="outside lower center")
     style_axes(
         ax,
         "",
@@ -352,30 +369,39 @@ def _density_figure(
 # Mask agreement.
 
 
+# The agreement record's keys (:mod:`fedtalos.study.agreement`) drawn per partition: (key, line style, marker, what
+# it is).
+AGREEMENT_LINES = (
+    ("mean_jaccard", "-", "o", "clients outside the calibration cohort vs aggregated mask"),
+    ("cohort_mean_jaccard", (0, (1, 3)), "x", "calibration-cohort members vs aggregated mask (in-sample)"),
+    ("pairwise_jaccard", ":", "s", "client vs client"),
+    ("noise_floor_jaccard", "-.", "^", "iid subset vs the aggregate that left it out (noise floor)"),
+)
+
+
 def mask_agreement(groups: Sequence[Group], out: Path) -> list[Path]:
-    """``mask-agreement.png``: Jaccard of single-client masks with the aggregated mask vs the partition (and
-    the mean Jaccard between clients, the noise floor of iid subsets as large as one client's samples, and the
-    level of independent random masks)."""
+    """``mask-agreement.png``: Jaccard of single-client masks with the aggregated mask vs the partition, the
+    clients outside the calibration cohort (out-of-sample) and the cohort's members apart (:data:`AGREEMENT_LINES`),
+    the mean Jaccard between clients, the out-of-sample noise floor (an iid subset of one client's size against
+    the aggregate of the pooled samples it left out), and the level of independent random masks."""
     with_records = [g for g in groups if any(r.agreement for r in g.runs)]
     if not with_records:
         return []
-    lines: dict[tuple[str, float, int], list[Group]] = {}
-    for g in with_records:
+    lines: dict[tuple[Any, ...], list[Group]] = {}
+    for g in with_records:  # a line per rule, sparsity, R' and calibration data: never two configurations in one
         key = (g.config.get("mask-rule"), g.config.get("sparsity"), g.config.get("calibration-rounds"))
-        lines.setdefault(key, []).append(g)
+        lines.setdefault((*key, _calibration_data(g)), []).append(g)
+    data_common = most_common([_calibration_data(g) for g in with_records])
     parts = sorted({partition_label(g.config) for g in with_records}, key=partition_order)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(parts) + 3), 4.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(parts) + 3), 4.8), constrained_layout=True)
     chance = []
     points: list[Point] = []
-    for (rule, sparsity, rounds), members in sorted(lines.items()):
+    for (rule, sparsity, rounds, _), members in sorted(lines.items(), key=lambda kv: json.dumps(kv[0])):
         color = RULE_COLORS.get(rule)
         picked = one_per_point(members, lambda g: partition_label(g.config))
-        for metric, style, what in (
-            ("mean_jaccard", "-", "client vs aggregated mask"),
-            ("pairwise_jaccard", ":", "client vs client"),
-            ("noise_floor_jaccard", "-.", "iid subset of a client's size vs aggregated mask (noise floor)"),
-        ):
-            label = f"{what} ({rule}, sparsity {100 * sparsity:g} %, R' = {rounds})"
+        arm = f"{rule}, sparsity {100 * sparsity:g} %, R' = {rounds}{_calibration_text(members[0], data_common)}"
+        for metric, style, marker, what in AGREEMENT_LINES:
+            label = f"{what} ({arm})"
             drawn = [
                 values_point("", label, part, metric, [(r.name, (r.agreement or {}).get(metric)) for r in g.runs])
                 for part in parts
@@ -383,12 +409,14 @@ def mask_agreement(groups: Sequence[Group], out: Path) -> list[Path]:
             ]
             points += drawn
             shown = [p for p in drawn if p.value is not None]
+            if not shown:
+                continue
             ax.errorbar(
                 [parts.index(p.x) for p in shown],
                 [p.value for p in shown],
                 yerr=[p.std or 0 for p in shown],
                 ls=style,
-                marker="o",
+                marker=marker,
                 capsize=3,
                 color=color,
                 label=label,
@@ -404,26 +432,37 @@ def mask_agreement(groups: Sequence[Group], out: Path) -> list[Path]:
         "Jaccard index |A ∩ B| / |A ∪ B|",
         f"Do single clients find the federated mask? ({seeds_note(with_records)})",
     )
-    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    fig.legend(fontsize=7, frameon=False, loc="outside lower center", ncol=1)
     return [save_with_data(fig, out / "mask-agreement.png", points)]
 
 
 def plot_client_agreement(record: dict[str, Any], out: Path) -> Path:
     """One run's analysis: Jaccard of each analysed client's mask with the aggregated mask."""
     rows = record["clients"]
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(rows) + 2.5), 4.0), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(max(9.0, 0.35 * len(rows) + 2.5), 4.4), constrained_layout=True)
     values = [r["jaccard"] for r in rows]
-    ax.bar(range(len(rows)), values, color=RULE_COLORS.get(record["mask_rule"], "#1f77b4"), width=0.7)
+    color = RULE_COLORS.get(record["mask_rule"], "#1f77b4")
+    # the cohort's members scored for the aggregate: in-sample, drawn hatched and left out of the clients' mean
+    for cohort, label in ((False, "outside the calibration cohort"), (True, "calibration-cohort member (in-sample)")):
+        at = [i for i, r in enumerate(rows) if bool(r.get("in_cohort")) == cohort]
+        bars = [values[i] for i in at]
+        style = {"alpha": 0.45, "hatch": "//", "edgecolor": "white"} if cohort else {}
+        ax.bar(at, bars, color=color, width=0.7, label=label if at else None, **style)
     if len(rows) <= 25:
         for i, v in enumerate(values):
             ax.text(i, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
     ax.axhline(record["chance_jaccard"], color="gray", ls="--", lw=1, label="independent random masks")
+    if record.get("mean_jaccard") is not None:
+        ax.axhline(record["mean_jaccard"], color=color, lw=1, label="mean of the clients outside the cohort")
     if record.get("pairwise_jaccard") is not None:
         ax.axhline(record["pairwise_jaccard"], color="black", ls=":", lw=1, label="mean client vs client")
     floor = record.get("noise_floor_jaccard")
     if floor is not None:
         size = record["noise_floor"][0]["samples"]
-        label = f"noise floor: iid subsets of {size} pooled samples ({len(record['noise_floor'])})"
+        label = (
+            f"noise floor: iid subsets of {size} pooled samples vs the aggregate that left them out "
+            f"({len(record['noise_floor'])})"
+        )
         ax.axhline(floor, color="#d62728", ls="-.", lw=1.2, label=label)
         if record.get("noise_floor_std") is not None:
             std = record["noise_floor_std"]

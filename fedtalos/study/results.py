@@ -2,7 +2,9 @@
 
 Run directories are the folders directly under the runs directory that hold a ``config.json``; unfinished ones
 (no ``summary.json``) are kept apart. A *configuration* is a run name without its ``-seed<k>`` suffix; the family
-comes from the sweep manifests in ``<runs>/_sweeps`` (else from the name's first part).
+comes from the sweep manifests in ``<runs>/_sweeps`` (else from the name's first part). A run that several families
+plan (run once, shared: :func:`fedtalos.study.plan.planned_as`) belongs to each of their configurations, with each
+family's grid point; the ``[[edit]]`` steps that write a family's mask files are not results and are left out.
 
 Per run (:meth:`RunData.metrics`), from its ``metrics.jsonl`` (training rows: ``phase`` 'train'): final test
 accuracy and loss (last row with a test evaluation), final and best validation accuracy, uploaded and downloaded
@@ -13,6 +15,7 @@ the mask-agreement analysis. Per configuration (:meth:`Group.stat`): mean and sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -24,7 +27,8 @@ from typing import Any
 
 from fedtalos.config import ConfigError, RunConfig
 from fedtalos.run.phases import SENSITIVITY_RULES, fine_tunes_sparsely, fine_tuning_head
-from fedtalos.study.plan import read_manifests
+from fedtalos.study.grid import MASK_FROM
+from fedtalos.study.plan import planned_as
 from fedtalos.tracking.identity import partition_label, short_label, split_name
 from fedtalos.tracking.mask_artifact import read_mask_source
 from fedtalos.tracking.metrics import best_row, last_with, read_rows
@@ -95,7 +99,8 @@ class RunData:
             ),
             "mean_drift": sum(drifts) / len(drifts) if drifts else None,
             "mask_density": mask,
-            "mask_jaccard": self.agreement.get("mean_jaccard") if self.agreement else None,
+            "mask_jaccard": self.agreement.get("mean_jaccard") if self.agreement else None,  # outside the cohort
+            "mask_jaccard_cohort": self.agreement.get("cohort_mean_jaccard") if self.agreement else None,
             "mask_jaccard_floor": self.agreement.get("noise_floor_jaccard") if self.agreement else None,
             "wall_min": sum(r.get("wall_s") or 0.0 for r in self.rows) / 60.0,
             "run_min": _run_minutes(self),
@@ -179,8 +184,18 @@ class Group:
         if key == "partition":
             return partition_label(self.config)
         if key == "mask-path":
-            return mask_source_label(self.runs[0])
+            return self.mask_file_text()
         return self.config.get(key)
+
+    def mask_file_text(self) -> str | None:
+        """Where its mask file comes from (:func:`mask_source_label`); for a family that writes its own file per
+        seed (an ``[[edit]]`` step its block names in ``mask-from``) the step: ``federated mask federated-s0.9, a
+        file per seed``. None for a configuration that calibrates its own mask (or has none)."""
+        step = self.runs[0].point.get(MASK_FROM)
+        if not step:
+            return mask_source_label(self.runs[0])
+        calibrated = (self.runs[0].mask_source or {}).get("calibrated")
+        return f"{f'{calibrated} mask ' if calibrated else ''}{step}, a file per seed"
 
 
 def mask_source_label(run: RunData) -> str | None:
@@ -214,9 +229,7 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
     pooled; a run found in more than one root counts once (the first finished copy, in the order given).
     """
     roots = [Path(root)] if isinstance(root, (str, Path)) else [Path(r) for r in root]
-    manifests: dict[str, dict[str, Any]] = {}
-    for r in reversed(roots):  # the first root's entry wins
-        manifests.update(read_manifests(r))
+    planned = _planned(roots)
     finished: list[RunData] = []
     unfinished: list[RunData] = []
     warnings: list[str] = []
@@ -231,6 +244,9 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
                 warnings.append(f"{path.name}: also in {path.parent}, counted once (from {seen[path.name]})")
             continue
         seen[path.name] = path.parent
+        entries = planned.get(path.name, [])
+        if entries and all("edit" in e for e in entries):
+            continue  # an [[edit]] step: it writes a mask file, trains nothing
         try:
             stored = json.loads((path / CONFIG_FILE).read_text())
         except ValueError:
@@ -242,24 +258,33 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
             warnings.append(f"{path}: config.json does not validate ({'; '.join(error.problems)}), skipped")
             continue
         label, seed = split_name(path.name)
-        entry = manifests.get(path.name, {})
         agreement_file = path / "analysis" / "mask_agreement.json"
         run = RunData(
             path=path,
             name=path.name,
-            family=entry.get("family") or path.name.split("-")[0],
-            label=entry.get("label") or label,
+            family=path.name.split("-")[0],
+            label=label,
             seed=int(stored.get("config", {}).get("seed", seed or 0)),
             kind=stored.get("kind", "federated"),
             config=stored.get("config", {}),
             run_config=settings,
             rows=read_rows(path),
             finished=(path / SUMMARY_FILE).is_file(),
-            point=entry.get("point", {}),
             agreement=json.loads(agreement_file.read_text()) if agreement_file.is_file() else None,
             mask_source=read_mask_source(path),
         )
-        (finished if run.finished else unfinished).append(run)
+        # one RunData per family that plans the run (its own entry first), each with that family's label and point
+        members = [
+            dataclasses.replace(
+                run, family=e.get("family") or run.family, label=e.get("label") or label, point=e.get("point", {})
+            )
+            for e in entries
+            if "edit" not in e
+        ] or [run]
+        if run.finished:
+            finished += members
+        else:
+            unfinished.append(members[0])
     groups: dict[tuple[str, str], Group] = {}
     for run in finished:
         key = (run.family, run.label)
@@ -269,8 +294,12 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
     for group in groups.values():
         group.runs.sort(key=lambda r: r.seed)
         reference = identity_settings(group.runs[0].config)
+        # a family that writes a mask file per seed (mask-from an [[edit]] step) differs in mask-path on purpose
+        per_seed = {"mask-path"} if len({r.point.get(MASK_FROM) for r in group.runs} - {None}) == 1 else set()
         for run in group.runs[1:]:
-            differing = sorted(k for k, v in identity_settings(run.config).items() if reference.get(k) != v)
+            differing = sorted(
+                k for k, v in identity_settings(run.config).items() if reference.get(k) != v and k not in per_seed
+            )
             if differing:
                 warnings.append(
                     f"{group.label}: {run.name} differs from {group.runs[0].name} in {', '.join(differing)} "
@@ -281,6 +310,19 @@ def collect(root: str | Path | Sequence[str | Path]) -> tuple[list[Group], list[
             warnings.append(f"{group.label}: repeated seeds {seeds}")
     ordered = sorted(groups.values(), key=lambda g: (g.family, _sort_key(g)))
     return ordered, unfinished, warnings
+
+
+def _planned(roots: Sequence[Path]) -> dict[str, list[dict[str, Any]]]:
+    """Run directory name → the manifest entries that plan it (:func:`planned_as`), over several roots; an entry
+    (a run name) found under more than one root counts once, from the first root that has it."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    named: set[str] = set()
+    for r in roots:
+        for directory, entries in planned_as(r).items():
+            fresh = [e for e in entries if e["name"] not in named]
+            named |= {e["name"] for e in fresh}
+            out.setdefault(directory, []).extend(fresh)
+    return out
 
 
 def identity_settings(config: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedtalos.study.figure_common import controlled, dense_reference, editing_groups
+from fedtalos.study.figure_common import CALIBRATION_DATA, SPARSITY_AXES, controlled, dense_reference, editing_groups
 from fedtalos.study.figures import study_figures
 from fedtalos.study.results import Group, collect, settings_text, varied_settings
 
@@ -29,8 +29,9 @@ METRICS: dict[str, tuple[str, float, int]] = {
     "downloaded_gb": ("downloaded (GB)", 1.0, 2),
     "mean_drift": ("mean drift", 1.0, 4),
     "mask_density": ("trainable (%)", 100.0, 1),
-    "mask_jaccard": ("client–aggregate Jaccard", 1.0, 3),
-    "mask_jaccard_floor": ("iid-subset–aggregate Jaccard (noise floor)", 1.0, 3),
+    "mask_jaccard": ("client–aggregate Jaccard (clients outside the calibration cohort)", 1.0, 3),
+    "mask_jaccard_cohort": ("client–aggregate Jaccard (calibration-cohort members, in-sample)", 1.0, 3),
+    "mask_jaccard_floor": ("iid subset–left-out aggregate Jaccard (noise floor)", 1.0, 3),
     "wall_min": ("time in rounds (min)", 1.0, 1),
     "run_min": ("run time (min)", 1.0, 1),
 }
@@ -174,8 +175,7 @@ def markdown_table(groups: Sequence[Group]) -> str:
 def left_out_of_figures(groups: Sequence[Group]) -> list[str]:
     """A note naming the editing configurations the accuracy figures leave out (:func:`controlled`), with their
     fine-tuning length, e.g. the one-round runs of an analysis family."""
-    axes = ("sparsity", "mask-rule", "calibration-rounds", "mask-scope")
-    _, left = controlled(editing_groups(groups), axes)
+    _, left = controlled(editing_groups(groups), (*SPARSITY_AXES, *CALIBRATION_DATA))
     if not left:
         return []
     names = ", ".join(
@@ -183,7 +183,8 @@ def left_out_of_figures(groups: Sequence[Group]) -> list[str]:
         for g in left
     )
     return [
-        "Left out of the accuracy figures (they compare configurations that differ only in rule, sparsity and R', "
+        "Left out of the accuracy figures (they compare configurations that differ only in rule and its scope, "
+        "sparsity, R' and the calibration's clients and samples, "
         f"at the longest fine-tuning; docs/figures.md): {names}."
     ]
 
@@ -210,7 +211,7 @@ def summarize(
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(groups, out / "summary.csv")
     md = markdown_table(groups)
-    n_runs = sum(len(g.runs) for g in groups)
+    n_runs = len({r.path for g in groups for r in g.runs})  # a run shared by two families counts once
     notes = [
         f"{len(groups)} configurations, {n_runs} finished runs under `{root}`. Metrics: mean ± sample std (ddof = 1) "
         "over seeds; accuracies in %; uploaded = bytes sent by clients over all phases; drift = weighted RMS "

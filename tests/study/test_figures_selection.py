@@ -43,7 +43,14 @@ def _family(root: Path, spec: dict[str, Any], acc: Any, extra: Any = None) -> No
 
 def _analysis(path: Path, c: Any) -> None:
     (path / "analysis").mkdir()
-    record = {"mean_jaccard": 0.5, "pairwise_jaccard": 0.4, "chance_jaccard": 0.05}
+    # the keys study/agreement.py writes: clients outside the calibration cohort, its members apart, the floor
+    record = {
+        "mean_jaccard": 0.5,
+        "cohort_mean_jaccard": 0.9,
+        "pairwise_jaccard": 0.4,
+        "noise_floor_jaccard": 0.3,
+        "chance_jaccard": 0.05,
+    }
     (path / "analysis" / "mask_agreement.json").write_text(json.dumps(record))
 
 
@@ -54,6 +61,7 @@ def _mask_source(path: Path, c: Any) -> None:
 
 def write_root(root: Path, mask_file: Path) -> Path:
     seeds = [0, 1, 2]
+    mask_file.write_bytes(b"")  # the plan checks that a mask-path exists; the runs are fakes and never read it
     rules = ["least-sensitive", "most-sensitive", "random"]
     # one fine-tuning round at the grid points of rules and sparse, three seeds and three rules: the most runs
     _family(
@@ -198,3 +206,21 @@ def test_the_summary_names_what_the_accuracy_figures_leave_out(figures: Path):
 
 def test_the_analysis_figure_draws_the_analysis_runs(figures: Path):
     assert {r.split("-")[0] for r in runs_of(read(figures, "mask-agreement"))} == {"maskagree"}
+
+
+def test_the_agreement_figure_reads_the_out_of_sample_keys(figures: Path):
+    rows = read(figures, "mask-agreement")
+    expected = {
+        "mean_jaccard": ("clients outside the calibration cohort vs aggregated mask", 0.5),
+        "cohort_mean_jaccard": ("calibration-cohort members vs aggregated mask (in-sample)", 0.9),
+        "pairwise_jaccard": ("client vs client", 0.4),
+        "noise_floor_jaccard": ("iid subset vs the aggregate that left it out (noise floor)", 0.3),
+    }
+    assert {r["metric"] for r in rows} == set(expected)
+    for row in rows:
+        what, value = expected[row["metric"]]
+        assert row["series"].startswith(f"{what} (") and float(row["value"]) == pytest.approx(value), row
+    summary = {r["configuration"]: r for r in csv.DictReader((figures.parent / "summary.csv").read_text().splitlines())}
+    analysed = summary["maskagree-iid-least-sensitive"]
+    assert float(analysed["mask_jaccard_mean"]) == 0.5 and float(analysed["mask_jaccard_cohort_mean"]) == 0.9
+    assert float(analysed["mask_jaccard_floor_mean"]) == 0.3
