@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedtalos.cli.main import main
+from fedtalos.config import RunConfig
 from fedtalos.study.plan import plan_files
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -32,11 +33,20 @@ def test_the_robust_runs_differ_from_fedavgs_only_in_the_strategy(tmp_path: Path
     # the FedAvg side of the comparison is configs/noniid.toml at J = 4 (random head): same rounds, evaluations, K, C
     robust = plan_files([CONFIGS / "robust.toml"], output_root=tmp_path)
     fedavg = plan_files([CONFIGS / "noniid.toml"], output_root=tmp_path)
+    # the main arm: random head, the default local momentum and lr (not the local-momentum control)
+    defaults = RunConfig.defaults()
+    main_arm = [
+        r
+        for r in fedavg
+        if r.config.local_steps == 4
+        and r.config.head == "train"
+        and (r.config.momentum, r.config.lr) == (defaults["momentum"], defaults["lr"])
+    ]
     by_point = {
         (r.seed, r.config.partitioning, r.config.classes_per_client if r.config.partitioning == "noniid" else 0): r
-        for r in fedavg
-        if r.config.local_steps == 4 and r.config.head == "train"
+        for r in main_arm
     }
+    assert len(by_point) == len(main_arm), "one FedAvg twin per point"
     for run in robust:
         c = run.config
         twin = by_point[(run.seed, c.partitioning, c.classes_per_client if c.partitioning == "noniid" else 0)].config
