@@ -72,25 +72,22 @@ def build_model(
     if depth is not None:
         kwargs["depth"] = depth
     if name == TINY_TEST_VIT:
-
-        def create() -> nn.Module:
-            return timm.models.VisionTransformer(
-                img_size=image_size,
-                patch_size=backbone.patch_size,
-                embed_dim=32,
-                depth=depth or 2,
-                num_heads=2,
-                mlp_ratio=2.0,
-                num_classes=num_classes,
-            )
-
-        model = create() if initialise else _uninitialised(create)
-    elif not pretrained:
-        model = (
-            timm.create_model(name, pretrained=False, **kwargs)
-            if initialise
-            else _uninitialised(functools.partial(timm.create_model, name, pretrained=False, **kwargs))
+        create = functools.partial(
+            timm.models.VisionTransformer,
+            img_size=image_size,
+            patch_size=backbone.patch_size,
+            embed_dim=32,
+            depth=depth or 2,
+            num_heads=2,
+            mlp_ratio=2.0,
+            num_classes=num_classes,
         )
+        model = create() if initialise else _uninitialised(create, vision_transformer=True)
+    elif not pretrained:
+        create = functools.partial(timm.create_model, name, pretrained=False, **kwargs)
+        entrypoint = timm.models.model_entrypoint(backbone.name)
+        vision_transformer = entrypoint.__module__ == timm.models.vision_transformer.__name__
+        model = create() if initialise else _uninitialised(create, vision_transformer=vision_transformer)
     elif weights_path:
         check_weights_file(weights_path, name, depth=depth)
         overlay = {"file": str(Path(weights_path).expanduser())}
@@ -104,11 +101,13 @@ def build_model(
     return model
 
 
-def _uninitialised(create: Callable[[], nn.Module]) -> nn.Module:
+def _uninitialised(create: Callable[..., nn.Module], vision_transformer: bool) -> nn.Module:
     """``create()``'s model with its tensors allocated on the CPU but not initialised (no random draws), unless it
-    has buffers outside its state dict, which loading weights would not fill: then ``create()`` itself."""
+    has buffers outside its state dict, which loading weights would not fill: then ``create()`` itself.
+    ``vision_transformer``: it is timm's ``VisionTransformer``, which can also skip its init pass on the meta
+    device (``weight_init='skip'``; tens of ms for ViT-S/16)."""
     with torch.device("meta"):
-        model = create()
+        model = create(weight_init="skip") if vision_transformer else create()
     loaded = set(model.state_dict())
     if any(name not in loaded for name, _ in model.named_buffers()):
         return create()
