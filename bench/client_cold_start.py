@@ -10,6 +10,8 @@ what the ClientApp does for a train message, timing each part:
 - ``import_torch``: ``import torch`` (outside the app's control);
 - ``import_flower``: ``flwr.app`` and ``flwr.clientapp`` (Flower's process has imported them before it loads the app);
 - ``import_app``: ``import fedtalos.client_app`` on top of both;
+- ``import_dynamo``: ``torch._dynamo``, torch's compiler stack: torchvision (through timm) imports it, and so does
+  a client's first optimizer step without it, so it is torch's share, not the app's;
 - ``import_timm``: timm (which imports torchvision), the model's library, imported on its own to show its share;
 - ``setup``: the run config and the per-process resources, without the two parts below;
 - ``data``: the node's shard in memory (reading CIFAR's files, the split, the partition, the shard's rows);
@@ -17,7 +19,7 @@ what the ClientApp does for a train message, timing each part:
 - ``weights``: the global weights from a safetensors file (as the shared-memory transport delivers them) into the
   model.
 
-``app_s`` is the app's part, everything after ``import torch`` and Flower's imports, timm's import included.
+``app_s`` is the app's part, everything after torch's and Flower's imports, timm's import included.
 Medians over the runs. The data is generated (:mod:`fedtalos.testing.synthetic`) in CIFAR-100's on-disk format
 at the real set's size (500 train and 100 test images per class) unless ``--per-class`` says otherwise; K = 100
 partitions, the node holds partition 0. The first run builds whatever the app caches on disk; it is reported apart
@@ -37,7 +39,17 @@ import time
 from pathlib import Path
 
 MODELS = {"vit-s16": "vit_small_patch16_224.dino", "tiny": "vit-tiny-test"}
-PARTS = ("import_torch", "import_flower", "import_app", "import_timm", "setup", "data", "model", "weights")
+PARTS = (
+    "import_torch",
+    "import_flower",
+    "import_app",
+    "import_dynamo",
+    "import_timm",
+    "setup",
+    "data",
+    "model",
+    "weights",
+)
 OFFLINE = {
     "HF_HUB_OFFLINE": "1",
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -63,7 +75,7 @@ def child(values: dict, weights_file: str, pid: int) -> dict[str, float]:
     """One cold start, in this (fresh) process: seconds per part."""
     times: dict[str, float] = {}
     t = time.perf_counter()
-    import torch  # noqa: F401
+    import torch
 
     times["import_torch"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -94,6 +106,10 @@ def child(values: dict, weights_file: str, pid: int) -> dict[str, float]:
 
     resources_module.load_cifar100 = timed("data", resources_module.load_cifar100)
     resources_module.build_model = timed("model", resources_module.build_model)
+    t = time.perf_counter()
+    import torch._dynamo  # noqa: F401
+
+    times["import_dynamo"] = time.perf_counter() - t
     t = time.perf_counter()
     import timm  # noqa: F401
 
@@ -131,7 +147,7 @@ def cold_starts(values: dict, weights_file: Path, runs: int) -> list[dict[str, f
 def summary(runs: list[dict[str, float]]) -> dict:
     """Per-part medians (ms) of ``runs`` and the app's part."""
     for r in runs:
-        r["app_s"] = sum(r[p] for p in PARTS if p not in ("import_torch", "import_flower"))
+        r["app_s"] = sum(r[p] for p in PARTS if p not in ("import_torch", "import_flower", "import_dynamo"))
     return {k: round(1000 * statistics.median(r[k] for r in runs), 1) for k in (*PARTS, "app_s")}
 
 
@@ -151,7 +167,7 @@ def write_weights(values: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model, 2 runs, 20/5 images per class")
+    parser.add_argument("--quick", action="store_true", help="tiny model, 1 run after the first, 20/4 per class")
     parser.add_argument("--runs", type=int, default=7, help="fresh processes per model (after the first)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["vit-s16", "tiny"])
     parser.add_argument("--per-class", type=int, default=500, help="train images per class (test: a fifth)")
@@ -163,10 +179,16 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child[0]), args.child[1], pid=0)))
         return
     if args.quick:
-        args.runs, args.models, args.per_class = 2, ["tiny"], 20
+        args.runs, args.models, args.per_class = 1, ["tiny"], 20
     from fedtalos.testing.synthetic import write_fake_cifar100
 
-    report: dict = {"runs": args.runs, "per_class": args.per_class, "clients": args.clients, "cpus": os.cpu_count()}
+    report: dict = {
+        "benchmark": "client_cold_start",
+        "runs": args.runs,
+        "per_class": args.per_class,
+        "clients": args.clients,
+        "cpus": os.cpu_count(),
+    }
     with tempfile.TemporaryDirectory(prefix="fedtalos-cold-") as tmp:
         root = write_fake_cifar100(Path(tmp) / "data", args.per_class, max(1, args.per_class // 5))
         for name in args.models:
