@@ -52,7 +52,6 @@ class Resources:
     use_shard_cache: bool = False
     _on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _partitions: list[np.ndarray] | None = None
-    _shards: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     # -------------------------------------------------------------------------------------------- data
     @functools.cached_property
@@ -98,8 +97,6 @@ class Resources:
         """(uint8 images, labels) of client ``pid``'s shard, on the device."""
         if not 0 <= pid < self.config.num_clients:
             raise ValueError(f"partition-id {pid} outside 0..{self.config.num_clients - 1}")
-        if pid in self._shards:
-            return self._shards[pid]
         if not self.use_shard_cache or "data" in self.__dict__:  # in memory already: indexing it is cheaper
             return self._shard_in_memory(pid)
         c = self.config
@@ -113,10 +110,8 @@ class Resources:
             except OSError as e:  # a read-only data folder: every process cuts its shard again
                 log.debug("could not keep partition %d's shard in %s: %s", pid, folder, e)
             return images, labels
-        images, labels, _ = hit
-        shard = to_device(torch.from_numpy(images), self.device), to_device(torch.from_numpy(labels), self.device)
-        self._shards[pid] = shard
-        return shard
+        images, labels, _ = hit  # a new copy-on-write map each call: a caller's writes never reach another's
+        return to_device(torch.from_numpy(images), self.device), to_device(torch.from_numpy(labels), self.device)
 
     def shard_identity(self) -> dict[str, object]:
         """The settings that decide which rows of the train set each partition holds."""
