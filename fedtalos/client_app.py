@@ -73,13 +73,22 @@ def partition_id(context: Context, config: RunConfig) -> int:
     return pid
 
 
+def client_resources(config: RunConfig) -> Resources:
+    """This process's resources for ``config``: a model whose weights each message brings, the node's shard from
+    its file (:mod:`fedtalos.task.shard_cache`)."""
+    return get_resources(config, client=True)
+
+
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, Resources, int]:
     config = run_config(context)
-    resources = get_resources(config)
+    resources = client_resources(config)
     pid = partition_id(context, config)
     weights = transport.receive(msg.content, msg.content.config_records.get(P.CONFIG, {}))
     if weights is not None:
         staging.load(resources.model, weights)
+        resources.weights_pending = False
+    elif resources.weights_pending:
+        raise RuntimeError(f"a {msg.metadata.message_type} message without the global weights reached a new client")
     return config, resources, pid
 
 
@@ -109,7 +118,7 @@ def identity(msg: Message, context: Context) -> Message:
     if "partition-id" not in node or "num-partitions" not in node:
         partition_id(context, config)  # raises the explanation
     pid, count = int(node["partition-id"]), int(node["num-partitions"])
-    size = len(get_resources(config).partitions[pid]) if count == config.num_clients and 0 <= pid < count else 0
+    size = len(client_resources(config).client_data(pid)[1]) if count == config.num_clients and 0 <= pid < count else 0
     metrics = {"partition-id": pid, "num-partitions": count, P.NUM_EXAMPLES: size}
     return Message(P.make_reply(None, metrics), reply_to=msg)
 
@@ -196,7 +205,7 @@ def ridge(msg: Message, context: Context) -> Message:
     """Step 0: ΦᵀΦ, ΦᵀY (float64) and n over this shard's backbone features; no raw data leaves the node."""
     _, resources, pid = _setup(msg, context)
     images, labels = resources.client_data(pid)
-    stats = ridge_statistics(resources.model, resources.eval_batches(images, labels), len(resources.data.classes))
+    stats = ridge_statistics(resources.model, resources.eval_batches(images, labels), resources.num_classes)
     arrays = ArrayRecord({"gram": Array(stats.gram.numpy()), "cross": Array(stats.cross.numpy())})
     empty_cache(resources.device)  # the feature passes' blocks: give them back before the next phase
     return Message(P.make_reply(arrays, {P.NUM_EXAMPLES: stats.count}), reply_to=msg)

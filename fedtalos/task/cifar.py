@@ -102,9 +102,15 @@ def read_cifar100_folder(folder: Path) -> Cifar100:
         if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
             raise DatasetIntegrityError(f"{folder / split}: fine labels outside 0..{NUM_CLASSES - 1}")
         splits[split] = (torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels))
+    return Cifar100(*splits["train"], *splits["test"], classes=read_classes(folder))
+
+
+def read_classes(folder: Path, verify: bool = False) -> tuple[str, ...]:
+    """The fine class names from ``folder``'s ``meta`` file alone (checked against its MD5 sum when ``verify``)."""
+    if verify and _md5(folder / "meta") != CIFAR_MD5["meta"]:
+        raise DatasetIntegrityError(f"{folder / 'meta'} does not match the official CIFAR-100 MD5 sum")
     meta = _read_pickle(folder / "meta")
-    classes = tuple(str(c) for c in meta.get("fine_label_names", [str(i) for i in range(NUM_CLASSES)]))
-    return Cifar100(*splits["train"], *splits["test"], classes=classes)
+    return tuple(str(c) for c in meta.get("fine_label_names", [str(i) for i in range(NUM_CLASSES)]))
 
 
 def _md5(path: Path) -> str:

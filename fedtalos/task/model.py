@@ -4,7 +4,7 @@ parameter groups (devices and precision: :mod:`fedtalos.task.device`)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ def build_model(
     pretrained: bool = True,
     weights_path: str | Path | None = None,
     depth: int | None = None,
+    initialise: bool = True,
 ) -> nn.Module:
     """Build a ViT classifier.
 
@@ -52,6 +53,9 @@ def build_model(
         weights_path: a local ``.safetensors`` / ``.pth`` file with the backbone; without it timm downloads the
             model's file from the Hugging Face hub.
         depth: build only this many transformer blocks (same block type; for tests). None = the model's own.
+        initialise: False: with ``pretrained=False``, leave the weights uninitialised (``torch.empty``: built on
+            the meta device, no random draws) for a caller that loads every weight next, as a client does. A model
+            with buffers outside its state dict (computed, not loaded) is initialised anyway.
 
     Raises:
         ValueError: unknown name, or an image size that is not a multiple of the patch size.
@@ -68,7 +72,8 @@ def build_model(
     if depth is not None:
         kwargs["depth"] = depth
     if name == TINY_TEST_VIT:
-        model = timm.models.VisionTransformer(
+        create = functools.partial(
+            timm.models.VisionTransformer,
             img_size=image_size,
             patch_size=backbone.patch_size,
             embed_dim=backbone.width,
@@ -77,8 +82,12 @@ def build_model(
             mlp_ratio=2.0,
             num_classes=num_classes,
         )
+        model = create() if initialise else _uninitialised(create, vision_transformer=True)
     elif not pretrained:
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        create = functools.partial(timm.create_model, name, pretrained=False, **kwargs)
+        entrypoint = timm.models.model_entrypoint(backbone.name)
+        vision_transformer = entrypoint.__module__ == timm.models.vision_transformer.__name__
+        model = create() if initialise else _uninitialised(create, vision_transformer=vision_transformer)
     elif weights_path:
         check_weights_file(weights_path, name, depth=depth)
         overlay = {"file": str(Path(weights_path).expanduser())}
@@ -90,6 +99,19 @@ def build_model(
         model = _from_hub(backbone, kwargs)
     check_architecture(model)
     return model
+
+
+def _uninitialised(create: Callable[..., nn.Module], vision_transformer: bool) -> nn.Module:
+    """``create()``'s model with its tensors allocated on the CPU but not initialised (no random draws), unless it
+    has buffers outside its state dict, which loading weights would not fill: then ``create()`` itself.
+    ``vision_transformer``: it is timm's ``VisionTransformer``, which can also skip its init pass on the meta
+    device (``weight_init='skip'``; tens of ms for ViT-S/16)."""
+    with torch.device("meta"):
+        model = create(weight_init="skip") if vision_transformer else create()
+    loaded = set(model.state_dict())
+    if any(name not in loaded for name, _ in model.named_buffers()):
+        return create()
+    return model.to_empty(device="cpu")
 
 
 def _from_hub(backbone: Backbone, kwargs: dict) -> nn.Module:

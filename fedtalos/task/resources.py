@@ -2,23 +2,27 @@
 
 Built once per process and cached (a Ray actor serves many clients; rebuilding per message would dominate a
 round), rebuilt only when the configuration changes. Clients build the architecture without pretrained weights:
-the server sends them the global weights every round, so only the server ever needs the DINO checkpoint.
+the server sends them the global weights every round, so only the server ever needs the DINO checkpoint. A
+ClientApp's resources (``client=True``) leave the model's weights uninitialised (every message brings them) and
+take the node's shard from :mod:`fedtalos.task.shard_cache` while the process has not loaded the whole data set.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedtalos.config import RunConfig
+from fedtalos.task import shard_cache
 from fedtalos.task.batches import ImageTransform, iterate_batches, to_device
-from fedtalos.task.cifar import Cifar100, load_cifar100
+from fedtalos.task.cifar import CIFAR_FOLDER, Cifar100, load_cifar100, read_classes
 from fedtalos.task.device import precision_choice, resolve_device, set_deterministic, set_matmul_precision
 from fedtalos.task.model import build_model, input_normalisation
 from fedtalos.task.partition import make_partitions, split_train_val
@@ -35,19 +39,40 @@ class Resources:
     config: RunConfig
     device: torch.device
     dtype: torch.dtype | None
-    data: Cifar100
-    train_idx: np.ndarray
-    val_idx: np.ndarray
+    load_data: Callable[[], Cifar100]
+    num_classes: int
     model: nn.Module
     train_transform: ImageTransform
     eval_transform: ImageTransform
     # The model's weights as built (CPU copies), kept when pretrained=True: the cached model is trained in place
     # by the centralized command, so a fresh run in the same process must not start from what it left behind.
     initial_weights: dict[str, torch.Tensor] | None = None
+    # A ClientApp's: the model's weights are uninitialised until the first message's arrive; shards from files.
+    weights_pending: bool = False
+    use_shard_cache: bool = False
     _on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _partitions: list[np.ndarray] | None = None
 
     # -------------------------------------------------------------------------------------------- data
+    @functools.cached_property
+    def data(self) -> Cifar100:
+        """The whole data set in memory (loaded on first use)."""
+        return self.load_data()
+
+    @functools.cached_property
+    def _train_val(self) -> tuple[np.ndarray, np.ndarray]:
+        return split_train_val(self.data.train_labels, self.config.val_fraction, self.config.seed)
+
+    @property
+    def train_idx(self) -> np.ndarray:
+        """Indices of the train split (train minus validation) into the train set."""
+        return self._train_val[0]
+
+    @property
+    def val_idx(self) -> np.ndarray:
+        """Indices of the validation split into the train set."""
+        return self._train_val[1]
+
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 images, labels) of 'train' (train minus validation), 'val' or 'test', on the device."""
         if name not in self._on_device:
@@ -72,6 +97,34 @@ class Resources:
         """(uint8 images, labels) of client ``pid``'s shard, on the device."""
         if not 0 <= pid < self.config.num_clients:
             raise ValueError(f"partition-id {pid} outside 0..{self.config.num_clients - 1}")
+        if not self.use_shard_cache or "data" in self.__dict__:  # in memory already: indexing it is cheaper
+            return self._shard_in_memory(pid)
+        c = self.config
+        folder, identity = Path(c.resolved_dataset_root()) / CIFAR_FOLDER, self.shard_identity()
+        hit = shard_cache.read_shard(folder, identity, pid, verified=c.dataset_verify)
+        if hit is None:
+            images, labels = self._shard_in_memory(pid)
+            try:
+                arrays = images.cpu().numpy(), labels.cpu().numpy()
+                shard_cache.write_shard(folder, identity, pid, *arrays, self.num_classes, c.dataset_verify)
+            except OSError as e:  # a read-only data folder: every process cuts its shard again
+                log.debug("could not keep partition %d's shard in %s: %s", pid, folder, e)
+            return images, labels
+        images, labels, _ = hit  # a new copy-on-write map each call: a caller's writes never reach another's
+        return to_device(torch.from_numpy(images), self.device), to_device(torch.from_numpy(labels), self.device)
+
+    def shard_identity(self) -> dict[str, object]:
+        """The settings that decide which rows of the train set each partition holds."""
+        c = self.config
+        return {
+            "val-fraction": c.val_fraction,
+            "seed": c.seed,
+            "num-clients": c.num_clients,
+            "partitioning": c.partitioning,
+            "classes-per-client": c.classes_per_client,
+        }
+
+    def _shard_in_memory(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = self.split("train")
         idx = torch.from_numpy(self.partitions[pid]).to(self.device)
         return images[idx], labels[idx]
@@ -104,6 +157,7 @@ class Resources:
     def load_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
         """Copy ``weights`` into the cached model (strict: same keys and shapes)."""
         self.model.load_state_dict(weights, strict=True)
+        self.weights_pending = False
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The model's weights as independent CPU tensors."""
@@ -111,11 +165,13 @@ class Resources:
 
 
 @functools.lru_cache(maxsize=2)  # a client's and, in-process, a server's
-def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
+def get_resources(config: RunConfig, pretrained: bool = False, *, client: bool = False) -> Resources:
     """The cached resources of ``config`` for this process.
 
     ``pretrained=True`` loads the DINO weights (the server's initial model, the centralized run); clients use
-    the default, the bare architecture, since they receive weights in every message.
+    the default, the bare architecture, since they receive weights in every message. ``client=True``: a
+    ClientApp's, whose every message brings the weights: the model's are left uninitialised
+    (``weights_pending`` until loaded) and shards come from the shard cache.
     """
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -125,15 +181,22 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
     # Only an accelerator has a choice to report; on the CPU it is always fp32 (and would be noise in a CLI check).
     log.log(logging.DEBUG if device.type == "cpu" else logging.INFO, "precision: %s", precision)
     set_matmul_precision(device, deterministic=config.deterministic)
-    data = load_cifar100(config.resolved_dataset_root(), config.dataset_download, config.dataset_verify)
-    train_idx, val_idx = split_train_val(data.train_labels, config.val_fraction, config.seed)
+    load_data = functools.partial(
+        load_cifar100, config.resolved_dataset_root(), config.dataset_download, config.dataset_verify
+    )
+    meta = Path(config.resolved_dataset_root()) / CIFAR_FOLDER / "meta"
+    if client and meta.is_file():
+        num_classes = len(read_classes(meta.parent, verify=config.dataset_verify))
+    else:
+        num_classes = len(load_data().classes)
     torch.manual_seed(config.seed)  # the new head's initialisation (seeds.py: head initialisation)
     model = build_model(
         config.model,
-        num_classes=len(data.classes),
+        num_classes=num_classes,
         image_size=config.image_size,
         pretrained=pretrained and config.pretrained,
         weights_path=config.weights_path or None,
+        initialise=not client,
     ).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -146,11 +209,12 @@ def get_resources(config: RunConfig, pretrained: bool = False) -> Resources:
         config=config,
         device=device,
         dtype=dtype,
-        data=data,
-        train_idx=train_idx,
-        val_idx=val_idx,
+        load_data=load_data,
+        num_classes=num_classes,
         model=model,
         train_transform=transform(train=True),
         eval_transform=transform(train=False),
         initial_weights=initial,
+        weights_pending=client,
+        use_shard_cache=client,
     )

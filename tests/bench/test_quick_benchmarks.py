@@ -71,3 +71,13 @@ def test_gpu_benchmark_quick_runs_on_the_cpu():
     fisher = report["fisher"]
     assert fisher["hooks_s"] > 0 and fisher["loop_s"] > 0 and fisher["max_rel_diff"] < 1e-3, "the same scores"
     assert report["rounds"] == {}, "no federated rounds in --quick"
+
+
+@pytest.mark.e2e
+def test_client_cold_start_quick():
+    report = run_quick("client_cold_start.py", timeout=300)  # fresh interpreters: torch, flwr and timm each time
+    assert report["benchmark"] == "client_cold_start" and report["runs"] == 1
+    for run in report["tiny"].values():
+        parts = ("import_app", "import_timm", "setup", "data", "model", "weights")
+        assert all(run[p] >= 0 for p in parts)
+        assert run["app_s"] == pytest.approx(sum(run[p] for p in parts), abs=0.5)  # rounded to 0.1 ms each

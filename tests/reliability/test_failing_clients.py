@@ -220,7 +220,7 @@ def test_a_client_without_its_device_stops_the_run_before_the_first_round(tiny_r
     from fedtalos.federation.protocol import ClientResourceError
     from fedtalos.task.device import DeviceUnavailable
 
-    def no_gpu(config, pretrained=False):
+    def no_gpu(config, pretrained=False, client=False):
         raise DeviceUnavailable("device = 'auto': this machine has NVIDIA GPUs but this process sees none")
 
     monkeypatch.setattr(client_app, "get_resources", no_gpu)

@@ -108,3 +108,26 @@ def test_set_trainable_freezes_the_right_parts():
     set_trainable(model, "head")
     assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("head."))
     assert all(p.requires_grad for _, p in backbone_parameters(model))
+
+
+def test_an_uninitialised_model_draws_nothing_and_computes_bit_identically_once_loaded():
+    torch.manual_seed(3)
+    reference = build_model(TINY_TEST_VIT, image_size=16)
+    rng = torch.get_rng_state()
+    empty = build_model(TINY_TEST_VIT, image_size=16, initialise=False)
+    assert torch.equal(torch.get_rng_state(), rng), "no random initialisation"
+    empty.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(empty(x), reference(x))
+
+
+def test_a_model_with_computed_buffers_is_initialised_anyway():
+    from fedtalos.task.model import _uninitialised
+
+    class Computed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+            self.register_buffer("grid", torch.arange(4.0), persistent=False)  # loading weights would not fill it
+
+    assert torch.equal(_uninitialised(Computed, vision_transformer=False).grid, torch.arange(4.0))
