@@ -81,3 +81,14 @@ def try_lock(path: Path) -> IO[str] | None:
         handle.close()
         return None
     return handle
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive, blocking ``flock`` on the file ``path`` (created empty) for the ``with`` block: one
+    read-modify-write at a time among processes and threads (each ``open`` is its own lock holder)."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

@@ -24,6 +24,7 @@ import tomli_w
 
 from fedtalos.config import ConfigError, RunConfig, read_overrides
 from fedtalos.config.kinds import for_kind
+from fedtalos.fsutil import atomic_write_bytes, locked
 from fedtalos.run.phases import Kind, run_phases, total_units
 from fedtalos.study.files_needed import missing_base_file, missing_mask_file
 from fedtalos.study.grid import MASK_FROM, SWEEP_OWNED, EditStep, GridFile, ScaleRule, is_int, is_number, load_grid
@@ -440,28 +441,33 @@ def write_manifest(runs: Sequence[PlannedRun]) -> list[Path]:
     for directory, members in by_family.items():
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / MANIFEST
-        previous = json.loads(path.read_text()) if path.is_file() else {}
-        known = {r["name"]: r for r in previous.get("runs", [])}
-        for run in members:  # a later sweep with more seeds adds to the manifest, never drops runs
-            known[run.name] = {
-                "name": run.name,
-                "label": run.label,
-                "seed": run.seed,
-                "point": run.point,
-                "run": run.run_dir.name,  # the directory that holds it (another family's when shared)
-            }
-            if run.edit:  # writes a mask file the family's runs use; trains nothing (not a result to plot)
-                known[run.name]["edit"] = run.edit
-        record = {
-            "family": members[0].family,
-            "kind": next((r.kind for r in members if not r.edit), members[0].kind),
-            "grid_file": str(members[0].grid_file),
-            "axes": list(dict.fromkeys(k for r in members for k in r.point)),
-            "runs": list(known.values()),
-        }
-        path.write_text(json.dumps(record, indent=1))
+        with locked(directory / f"{MANIFEST}.lock"):  # sweeps sharing a root each add their runs, none lost
+            _update_manifest(path, members)
         written.append(path)
     return written
+
+
+def _update_manifest(path: Path, members: Sequence[PlannedRun]) -> None:
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    known = {r["name"]: r for r in previous.get("runs", [])}
+    for run in members:  # a later sweep with more seeds adds to the manifest, never drops runs
+        known[run.name] = {
+            "name": run.name,
+            "label": run.label,
+            "seed": run.seed,
+            "point": run.point,
+            "run": run.run_dir.name,  # the directory that holds it (another family's when shared)
+        }
+        if run.edit:  # writes a mask file the family's runs use; trains nothing (not a result to plot)
+            known[run.name]["edit"] = run.edit
+    record = {
+        "family": members[0].family,
+        "kind": next((r.kind for r in members if not r.edit), members[0].kind),
+        "grid_file": str(members[0].grid_file),
+        "axes": list(dict.fromkeys(k for r in members for k in r.point)),
+        "runs": list(known.values()),
+    }
+    atomic_write_bytes(path, json.dumps(record, indent=1).encode(), durable=False)  # a reader never sees half
 
 
 def planned_as(root: Path) -> dict[str, list[dict[str, Any]]]:
