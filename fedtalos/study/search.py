@@ -2,7 +2,8 @@
 
 Each trial is an ordinary centralized run in ``<output-root>/search-<study>/trial-<n>/`` that reports ``val_acc``
 to Optuna (TPE, MedianPruner); the same command resumes the study, re-queueing trials a killed process left
-running. Outputs: ``study.db``, ``trials.csv``, ``best.toml``, ``trials.png``. docs/centralized.md § Hyper-parameter search.
+running. Outputs: ``study.db``, ``trials.csv``, ``best.toml``, ``trials.png``; docs/centralized.md § Hyper-parameter
+search.
 """
 
 from __future__ import annotations
