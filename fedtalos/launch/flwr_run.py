@@ -91,7 +91,8 @@ def default_federation_config(config: RunConfig, extra: str = "") -> str:
 
     ``client-resources-num-cpus`` = 1 (two 1-CPU actors beat one 2-CPU actor for small per-client work, measured,
     see docs/performance.md). ``client-resources-num-gpus``, when the run may use CUDA (``device`` is not 'cpu' or
-    'mps') and this machine has it: the share of the first card from its memory (:func:`~fedtalos.task.memory.gpu_fraction`).
+    'mps') and this machine has it: the share of the first card from its memory
+    (:func:`~fedtalos.task.memory.gpu_fraction`).
     A key left out would be 0 for Ray, which then hides every GPU from the actors (``CUDA_VISIBLE_DEVICES=""``).
     """
     parts = [f"num-supernodes={config.num_clients}"]
