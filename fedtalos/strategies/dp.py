@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from fedtalos.federation.aggregate import ClientUpdate, weighted_mean
-from fedtalos.run.phases import run_phases
 from fedtalos.seeds import dp_noise_generator
 from fedtalos.strategies.base import ServerStrategy, Weights
 
@@ -228,7 +227,7 @@ def privacy_record(config: Any) -> dict[str, Any] | None:
     return record | {
         "sampling-rate": m / config.num_clients,
         # every training round releases a noised aggregate, linear probing's too
-        "rounds": sum(phase.units for phase in run_phases(config, "federated") if phase.trains),
+        "rounds": config.num_server_rounds + (config.probe_rounds if config.head == "probe" else 0),
         "epsilon": None,
         "epsilon-note": "not computed: no accountant here fits example-weighted aggregation",
     }
