@@ -2,33 +2,34 @@
 
 In simulation every message would carry the model's weights through pickling, Ray and Flower's encoding, about
 200 ms of CPU per client and round (``bench/round_overhead.py``). With ``transport = "shared-memory"`` (the default
-in simulation, ``"auto"``) the server writes the global weights once per round to a safetensors file in
-``/dev/shm`` and clients write their uploads beside it, to names the server chose. The weights are the same bit for
-bit (the drift, a reduction over an upload, may differ in its last bit: alignment changes its vector lanes), and a
-resumed run keeps its transport. The Deployment Engine always uses messages.
+in simulation, ``"auto"``) the server writes the global weights into one file in ``/dev/shm`` and each client of a
+cohort writes its upload into the file of its place in the cohort: slots (:mod:`fedtalos.federation.slots`) that
+live for the whole run, are overwritten in place and carry the payload's sequence number, which the message names.
+The weights are the same bit for bit (the drift, a reduction over an upload, may differ in its last bit: alignment
+changes its vector lanes), and a resumed run keeps its transport. The Deployment Engine always uses messages.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, RecordDict
-from safetensors.torch import load_file, save_file
 
 from fedtalos.federation import protocol as P
-from fedtalos.fsutil import atomic_path
+from fedtalos.federation import slots
 
-WEIGHTS_FILE = "weights-file"  # config key: path of the round's global weights
-UPLOAD_FILE = "upload-file"  # config key: where the client writes its upload
+WEIGHTS_FILE = "weights-file"  # config key: path of the slot with the round's global weights
+UPLOAD_FILE = "upload-file"  # config key: the upload slots' path, with {slot} for the client's place in the cohort
+UPLOAD_PIDS = "upload-pids"  # config key: the cohort in slot order
+SEQUENCE = "slot-sequence"  # config key: the payload's sequence number, in its weights and in every upload
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,6 @@ def choose(setting: str, grid: Any, need_bytes: int = 0) -> tuple[str, Path | No
     return "message", None
 
 
-def _write(path: Path, tensors: Mapping[str, torch.Tensor]) -> int:
-    with atomic_path(path, durable=False) as tmp:  # readers never see a half-written file
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    return path.stat().st_size
-
-
 STALE_AFTER_S = 3600.0  # a directory of another run, untouched this long and with its server gone, is litter
 
 
@@ -141,8 +136,11 @@ class ServerTransport:
 
     def __init__(self, mode: str, run_key: str, base: Path | None = None) -> None:
         self.mode = mode
-        self.sizes: dict[str, int] = {}  # file → bytes, for the byte metrics
+        self.sizes: dict[str, int] = {}  # file → bytes of its current payload, for the byte metrics
         self.directory: Path | None = None
+        self._reader = slots.Reader(reuse=False)  # an update is kept until the round is aggregated
+        self._payload: tuple[str, int] | None = None  # (name, sequence) of the payload being exchanged
+        self._slot_of: dict[int, int] = {}  # partition id → its upload slot in the current payload
         if mode == "shared-memory":
             base = base or _base_dir()
             for path in remove_stale_directories(base, run_key):
@@ -150,53 +148,57 @@ class ServerTransport:
             self.directory = base / f"fedtalos-{os.getuid()}-{run_key}-{os.getpid()}"
             self.directory.mkdir(parents=True, exist_ok=True)
 
-    def outbound(self, tensors: Mapping[str, torch.Tensor], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(record entries, config entries) that deliver ``tensors`` to a client (see :meth:`payload_bytes`).
+    def outbound(
+        self, tensors: Mapping[str, torch.Tensor], name: str, cohort: Sequence[int]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(record entries, config entries) that deliver ``tensors`` to the clients of ``cohort`` (see
+        :meth:`payload_bytes`).
 
-        ``name`` names this payload (e.g. ``train-12``); the client's upload goes to ``up-<name>-<pid>``.
+        ``name`` names this payload (e.g. ``train-12``). With shared memory the weights overwrite the run's weights
+        slot under a new sequence number, and the client at place i of ``cohort`` uploads into slot ``up-<i>``.
         """
         if self.directory is None:
             return {P.ARRAYS: P.encode_tensors(tensors)}, {}
-        path = self.directory / f"{name}.safetensors"
-        self.sizes[str(path)] = _write(path, tensors)
-        return {}, {WEIGHTS_FILE: str(path), UPLOAD_FILE: str(self.directory / f"up-{name}-{{pid}}.safetensors")}
+        sequence = slots.new_sequence()
+        path = self.directory / "weights.slot"
+        self.sizes[str(path)] = slots.write(path, tensors, sequence)
+        self._payload = (name, sequence)
+        self._slot_of = {pid: place for place, pid in enumerate(cohort)}
+        return {}, {
+            WEIGHTS_FILE: str(path),
+            SEQUENCE: sequence,
+            UPLOAD_FILE: str(self.directory / "up-{slot}.slot"),
+            UPLOAD_PIDS: list(cohort),
+        }
 
     def payload_bytes(self, content: RecordDict) -> int:
-        """Bytes a message delivers: its records, plus the shared-memory file it names."""
+        """Bytes a message delivers: its records, plus the shared-memory payload it names."""
         config = content.config_records.get(P.CONFIG, {})
         return P.message_bytes(content) + self.sizes.get(str(config.get(WEIGHTS_FILE, "")), 0)
 
     def inbound(self, reply: RecordDict, name: str, pid: int) -> tuple[dict[str, torch.Tensor], int]:
         """The tensors a client uploaded for payload ``name``, and their size in bytes.
 
-        With messages: decoded from the reply (``protocol.decode_upload``). With shared memory: read from the
-        file the server named (never a path the client chose), which is removed once it is mapped.
+        With messages: decoded from the reply (``protocol.decode_upload``). With shared memory: read from the slot
+        the server gave ``pid`` (never a path the client chose), if it holds this payload's sequence number and
+        ``pid``'s upload.
         """
         if self.directory is None:
             return P.decode_upload(reply), P.message_bytes(reply)
         if reply.array_records:
             raise P.ReplyRejected("arrays in the message, but this run exchanges tensors through shared memory")
-        path = self.directory / f"up-{name}-{pid}.safetensors"
+        if self._payload is None or self._payload[0] != name or pid not in self._slot_of:
+            raise P.ReplyRejected(f"no upload slot for client {pid} in payload {name}")
+        path = self.directory / f"up-{self._slot_of[pid]}.slot"
         try:
-            size = path.stat().st_size
-            tensors = load_file(str(path))
-        except Exception as e:  # missing, truncated or not safetensors at all: a bad reply, not a server crash
-            raise P.ReplyRejected(f"no readable upload at {path.name}: {type(e).__name__}: {e}") from None
-        finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        return tensors, size
+            return self._reader.read(path, self._payload[1], pid)
+        except (OSError, slots.SlotError) as e:  # missing, torn, stale or garbled: a bad reply, not a server crash
+            raise P.ReplyRejected(f"no readable upload in {path.name}: {type(e).__name__}: {e}") from None
 
     def done(self, name: str) -> None:
-        """Drop payload ``name`` (the round is aggregated)."""
-        if self.directory is not None:
-            path = self.directory / f"{name}.safetensors"
-            self.sizes.pop(str(path), None)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            for stray in self.directory.glob(f"up-{name}-*.safetensors"):  # uploads of rejected or late replies
-                with contextlib.suppress(OSError):
-                    stray.unlink()
+        """Payload ``name`` is aggregated: its slots are free for the next one (late uploads cannot be read)."""
+        if self._payload is not None and self._payload[0] == name:
+            self._payload, self._slot_of = None, {}
 
     def close(self) -> None:
         if self.directory is not None:
@@ -206,29 +208,41 @@ class ServerTransport:
 # ---------------------------------------------------------------------------------------------------------------
 # The client's side.
 
+_reader = slots.Reader()  # this process's copy of the latest global weights it read
+
 
 def receive(content: RecordDict, config: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
-    """The tensors a message delivers (from its arrays or from the shared-memory file it names), or None."""
+    """The tensors a message delivers (from its arrays or from the shared-memory slot it names), or None.
+
+    From shared memory the tensors are views of this process's buffer, valid until the next call: load them into
+    the model, do not keep them.
+    """
     path = config.get(WEIGHTS_FILE)
     if path:
         try:
-            return load_file(str(path))
+            return _reader.read(Path(str(path)), int(config[SEQUENCE]))[0]
         except OSError as e:
             raise TransportUnavailable(
                 f"cannot read {path} ({e.strerror or e}): this client does not share the server's machine; "
                 'set the run-config key transport = "message"'
             ) from None
+        except slots.SlotError as e:
+            raise RuntimeError(f"{path} does not hold this message's global weights ({e}): a late message") from None
     if P.ARRAYS in content.array_records:
         return P.decode_tensors(content[P.ARRAYS])
     return None
 
 
 def send(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], pid: int) -> ArrayRecord | None:
-    """Deliver an upload: into the file the server named (returns None), or as the reply's ArrayRecord."""
+    """Deliver an upload: into the slot the server gave this partition (returns None), or as the reply's
+    ArrayRecord."""
     target = config.get(UPLOAD_FILE)
     if target:
+        cohort = [int(p) for p in config[UPLOAD_PIDS]]
+        if pid not in cohort:
+            raise ValueError(f"partition {pid} has no upload slot: the message's cohort is {cohort}")
         try:
-            _write(Path(str(target).format(pid=pid)), tensors)
+            slots.write(Path(str(target).format(slot=cohort.index(pid))), tensors, int(config[SEQUENCE]), pid)
         except OSError as e:
             raise TransportUnavailable(
                 f'cannot write {target} ({e.strerror or e}); set the run-config key transport = "message"'

@@ -139,7 +139,7 @@ class Wire:
         """
         clock = clock or Stopwatch()
         cohort, payload = outgoing.cohort, outgoing.payload
-        entries, delivery = self.transport.outbound(outgoing.weights, payload)
+        entries, delivery = self.transport.outbound(outgoing.weights, payload, cohort)
         plain = RecordDict({**entries, P.CONFIG: P.config_record({**outgoing.config, **delivery})})
         bits = outgoing.mask_bits
         with_bits = None if bits is None else RecordDict({**plain, P.MASK: P.encode_mask_bits(bits)})
