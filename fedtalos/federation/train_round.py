@@ -1,9 +1,9 @@
 """Training rounds: fine-tuning (``train``, sparse once a mask exists) and linear probing (``head = "probe"``).
 
 One round: the cohort of (seed, stream, round) → one ``train`` message (global weights, the round's config, the mask
-for nodes that lack it) → each upload checked → its example-weighted mean in partition-id order (a strategy that
-``combines_updates`` combines the checked updates itself instead) → the strategy's update of the global weights, in
-place.
+for nodes that lack it) → each upload checked as it arrives and folded into the example-weighted mean in
+partition-id order (:class:`~fedtalos.federation.aggregate.RunningMean`; a strategy that ``combines_updates``
+combines the checked updates itself instead) → the strategy's update of the global weights, in place.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from fedtalos.config import RunConfig
 from fedtalos.editing.sparse import gather_trainable, scatter_trainable
 from fedtalos.federation import protocol as P
-from fedtalos.federation.aggregate import ClientUpdate, aggregate
+from fedtalos.federation.aggregate import ClientUpdate, RunningMean, aggregate
 from fedtalos.federation.cohort import sample_cohort
 from fedtalos.federation.mask_sync import pack
 from fedtalos.federation.state import ServerState
@@ -72,7 +72,8 @@ class TrainRounds:
             masked_count = int(sum(int(m.sum()) for m in mask.values()))
             reference = {**{k: weights[k] for k in dense}, P.MASKED_VALUES: gather_trainable(weights, mask)}
 
-        check = partial(check_train_reply, dense=dense, masked_count=masked_count, reference=reference)
+        running = None if self.strategy.combines_updates else RunningMean()  # the mean, folded as replies arrive
+        check = partial(check_train_reply, dense=dense, masked_count=masked_count, reference=reference, fold=running)
         needed = min(c.min_train_clients, len(cohort))
         where = f"round {self.spec.name}/{index}"
         replies = wire.exchange(outgoing, check, where=where, needed=needed, clock=clock)
@@ -81,7 +82,10 @@ class TrainRounds:
         # the drift is per weight of the whole model, uploaded or not: dense and sparse rounds on one scale
         coordinates = sum(v.numel() for v in weights.values())
         updates = list(replies.accepted.values())
-        result = aggregate(updates, reference, coordinates=coordinates)
+        if running is not None and running.complete and len(updates) == len(cohort):
+            result = running.result(reference, coordinates=coordinates)
+        else:  # a client failed (the weights p_i change) or the strategy combines the updates itself
+            result = aggregate(updates, reference, coordinates=coordinates)
         average = result.average
         if self.strategy.combines_updates:  # a rule over every update (a median, a selection): not their mean
             average = self.strategy.combine(updates, reference)
@@ -105,15 +109,20 @@ def check_train_reply(
     dense: Mapping[str, tuple[int, ...]],
     masked_count: int | None,
     reference: Mapping[str, torch.Tensor],
+    fold: RunningMean | None = None,
 ) -> ClientUpdate:
     """A train reply as an update: its registered example count, the expected tensors (``dense`` ones, and the
-    ``masked_count`` trainable entries of masked ones), finite values, and its train loss / accuracy (and norm bit)."""
+    ``masked_count`` trainable entries of masked ones), finite values, and its train loss / accuracy (and norm bit);
+    offered to ``fold`` once accepted."""
     n = P.check_num_examples(reply.metrics, reply.registered_examples)
     tensors = P.check_tensors(reply.upload(), dense, masked_count)
     distance = P.squared_distance(tensors, reference)
     wanted = ("train-loss", "train-acc", NORM_BIT)  # NORM_BIT: the client clipped its upload (adaptive DP)
     metrics = {k: v for k in wanted if (v := P.check_metric(reply.metrics, k)) is not None}
-    return ClientUpdate(reply.pid, n, tensors, metrics, distance)
+    update = ClientUpdate(reply.pid, n, tensors, metrics, distance)
+    if fold is not None:
+        fold.offer(update, reference, reply.cohort_examples)
+    return update
 
 
 def _mask_holders(state: ServerState, mid: str) -> list[int]:

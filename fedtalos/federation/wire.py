@@ -1,5 +1,5 @@
 """One message exchange with a cohort, end to end: what goes out, push and poll, the mask resend, each reply's
-check, one retry, the byte and timing counts, and the clean-up of the round's files.
+check as it arrives, one retry, the byte and timing counts, and the clean-up of the round's files.
 
 :class:`Wire` is the only caller of the transport's ``outbound`` / ``inbound`` / ``done``; phases and federated
 evaluation say what to send (:class:`Outgoing`) and how a reply is checked (a function of a :class:`Reply`).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -74,6 +74,7 @@ class Reply:
     transport: ServerTransport
     payload: str
     upload_bytes: int | None = None  # set once the upload is read
+    cohort_examples: Mapping[int, int | None] = field(default_factory=dict)  # what each pid of the cohort registered
 
     @property
     def metrics(self) -> MetricRecord:
@@ -147,24 +148,32 @@ class Wire:
         accepted: dict[int, T] = {}
         failed: dict[int, str] = {}
         deliveries: dict[int, Delivery] = {}
+        rejected: dict[int, str] = {}  # of the current attempt
+        registered = {pid: self.expected_examples(pid) for pid in cohort}
         bytes_down = bytes_up = 0
         pushed_at = 0.0
+
+        def accept(pid: int, content: RecordDict, seen: float) -> None:
+            """Check a reply as it arrives, while the rest of the cohort still trains."""
+            nonlocal bytes_up
+            reply = Reply(pid, content, self.expected_examples(pid), self.transport, payload, None, registered)
+            checked_at = time.perf_counter()
+            try:
+                accepted[pid] = check(reply)
+            except P.ReplyRejected as e:
+                rejected[pid] = f"rejected: {e}"
+                bytes_up += P.message_bytes(content)
+                return
+            stamps = content.metric_records.get(P.METRICS, {})
+            deliveries[pid] = Delivery(dict(stamps), seen, time.perf_counter() - checked_at)
+            bytes_up += reply.upload_bytes if reply.upload_bytes is not None else P.message_bytes(content)
+
         for attempt in range(2):
             todo = [p for p in cohort if p not in accepted]
-            answered, failed, sent, pushed_at, arrived = self._send(todo, outgoing, plain, with_bits)
+            rejected.clear()
+            failed, sent, pushed_at = self._send(todo, outgoing, plain, with_bits, accept)
+            failed.update(rejected)
             bytes_down += sent
-            for pid, content in sorted(answered.items()):
-                reply = Reply(pid, content, self.expected_examples(pid), self.transport, payload)
-                checked_at = time.perf_counter()
-                try:
-                    accepted[pid] = check(reply)
-                except P.ReplyRejected as e:
-                    failed[pid] = f"rejected: {e}"
-                    bytes_up += P.message_bytes(content)
-                    continue
-                stamps = content.metric_records.get(P.METRICS, {})
-                deliveries[pid] = Delivery(dict(stamps), arrived[pid], time.perf_counter() - checked_at)
-                bytes_up += reply.upload_bytes if reply.upload_bytes is not None else P.message_bytes(content)
             for pid, reason in sorted(failed.items()):
                 log.warning("%s: client %d failed (%s)", where, pid, reason)
             if len(accepted) >= needed:
@@ -197,17 +206,22 @@ class Wire:
         return Replies(dict(sorted(accepted.items())), stats)
 
     def _send(
-        self, pids: list[int], outgoing: Outgoing, plain: RecordDict, with_bits: RecordDict | None
-    ) -> tuple[dict[int, RecordDict], dict[int, str], int, float, dict[int, float]]:
-        """Send to the nodes of ``pids``: (replies by pid, failure reasons by pid, bytes sent, when the messages were
-        handed over, when each reply was seen; ``time.time()``).
+        self,
+        pids: list[int],
+        outgoing: Outgoing,
+        plain: RecordDict,
+        with_bits: RecordDict | None,
+        on_reply: Callable[[int, RecordDict, float], None],
+    ) -> tuple[dict[int, str], int, float]:
+        """Send to the nodes of ``pids`` and hand each reply without an error to ``on_reply`` (partition id,
+        content, when it was seen; ``time.time()``) as it arrives: (failure reasons by pid, bytes sent, when the
+        messages were handed over).
 
         A node that answers ``mask-missing`` is sent the message again at once, with the mask bits.
         """
         self.registry.refresh(self.grid)
-        answered: dict[int, RecordDict] = {}
+        answered: set[int] = set()
         failed: dict[int, str] = {}
-        arrived: dict[int, float] = {}
         bytes_down = 0
         pushed_at = 0.0
         todo, with_mask = list(pids), False
@@ -228,13 +242,13 @@ class Wire:
                 pid = node_to_pid.get(reply.metadata.src_node_id)
                 if pid is None:
                     continue
-                arrived[pid] = seen
                 if reply.has_error():
                     P.check_error_reply(reply.error.reason, f"{outgoing.message_type} message", f"client {pid}")
                     failed[pid] = f"error: {reply.error.reason}"
                 else:
-                    answered[pid] = reply.content
+                    answered.add(pid)
                     failed.pop(pid, None)
+                    on_reply(pid, reply.content, seen)
             for pid in node_to_pid.values():
                 if pid not in answered and pid not in failed:
                     failed[pid] = f"no reply within round-timeout = {self.config.round_timeout:g} s"
@@ -242,7 +256,7 @@ class Wire:
             if not todo:
                 break
             with_mask = True
-        return answered, failed, bytes_down, pushed_at, arrived
+        return failed, bytes_down, pushed_at
 
     @staticmethod
     def _content(
@@ -260,25 +274,24 @@ class Wire:
             holders.append(pid)
         return with_bits
 
-    def _push_and_poll(self, messages: list[Message]) -> list[tuple[Message, float]]:
-        """``grid.send_and_receive``, with when each reply was seen (``time.time()``).
+    def _push_and_poll(self, messages: list[Message]) -> Iterator[tuple[Message, float]]:
+        """``grid.send_and_receive``, each reply as it arrives, with when it was seen (``time.time()``).
 
         On the in-memory grid this is the same push-then-poll loop as Flower's, written out so that each reply is
-        stamped when it arrives (for the per-client timing, :mod:`fedtalos.federation.timing`); elsewhere all
-        replies carry the time ``send_and_receive`` returned.
+        handed on (and stamped, for the per-client timing, :mod:`fedtalos.federation.timing`) when it arrives;
+        elsewhere all replies come when ``send_and_receive`` returns, with its time.
         """
         timeout = self.config.round_timeout
         if not self.simulation:
             replies = list(self.grid.send_and_receive(messages, timeout=timeout))
             now = time.time()
-            return [(r, now) for r in replies]
+            yield from ((r, now) for r in replies)
+            return
         waiting = set(self.grid.push_messages(messages))
         deadline = time.time() + timeout if timeout is not None else None
-        out: list[tuple[Message, float]] = []
         while waiting and (deadline is None or time.time() < deadline):
             for reply in self.grid.pull_messages(waiting):
-                out.append((reply, time.time()))
                 waiting.discard(reply.metadata.reply_to_message_id)
+                yield reply, time.time()
             if waiting:
                 time.sleep(self.grid.pull_interval)
-        return out
