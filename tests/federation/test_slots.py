@@ -88,3 +88,14 @@ def test_a_reader_that_does_not_reuse_hands_out_tensors_the_caller_keeps(tmp_pat
     slots.write(path, _tensors(5.0), sequence=52, pid=0)
     second, _ = reader.read(path, 52, pid=0)
     assert _equal(first, _tensors()) and _equal(second, _tensors(5.0))
+
+
+def test_a_process_reads_the_global_weights_of_a_payload_once(tmp_path: Path):
+    path, reader = tmp_path / "weights.slot", slots.Reader()
+    slots.write(path, _tensors(), sequence=61)
+    first, _ = reader.read(path, 61)
+    path.unlink()  # a second client of the round, served by the same process: no file access
+    again, _ = reader.read(path, 61)
+    assert again is first and _equal(again, _tensors())
+    slots.write(path, _tensors(2.0), sequence=62)  # the next round's payload is read from the slot
+    assert _equal(reader.read(path, 62)[0], _tensors(2.0))
