@@ -16,8 +16,8 @@ what the ClientApp does for a train message, timing each part:
 - ``setup``: the run config and the per-process resources, without the two parts below;
 - ``data``: the node's shard in memory (reading CIFAR's files, the split, the partition, the shard's rows);
 - ``model``: building the architecture (ViT-S/16 without a pretrained download; the client never needs one);
-- ``weights``: the global weights from a safetensors file (as the shared-memory transport delivers them) into the
-  model.
+- ``weights``: the global weights from a shared-memory slot (as the transport delivers them in simulation) into
+  the model.
 
 ``app_s`` is the app's part, everything after torch's and Flower's imports, timm's import included.
 Medians over the runs. The data is generated (:mod:`fedtalos.testing.synthetic`) in CIFAR-100's on-disk format
@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+WEIGHTS_SEQUENCE = 1  # the slot's payload (any non-zero number the reader is told)
 MODELS = {"vit-s16": "vit_small_patch16_224.dino", "tiny": "vit-tiny-test"}
 PARTS = (
     "import_torch",
@@ -124,8 +125,9 @@ def child(values: dict, weights_file: str, pid: int) -> dict[str, float]:
     times["data"] = data_in_setup + time.perf_counter() - t
     times["model"] = spent["model"]
     t = time.perf_counter()
-    weights = transport.receive(None, {transport.WEIGHTS_FILE: weights_file})
-    client_app.staging.load(resources.model, weights)
+    delivery = {transport.WEIGHTS_FILE: weights_file, transport.SEQUENCE: WEIGHTS_SEQUENCE}
+    with transport.received(None, delivery) as delivered:
+        client_app.staging.load(resources.model, delivered.tensors, key=delivered.key)
     times["weights"] = time.perf_counter() - t
     assert len(labels) == len(images) > 0
     return times
@@ -152,17 +154,19 @@ def summary(runs: list[dict[str, float]]) -> dict:
 
 
 def write_weights(values: dict, path: Path) -> None:
-    """The model's state dict, as the server would deliver it (random weights: only their size matters here)."""
+    """The model's state dict in a slot, as the server would deliver it (random weights: only their size matters)."""
     import torch
-    from safetensors.torch import save_file
 
     from fedtalos.config import RunConfig
+    from fedtalos.federation.slots import Slot
     from fedtalos.task.model import build_model
 
     config = RunConfig.from_mapping(values)
     torch.manual_seed(0)
     model = build_model(config.model, num_classes=100, image_size=config.image_size, pretrained=False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    slot = Slot(path, create=True)
+    slot.write(model.state_dict(), WEIGHTS_SEQUENCE)
+    slot.close()
 
 
 def main() -> None:
@@ -193,7 +197,7 @@ def main() -> None:
         root = write_fake_cifar100(Path(tmp) / "data", args.per_class, max(1, args.per_class // 5))
         for name in args.models:
             values = run_config_values(MODELS[name], root, args.image_size, args.clients)
-            weights = Path(tmp) / f"{name}.safetensors"
+            weights = Path(tmp) / f"{name}.slot"
             write_weights(values, weights)
             first, *steady = cold_starts(values, weights, 1 + args.runs)
             report[name] = {"first": summary([first]), "median": summary(steady)}

@@ -12,10 +12,13 @@ client as it frees up, as actors do).
 
 Per-client overhead, two ways: (a) ``per_client_overhead_ms``, instrumented: the median over the steady rounds of
 the time a client update spends outside its J optimizer steps (``fedtalos.federation.timing``: delivery, set-up,
-reply, accept) plus its share of the aggregation; (b) ``per_client_overhead_vs_pure_ms``: (steady round − the
-same-parallelism pure round) ÷ cohort. ``weights_copy_ms`` is one ``copy_`` of the model's weights on this machine,
-the scale of the limit. ``server_ms_per_round``: the server's own time per round (configure, accept, aggregate,
-checkpoint hand-off). The Flower side is
+reply, accept: the check and the fold into the mean, as the reply arrives) plus its share of the aggregation;
+split into ``app_share_ms`` (set-up, accept, aggregation share) and ``flower_share_ms`` (delivery and reply: Flower's
+and Ray's message path); (b) ``per_client_overhead_vs_pure_ms``: (steady round − the same-parallelism pure round) ÷
+cohort. ``weights_copy_ms`` is one ``copy_`` of the model's weights on this machine, the scale of the limit.
+``server_ms_per_round``: the server's time per round outside the clients (configure, the checks left after the last
+reply, aggregate, checkpoint hand-off); ``server_work_ms_per_round``: all its work, the checks it does while clients
+train included. The Flower side is
 the real app through the local SuperLink and the Ray simulation engine; its steady-state round time is the median
 of the server's per-round wall time over the rounds after the first (actors warming up) and before the last (test
 evaluation). Ray start-up is excluded. Peak resident memory of the whole process tree and of the simulation driver
@@ -254,17 +257,17 @@ def main() -> None:
         for k in ("client_delivery_s", "client_setup_s", "client_reply_s", "client_accept_s", "client_steps_s")
         if (v := _median(steady_rows, k)) is not None
     }
-    per_client["accumulate_ms"] = 1000 * breakdown["aggregate_s"] / cohort
+    per_client["aggregate_share_ms"] = 1000 * breakdown["aggregate_s"] / cohort
     overhead_a = [
         1000 * (r["client_overhead_s"] + r.get("aggregate_s", 0.0) / cohort)
         for r in steady_rows
         if r.get("client_overhead_s") is not None
     ]
-    server = [
-        1000
-        * (r.get("configure_s", 0) + cohort * r.get("client_accept_s", 0) + r["aggregate_s"] + r.get("checkpoint_s", 0))
-        for r in steady_rows
-    ]
+    app_share = sum(per_client.get(k, 0.0) for k in ("setup_ms", "accept_ms", "aggregate_share_ms"))
+    flower_share = sum(per_client.get(k, 0.0) for k in ("delivery_ms", "reply_ms"))
+    own = ("configure_s", "aggregate_s", "checkpoint_s")
+    server = [1000 * (sum(r.get(k, 0) for k in own) + r.get("after_last_reply_s", 0)) for r in steady_rows]
+    server_work = [1000 * (sum(r.get(k, 0) for k in own) + cohort * r.get("client_accept_s", 0)) for r in steady_rows]
     summary = json.loads((work / "runs" / "bench" / "summary.json").read_text())
     report = {
         "benchmark": "round_overhead",
@@ -290,7 +293,10 @@ def main() -> None:
         ),
         "weights_copy_ms": copy_ms,
         "per_client_breakdown_ms": per_client,
+        "app_share_ms": app_share,
+        "flower_share_ms": flower_share,
         "server_ms_per_round": statistics.median(server) if server else None,
+        "server_work_ms_per_round": statistics.median(server_work) if server_work else None,
         "server_target_ms_per_round": 5 * cohort + 50,
         "run_wall_s": summary.get("run_wall_s"),
         "startup_s": summary.get("startup_s"),

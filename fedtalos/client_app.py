@@ -83,12 +83,12 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, Resources, int]:
     config = run_config(context)
     resources = client_resources(config)
     pid = partition_id(context, config)
-    weights = transport.receive(msg.content, msg.content.config_records.get(P.CONFIG, {}))
-    if weights is not None:
-        staging.load(resources.model, weights)
-        resources.weights_pending = False
-    elif resources.weights_pending:
-        raise RuntimeError(f"a {msg.metadata.message_type} message without the global weights reached a new client")
+    with transport.received(msg.content, msg.content.config_records.get(P.CONFIG, {})) as delivered:
+        if delivered.tensors is not None:
+            staging.load(resources.model, delivered.tensors, key=delivered.key)
+            resources.weights_pending = False
+        elif resources.weights_pending:
+            raise RuntimeError(f"a {msg.metadata.message_type} message without the global weights reached a new client")
     return config, resources, pid
 
 
@@ -170,7 +170,9 @@ def train(msg: Message, context: Context) -> Message:
         regularizer=regularizer,
     )
     steps_s = time.perf_counter() - stepping  # includes the loss read-back (train_steps syncs once at its end)
-    upload = staging.read(_upload({n: p.detach() for n, p in params.items()}, mask))
+    upload = _upload({n: p.detach() for n, p in params.items()}, mask)
+    if start is not None or not transport.to_shared_memory(round_config):  # a slot takes them from the device
+        upload = staging.read(upload)
     metrics = {P.NUM_EXAMPLES: len(labels), "train-loss": stats.loss, "train-acc": stats.accuracy}
     if start is not None:
         upload, clipped = clip_update({k: v.cpu() for k, v in upload.items()}, start, float(clipping_norm))

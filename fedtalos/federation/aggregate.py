@@ -39,9 +39,13 @@ class RunningMean:
     has been: the sums are those of :func:`aggregate`, bit for bit, whatever the order of arrival. :attr:`complete`
     says whether the whole cohort was folded; if a client failed, the round aggregates its accepted updates with
     :func:`aggregate` instead.
+
+    ``buffers`` (name → tensor) are where the sums go, reused from round to round when their shape and dtype fit
+    (a fresh 86.5 MB sum costs ~21,000 page faults); missing or unfit ones are allocated and put there.
     """
 
-    def __init__(self, total: int | None = None) -> None:
+    def __init__(self, total: int | None = None, buffers: dict[str, torch.Tensor] | None = None) -> None:
+        self._buffers = buffers if buffers is not None else {}
         self._counts: dict[int, int] | None = None  # the cohort's, from the first offer
         self._order: list[int] = []
         self._total = total  # Σn of the updates the mean is over
@@ -90,8 +94,14 @@ class RunningMean:
             if key in self.average:
                 self.average[key].add_(value, alpha=p)
             else:
-                self.average[key] = value.mul(p)
+                self.average[key] = torch.mul(value, p, out=self._buffer(key, value))  # the bits of value.mul(p)
         self._folded.append(update)
+
+    def _buffer(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self._buffers[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return buffer
 
     def result(self, reference: Mapping[str, torch.Tensor], *, coordinates: int) -> Aggregate:
         """The :class:`Aggregate` of the updates folded (see :func:`aggregate`); the round's only if
@@ -103,7 +113,13 @@ class RunningMean:
         return Aggregate(self.average, math.sqrt(max(self.spread - mean_sq, 0.0) / coordinates), metrics, total)
 
 
-def aggregate(updates: Sequence[ClientUpdate], reference: Mapping[str, torch.Tensor], *, coordinates: int) -> Aggregate:
+def aggregate(
+    updates: Sequence[ClientUpdate],
+    reference: Mapping[str, torch.Tensor],
+    *,
+    coordinates: int,
+    buffers: dict[str, torch.Tensor] | None = None,
+) -> Aggregate:
     """Average ``updates`` with weights p_i = n_i / Σn, accumulating in partition-id order (deterministic).
 
     ``reference`` holds, for every uploaded key, the values the clients started from (the global model, or for
@@ -120,7 +136,7 @@ def aggregate(updates: Sequence[ClientUpdate], reference: Mapping[str, torch.Ten
         raise ValueError(f"coordinates must be >= 1, got {coordinates}")
     if not updates:
         raise ValueError("nothing to aggregate")
-    mean = RunningMean(total=sum(u.num_examples for u in updates))  # folded as given, in pid order
+    mean = RunningMean(sum(u.num_examples for u in updates), buffers)  # folded as given, in pid order
     for update in sorted(updates, key=lambda u: u.pid):
         mean.fold(update, reference)
     return mean.result(reference, coordinates=coordinates)

@@ -1,37 +1,44 @@
-"""Shared-memory slots: files that live for a whole run and are overwritten in place, never torn, never stale.
+"""Shared-memory slots: files each process maps once and that are overwritten in place, never read torn or stale.
 
 A fresh file per upload costs ~21,000 new tmpfs pages (allocated, zeroed, faulted) per client and round for
-ViT-S/16. A slot is created once, grows to the largest payload it carries and is rewritten with ``pwrite``; readers
-``pread`` straight into their own buffers, so neither side maps, faults or allocates pages after the first round.
+ViT-S/16, and reading it back into new tensors as many again. A slot is created once, grows to the largest payload
+it carries and stays mapped in every process that uses it: a writer copies its tensors straight into the mapping
+(from the GPU on CUDA), a reader takes views of it. One copy per side, no page allocated after the first round.
 
-Layout: a 64-byte header (magic, sequence, partition id, index length), a JSON index (name → dtype, shape,
-offset, bytes) and the tensors' bytes, each at an offset its element size divides. A writer holds an exclusive
-``flock`` and writes the sequence 0 first and the payload's sequence last; a reader holds a shared ``flock`` and
-takes the slot only if it carries the sequence it was told (as NCCL's shared-memory transport checks a flag written
-after the data). So a reader never sees a half-written payload (the lock), a writer killed mid-write leaves
-sequence 0 (the kernel drops its lock), and an older payload, or another server's, never passes for the current
-one (its sequence differs: sequences are random 63-bit numbers, one per payload).
+Layout: a 64-byte header (magic, sequence, partition id, index bytes, data offset), a JSON index
+(name → dtype, shape, offset, bytes) and the tensors, each on a 64-byte boundary. A writer holds an exclusive
+``flock``, writes the sequence 0 first and the payload's sequence last; a reader holds a shared ``flock`` while it
+uses the views and takes the slot only if it carries the sequence it was told (as NCCL's shared-memory transport
+checks a flag written after the data). So a reader never sees a half-written payload (the lock), a writer killed
+mid-write leaves sequence 0 (the kernel drops its lock), and an older payload, or another server's, never passes
+for the current one (its sequence differs: sequences are random 63-bit numbers, one per payload).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import mmap
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 
-MAGIC = b"FTSLOT01"
-HEADER = struct.Struct("<8sQqQ")  # magic, sequence, partition id (-1: the server's), index bytes
+MAGIC = b"FTSLOT02"
+HEADER = struct.Struct("<8sQqQQ")  # magic, sequence, partition id (-1: the server's), index bytes, data offset
 HEADER_BYTES = 64
-ALIGN = 8  # the largest element size: every tensor's offset is a multiple of its own
+ALIGN = 64  # every tensor starts on a cache line (and on a multiple of its element size)
 
 
 class SlotError(ValueError):
     """A slot does not hold the payload asked for: not written yet, being rewritten, stale, or garbled."""
+
+
+class SlotBusy(RuntimeError):
+    """A writer that must not wait found the slot held: its reader is still using the payload there."""
 
 
 def new_sequence() -> int:
@@ -50,111 +57,165 @@ def _dtype(name: str) -> torch.dtype:
     return dtype
 
 
-def _raw(tensor: torch.Tensor) -> memoryview:
-    """The bytes of a CPU tensor, without a copy when it is contiguous (any dtype, bfloat16 included)."""
-    flat = tensor.detach().cpu().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
-
-
-def write(path: Path, tensors: Mapping[str, torch.Tensor], sequence: int, pid: int = -1) -> int:
-    """Overwrite the slot at ``path`` (created if missing) with ``tensors``; returns the payload's bytes."""
-    views, index, offset = [], {}, 0
+def layout(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, list], int]:
+    """(index, data bytes) of a payload: name → [dtype, shape, offset from the data start, bytes]."""
+    index, offset, end = {}, 0, 0
     for name, tensor in tensors.items():
-        raw = _raw(tensor)
-        index[name] = {"dtype": str(tensor.dtype), "shape": list(tensor.shape), "offset": offset, "bytes": raw.nbytes}
-        views.append(raw)
-        if raw.nbytes != _aligned(raw.nbytes):
-            views.append(bytes(_aligned(raw.nbytes) - raw.nbytes))
-        offset += _aligned(raw.nbytes)
-    encoded = json.dumps(index).encode()
-    data_start = _aligned(HEADER_BYTES + len(encoded))
-    size = data_start + offset
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.pwrite(fd, HEADER.pack(MAGIC, 0, pid, len(encoded)), 0)  # readers now see "being written"
-        if os.fstat(fd).st_size < size:  # grows to the largest payload, never shrinks
-            os.ftruncate(fd, size)
-        os.pwrite(fd, encoded, HEADER_BYTES)
-        _write_all(fd, views, data_start)
-        os.pwrite(fd, HEADER.pack(MAGIC, sequence, pid, len(encoded)), 0)  # last: the payload is whole
-    finally:
-        os.close(fd)  # drops the lock
-    return size
+        nbytes = tensor.numel() * tensor.element_size()
+        index[name] = [str(tensor.dtype), list(tensor.shape), offset, nbytes]
+        offset, end = offset + _aligned(nbytes), offset + nbytes
+    return index, end
 
 
-def _write_all(fd: int, views: list, offset: int) -> None:
-    for start in range(0, len(views), 512):  # below IOV_MAX
-        batch = views[start : start + 512]
-        done, want = os.pwritev(fd, batch, offset), sum(memoryview(v).nbytes for v in batch)
-        if done != want:  # tmpfs writes whole buffers unless out of space
-            raise OSError(f"short write to a shared-memory slot ({done} of {want} bytes): /dev/shm is full")
-        offset += done
+def _views(buffer: torch.Tensor, index: Mapping[str, list]) -> dict[str, torch.Tensor]:
+    """The tensors of ``index`` as views of ``buffer`` (uint8, the data region)."""
+    out = {}
+    for name, (dtype, shape, offset, nbytes) in index.items():
+        part = buffer[int(offset) : int(offset) + int(nbytes)]
+        out[name] = part.view(_dtype(str(dtype))).view([int(s) for s in shape])
+    return out
 
 
-class Reader:
-    """Reads slots. ``reuse``: into one buffer of this process, grown on demand (the returned tensors are views of
-    it, valid until the next :meth:`read`; not to be written), which it keeps: the global weights of a payload it
-    already holds are not read again (a Ray actor serving several clients of a round copies them once from shared
-    memory); else into new tensors the caller keeps."""
+def _page_lock(data: torch.Tensor) -> bool:
+    """Register ``data`` (host memory) with CUDA as page-locked, so copies to and from a GPU are one DMA."""
+    return int(torch.cuda.cudart().cudaHostRegister(data.data_ptr(), data.numel(), 0)) == 0
 
-    def __init__(self, reuse: bool = True) -> None:
-        self.reuse = reuse
-        self._buffer = torch.empty(0, dtype=torch.uint8)
-        self._holds: tuple[str, int] | None = None
-        self._tensors: dict[str, torch.Tensor] = {}
-        self._bytes = 0
 
-    def read(self, path: Path, sequence: int, pid: int = -1) -> tuple[dict[str, torch.Tensor], int]:
-        """(tensors, payload bytes) of the slot at ``path`` if it holds payload ``sequence`` from ``pid``.
+def _page_unlock(data: torch.Tensor) -> None:
+    torch.cuda.cudart().cudaHostUnregister(data.data_ptr())
+
+
+def _copy_into(views: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            views[name].copy_(tensor.detach())  # from the device itself on CUDA: no staging copy
+
+
+class Slot:
+    """One slot file, opened and mapped by this process for as long as it uses it.
+
+    Args:
+        path: the file (in ``/dev/shm``, or a directory the transport chose).
+        create: create it if missing (writers); readers open what exists (else ``OSError``).
+        pin: page-lock the mapping for CUDA (``cudaHostRegister``): a process whose tensors live on a GPU then
+            copies them to and from the slot in one DMA, without a staging copy.
+    """
+
+    def __init__(self, path: Path, create: bool = False, pin: bool = False) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+        self._map: mmap.mmap | None = None
+        self._data: torch.Tensor | None = None  # the whole mapping, as uint8
+        self.pin = pin
+        self.pinned = False  # the current mapping is registered with CUDA
+        self.held = False
+
+    def _mapping(self, size: int) -> mmap.mmap:
+        """The file mapped to at least ``size`` bytes; a larger one is mapped anew (views of the old mapping keep it
+        alive until they go)."""
+        if self._map is None or len(self._map) < size:
+            self._unpin()
+            self._map = mmap.mmap(self._fd, size)
+            self._data = torch.frombuffer(self._map, dtype=torch.uint8)
+            self.pinned = self.pin and _page_lock(self._data)
+        return self._map
+
+    def _unpin(self) -> None:
+        if self.pinned and self._data is not None:
+            _page_unlock(self._data)  # before the mapping can go: CUDA must not keep an address that is unmapped
+        self.pinned = False
+
+    def _lock(self, mode: int, wait: bool) -> None:
+        try:
+            fcntl.flock(self._fd, mode | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise SlotBusy(f"{self.path.name} is held by its reader") from None
+
+    def hold(self) -> None:
+        """Take the shared lock: no writer changes the slot until :meth:`release`."""
+        self._lock(fcntl.LOCK_SH, wait=True)
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self.held = False
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[Slot]:
+        """:meth:`hold` for the block."""
+        self.hold()
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def write(self, tensors: Mapping[str, torch.Tensor], sequence: int, pid: int = -1, *, wait: bool = True) -> int:
+        """Overwrite the slot with ``tensors`` (any device) under ``sequence``; returns the payload's bytes.
 
         Raises:
-            OSError: the slot cannot be opened (another machine: the path does not exist here).
+            SlotBusy: ``wait`` is False and a reader holds the slot.
+        """
+        index, data_bytes = layout(tensors)
+        encoded = json.dumps(index).encode()
+        data_start = _aligned(HEADER_BYTES + len(encoded))
+        size = data_start + data_bytes
+        self._lock(fcntl.LOCK_EX, wait)
+        try:
+            if os.fstat(self._fd).st_size < size:  # grows to the largest payload, never shrinks
+                os.ftruncate(self._fd, size)
+            mapped = self._mapping(size)
+            HEADER.pack_into(mapped, 0, MAGIC, 0, pid, len(encoded), data_start)  # readers: "being written"
+            mapped[HEADER_BYTES : HEADER_BYTES + len(encoded)] = encoded
+            assert self._data is not None
+            _copy_into(_views(self._data[data_start:size], index), tensors)
+            HEADER.pack_into(mapped, 0, MAGIC, sequence, pid, len(encoded), data_start)  # last: the payload is whole
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self.held = False
+        return size
+
+    def read(self, sequence: int, pid: int = -1) -> tuple[dict[str, torch.Tensor], int]:
+        """(views, payload bytes) of the slot if it holds payload ``sequence`` from ``pid``.
+
+        The views are valid while this process :meth:`hold`\\ s the slot; copy what must outlive that.
+
+        Raises:
             SlotError: it holds something else (see :class:`SlotError`).
         """
-        key = (str(path), sequence)
-        if self._holds == key and pid == -1:  # this process holds the payload (a second client of the round)
-            return self._tensors, self._bytes
-        self._holds = None
-        fd = os.open(path, os.O_RDONLY)
+        size = os.fstat(self._fd).st_size
+        if size < HEADER_BYTES:
+            raise SlotError("empty slot")
+        mapped = self._mapping(size)
+        magic, found, writer, index_bytes, data_start = HEADER.unpack_from(mapped, 0)
+        if magic != MAGIC:
+            raise SlotError("not a slot file")
+        if found != sequence:
+            raise SlotError("incomplete (its writer died)" if found == 0 else "it holds another payload")
+        if writer != pid:
+            raise SlotError(f"written for partition {writer}, not {pid}")
+        if data_start < HEADER_BYTES + index_bytes or data_start > size:
+            raise SlotError("index beyond the end of the slot")
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            head = os.pread(fd, HEADER_BYTES, 0)
-            if len(head) < HEADER.size:
-                raise SlotError("empty slot")
-            magic, found, writer, index_bytes = HEADER.unpack_from(head)
-            if magic != MAGIC:
-                raise SlotError("not a slot file")
-            if found != sequence:
-                raise SlotError("incomplete (its writer died)" if found == 0 else "it holds another payload")
-            if writer != pid:
-                raise SlotError(f"written for partition {writer}, not {pid}")
-            size = os.fstat(fd).st_size
-            data_start = _aligned(HEADER_BYTES + index_bytes)
-            if data_start > size:
-                raise SlotError("index beyond the end of the slot")
-            index = json.loads(os.pread(fd, index_bytes, HEADER_BYTES))
-            if any(int(e["offset"]) < 0 or int(e["bytes"]) < 0 for e in index.values()):
-                raise SlotError("negative offset or size in the index")
-            data_bytes = max((_aligned(int(e["offset"]) + int(e["bytes"])) for e in index.values()), default=0)
+            index = json.loads(bytes(mapped[HEADER_BYTES : HEADER_BYTES + index_bytes]))
+            ends = [int(e[2]) + int(e[3]) for e in index.values()]
+            if any(int(e[2]) < 0 or int(e[3]) < 0 or int(e[2]) % ALIGN for e in index.values()):
+                raise SlotError("negative or unaligned offset or size in the index")
+            data_bytes = max(ends, default=0)
             if data_start + data_bytes > size:
                 raise SlotError("tensors beyond the end of the slot")
-            if not self.reuse or self._buffer.numel() < data_bytes:
-                self._buffer = torch.empty(data_bytes, dtype=torch.uint8)
-            target = memoryview(self._buffer.numpy())[:data_bytes]
-            got = os.preadv(fd, [target], data_start) if data_bytes else 0
-            if got != data_bytes:
-                raise SlotError(f"short read ({got} of {data_bytes} bytes)")
-            tensors = {}
-            for name, entry in index.items():
-                offset, nbytes = int(entry["offset"]), int(entry["bytes"])
-                part = self._buffer[offset : offset + nbytes]
-                tensors[name] = part.view(_dtype(str(entry["dtype"]))).view([int(s) for s in entry["shape"]])
+            assert self._data is not None
+            views = _views(self._data[data_start : data_start + data_bytes], index)
         except SlotError:
             raise
         except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError) as e:  # untrusted index
             raise SlotError(f"garbled index: {type(e).__name__}: {e}") from None
-        finally:
-            os.close(fd)
-        self._tensors, self._bytes, self._holds = tensors, data_start + data_bytes, key if self.reuse else None
-        return tensors, self._bytes
+        return views, data_start + data_bytes
+
+    def close(self) -> None:
+        """Release and close the file; views already handed out keep the mapping alive."""
+        self.release()
+        self._unpin()
+        self._map = self._data = None
+        with contextlib.suppress(OSError):
+            os.close(self._fd)

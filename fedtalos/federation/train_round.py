@@ -39,6 +39,7 @@ class TrainRounds:
         self.hooks = hooks
         self.strategy = strategy
         self.sparse = spec.name == "train"  # fine-tuning trains only the mask's entries, once there is a mask
+        self.sums: dict[str, torch.Tensor] = {}  # the mean's buffers, reused every round
 
     def learning_rate(self, index: int) -> float:
         """The clients' learning rate in round ``index``: the schedule over the fine-tuning rounds; constant lr when
@@ -72,7 +73,9 @@ class TrainRounds:
             masked_count = int(sum(int(m.sum()) for m in mask.values()))
             reference = {**{k: weights[k] for k in dense}, P.MASKED_VALUES: gather_trainable(weights, mask)}
 
-        running = None if self.strategy.combines_updates else RunningMean()  # the mean, folded as replies arrive
+        running = (
+            None if self.strategy.combines_updates else RunningMean(buffers=self.sums)
+        )  # the mean, folded as replies arrive
         check = partial(check_train_reply, dense=dense, masked_count=masked_count, reference=reference, fold=running)
         needed = min(c.min_train_clients, len(cohort))
         where = f"round {self.spec.name}/{index}"
@@ -85,7 +88,7 @@ class TrainRounds:
         if running is not None and running.complete and len(updates) == len(cohort):
             result = running.result(reference, coordinates=coordinates)
         else:  # a client failed (the weights p_i change) or the strategy combines the updates itself
-            result = aggregate(updates, reference, coordinates=coordinates)
+            result = aggregate(updates, reference, coordinates=coordinates, buffers=self.sums)
         average = result.average
         if self.strategy.combines_updates:  # a rule over every update (a median, a selection): not their mean
             average = self.strategy.combine(updates, reference)

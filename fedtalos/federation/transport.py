@@ -11,12 +11,14 @@ changes its vector lanes), and a resumed run keeps its transport. The Deployment
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,21 +134,34 @@ def remove_stale_directories(base: Path, run_key: str) -> list[Path]:
 
 
 class ServerTransport:
-    """The server's side: what to put into a message instead of (or as) the tensors, and how to read uploads."""
+    """The server's side: what to put into a message instead of (or as) the tensors, and how to read uploads.
+
+    With shared memory it owns the run's slots: the global weights' and one upload slot per place in a cohort, mapped
+    once. An accepted upload is read in place (views of its slot, held until the next payload goes out), so the
+    server copies no upload: it checks and folds them where the clients wrote them.
+    """
 
     def __init__(self, mode: str, run_key: str, base: Path | None = None) -> None:
         self.mode = mode
         self.sizes: dict[str, int] = {}  # file → bytes of its current payload, for the byte metrics
         self.directory: Path | None = None
-        self._reader = slots.Reader(reuse=False)  # an update is kept until the round is aggregated
+        self._weights: slots.Slot | None = None
+        self._uploads: dict[int, slots.Slot] = {}  # place in the cohort → its slot
         self._payload: tuple[str, int] | None = None  # (name, sequence) of the payload being exchanged
-        self._slot_of: dict[int, int] = {}  # partition id → its upload slot in the current payload
+        self._slot_of: dict[int, int] = {}  # partition id → its place in the current payload's cohort
         if mode == "shared-memory":
             base = base or _base_dir()
             for path in remove_stale_directories(base, run_key):
                 log.info("removed %s, left behind by a server that was killed", path)
             self.directory = base / f"fedtalos-{os.getuid()}-{run_key}-{os.getpid()}"
             self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _upload_slot(self, place: int) -> slots.Slot:
+        assert self.directory is not None
+        slot = self._uploads.get(place)
+        if slot is None:
+            slot = self._uploads[place] = slots.Slot(self.directory / f"up-{place}.slot", create=True)
+        return slot
 
     def outbound(
         self, tensors: Mapping[str, torch.Tensor], name: str, cohort: Sequence[int]
@@ -155,15 +170,22 @@ class ServerTransport:
         :meth:`payload_bytes`).
 
         ``name`` names this payload (e.g. ``train-12``). With shared memory the weights overwrite the run's weights
-        slot under a new sequence number, and the client at place i of ``cohort`` uploads into slot ``up-<i>``.
+        slot under a new sequence number, and the client at place i of ``cohort`` uploads into slot ``up-<i>``. The
+        previous payload's uploads are let go: the caller is done with them.
         """
         if self.directory is None:
             return {P.ARRAYS: P.encode_tensors(tensors)}, {}
+        for slot in self._uploads.values():
+            slot.release()
+        if self._weights is None:
+            self._weights = slots.Slot(self.directory / "weights.slot", create=True)
         sequence = slots.new_sequence()
-        path = self.directory / "weights.slot"
-        self.sizes[str(path)] = slots.write(path, tensors, sequence)
+        path = self._weights.path
+        self.sizes[str(path)] = self._weights.write(tensors, sequence)
         self._payload = (name, sequence)
         self._slot_of = {pid: place for place, pid in enumerate(cohort)}
+        for place in range(len(cohort)):
+            self._upload_slot(place)  # the files exist before any client opens them
         return {}, {
             WEIGHTS_FILE: str(path),
             SEQUENCE: sequence,
@@ -179,9 +201,9 @@ class ServerTransport:
     def inbound(self, reply: RecordDict, name: str, pid: int) -> tuple[dict[str, torch.Tensor], int]:
         """The tensors a client uploaded for payload ``name``, and their size in bytes.
 
-        With messages: decoded from the reply (``protocol.decode_upload``). With shared memory: read from the slot
+        With messages: decoded from the reply (``protocol.decode_upload``). With shared memory: views of the slot
         the server gave ``pid`` (never a path the client chose), if it holds this payload's sequence number and
-        ``pid``'s upload.
+        ``pid``'s upload; valid until the next :meth:`outbound` (or :meth:`reject` of ``pid``).
         """
         if self.directory is None:
             return P.decode_upload(reply), P.message_bytes(reply)
@@ -189,63 +211,117 @@ class ServerTransport:
             raise P.ReplyRejected("arrays in the message, but this run exchanges tensors through shared memory")
         if self._payload is None or self._payload[0] != name or pid not in self._slot_of:
             raise P.ReplyRejected(f"no upload slot for client {pid} in payload {name}")
-        path = self.directory / f"up-{self._slot_of[pid]}.slot"
+        slot = self._upload_slot(self._slot_of[pid])
+        slot.hold()  # no late writer changes it while the round uses it
         try:
-            return self._reader.read(path, self._payload[1], pid)
+            return slot.read(self._payload[1], pid)
         except (OSError, slots.SlotError) as e:  # missing, torn, stale or garbled: a bad reply, not a server crash
-            raise P.ReplyRejected(f"no readable upload in {path.name}: {type(e).__name__}: {e}") from None
+            slot.release()
+            raise P.ReplyRejected(f"no readable upload in {slot.path.name}: {type(e).__name__}: {e}") from None
+
+    def reject(self, pid: int) -> None:
+        """``pid``'s reply was rejected: its slot is free again (for the retry's upload)."""
+        place = self._slot_of.get(pid)
+        if place is not None and place in self._uploads:
+            self._uploads[place].release()
 
     def done(self, name: str) -> None:
-        """Payload ``name`` is aggregated: its slots are free for the next one (late uploads cannot be read)."""
+        """Payload ``name``'s exchange is over: late uploads are not read. Its accepted uploads stay readable until
+        the next :meth:`outbound`."""
         if self._payload is not None and self._payload[0] == name:
             self._payload, self._slot_of = None, {}
 
     def close(self) -> None:
+        for slot in [*self._uploads.values(), *([self._weights] if self._weights else [])]:
+            slot.close()
+        self._uploads, self._weights = {}, None
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The client's side.
+# The client's side: the slots this process has mapped (those of one server's directory at a time).
 
-_reader = slots.Reader()  # this process's copy of the latest global weights it read
+_client_slots: dict[str, slots.Slot] = {}
 
 
-def receive(content: RecordDict, config: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
-    """The tensors a message delivers (from its arrays or from the shared-memory slot it names), or None.
+def _client_slot(path: str) -> slots.Slot:
+    slot = _client_slots.get(path)
+    if slot is None:
+        directory = os.path.dirname(path)
+        for other in [p for p in _client_slots if os.path.dirname(p) != directory]:  # another run's
+            _client_slots.pop(other).close()
+        slot = _client_slots[path] = slots.Slot(Path(path), pin=_uses_cuda())
+    return slot
 
-    From shared memory the tensors are views of this process's buffer, valid until the next call: load them into
-    the model, do not keep them.
+
+def _uses_cuda() -> bool:
+    """This process moves tensors to and from a GPU: its slots are worth page-locking (one DMA each way)."""
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What a message delivered: the tensors (None: no weights) and a key naming the payload (None: in the
+    message itself)."""
+
+    tensors: dict[str, torch.Tensor] | None
+    key: tuple[str, int] | None
+
+
+@contextlib.contextmanager
+def received(content: RecordDict, config: Mapping[str, Any]) -> Iterator[Delivered]:
+    """The tensors a message delivers (from its arrays or from the shared-memory slot it names), for the block.
+
+    From shared memory they are views of the mapped slot, which no writer changes during the block: load them into
+    the model, do not keep them. Their ``key`` names the payload (the same key, the same weights).
     """
     path = config.get(WEIGHTS_FILE)
-    if path:
+    if not path:
+        tensors = P.decode_tensors(content[P.ARRAYS]) if P.ARRAYS in content.array_records else None
+        yield Delivered(tensors, None)
+        return
+    try:
+        slot = _client_slot(str(path))
+    except OSError as e:
+        raise TransportUnavailable(
+            f"cannot read {path} ({e.strerror or e}): this client does not share the server's machine; "
+            'set the run-config key transport = "message"'
+        ) from None
+    sequence = int(config[SEQUENCE])
+    with slot.holding():
         try:
-            return _reader.read(Path(str(path)), int(config[SEQUENCE]))[0]
-        except OSError as e:
-            raise TransportUnavailable(
-                f"cannot read {path} ({e.strerror or e}): this client does not share the server's machine; "
-                'set the run-config key transport = "message"'
-            ) from None
+            tensors, _ = slot.read(sequence)
         except slots.SlotError as e:
             raise RuntimeError(f"{path} does not hold this message's global weights ({e}): a late message") from None
-    if P.ARRAYS in content.array_records:
-        return P.decode_tensors(content[P.ARRAYS])
-    return None
+        yield Delivered(tensors, (str(path), sequence))
+
+
+def to_shared_memory(config: Mapping[str, Any]) -> bool:
+    """Whether a message's upload goes into a shared-memory slot (which takes tensors on any device)."""
+    return bool(config.get(UPLOAD_FILE))
 
 
 def send(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], pid: int) -> ArrayRecord | None:
-    """Deliver an upload: into the slot the server gave this partition (returns None), or as the reply's
-    ArrayRecord."""
+    """Deliver an upload (tensors on any device): into the slot the server gave this partition, copied straight
+    from the device (returns None), or as the reply's ArrayRecord.
+
+    Raises:
+        RuntimeError: the server holds the slot: this message is late (the server has moved on).
+    """
     target = config.get(UPLOAD_FILE)
     if target:
         cohort = [int(p) for p in config[UPLOAD_PIDS]]
         if pid not in cohort:
             raise ValueError(f"partition {pid} has no upload slot: the message's cohort is {cohort}")
+        path = str(target).format(slot=cohort.index(pid))
         try:
-            slots.write(Path(str(target).format(slot=cohort.index(pid))), tensors, int(config[SEQUENCE]), pid)
+            _client_slot(path).write(tensors, int(config[SEQUENCE]), pid, wait=False)
+        except slots.SlotBusy:
+            raise RuntimeError(f"{path} is held by the server: this upload is late") from None
         except OSError as e:
             raise TransportUnavailable(
                 f'cannot write {target} ({e.strerror or e}); set the run-config key transport = "message"'
             ) from None
         return None
-    return P.encode_tensors(tensors)
+    return P.encode_tensors({k: v.cpu() for k, v in tensors.items()})

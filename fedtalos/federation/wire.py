@@ -127,13 +127,15 @@ class Wire:
     def exchange(
         self, outgoing: Outgoing, check: Check[T], *, where: str, needed: int, clock: Stopwatch | None = None
     ) -> Replies[T]:
-        """Send ``outgoing``, check each reply with ``check``, retry the missing ones once if fewer than ``needed``
-        passed; then drop the round's payload.
+        """Send ``outgoing``, check each reply with ``check`` as it arrives (while the rest of the cohort trains),
+        retry the missing ones once if fewer than ``needed`` passed; then close the round's payload.
 
         Returns the accepted replies and the row's counts: ``configure_s`` (``clock``'s lap once the messages are
         encoded: the round's preparation), ``clients_ok``, ``clients_failed``, ``bytes_down``, ``bytes_up`` (payload
-        bytes), the per-client timing (:func:`~fedtalos.federation.timing.overhead`) and ``clients_s`` (the lap to
-        the end of the exchange). Failures are logged as ``<where>: client <pid> failed (<reason>)``.
+        bytes), the per-client timing (:func:`~fedtalos.federation.timing.overhead`), ``after_last_reply_s`` (the
+        checks left once the last reply arrived) and ``clients_s`` (the lap to the end of the exchange). Failures
+        are logged as ``<where>: client <pid> failed (<reason>)``. Uploads read from shared memory are views of
+        their slots: valid until this wire's next exchange.
 
         Raises:
             RoundFailed: fewer than ``needed`` usable replies after the retry.
@@ -163,6 +165,7 @@ class Wire:
             except P.ReplyRejected as e:
                 rejected[pid] = f"rejected: {e}"
                 bytes_up += P.message_bytes(content)
+                self.transport.reject(pid)  # its upload is not kept: the retry writes there
                 return
             stamps = content.metric_records.get(P.METRICS, {})
             deliveries[pid] = Delivery(dict(stamps), seen, time.perf_counter() - checked_at)
@@ -201,6 +204,7 @@ class Wire:
             "bytes_down": bytes_down,
             "bytes_up": bytes_up,
             **overhead(pushed_at, deliveries, clocks_shared=self.simulation),
+            **({"after_last_reply_s": time.time() - max(d.arrived for d in deliveries.values())} if deliveries else {}),
             "clients_s": clock.lap(),
         }
         return Replies(dict(sorted(accepted.items())), stats)

@@ -1,4 +1,5 @@
-"""Shared-memory slots: overwritten in place, read only whole, only for the payload and partition asked for."""
+"""Shared-memory slots: mapped once, overwritten in place, read only whole, only for the payload and partition asked
+for, never changed under a reader that holds them."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def _tensors(scale: float = 1.0) -> dict[str, torch.Tensor]:
         "b": torch.tensor([1.5, -2.0], dtype=torch.bfloat16) * scale,
         "n": torch.tensor([7, 8, 9], dtype=torch.int64),
         "e": torch.empty(0, 5),
+        "t": torch.arange(6, dtype=torch.float32).reshape(2, 3).t() * scale,  # not contiguous
     }
 
 
@@ -24,49 +26,88 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_a_slot_is_overwritten_in_place_and_read_bit_for_bit(tmp_path: Path):
-    path, reader = tmp_path / "up-0.slot", slots.Reader()
-    slots.write(path, _tensors(), sequence=11, pid=4)
+    path = tmp_path / "up-0.slot"
+    writer, reader = slots.Slot(path, create=True), slots.Slot(path)
+    writer.write(_tensors(), sequence=11, pid=4)
     inode = path.stat().st_ino
-    assert _equal(reader.read(path, 11, pid=4)[0], _tensors())
-    slots.write(path, {"w": _tensors(3.0)["w"]}, sequence=12, pid=4)  # smaller payload, same file
-    read, size = reader.read(path, 12, pid=4)
+    assert _equal(reader.read(11, pid=4)[0], _tensors())
+    writer.write({"w": _tensors(3.0)["w"]}, sequence=12, pid=4)  # smaller payload, same file
+    read, size = reader.read(12, pid=4)
     assert _equal(read, {"w": _tensors(3.0)["w"]}) and size < path.stat().st_size
-    slots.write(path, {**_tensors(), "big": torch.ones(1000)}, sequence=13, pid=4)  # the slot grows
-    assert _equal(reader.read(path, 13, pid=4)[0], {**_tensors(), "big": torch.ones(1000)})
+    bigger = {**_tensors(), "big": torch.ones(100_000)}
+    writer.write(bigger, sequence=13, pid=4)  # the slot grows: both sides map it anew
+    assert _equal(reader.read(13, pid=4)[0], bigger)
     assert path.stat().st_ino == inode, "never a new file"
 
 
+def test_a_reader_takes_views_of_the_slot_not_copies(tmp_path: Path):
+    path = tmp_path / "weights.slot"
+    writer, reader = slots.Slot(path, create=True), slots.Slot(path)
+    writer.write(_tensors(), sequence=5)
+    with reader.holding():
+        first, _ = reader.read(5)
+    writer.write(_tensors(2.0), sequence=6)  # the next payload, written in place
+    assert _equal(first, _tensors(2.0)), "the views show what the slot holds now: they are the slot"
+    assert all(t.is_contiguous() and t.data_ptr() % slots.ALIGN == 0 for t in first.values() if t.numel())
+
+
+def test_views_of_a_mapping_outlive_the_slot_growing(tmp_path: Path):
+    path = tmp_path / "up-0.slot"
+    writer, reader = slots.Slot(path, create=True), slots.Slot(path)
+    writer.write(_tensors(), sequence=1, pid=0)
+    old, _ = reader.read(1, pid=0)
+    writer.write({"big": torch.ones(200_000)}, sequence=2, pid=0)
+    assert torch.equal(reader.read(2, pid=0)[0]["big"], torch.ones(200_000))
+    assert old["w"].shape == (3, 4) and float(old["w"].sum()) == float(old["w"].sum())  # still mapped: no crash
+
+
 def test_a_stale_or_foreign_payload_is_refused(tmp_path: Path):
-    path, reader = tmp_path / "up-0.slot", slots.Reader()
-    slots.write(path, _tensors(), sequence=21, pid=2)
+    path = tmp_path / "up-0.slot"
+    slots.Slot(path, create=True).write(_tensors(), sequence=21, pid=2)
+    reader = slots.Slot(path)
     with pytest.raises(slots.SlotError, match="another payload"):
-        reader.read(path, 22, pid=2)  # the previous round's upload is still there
+        reader.read(22, pid=2)  # the previous round's upload is still there
     with pytest.raises(slots.SlotError, match="partition 2, not 3"):
-        reader.read(path, 21, pid=3)
+        reader.read(21, pid=3)
 
 
 def test_a_writer_killed_mid_write_leaves_a_slot_nobody_takes(tmp_path: Path, monkeypatch):
-    path, reader = tmp_path / "weights.slot", slots.Reader()
-    slots.write(path, _tensors(), sequence=31)
+    path = tmp_path / "weights.slot"
+    writer = slots.Slot(path, create=True)
+    writer.write(_tensors(), sequence=31)
 
-    def killed(fd, views, offset):
+    def killed(views, tensors):
         raise KeyboardInterrupt  # the process dies between the first and the last header write
 
-    monkeypatch.setattr(slots, "_write_all", killed)
+    monkeypatch.setattr(slots, "_copy_into", killed)
     with pytest.raises(KeyboardInterrupt):
-        slots.write(path, _tensors(2.0), sequence=32)
+        writer.write(_tensors(2.0), sequence=32)
     for sequence in (31, 32):
         with pytest.raises(slots.SlotError, match="incomplete"):
-            reader.read(path, sequence)
+            slots.Slot(path).read(sequence)
     monkeypatch.undo()
-    slots.write(path, _tensors(2.0), sequence=32)  # the retry's write
-    assert _equal(reader.read(path, 32)[0], _tensors(2.0))
+    writer.write(_tensors(2.0), sequence=32)  # the retry's write (the lock was let go)
+    assert _equal(slots.Slot(path).read(32)[0], _tensors(2.0))
+
+
+def test_a_held_slot_is_not_written_under_its_reader(tmp_path: Path):
+    path = tmp_path / "up-3.slot"
+    client, server = slots.Slot(path, create=True), slots.Slot(path)
+    client.write(_tensors(), sequence=41, pid=3)
+    server.hold()
+    views, _ = server.read(41, pid=3)
+    with pytest.raises(slots.SlotBusy):
+        client.write(_tensors(9.0), sequence=42, pid=3, wait=False)  # a late writer
+    assert _equal(views, _tensors()) and _equal(server.read(41, pid=3)[0], _tensors())
+    server.release()
+    client.write(_tensors(9.0), sequence=42, pid=3, wait=False)
+    assert _equal(server.read(42, pid=3)[0], _tensors(9.0))
 
 
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        (lambda b: b[:40], "empty slot|index beyond"),
+        (lambda b: b[:40], "empty slot"),
         (lambda b: b"NOTASLOT" + b[8:], "not a slot file"),
         (lambda b: b[:64] + b"{not json" + b[73:], "garbled index"),
         (lambda b: b[: len(b) - 16], "beyond the end"),
@@ -75,27 +116,28 @@ def test_a_writer_killed_mid_write_leaves_a_slot_nobody_takes(tmp_path: Path, mo
 )
 def test_garbage_in_a_slot_is_a_slot_error(tmp_path: Path, damage, reason: str):
     path = tmp_path / "up-1.slot"
-    slots.write(path, _tensors(), sequence=41, pid=1)
+    slots.Slot(path, create=True).write(_tensors(), sequence=41, pid=1)
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(slots.SlotError, match=reason):
-        slots.Reader().read(path, 41, pid=1)
+        slots.Slot(path).read(41, pid=1)
 
 
-def test_a_reader_that_does_not_reuse_hands_out_tensors_the_caller_keeps(tmp_path: Path):
-    path, reader = tmp_path / "up-0.slot", slots.Reader(reuse=False)
-    slots.write(path, _tensors(), sequence=51, pid=0)
-    first, _ = reader.read(path, 51, pid=0)
-    slots.write(path, _tensors(5.0), sequence=52, pid=0)
-    second, _ = reader.read(path, 52, pid=0)
-    assert _equal(first, _tensors()) and _equal(second, _tensors(5.0))
+def test_a_pinned_slot_registers_each_mapping_and_unregisters_it_before_it_goes(tmp_path: Path, monkeypatch):
+    registered: dict[int, int] = {}  # address → bytes, as CUDA would hold them
 
+    def lock(data: torch.Tensor) -> bool:
+        registered[data.data_ptr()] = data.numel()
+        return True
 
-def test_a_process_reads_the_global_weights_of_a_payload_once(tmp_path: Path):
-    path, reader = tmp_path / "weights.slot", slots.Reader()
-    slots.write(path, _tensors(), sequence=61)
-    first, _ = reader.read(path, 61)
-    path.unlink()  # a second client of the round, served by the same process: no file access
-    again, _ = reader.read(path, 61)
-    assert again is first and _equal(again, _tensors())
-    slots.write(path, _tensors(2.0), sequence=62)  # the next round's payload is read from the slot
-    assert _equal(reader.read(path, 62)[0], _tensors(2.0))
+    monkeypatch.setattr(slots, "_page_lock", lock)
+    monkeypatch.setattr(slots, "_page_unlock", lambda data: registered.pop(data.data_ptr()))
+    path = tmp_path / "up-0.slot"
+    slot = slots.Slot(path, create=True, pin=True)
+    slot.write(_tensors(), sequence=1)
+    assert slot.pinned and list(registered.values()) == [path.stat().st_size], "the whole mapping, once"
+    slot.write({"big": torch.ones(100_000)}, sequence=2)  # grows: a new mapping
+    assert list(registered.values()) == [path.stat().st_size], "the old mapping was unregistered"
+    slot.close()
+    assert registered == {}
+    slots.Slot(path, create=True).write(_tensors(), sequence=3)
+    assert registered == {}, "an unpinned slot registers nothing"

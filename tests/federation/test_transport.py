@@ -63,9 +63,10 @@ def test_shared_memory_equals_messages(tiny_run_config: dict[str, Any], tmp_path
     (weights_m, rows_m, _), (weights_s, rows_s, grid_s) = runs["message"], runs["shared-memory"]
     assert weights_m.keys() == weights_s.keys() and all(torch.equal(weights_m[k], weights_s[k]) for k in weights_m)
     assert _results(rows_m) == _results(rows_s)
-    for m, s in zip(rows_m, rows_s, strict=True):  # the payload is the same; only the file/record headers differ
-        assert s["bytes_up"] == pytest.approx(m["bytes_up"], rel=0.02)
-        assert s["bytes_down"] == pytest.approx(m["bytes_down"], rel=0.02)
+    # the payload is the same; only the headers differ (the tiny model's 150 small tensors make them ~2 %)
+    for m, s in zip(rows_m, rows_s, strict=True):
+        assert s["bytes_up"] == pytest.approx(m["bytes_up"], rel=0.05)
+        assert s["bytes_down"] == pytest.approx(m["bytes_down"], rel=0.05)
     train = [msg for msg in grid_s.sent if msg.metadata.message_type == "train"]
     assert train and all("arrays" not in msg.content.array_records for msg in train), "no tensors in the messages"
     assert not list((tmp_path / "shm").rglob("*")), "the transport directory is removed at the end"
@@ -77,11 +78,11 @@ def test_a_client_that_cannot_reach_the_files_says_what_to_do(tiny_run_config, t
 
     def elsewhere(content, config):  # a client on another machine: the server's path does not exist there
         if config.get(transport.WEIGHTS_FILE):
-            config = dict(config, **{transport.WEIGHTS_FILE: "/nonexistent/weights.safetensors"})
-        return real_receive(content, config)
+            config = dict(config, **{transport.WEIGHTS_FILE: "/nonexistent/weights.slot"})
+        return real_received(content, config)
 
-    real_receive = transport.receive
-    monkeypatch.setattr(transport, "receive", elsewhere)
+    real_received = transport.received
+    monkeypatch.setattr(transport, "received", elsewhere)
     config = dict(tiny_run_config, transport="shared-memory", **{"num-server-rounds": 1})
     with pytest.raises(RoundFailed, match='transport = "message"'):
         run_server(config)
@@ -202,3 +203,31 @@ def test_only_the_wire_calls_the_transports_outbound_inbound_and_done():
     calls = re.compile(r"\.(outbound|inbound|done)\(")
     callers = {p.relative_to(package).as_posix() for p in package.rglob("*.py") if calls.search(p.read_text())}
     assert callers == {"federation/wire.py"}
+
+
+def test_the_server_reads_uploads_in_place_and_a_late_upload_cannot_change_one_it_holds(tmp_path: Path):
+    from flwr.app import RecordDict
+
+    from fedtalos.federation import protocol as P
+    from fedtalos.federation.transport import ServerTransport
+
+    server = ServerTransport("shared-memory", run_key="k", base=tmp_path)
+    weights = {"w": torch.arange(6.0).reshape(2, 3)}
+    _, config = server.outbound(weights, "train-1", cohort=[4, 9])
+    with transport.received(RecordDict(), config) as delivered:
+        assert torch.equal(delivered.tensors["w"], weights["w"]) and delivered.key[1] == config[transport.SEQUENCE]
+    assert transport.send({"w": weights["w"] + 1}, config, pid=9) is None
+    upload, _ = server.inbound(RecordDict(), "train-1", 9)
+    with pytest.raises(RuntimeError, match="late"):  # the same client again (a duplicate or late message)
+        transport.send({"w": weights["w"] * 100}, config, pid=9)
+    assert torch.equal(upload["w"], weights["w"] + 1), "what the server holds did not change"
+    with pytest.raises(P.ReplyRejected, match=r"empty slot|another payload"):
+        server.inbound(RecordDict(), "train-1", 4)  # pid 4 has not written this payload
+    server.reject(9)  # a rejected reply: its slot is free for the retry
+    transport.send({"w": weights["w"] + 2}, config, pid=9)
+    assert torch.equal(server.inbound(RecordDict(), "train-1", 9)[0]["w"], weights["w"] + 2)
+    server.done("train-1")
+    with pytest.raises(P.ReplyRejected, match="no upload slot"):
+        server.inbound(RecordDict(), "train-1", 9)  # the exchange is over
+    server.close()
+    assert not list(tmp_path.iterdir())

@@ -46,3 +46,28 @@ def test_the_cpu_path_uses_no_buffers():
     read = stager.read(dict(model.named_parameters()))
     assert not stager._host and not stager._device  # nothing staged on the CPU
     assert all(read[n].data_ptr() == p.data_ptr() for n, p in model.named_parameters())
+
+
+def test_weights_in_one_slot_go_in_one_copy_and_a_second_client_of_the_payload_copies_them_on_the_device(tmp_path):
+    from fedtalos.federation.slots import Slot
+    from fedtalos.task import staging as staging_module
+
+    first = {k: torch.randn_like(v.float()).to(v.dtype) for k, v in _model().state_dict().items()}
+    second = {k: v + 1 for k, v in first.items()}
+    slot = Slot(tmp_path / "weights.slot", create=True)
+    slot.write(first, sequence=1)
+    views, _ = slot.read(1)
+    assert staging_module._host_region(views) is not None, "the slot's tensors lie in one region"
+    assert staging_module._host_region(first) is None, "separate tensors do not"
+    stager, plain = WeightStaging(staged=True), _model()
+    plain.load_state_dict(first)
+    model = _model()
+    stager.load(model, views, key=("weights.slot", 1))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in plain.state_dict().items())
+    slot.write(second, sequence=2)  # the slot now holds the next payload: a reload of payload 1 must not read it
+    again = _model()
+    stager.load(again, views, key=("weights.slot", 1))
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in plain.state_dict().items())
+    stager.load(again, slot.read(2)[0], key=("weights.slot", 2))
+    plain.load_state_dict(second)
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in plain.state_dict().items())
