@@ -161,21 +161,27 @@ def process_role(cmdline: str) -> str:
 
 
 class GpuMemorySampler(threading.Thread):
-    """Peak used GPU memory per process (``nvidia-smi``, GiB) and its role, sampled twice a second."""
+    """Peak used GPU memory per process (``nvidia-smi``, GiB) and its role, and of the whole card (a container
+    may hide the processes), sampled twice a second."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.peak: dict[int, float] = {}
+        self.peak_total = 0.0
         self.roles: dict[int, str] = {}
         self.stopped = threading.Event()
 
     def run(self) -> None:
         query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+        device_query = ["nvidia-smi", "--id=0", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
         while not self.stopped.wait(0.5):
             try:
                 lines = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout.splitlines()
+                used = subprocess.run(device_query, capture_output=True, text=True, timeout=5).stdout.strip()
             except (OSError, subprocess.TimeoutExpired):
                 return
+            if used.isdigit():
+                self.peak_total = max(self.peak_total, int(used) / 1024)
             for line in lines:
                 pid_text, _, mib = line.partition(",")
                 if not (pid_text.strip().isdigit() and mib.strip().isdigit()):
@@ -218,14 +224,14 @@ def _run_bounded(command: list[str], timeout_s: float) -> tuple[int | None, str,
         return None, out, err
 
 
-def memory_shortfall(actors: int, size: int, device: torch.device) -> dict | None:
+def memory_shortfall(actors: int, model: str, size: int, device: torch.device) -> dict | None:
     """On CUDA, a record of why ``actors`` actors would not fit the free GPU memory (estimated peaks of the
     actors, the pure side's process and the ServerApp: ``fedtalos.task.memory``), or None when they fit."""
     if device.type != "cuda":
         return None
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(device)
-    need = (actors + 1) * actor_peak_bytes(RunConfig(model=DINO_VIT_S16, image_size=size)) + SERVER_BYTES
+    need = (actors + 1) * actor_peak_bytes(RunConfig(model=model, image_size=size)) + SERVER_BYTES
     if need <= free:
         return None
     return {"status": "skipped: estimated memory does not fit", "need_gb": need / GIB, "free_gb": free / GIB}
@@ -263,6 +269,7 @@ def rounds(actors: int, size: int, device: str, rounds_n: int, timeout_s: float,
         if "out of memory" in (err + str(report.get("tail", ""))).lower():
             report["status"] = "out_of_memory"
     report["gpu_peak_gb_by_process"] = sampler.by_process()
+    report["gpu_peak_gb_total"] = sampler.peak_total or None
     return report
 
 
@@ -298,6 +305,7 @@ def summarize_rounds(actors: int, report: dict) -> dict:
         "server_target_met": server <= server_target if server is not None and server_target else None,
         "startup_s": report.get("startup_s"),
         "gpu_peak_gb_per_actor": max(actor_peaks) if actor_peaks else None,
+        "gpu_peak_gb_total": report.get("gpu_peak_gb_total"),
         "gpu_peak_gb_by_process": peaks,
         "round_overhead": report,
     }
@@ -392,6 +400,9 @@ def main() -> None:
         "model": model,
         "image_size": size,
         "batch_size": BATCH,
+        "actors": actors,
+        "rounds_per_actor_count": args.rounds,
+        "budget_s": args.budget_s,
     }
     report["train"] = {
         "fp32": train_throughput(model, size, device, steps, None),
@@ -404,7 +415,8 @@ def main() -> None:
         if left < 60:
             raw: dict = {"status": "skipped: out of time (--budget-s)"}
         else:
-            raw = memory_shortfall(a, size, device) or rounds(a, size, device.type, args.rounds, left - 40, quick=quick)
+            budget = left - 40  # time for its clean-up if it has to be stopped
+            raw = memory_shortfall(a, model, size, device) or rounds(a, size, device.type, args.rounds, budget, quick)
         summaries[str(a)] = summarize_rounds(a, raw)
     report["rounds"] = summaries
     best = best_actors(summaries)

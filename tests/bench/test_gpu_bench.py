@@ -6,9 +6,12 @@ import importlib.util
 import sys
 
 import pytest
+import torch
 
+from fedtalos.config import RunConfig
 from fedtalos.study.compute import study_gpu_hours
 from fedtalos.study.plan import plan_files
+from fedtalos.task.memory import GIB, SERVER_BYTES, actor_peak_bytes
 from tests.support.bench import ROOT
 
 
@@ -89,3 +92,17 @@ def test_gpu_processes_are_named_by_role(gpu):
     assert gpu.process_role("python bench/round_overhead.py --rounds=5") == "bench"
     assert gpu.process_role("python -c from multiprocessing.spawn import spawn_main; spawn_main()") == "pure_worker"
     assert gpu.process_role("ray::IDLE") == "other"
+
+
+def test_an_actor_count_whose_estimated_memory_does_not_fit_is_skipped(gpu, monkeypatch):
+    model, size = "vit_small_patch16_224.dino", 224
+    need = 9 * actor_peak_bytes(RunConfig(model=model, image_size=size)) + SERVER_BYTES  # 8 actors and the pure side
+    free = int(need) - GIB
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 80 * GIB))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    cuda = torch.device("cuda", 0)
+    skipped = gpu.memory_shortfall(8, model, size, cuda)
+    assert skipped["status"].startswith("skipped") and skipped["need_gb"] == pytest.approx(need / GIB)
+    assert skipped["free_gb"] == pytest.approx(free / GIB)
+    assert gpu.memory_shortfall(4, model, size, cuda) is None, "5 estimated peaks and the ServerApp fit"
+    assert gpu.memory_shortfall(8, model, size, torch.device("cpu")) is None, "nothing to check on the CPU"
