@@ -4,7 +4,8 @@ Counted from each run's configuration (:class:`~fedtalos.study.plan.PlannedRun`)
 shared by two families counts for the first). The GPU-hours are an *estimate* from assumed throughputs
 (:data:`CARDS`), not a measurement: a training image pass costs 1 unit, a per-sample Fisher gradient 1 unit, an
 evaluation or ridge forward 1/3; each client-round adds a fixed framework overhead and each run a start-up. The
-sweep prints the measured time of every run: trust that over this once runs exist.
+sweep prints the measured time of every run: trust that over this once runs exist. :func:`study_gpu_hours` prices
+the same work at a measured seconds per client-step instead (``bench/gpu.sh``).
 """
 
 from __future__ import annotations
@@ -58,9 +59,14 @@ class Cost:
         """Training-pass equivalents."""
         return self.train_images + self.fisher_samples + FORWARD_UNITS * self.forwards
 
-    def gpu_hours(self, card: Card) -> float:
+    def gpu_hours(
+        self,
+        card: Card,
+        client_round_overhead_s: float = CLIENT_ROUND_OVERHEAD_S,
+        run_startup_s: float = RUN_STARTUP_S,
+    ) -> float:
         seconds = self.units() / card.images_per_s
-        return (seconds + CLIENT_ROUND_OVERHEAD_S * self.client_rounds + RUN_STARTUP_S * self.runs) / 3600
+        return (seconds + client_round_overhead_s * self.client_rounds + run_startup_s * self.runs) / 3600
 
 
 def run_cost(run: PlannedRun) -> Cost:
@@ -106,6 +112,28 @@ def family_costs(runs: Sequence[PlannedRun]) -> dict[str, Cost]:
         seen.add(run.run_dir)
         costs[run.family].add(run_cost(run))
     return costs
+
+
+def study_gpu_hours(
+    runs: Sequence[PlannedRun],
+    client_step_s: float,
+    *,
+    batch_size: int = 32,
+    client_round_overhead_s: float = CLIENT_ROUND_OVERHEAD_S,
+    run_startup_s: float = RUN_STARTUP_S,
+) -> dict[str, float]:
+    """Family → GPU-hours of ``runs``, and ``"total"``, at a measured ``client_step_s`` seconds per training step
+    of ``batch_size`` images (the card's throughput, Fisher samples and forwards priced in the same units as
+    :meth:`Cost.units`) and the given framework time per client-round and start-up per run."""
+    if client_step_s <= 0:
+        raise ValueError(f"client_step_s must be positive, got {client_step_s}")
+    card = Card("measured", batch_size / client_step_s, f"{1000 * client_step_s:.1f} ms per step of {batch_size}")
+    hours = {
+        family: cost.gpu_hours(card, client_round_overhead_s, run_startup_s)
+        for family, cost in family_costs(runs).items()
+    }
+    hours["total"] = sum(hours.values())
+    return hours
 
 
 def compute_table(runs: Sequence[PlannedRun]) -> list[str]:

@@ -70,7 +70,16 @@ def test_gpu_benchmark_quick_runs_on_the_cpu():
         assert report["train"][dtype]["images_per_s"] > 0 and math.isfinite(report["train"][dtype]["step_ms"])
     fisher = report["fisher"]
     assert fisher["hooks_s"] > 0 and fisher["loop_s"] > 0 and fisher["max_rel_diff"] < 1e-3, "the same scores"
-    assert report["rounds"] == {}, "no federated rounds in --quick"
+    assert report["rounds"] == {} and report["best_actors"] is None, "no federated rounds in --quick"
+    study = report["study_gpu_hours"]
+    assert study["from_rounds"] is None, "nothing measured to price it from"
+    assert study["grid_files"] == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.toml"))
+    assert study["runs_to_run"] > 0 and study["client_steps"] > 0 and study["assumed"]["gpu_hours"] > 0
+    measured = study["from_train_step"]
+    assert measured["dtype"] == "fp32" and measured["client_step_s"] == report["train"]["fp32"]["step_ms"] / 1000
+    by_family = measured["gpu_hours_by_family"]
+    assert measured["gpu_hours"] == by_family["total"] > 0 and math.isfinite(measured["gpu_hours"])
+    assert by_family["total"] == pytest.approx(sum(h for f, h in by_family.items() if f != "total"))
 
 
 @pytest.mark.e2e

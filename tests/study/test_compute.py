@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedtalos.cli.main import main
-from fedtalos.study.compute import CARDS, family_costs, run_cost
+from fedtalos.study.compute import CARDS, family_costs, run_cost, study_gpu_hours
 from fedtalos.study.grid import parse_grid
 from fedtalos.study.plan import plan, plan_files
 
@@ -50,3 +50,26 @@ def test_the_dry_run_prints_the_compute_per_family_and_a_shared_run_counts_once(
     total = costs["sparse"].client_steps + costs["rules"].client_steps
     assert any(line.split()[:1] == ["total"] and f"{total:,}" in line for line in out.splitlines())
     assert "(129 to run: 3 share the directory of an identical run)" in out
+
+
+def test_gpu_hours_at_a_measured_step_time_scale_with_it_and_match_the_assumed_card(tmp_path: Path):
+    base = {"num-clients": 100, "fraction-train": 0.1, "local-steps": 4, "num-server-rounds": 400, "eval-every": 20}
+    runs = [_one(tmp_path, base)]
+    cost = run_cost(runs[0])
+    units = 400 * 10 * 4 * 32 + (20 * 5_000 + 10_000) / 3  # training images, 20 validations and the test
+    bare = {"client_round_overhead_s": 0.0, "run_startup_s": 0.0}
+    fast, slow = study_gpu_hours(runs, 0.02, **bare), study_gpu_hours(runs, 0.05, **bare)
+    assert fast["one"] == fast["total"] == pytest.approx(units * 0.02 / 32 / 3600)
+    assert slow["total"] == pytest.approx(2.5 * fast["total"]), "linear in the step time"
+    framework = study_gpu_hours(runs, 0.02, client_round_overhead_s=0.1, run_startup_s=20.0)["total"]
+    assert framework - fast["total"] == pytest.approx((0.1 * 400 * 10 + 20.0) / 3600)
+    assert study_gpu_hours(runs, 32 / CARDS[0].images_per_s)["total"] == pytest.approx(cost.gpu_hours(CARDS[0]))
+    with pytest.raises(ValueError, match="positive"):
+        study_gpu_hours(runs, 0.0)
+
+
+def test_gpu_hours_of_the_grid_files_sum_over_families(tmp_path: Path):
+    runs = plan_files([CONFIGS / "sparse.toml", CONFIGS / "rules.toml"], output_root=tmp_path)
+    hours = study_gpu_hours(runs, 0.03)
+    assert set(hours) == {"sparse", "rules", "total"}
+    assert hours["total"] == pytest.approx(hours["sparse"] + hours["rules"]) and hours["sparse"] > 0
