@@ -95,9 +95,17 @@ def main() -> None:
         if v not in flower_patch.VARIANTS:
             parser.error(f"unknown variant {v!r}; one of {', '.join(flower_patch.VARIANTS)}")
 
+    with tempfile.TemporaryDirectory(prefix="fedtalos-flower-share-") as tmp:
+        report = measure(Path(tmp), variants, args)
+    print(json.dumps(report))
+    if any(r["status"] != "finished:completed" for r in report["variants"]):
+        sys.exit(1)
+
+
+def measure(work: Path, variants: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Generate the data under ``work`` and run each variant; the report."""
     from fedtalos.testing.synthetic import write_fake_cifar100
 
-    work = Path(tempfile.mkdtemp(prefix="fedtalos-flower-share-"))
     write_fake_cifar100(work / "data", train_per_class=args.per_class, test_per_class=10)
     overrides = {
         "dataset-root": str(work / "data"),
@@ -119,7 +127,7 @@ def main() -> None:
     }
     steady = list(range(2, args.rounds))
     results = [run_variant(v, work, overrides, args.clients, steady) for v in variants]
-    report = {
+    return {
         "benchmark": "flower_share",
         "model": args.model,
         "image_size": args.image_size,
@@ -130,9 +138,6 @@ def main() -> None:
         "steady_rounds": steady,
         "variants": results,
     }
-    print(json.dumps(report))
-    if any(r["status"] != "finished:completed" for r in results):
-        sys.exit(1)
 
 
 if __name__ == "__main__":
