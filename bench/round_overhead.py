@@ -258,6 +258,11 @@ def main() -> None:
         if (v := _median(steady_rows, k)) is not None
     }
     per_client["aggregate_share_ms"] = 1000 * breakdown["aggregate_s"] / cohort
+    setup_parts = {  # of setup_ms: the global weights into the model, the upload out (the rest is everything else)
+        k.removeprefix("client_").removesuffix("_s") + "_ms": 1000 * v
+        for k in ("client_weights_s", "client_upload_s")
+        if (v := _median(steady_rows, k)) is not None
+    }
     overhead_a = [
         1000 * (r["client_overhead_s"] + r.get("aggregate_s", 0.0) / cohort)
         for r in steady_rows
@@ -293,6 +298,7 @@ def main() -> None:
         ),
         "weights_copy_ms": copy_ms,
         "per_client_breakdown_ms": per_client,
+        "setup_parts_ms": setup_parts,
         "app_share_ms": app_share,
         "flower_share_ms": flower_share,
         "server_ms_per_round": statistics.median(server) if server else None,

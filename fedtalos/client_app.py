@@ -79,17 +79,20 @@ def client_resources(config: RunConfig) -> Resources:
     return get_resources(config, client=True)
 
 
-def _setup(msg: Message, context: Context) -> tuple[RunConfig, Resources, int]:
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, Resources, int, float]:
+    """The run config, this process's resources with the message's weights loaded, the partition, and the seconds
+    the weights took."""
     config = run_config(context)
     resources = client_resources(config)
     pid = partition_id(context, config)
+    loading = time.perf_counter()
     with transport.received(msg.content, msg.content.config_records.get(P.CONFIG, {})) as delivered:
         if delivered.tensors is not None:
             staging.load(resources.model, delivered.tensors, key=delivered.key)
             resources.weights_pending = False
         elif resources.weights_pending:
             raise RuntimeError(f"a {msg.metadata.message_type} message without the global weights reached a new client")
-    return config, resources, pid
+    return config, resources, pid, time.perf_counter() - loading
 
 
 def _mask_shapes(resources: Resources) -> dict[str, tuple[int, ...]]:
@@ -132,7 +135,7 @@ def train(msg: Message, context: Context) -> Message:
     reply's metrics carry the handler's timing (:mod:`fedtalos.federation.timing`).
     """
     started = time.time()
-    config, resources, pid = _setup(msg, context)
+    config, resources, pid, weights_s = _setup(msg, context)
     round_config = msg.content[P.CONFIG]
     model = resources.model
     set_trainable(model, str(round_config.get("frozen", "none")))  # the phase's frozen part
@@ -177,8 +180,9 @@ def train(msg: Message, context: Context) -> Message:
     if start is not None:
         upload, clipped = clip_update({k: v.cpu() for k, v in upload.items()}, start, float(clipping_norm))
         metrics[NORM_BIT] = float(clipped)  # the adaptive wrappers adapt the norm to the fraction clipped
+    sending = time.perf_counter()
     arrays = transport.send(upload, round_config, pid)
-    metrics.update(client_stamps(started, steps_s))
+    metrics.update(client_stamps(started, steps_s, weights_s, time.perf_counter() - sending))
     return Message(P.make_reply(arrays, metrics), reply_to=msg)
 
 
@@ -194,7 +198,7 @@ def _upload(params: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> d
 @fatal_resource_errors
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Loss and accuracy of the global weights on this node's shard (federated evaluation)."""
-    _, resources, pid = _setup(msg, context)
+    _, resources, pid, _ = _setup(msg, context)
     images, labels = resources.client_data(pid)
     stats = evaluate(resources.model, resources.eval_batches(images, labels), autocast_dtype=resources.dtype)
     metrics = {P.NUM_EXAMPLES: stats.count, "eval-loss": stats.loss, "eval-acc": stats.accuracy}
@@ -205,7 +209,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
 @fatal_resource_errors
 def ridge(msg: Message, context: Context) -> Message:
     """Step 0: ΦᵀΦ, ΦᵀY (float64) and n over this shard's backbone features; no raw data leaves the node."""
-    _, resources, pid = _setup(msg, context)
+    _, resources, pid, _ = _setup(msg, context)
     images, labels = resources.client_data(pid)
     stats = ridge_statistics(resources.model, resources.eval_batches(images, labels), resources.num_classes)
     arrays = ArrayRecord({"gram": Array(stats.gram.numpy()), "cross": Array(stats.cross.numpy())})
@@ -217,7 +221,7 @@ def ridge(msg: Message, context: Context) -> Message:
 @fatal_resource_errors
 def fisher(msg: Message, context: Context) -> Message:
     """Sums of squared per-sample gradients over ``fisher-samples`` of this shard, with the current soft mask."""
-    config, resources, pid = _setup(msg, context)
+    config, resources, pid, _ = _setup(msg, context)
     round_config = msg.content[P.CONFIG]
     soft_mask = None
     if P.MASK in msg.content.array_records:

@@ -17,7 +17,6 @@ for the current one (its sequence differs: sequences are random 63-bit numbers, 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import mmap
 import os
@@ -136,20 +135,28 @@ class Slot:
             _page_unlock(self._data)  # before the mapping can go: CUDA must not keep an address that is unmapped
         self.pinned = False
 
-    def _lock(self, mode: int, wait: bool) -> None:
+    def _lock(self, exclusive: bool, wait: bool) -> None:
+        import fcntl  # POSIX only: imported when a slot is used (a client on Windows uses messages)
+
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
         try:
-            fcntl.flock(self._fd, mode | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(self._fd, mode)
         except BlockingIOError:
             raise SlotBusy(f"{self.path.name} is held by its reader") from None
 
+    def _unlock(self) -> None:
+        import fcntl
+
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
     def hold(self) -> None:
         """Take the shared lock: no writer changes the slot until :meth:`release`."""
-        self._lock(fcntl.LOCK_SH, wait=True)
+        self._lock(exclusive=False, wait=True)
         self.held = True
 
     def release(self) -> None:
         if self.held:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._unlock()
             self.held = False
 
     @contextlib.contextmanager
@@ -171,7 +178,7 @@ class Slot:
         encoded = json.dumps(index).encode()
         data_start = _aligned(HEADER_BYTES + len(encoded))
         size = data_start + data_bytes
-        self._lock(fcntl.LOCK_EX, wait)
+        self._lock(exclusive=True, wait=wait)
         try:
             if os.fstat(self._fd).st_size < size:  # grows to the largest payload, never shrinks
                 os.ftruncate(self._fd, size)
@@ -182,7 +189,7 @@ class Slot:
             _copy_into(_views(self._data[data_start:size], index), tensors)
             HEADER.pack_into(mapped, 0, MAGIC, sequence, pid, len(encoded), data_start)  # last: the payload is whole
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._unlock()
             self.held = False
         return size
 

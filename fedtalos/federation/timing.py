@@ -1,10 +1,11 @@
 """Where a client update's time goes outside its J optimizer steps, and the laps of a round on the server.
 
-A train reply carries stamps (``client_stamps``: handler start and end, seconds in the steps, the actor's pid); the
-server adds when it handed the messages over, when each reply arrived and how long its check took.
-:func:`overhead` splits the per-client cost into ``delivery`` (hand-over, or the actor's previous reply, to the
-handler's start), ``setup`` (the handler outside the steps), ``reply`` (handler end to the server seeing it) and
-``accept`` (the server's check). ``delivery`` and ``reply`` need one clock: only in simulation.
+A train reply carries stamps (``client_stamps``: handler start and end, seconds in the steps, the actor's pid, and
+the seconds it took to load the global weights and to hand over its upload); the server adds when it handed the
+messages over, when each reply arrived and how long its check took. :func:`overhead` splits the per-client cost into
+``delivery`` (hand-over, or the actor's previous reply, to the handler's start), ``setup`` (the handler outside the
+steps; of it, ``weights`` in and ``upload`` out), ``reply`` (handler end to the server seeing it) and ``accept`` (the
+server's check). ``delivery`` and ``reply`` need one clock: only in simulation.
 """
 
 from __future__ import annotations
@@ -19,12 +20,25 @@ TIME_START = "time-start"  # reply metric: handler start, s since the epoch
 TIME_END = "time-end"  # reply metric: handler end (just before the reply is built), s since the epoch
 TIME_STEPS = "time-steps"  # reply metric: seconds in the J optimizer steps
 ACTOR = "actor"  # reply metric: process id of the actor that served the message
+TIME_WEIGHTS = "time-weights"  # reply metric: seconds loading the global weights into the model (part of setup)
+TIME_UPLOAD = "time-upload"  # reply metric: seconds handing the upload to the transport (part of setup)
 KEYS = (TIME_START, TIME_END, TIME_STEPS, ACTOR)
+PARTS = {TIME_WEIGHTS: "weights_s", TIME_UPLOAD: "upload_s"}  # optional parts of setup → row key (client_…)
 
 
-def client_stamps(started: float, steps_s: float) -> dict[str, float | int]:
-    """The reply metrics of a handler that started at ``started`` (``time.time()``) and stepped ``steps_s``."""
-    return {TIME_START: started, TIME_END: time.time(), TIME_STEPS: steps_s, ACTOR: os.getpid()}
+def client_stamps(
+    started: float, steps_s: float, weights_s: float = 0.0, upload_s: float = 0.0
+) -> dict[str, float | int]:
+    """The reply metrics of a handler that started at ``started`` (``time.time()``), stepped ``steps_s`` and spent
+    ``weights_s`` loading the weights and ``upload_s`` handing over its upload."""
+    return {
+        TIME_START: started,
+        TIME_END: time.time(),
+        TIME_STEPS: steps_s,
+        ACTOR: os.getpid(),
+        TIME_WEIGHTS: weights_s,
+        TIME_UPLOAD: upload_s,
+    }
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,9 @@ def overhead(pushed_at: float, deliveries: Mapping[int, Delivery], clocks_shared
         sums.pop("delivery_s"), sums.pop("reply_s")
     means = {k: v / len(stamped) for k, v in sums.items()}
     means["overhead_s"] = sum(v for k, v in means.items() if k != "steps_s")
+    for stamp, key in PARTS.items():  # parts of setup, not added to the overhead again
+        if all(_number(d.stamps.get(stamp)) for d in stamped.values()):
+            means[key] = sum(float(d.stamps[stamp]) for d in stamped.values()) / len(stamped)
     return {f"client_{k}": v for k, v in means.items()}
 
 

@@ -5,7 +5,8 @@ and as many back. :class:`WeightStaging` moves them with one copy and scatters t
 ``load_state_dict`` (``tests/task/test_staging.py``): weights that lie in one host region (a shared-memory slot,
 page-locked) go in one DMA straight from it; others are packed into one pinned buffer first. It keeps the last
 global weights it moved on the device, so a second client of the same payload in this process copies them on the
-device. On the CPU it just calls ``load_state_dict``.
+device. On the CPU it copies tensor by tensor, as ``load_state_dict`` does (which it calls where a module has load
+hooks, or to explain what does not fit).
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ class WeightStaging:
         """
         state = model.state_dict()
         device = next(iter(state.values())).device if state else torch.device("cpu")
-        if not self._uses_buffers(device):
-            model.load_state_dict(weights, strict=True)
+        if not _copies_plainly(model, state, weights):
+            model.load_state_dict(weights, strict=True)  # its hooks, or its own explanation of what does not fit
             return
-        if set(weights) != set(state) or any(tuple(weights[k].shape) != tuple(v.shape) for k, v in state.items()):
-            model.load_state_dict(weights, strict=True)  # raises load_state_dict's own explanation
+        if not self._uses_buffers(device):
+            with torch.no_grad():  # load_state_dict's copies without its walk over the modules (-20 % for ViT-S/16)
+                for name, tensor in state.items():
+                    tensor.copy_(weights[name])
             return
         with torch.no_grad():
             if key is None or key != self._global_key:
@@ -116,6 +119,15 @@ class WeightStaging:
                 for name, part in zip(names, host.split(sizes), strict=True):
                     out[name] = part.view_as(tensors[name])
         return {k: out[k] for k in tensors}
+
+
+def _copies_plainly(model: nn.Module, state: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> bool:
+    """Whether copying ``weights`` tensor by tensor into ``state`` is what ``load_state_dict`` would do: the same keys
+    and shapes (a state dict of this very model: modules' own ``_load_from_state_dict`` only convert older formats),
+    and no module with load hooks."""
+    if set(weights) != set(state) or any(tuple(weights[k].shape) != tuple(v.shape) for k, v in state.items()):
+        return False
+    return not any(m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks for m in model.modules())
 
 
 def _host_region(tensors: Mapping[str, torch.Tensor]) -> tuple[int, int] | None:

@@ -44,6 +44,15 @@ def test_round_overhead_quick():
     assert report["peak_rss_driver_gb"] > 0 and report["bytes_up_per_client"] > 0
 
 
+def test_shm_transport_quick():
+    report = run_quick("shm_transport.py")
+    assert report["benchmark"] == "shm_transport" and report["model"] == "vit-tiny-test" and report["cohort"] == 3
+    parts = report["client_ms"]
+    assert set(parts) == {"load_ms", "send_ms", "inbound_ms", "check_ms", "fold_ms"}
+    assert all(v >= 0 and math.isfinite(v) for v in parts.values())
+    assert report["client_total_ms"] == pytest.approx(parts["load_ms"] + parts["send_ms"], abs=0.02)
+
+
 def test_optimizer_step_quick():
     report = run_quick("optimizer_step.py")
     assert report["benchmark"] == "optimizer_step" and report["threads"] == 1

@@ -90,7 +90,7 @@ def test_a_federated_run_passes_its_named_points_in_order(tiny_run_config: dict[
     assert recorder.steps == [1] * 5 + [2] * 6
     rows = [json.loads(line) for line in (server.run_dir.path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["phase"], r["round"], r["step"]) for r in rows] == [("train", 1, 1), ("train", 2, 2)]
-    timings = {"configure_s", "clients_s", "aggregate_s", "eval_s", "wall_s", "checkpoint_s"}
+    timings = {"configure_s", "clients_s", "after_last_reply_s", "aggregate_s", "eval_s", "wall_s", "checkpoint_s"}
     assert all(r.get(k, -1) >= 0 for r in rows for k in timings), "the round's laps (bench/round_overhead.py)"
 
 

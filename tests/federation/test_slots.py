@@ -141,3 +141,23 @@ def test_a_pinned_slot_registers_each_mapping_and_unregisters_it_before_it_goes(
     assert registered == {}
     slots.Slot(path, create=True).write(_tensors(), sequence=3)
     assert registered == {}, "an unpinned slot registers nothing"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the pinned path is forced on the CPU above)")
+def test_on_cuda_a_pinned_slot_takes_an_upload_from_the_device_and_gives_weights_back_in_one_copy(tmp_path: Path):
+    from fedtalos.task.staging import WeightStaging
+
+    torch.cuda.init()
+    model = torch.nn.Linear(64, 32).cuda()
+    upload = {n: p.detach() * 2 for n, p in model.named_parameters()}
+    slot = slots.Slot(tmp_path / "up-0.slot", create=True, pin=True)
+    slot.write(upload, sequence=7, pid=0)  # straight from the device into page-locked shared memory
+    assert slot.pinned
+    views, _ = slot.read(7, pid=0)
+    assert all(torch.equal(views[n].cuda(), v) for n, v in upload.items())
+    stager = WeightStaging()
+    stager.load(model, views, key=("up-0.slot", 7))
+    assert stager._global_buffer is not None and stager._global_buffer.is_cuda, "one copy of the region"
+    assert all(torch.equal(p.detach(), upload[n]) for n, p in model.named_parameters())
+    slot.close()
+    assert not slot.pinned

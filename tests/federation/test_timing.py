@@ -37,3 +37,17 @@ def test_replies_without_usable_stamps_are_left_out():
     assert overhead(0.0, {0: bad}, clocks_shared=True) == {}
     stamps = client_stamps(started=10.0, steps_s=0.25)
     assert stamps[TIME_STEPS] == 0.25 and stamps[TIME_END] > 10.0 and isinstance(stamps[ACTOR], int)
+
+
+def test_the_weights_and_upload_parts_of_setup_are_reported_beside_it_not_added_again():
+    deliveries = {
+        pid: Delivery(
+            {**client_stamps(10.0, 0.5, weights_s=0.02 * (pid + 1), upload_s=0.01), TIME_END: 11.0}, 11.1, 0.0
+        )
+        for pid in range(2)
+    }
+    got = overhead(9.0, deliveries, clocks_shared=True)
+    assert got["client_weights_s"] == pytest.approx(0.03) and got["client_upload_s"] == pytest.approx(0.01)
+    assert got["client_setup_s"] == pytest.approx(0.5)  # end − start − steps, the parts inside it
+    parts = ("delivery_s", "setup_s", "reply_s", "accept_s")
+    assert got["client_overhead_s"] == pytest.approx(sum(got[f"client_{k}"] for k in parts))

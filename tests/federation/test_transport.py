@@ -178,20 +178,27 @@ def test_directories_left_by_killed_servers_are_removed(tmp_path: Path, monkeypa
 
 
 def test_staged_weights_equal_the_plain_load(tiny_run_config: dict[str, Any], tmp_path: Path, monkeypatch):
-    """The CUDA path (one staging buffer each way, device masks cached per mask id), forced on the CPU: the same
+    """The CUDA path (weights in one copy to the device: packed through the staging buffer from a message, straight
+    from the slot's region with shared memory; device masks cached per mask id), forced on the CPU: the same
     weights and metrics as load_state_dict; train rows carry the per-client timing."""
     from fedtalos import client_app
     from fedtalos.task.staging import WeightStaging
 
+    monkeypatch.setenv("FEDTALOS_TRANSPORT_DIR", str(tmp_path / "shm"))
     extra = {"head": "ridge", "mask-rule": "least-sensitive", "fisher-samples": 8, "calibration-fraction": 0.2}
-    runs = {}
-    for staged in (False, True):
-        monkeypatch.setattr(client_app, "staging", WeightStaging(staged=staged))
-        config = dict(tiny_run_config, **extra, **{"output-root": str(tmp_path / str(staged))})
+    runs, stagers = {}, {}
+    for staged, mode in ((False, "message"), (True, "message"), (True, "shared-memory")):
+        stagers[mode, staged] = WeightStaging(staged=staged)
+        monkeypatch.setattr(client_app, "staging", stagers[mode, staged])
+        config = dict(tiny_run_config, **extra, transport=mode, **{"output-root": str(tmp_path / f"{mode}{staged}")})
         run_dir, _ = run_server(config)
-        runs[staged] = _final(run_dir)
-    (weights_p, rows_p), (weights_s, rows_s) = runs[False], runs[True]
-    assert client_app.staging._host, "the staged run went through the buffers"
+        runs[mode, staged] = _final(run_dir)
+    assert stagers["message", True]._host, "the staged run went through the buffers"
+    assert stagers["shared-memory", True]._global_buffer is not None, "the slot's region went in one copy"
+    (weights_r, rows_r) = runs["shared-memory", True]
+    assert all(torch.equal(weights_r[k], v) for k, v in runs["message", False][0].items())
+    assert _results(rows_r) == _results(runs["message", False][1])
+    (weights_p, rows_p), (weights_s, rows_s) = runs["message", False], runs["message", True]
     assert weights_p.keys() == weights_s.keys() and all(torch.equal(weights_p[k], weights_s[k]) for k in weights_p)
     assert _results(rows_p) == _results(rows_s)
     train = [r for r in rows_s if r["phase"] == "train"]

@@ -71,3 +71,15 @@ def test_weights_in_one_slot_go_in_one_copy_and_a_second_client_of_the_payload_c
     stager.load(again, slot.read(2)[0], key=("weights.slot", 2))
     plain.load_state_dict(second)
     assert all(torch.equal(again.state_dict()[k], v) for k, v in plain.state_dict().items())
+
+
+def test_a_module_with_load_hooks_is_loaded_by_load_state_dict():
+    seen = []
+    for staged in (False, True):
+        model = _model()
+        model[2].register_load_state_dict_pre_hook(lambda *args, staged=staged: seen.append(staged))
+        WeightStaging(staged=staged).load(model, _model().state_dict())
+    assert seen == [False, True]
+    plain = _model()
+    WeightStaging().load(plain, {k: v + 1 for k, v in _model().state_dict().items()})
+    assert torch.equal(plain[0].weight, _model()[0].weight + 1), "the hook-free model copied tensor by tensor"
