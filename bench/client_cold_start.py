@@ -158,7 +158,7 @@ def write_weights(values: dict, path: Path) -> None:
     import torch
 
     from fedtalos.config import RunConfig
-    from fedtalos.federation.slots import Slot
+    from fedtalos.federation.shared_memory import Slot
     from fedtalos.task.model import build_model
 
     config = RunConfig.from_mapping(values)

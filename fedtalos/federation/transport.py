@@ -3,7 +3,7 @@
 In simulation every message would carry the model's weights through pickling, Ray and Flower's encoding, about
 200 ms of CPU per client and round (``bench/round_overhead.py``). With ``transport = "shared-memory"`` (the default
 in simulation, ``"auto"``) the server writes the global weights into one file in ``/dev/shm`` and each client of a
-cohort writes its upload into the file of its place in the cohort: slots (:mod:`fedtalos.federation.slots`) that
+cohort writes its upload into the file of its place in the cohort: slots (:mod:`fedtalos.federation.shared_memory`) that
 live for the whole run, are overwritten in place and carry the payload's sequence number, which the message names.
 The weights are the same bit for bit (the drift, a reduction over an upload, may differ in its last bit: alignment
 changes its vector lanes), and a resumed run keeps its transport. The Deployment Engine always uses messages.
@@ -26,7 +26,7 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 
 from fedtalos.federation import protocol as P
-from fedtalos.federation import slots
+from fedtalos.federation import shared_memory
 
 WEIGHTS_FILE = "weights-file"  # config key: path of the slot with the round's global weights
 UPLOAD_FILE = "upload-file"  # config key: the upload slots' path, with {slot} for the client's place in the cohort
@@ -145,8 +145,8 @@ class ServerTransport:
         self.mode = mode
         self.sizes: dict[str, int] = {}  # file → bytes of its current payload, for the byte metrics
         self.directory: Path | None = None
-        self._weights: slots.Slot | None = None
-        self._uploads: dict[int, slots.Slot] = {}  # place in the cohort → its slot
+        self._weights: shared_memory.Slot | None = None
+        self._uploads: dict[int, shared_memory.Slot] = {}  # place in the cohort → its slot
         self._payload: tuple[str, int] | None = None  # (name, sequence) of the payload being exchanged
         self._slot_of: dict[int, int] = {}  # partition id → its place in the current payload's cohort
         if mode == "shared-memory":
@@ -156,11 +156,11 @@ class ServerTransport:
             self.directory = base / f"fedtalos-{os.getuid()}-{run_key}-{os.getpid()}"
             self.directory.mkdir(parents=True, exist_ok=True)
 
-    def _upload_slot(self, place: int) -> slots.Slot:
+    def _upload_slot(self, place: int) -> shared_memory.Slot:
         assert self.directory is not None
         slot = self._uploads.get(place)
         if slot is None:
-            slot = self._uploads[place] = slots.Slot(self.directory / f"up-{place}.slot", create=True)
+            slot = self._uploads[place] = shared_memory.Slot(self.directory / f"up-{place}.slot", create=True)
         return slot
 
     def outbound(
@@ -178,8 +178,8 @@ class ServerTransport:
         for slot in self._uploads.values():
             slot.release()
         if self._weights is None:
-            self._weights = slots.Slot(self.directory / "weights.slot", create=True)
-        sequence = slots.new_sequence()
+            self._weights = shared_memory.Slot(self.directory / "weights.slot", create=True)
+        sequence = shared_memory.new_sequence()
         path = self._weights.path
         self.sizes[str(path)] = self._weights.write(tensors, sequence)
         self._payload = (name, sequence)
@@ -215,7 +215,7 @@ class ServerTransport:
         slot.hold()  # no late writer changes it while the round uses it
         try:
             return slot.read(self._payload[1], pid)
-        except (OSError, slots.SlotError) as e:  # missing, torn, stale or garbled: a bad reply, not a server crash
+        except (OSError, shared_memory.SlotError) as e:  # missing, torn, stale, garbled: a bad reply, not a crash
             slot.release()
             raise P.ReplyRejected(f"no readable upload in {slot.path.name}: {type(e).__name__}: {e}") from None
 
@@ -242,16 +242,16 @@ class ServerTransport:
 # ---------------------------------------------------------------------------------------------------------------
 # The client's side: the slots this process has mapped (those of one server's directory at a time).
 
-_client_slots: dict[str, slots.Slot] = {}
+_client_slots: dict[str, shared_memory.Slot] = {}
 
 
-def _client_slot(path: str) -> slots.Slot:
+def _client_slot(path: str) -> shared_memory.Slot:
     slot = _client_slots.get(path)
     if slot is None:
         directory = os.path.dirname(path)
         for other in [p for p in _client_slots if os.path.dirname(p) != directory]:  # another run's
             _client_slots.pop(other).close()
-        slot = _client_slots[path] = slots.Slot(Path(path), pin=_uses_cuda())
+        slot = _client_slots[path] = shared_memory.Slot(Path(path), pin=_uses_cuda())
     return slot
 
 
@@ -292,7 +292,7 @@ def received(content: RecordDict, config: Mapping[str, Any]) -> Iterator[Deliver
     with slot.holding():
         try:
             tensors, _ = slot.read(sequence)
-        except slots.SlotError as e:
+        except shared_memory.SlotError as e:
             raise RuntimeError(f"{path} does not hold this message's global weights ({e}): a late message") from None
         yield Delivered(tensors, (str(path), sequence))
 
@@ -317,7 +317,7 @@ def send(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], pid: in
         path = str(target).format(slot=cohort.index(pid))
         try:
             _client_slot(path).write(tensors, int(config[SEQUENCE]), pid, wait=False)
-        except slots.SlotBusy:
+        except shared_memory.SlotBusy:
             raise RuntimeError(f"{path} is held by the server: this upload is late") from None
         except OSError as e:
             raise TransportUnavailable(

@@ -49,7 +49,7 @@ def test_the_cpu_path_uses_no_buffers():
 
 
 def test_weights_in_one_slot_go_in_one_copy_and_a_second_client_of_the_payload_copies_them_on_the_device(tmp_path):
-    from fedtalos.federation.slots import Slot
+    from fedtalos.federation.shared_memory import Slot
     from fedtalos.task import staging as staging_module
 
     first = {k: torch.randn_like(v.float()).to(v.dtype) for k, v in _model().state_dict().items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedtalos.federation import slots
+from fedtalos.federation import shared_memory
 
 
 def _tensors(scale: float = 1.0) -> dict[str, torch.Tensor]:
@@ -27,7 +27,7 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def test_a_slot_is_overwritten_in_place_and_read_bit_for_bit(tmp_path: Path):
     path = tmp_path / "up-0.slot"
-    writer, reader = slots.Slot(path, create=True), slots.Slot(path)
+    writer, reader = shared_memory.Slot(path, create=True), shared_memory.Slot(path)
     writer.write(_tensors(), sequence=11, pid=4)
     inode = path.stat().st_ino
     assert _equal(reader.read(11, pid=4)[0], _tensors())
@@ -42,18 +42,18 @@ def test_a_slot_is_overwritten_in_place_and_read_bit_for_bit(tmp_path: Path):
 
 def test_a_reader_takes_views_of_the_slot_not_copies(tmp_path: Path):
     path = tmp_path / "weights.slot"
-    writer, reader = slots.Slot(path, create=True), slots.Slot(path)
+    writer, reader = shared_memory.Slot(path, create=True), shared_memory.Slot(path)
     writer.write(_tensors(), sequence=5)
     with reader.holding():
         first, _ = reader.read(5)
     writer.write(_tensors(2.0), sequence=6)  # the next payload, written in place
     assert _equal(first, _tensors(2.0)), "the views show what the slot holds now: they are the slot"
-    assert all(t.is_contiguous() and t.data_ptr() % slots.ALIGN == 0 for t in first.values() if t.numel())
+    assert all(t.is_contiguous() and t.data_ptr() % shared_memory.ALIGN == 0 for t in first.values() if t.numel())
 
 
 def test_views_of_a_mapping_outlive_the_slot_growing(tmp_path: Path):
     path = tmp_path / "up-0.slot"
-    writer, reader = slots.Slot(path, create=True), slots.Slot(path)
+    writer, reader = shared_memory.Slot(path, create=True), shared_memory.Slot(path)
     writer.write(_tensors(), sequence=1, pid=0)
     old, _ = reader.read(1, pid=0)
     writer.write({"big": torch.ones(200_000)}, sequence=2, pid=0)
@@ -63,40 +63,40 @@ def test_views_of_a_mapping_outlive_the_slot_growing(tmp_path: Path):
 
 def test_a_stale_or_foreign_payload_is_refused(tmp_path: Path):
     path = tmp_path / "up-0.slot"
-    slots.Slot(path, create=True).write(_tensors(), sequence=21, pid=2)
-    reader = slots.Slot(path)
-    with pytest.raises(slots.SlotError, match="another payload"):
+    shared_memory.Slot(path, create=True).write(_tensors(), sequence=21, pid=2)
+    reader = shared_memory.Slot(path)
+    with pytest.raises(shared_memory.SlotError, match="another payload"):
         reader.read(22, pid=2)  # the previous round's upload is still there
-    with pytest.raises(slots.SlotError, match="partition 2, not 3"):
+    with pytest.raises(shared_memory.SlotError, match="partition 2, not 3"):
         reader.read(21, pid=3)
 
 
 def test_a_writer_killed_mid_write_leaves_a_slot_nobody_takes(tmp_path: Path, monkeypatch):
     path = tmp_path / "weights.slot"
-    writer = slots.Slot(path, create=True)
+    writer = shared_memory.Slot(path, create=True)
     writer.write(_tensors(), sequence=31)
 
     def killed(views, tensors):
         raise KeyboardInterrupt  # the process dies between the first and the last header write
 
-    monkeypatch.setattr(slots, "_copy_into", killed)
+    monkeypatch.setattr(shared_memory, "_copy_into", killed)
     with pytest.raises(KeyboardInterrupt):
         writer.write(_tensors(2.0), sequence=32)
     for sequence in (31, 32):
-        with pytest.raises(slots.SlotError, match="incomplete"):
-            slots.Slot(path).read(sequence)
+        with pytest.raises(shared_memory.SlotError, match="incomplete"):
+            shared_memory.Slot(path).read(sequence)
     monkeypatch.undo()
     writer.write(_tensors(2.0), sequence=32)  # the retry's write (the lock was let go)
-    assert _equal(slots.Slot(path).read(32)[0], _tensors(2.0))
+    assert _equal(shared_memory.Slot(path).read(32)[0], _tensors(2.0))
 
 
 def test_a_held_slot_is_not_written_under_its_reader(tmp_path: Path):
     path = tmp_path / "up-3.slot"
-    client, server = slots.Slot(path, create=True), slots.Slot(path)
+    client, server = shared_memory.Slot(path, create=True), shared_memory.Slot(path)
     client.write(_tensors(), sequence=41, pid=3)
     server.hold()
     views, _ = server.read(41, pid=3)
-    with pytest.raises(slots.SlotBusy):
+    with pytest.raises(shared_memory.SlotBusy):
         client.write(_tensors(9.0), sequence=42, pid=3, wait=False)  # a late writer
     assert _equal(views, _tensors()) and _equal(server.read(41, pid=3)[0], _tensors())
     server.release()
@@ -116,10 +116,10 @@ def test_a_held_slot_is_not_written_under_its_reader(tmp_path: Path):
 )
 def test_garbage_in_a_slot_is_a_slot_error(tmp_path: Path, damage, reason: str):
     path = tmp_path / "up-1.slot"
-    slots.Slot(path, create=True).write(_tensors(), sequence=41, pid=1)
+    shared_memory.Slot(path, create=True).write(_tensors(), sequence=41, pid=1)
     path.write_bytes(damage(path.read_bytes()))
-    with pytest.raises(slots.SlotError, match=reason):
-        slots.Slot(path).read(41, pid=1)
+    with pytest.raises(shared_memory.SlotError, match=reason):
+        shared_memory.Slot(path).read(41, pid=1)
 
 
 def test_a_pinned_slot_registers_each_mapping_and_unregisters_it_before_it_goes(tmp_path: Path, monkeypatch):
@@ -129,17 +129,17 @@ def test_a_pinned_slot_registers_each_mapping_and_unregisters_it_before_it_goes(
         registered[data.data_ptr()] = data.numel()
         return True
 
-    monkeypatch.setattr(slots, "_page_lock", lock)
-    monkeypatch.setattr(slots, "_page_unlock", lambda data: registered.pop(data.data_ptr()))
+    monkeypatch.setattr(shared_memory, "_page_lock", lock)
+    monkeypatch.setattr(shared_memory, "_page_unlock", lambda data: registered.pop(data.data_ptr()))
     path = tmp_path / "up-0.slot"
-    slot = slots.Slot(path, create=True, pin=True)
+    slot = shared_memory.Slot(path, create=True, pin=True)
     slot.write(_tensors(), sequence=1)
     assert slot.pinned and list(registered.values()) == [path.stat().st_size], "the whole mapping, once"
     slot.write({"big": torch.ones(100_000)}, sequence=2)  # grows: a new mapping
     assert list(registered.values()) == [path.stat().st_size], "the old mapping was unregistered"
     slot.close()
     assert registered == {}
-    slots.Slot(path, create=True).write(_tensors(), sequence=3)
+    shared_memory.Slot(path, create=True).write(_tensors(), sequence=3)
     assert registered == {}, "an unpinned slot registers nothing"
 
 
@@ -150,7 +150,7 @@ def test_on_cuda_a_pinned_slot_takes_an_upload_from_the_device_and_gives_weights
     torch.cuda.init()
     model = torch.nn.Linear(64, 32).cuda()
     upload = {n: p.detach() * 2 for n, p in model.named_parameters()}
-    slot = slots.Slot(tmp_path / "up-0.slot", create=True, pin=True)
+    slot = shared_memory.Slot(tmp_path / "up-0.slot", create=True, pin=True)
     slot.write(upload, sequence=7, pid=0)  # straight from the device into page-locked shared memory
     assert slot.pinned
     views, _ = slot.read(7, pid=0)
