@@ -77,8 +77,14 @@ def _views(buffer: torch.Tensor, index: Mapping[str, list]) -> dict[str, torch.T
 
 
 def _page_lock(data: torch.Tensor) -> bool:
-    """Register ``data`` (host memory) with CUDA as page-locked, so copies to and from a GPU are one DMA."""
-    return int(torch.cuda.cudart().cudaHostRegister(data.data_ptr(), data.numel(), 0)) == 0
+    """Register ``data`` (host memory) with CUDA as page-locked, so copies to and from a GPU are one DMA; False if
+    CUDA refuses (the copies are then pageable ones, as without it)."""
+    portable = 1  # cudaHostRegisterPortable, as torch's own pin_memory utility registers
+    if int(torch.cuda.cudart().cudaHostRegister(data.data_ptr(), data.numel(), portable)) == 0:
+        return True
+    with contextlib.suppress(RuntimeError):  # the refusal stays CUDA's last error, which the next launch would raise
+        torch.zeros(1, device="cuda")
+    return False
 
 
 def _page_unlock(data: torch.Tensor) -> None:
