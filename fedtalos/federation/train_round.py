@@ -73,9 +73,8 @@ class TrainRounds:
             masked_count = int(sum(int(m.sum()) for m in mask.values()))
             reference = {**{k: weights[k] for k in dense}, P.MASKED_VALUES: gather_trainable(weights, mask)}
 
-        running = (
-            None if self.strategy.combines_updates else RunningMean(buffers=self.sums)
-        )  # the mean, folded as replies arrive
+        # the mean, folded as the replies arrive (a strategy that combines the updates needs them all first)
+        running = None if self.strategy.combines_updates else RunningMean(buffers=self.sums)
         check = partial(check_train_reply, dense=dense, masked_count=masked_count, reference=reference, fold=running)
         needed = min(c.min_train_clients, len(cohort))
         where = f"round {self.spec.name}/{index}"
