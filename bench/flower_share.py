@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import flower_patch  # noqa: E402
+from bench.round_overhead import round_config  # noqa: E402
 
 PARTS = ("delivery", "setup", "reply", "accept", "steps")
 
@@ -108,22 +109,8 @@ def measure(work: Path, variants: list[str], args: argparse.Namespace) -> dict[s
 
     write_fake_cifar100(work / "data", train_per_class=args.per_class, test_per_class=10)
     overrides = {
-        "dataset-root": str(work / "data"),
-        "dataset-verify": False,
-        "dataset-download": False,
+        **round_config(work / "data", args.model, args.image_size, args.clients, args.fraction, args.rounds),
         "output-root": str(work / "runs"),
-        "model": args.model,
-        "pretrained": False,
-        "image-size": args.image_size,
-        "num-clients": args.clients,
-        "fraction-train": args.fraction,
-        "local-steps": 4,
-        "batch-size": 32,
-        "num-server-rounds": args.rounds,
-        "eval-every": args.rounds,
-        "device": "cpu",
-        "lr-schedule": "constant",
-        "eval-batch-size": 500,
     }
     steady = list(range(2, args.rounds))
     results = [run_variant(v, work, overrides, args.clients, steady) for v in variants]

@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import torch
@@ -164,6 +165,28 @@ def weights_copy_ms(config: RunConfig, repeats: int = 15) -> float:
     return 1000 * statistics.median(times)
 
 
+def round_config(data: Path, model: str, image_size: int, clients: int, fraction: float, rounds: int) -> dict[str, Any]:
+    """The run config of the round benchmarks (this one and ``bench/flower_share.py``): generated data at ``data``,
+    J = 4, batch 32, a constant lr, evaluation only at the last round, random weights, on the CPU."""
+    return {
+        "dataset-root": str(data),
+        "dataset-verify": False,
+        "dataset-download": False,
+        "model": model,
+        "pretrained": False,
+        "image-size": image_size,
+        "num-clients": clients,
+        "fraction-train": fraction,
+        "local-steps": 4,
+        "batch-size": 32,
+        "num-server-rounds": rounds,
+        "eval-every": rounds,
+        "device": "cpu",
+        "lr-schedule": "constant",
+        "eval-batch-size": 500,
+    }
+
+
 def _median(rows: list[dict], key: str) -> float | None:
     values = [r[key] for r in rows if r.get(key) is not None]
     return statistics.median(values) if values else None
@@ -191,23 +214,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fedtalos-bench-"))
     write_fake_cifar100(work / "data", train_per_class=args.per_class, test_per_class=10)
     overrides = {
-        "dataset-root": str(work / "data"),
-        "dataset-verify": False,
-        "dataset-download": False,
+        **round_config(work / "data", args.model, args.image_size, args.clients, args.fraction, args.rounds),
         "output-root": str(work / "runs"),
         "run-name": "bench",
-        "model": args.model,
-        "pretrained": False,
-        "image-size": args.image_size,
-        "num-clients": args.clients,
-        "fraction-train": args.fraction,
-        "local-steps": 4,
-        "batch-size": 32,
-        "num-server-rounds": args.rounds,
-        "eval-every": args.rounds,
         "device": args.device,
-        "lr-schedule": "constant",
-        "eval-batch-size": 500,
     }
     if args.extra:
         from flwr.common.config import parse_config_args
