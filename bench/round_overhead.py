@@ -154,7 +154,11 @@ def pure_parallel(values: dict, config: RunConfig, rounds: list[int], processes:
 
 def weights_copy_ms(config: RunConfig, repeats: int = 15) -> float:
     """Median milliseconds of one ``copy_`` of the model's weights (one flat buffer of their size)."""
-    numel = sum(v.numel() for v in get_resources(config).model.state_dict().values())
+    return copy_ms(sum(v.numel() for v in get_resources(config).model.state_dict().values()), repeats)
+
+
+def copy_ms(numel: int, repeats: int = 15) -> float:
+    """Median milliseconds of one ``copy_`` of ``numel`` float32 values, one flat buffer to another."""
     src, dst = torch.randn(numel), torch.empty(numel)
     dst.copy_(src)
     times = []

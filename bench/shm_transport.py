@@ -71,6 +71,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from flwr.app import RecordDict
 
+    from bench.round_overhead import copy_ms
     from fedtalos.federation import protocol as P
     from fedtalos.federation.aggregate import ClientUpdate, RunningMean
     from fedtalos.federation.transport import ServerTransport
@@ -112,13 +113,6 @@ def main() -> None:
             server.close()
     steady = [row for r, row in rows if r > 0] or [row for _, row in rows]
     numel = sum(v.numel() for v in weights.values())
-    src, dst = torch.randn(numel), torch.empty(numel)
-    dst.copy_(src)
-    copies = []
-    for _ in range(9):
-        t = time.perf_counter()
-        dst.copy_(src)
-        copies.append(1000 * (time.perf_counter() - t))
     parts = {k: round(statistics.median(row[k] for row in steady), 2) for k in steady[0]}
     report = {
         "benchmark": "shm_transport",
@@ -130,7 +124,7 @@ def main() -> None:
         "client_ms": parts,
         "client_total_ms": round(parts["load_ms"] + parts["send_ms"], 2),
         "server_per_client_ms": round(parts["inbound_ms"] + parts["check_ms"] + parts["fold_ms"], 2),
-        "weights_copy_ms": round(statistics.median(copies), 2),
+        "weights_copy_ms": round(copy_ms(numel, repeats=9), 2),
     }
     print(json.dumps(report))
 
