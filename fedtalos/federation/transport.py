@@ -143,7 +143,7 @@ class ServerTransport:
 
     def __init__(self, mode: str, run_key: str, base: Path | None = None) -> None:
         self.mode = mode
-        self.sizes: dict[str, int] = {}  # file → bytes of its current payload, for the byte metrics
+        self._weights_bytes = 0  # of the current payload in the weights slot, for the byte metrics
         self.directory: Path | None = None
         self._weights: shared_memory.Slot | None = None
         self._uploads: dict[int, shared_memory.Slot] = {}  # place in the cohort → its slot
@@ -181,7 +181,7 @@ class ServerTransport:
             self._weights = shared_memory.Slot(self.directory / "weights.slot", create=True)
         sequence = shared_memory.new_sequence()
         path = self._weights.path
-        self.sizes[str(path)] = self._weights.write(tensors, sequence)
+        self._weights_bytes = self._weights.write(tensors, sequence)
         self._payload = (name, sequence)
         self._slot_of = {pid: place for place, pid in enumerate(cohort)}
         for place in range(len(cohort)):
@@ -196,7 +196,7 @@ class ServerTransport:
     def payload_bytes(self, content: RecordDict) -> int:
         """Bytes a message delivers: its records, plus the shared-memory payload it names."""
         config = content.config_records.get(P.CONFIG, {})
-        return P.message_bytes(content) + self.sizes.get(str(config.get(WEIGHTS_FILE, "")), 0)
+        return P.message_bytes(content) + (self._weights_bytes if config.get(WEIGHTS_FILE) else 0)
 
     def inbound(self, reply: RecordDict, name: str, pid: int) -> tuple[dict[str, torch.Tensor], int]:
         """The tensors a client uploaded for payload ``name``, and their size in bytes.

@@ -1,5 +1,5 @@
 """One message exchange with a cohort, end to end: what goes out, push and poll, the mask resend, each reply's
-check as it arrives, one retry, the byte and timing counts, and the clean-up of the round's files.
+check as it arrives, one retry, the byte and timing counts, and the close of the round's payload.
 
 :class:`Wire` is the only caller of the transport's ``outbound`` / ``inbound`` / ``done``; phases and federated
 evaluation say what to send (:class:`Outgoing`) and how a reply is checked (a function of a :class:`Reply`).
